@@ -1,0 +1,16 @@
+//! Damascus's domain: the phases a work item moves through, the verdicts a phase ends
+//! in, the shape of a story and of a project, and the rules that validate them.
+//!
+//! Architecture invariant: this crate does no IO. No database, no files, no network,
+//! no clock. Everything here is a pure function or a plain type, so every other crate
+//! can depend on it and every rule can be unit-tested without a server.
+
+pub mod names;
+pub mod phase;
+pub mod project;
+pub mod story;
+
+pub use names::{NameError, ProjectName};
+pub use phase::{ForgeKind, HumanIssueStatus, Phase, SpecMode, UnknownVariant, VerdictKind};
+pub use project::{NewProject, ProjectError};
+pub use story::{Story, StoryError};

@@ -1,0 +1,199 @@
+//! What a project is made of before it is stored, and the checks that keep a bad
+//! configuration from reaching the loops.
+
+use crate::{ForgeKind, ProjectName, SpecMode};
+
+/// The upper bound on attempt budgets: termination is guaranteed, so budgets are finite
+/// and small enough that a runaway item is noticed.
+pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProject {
+    pub name: ProjectName,
+    /// A URL or a local path of the git repository the items change.
+    pub repository: String,
+    pub default_branch: String,
+    pub forge_kind: ForgeKind,
+    /// `owner/name` on Gitea or GitHub; unused by the local forge.
+    pub forge_repo: Option<String>,
+    /// The forge's base URL (e.g. `https://gitea.example.com`); required for Gitea.
+    pub forge_url: Option<String>,
+    pub test_command: Option<String>,
+    pub spec_mode: SpecMode,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+    pub cost_budget_usd: Option<f64>,
+    pub context_docs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("the repository is empty; give a git URL or a local path")]
+    EmptyRepository,
+    #[error("default branch {0:?} is not a valid git branch name; use a name such as \"main\"")]
+    BadBranch(String),
+    #[error("forge kind {0} needs the repository on the forge as owner/name (e.g. \"acme/web\")")]
+    MissingForgeRepo(ForgeKind),
+    #[error("forge repository {0:?} is not of the form owner/name (e.g. \"acme/web\")")]
+    BadForgeRepo(String),
+    #[error("forge kind gitea needs the forge's base URL (e.g. \"https://gitea.example.com\")")]
+    MissingForgeUrl,
+    #[error("forge URL {0:?} must start with http:// or https://")]
+    BadForgeUrl(String),
+    #[error("{what} must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {given}")]
+    BadAttempts { what: &'static str, given: i32 },
+    #[error("the total attempt budget ({total}) is smaller than the per-phase budget ({per_phase}); raise the total or lower the per-phase budget")]
+    TotalBelowPhase { total: i32, per_phase: i32 },
+    #[error("cost budget must be a non-negative number of USD, got {0}")]
+    BadCostBudget(f64),
+    #[error("the test command is empty; give a command such as \"cargo test\" or leave it out")]
+    EmptyTestCommand,
+}
+
+impl NewProject {
+    /// A local-forge project with the default budgets.
+    pub fn local(name: ProjectName, repository: impl Into<String>) -> NewProject {
+        NewProject {
+            name,
+            repository: repository.into(),
+            default_branch: "main".into(),
+            forge_kind: ForgeKind::Local,
+            forge_repo: None,
+            forge_url: None,
+            test_command: None,
+            spec_mode: SpecMode::Refine,
+            max_attempts_per_phase: 3,
+            max_attempts_total: 10,
+            cost_budget_usd: None,
+            context_docs: Vec::new(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ProjectError> {
+        if self.repository.trim().is_empty() {
+            return Err(ProjectError::EmptyRepository);
+        }
+        if !is_branch_name(&self.default_branch) {
+            return Err(ProjectError::BadBranch(self.default_branch.clone()));
+        }
+        if self.forge_kind != ForgeKind::Local {
+            let repo = self
+                .forge_repo
+                .as_deref()
+                .ok_or(ProjectError::MissingForgeRepo(self.forge_kind))?;
+            let parts: Vec<&str> = repo.split('/').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+                return Err(ProjectError::BadForgeRepo(repo.to_owned()));
+            }
+        }
+        match (&self.forge_url, self.forge_kind) {
+            (None, ForgeKind::Gitea) => return Err(ProjectError::MissingForgeUrl),
+            (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(ProjectError::BadForgeUrl(url.clone()))
+            }
+            _ => {}
+        }
+        for (what, given) in [
+            ("per-phase attempt budget", self.max_attempts_per_phase),
+            ("total attempt budget", self.max_attempts_total),
+        ] {
+            if !(1..=MAX_ATTEMPTS_LIMIT).contains(&given) {
+                return Err(ProjectError::BadAttempts { what, given });
+            }
+        }
+        if self.max_attempts_total < self.max_attempts_per_phase {
+            return Err(ProjectError::TotalBelowPhase {
+                total: self.max_attempts_total,
+                per_phase: self.max_attempts_per_phase,
+            });
+        }
+        if let Some(usd) = self.cost_budget_usd {
+            if !usd.is_finite() || usd < 0.0 {
+                return Err(ProjectError::BadCostBudget(usd));
+            }
+        }
+        if self.test_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(ProjectError::EmptyTestCommand);
+        }
+        Ok(())
+    }
+}
+
+/// A conservative subset of `git check-ref-format --branch`.
+fn is_branch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['-', '/', '.'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> NewProject {
+        NewProject::local(ProjectName::parse("web").unwrap(), "/srv/git/web.git")
+    }
+
+    fn check(edit: impl FnOnce(&mut NewProject), expected: Result<(), ProjectError>) {
+        let mut project = base();
+        edit(&mut project);
+        assert_eq!(project.validate(), expected);
+    }
+
+    #[test]
+    fn validation() {
+        check(|_| {}, Ok(()));
+        check(|p| p.repository = " ".into(), Err(ProjectError::EmptyRepository));
+        check(|p| p.default_branch = "feature/x".into(), Ok(()));
+        check(|p| p.default_branch = "a b".into(), Err(ProjectError::BadBranch("a b".into())));
+        check(|p| p.default_branch = "x..y".into(), Err(ProjectError::BadBranch("x..y".into())));
+        check(|p| p.default_branch = "".into(), Err(ProjectError::BadBranch("".into())));
+        check(
+            |p| p.forge_kind = ForgeKind::Github,
+            Err(ProjectError::MissingForgeRepo(ForgeKind::Github)),
+        );
+        check(
+            |p| {
+                p.forge_kind = ForgeKind::Github;
+                p.forge_repo = Some("acme".into());
+            },
+            Err(ProjectError::BadForgeRepo("acme".into())),
+        );
+        check(
+            |p| {
+                p.forge_kind = ForgeKind::Github;
+                p.forge_repo = Some("acme/web".into());
+            },
+            Ok(()),
+        );
+        check(
+            |p| {
+                p.forge_kind = ForgeKind::Gitea;
+                p.forge_repo = Some("acme/web".into());
+            },
+            Err(ProjectError::MissingForgeUrl),
+        );
+        check(
+            |p| p.forge_url = Some("gitea.local".into()),
+            Err(ProjectError::BadForgeUrl("gitea.local".into())),
+        );
+        check(
+            |p| p.max_attempts_per_phase = 0,
+            Err(ProjectError::BadAttempts { what: "per-phase attempt budget", given: 0 }),
+        );
+        check(
+            |p| p.max_attempts_total = 2,
+            Err(ProjectError::TotalBelowPhase { total: 2, per_phase: 3 }),
+        );
+        check(|p| p.cost_budget_usd = Some(-1.0), Err(ProjectError::BadCostBudget(-1.0)));
+        check(|p| p.test_command = Some("".into()), Err(ProjectError::EmptyTestCommand));
+    }
+}

@@ -1,0 +1,190 @@
+//! Choosing and opening the database: a `DATABASE_URL` when one is given, otherwise the
+//! embedded cluster in the data directory. Either way the caller gets a pool and an
+//! [`Origin`] that says, without secrets, where the data lives.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::cluster::{ClusterLayout, Durability, EmbeddedCluster, StartOutcome};
+use crate::error::{DbError, DbResult};
+
+/// The database the embedded cluster keeps Damascus's tables in.
+pub const EMBEDDED_DATABASE: &str = "damascus";
+
+/// Where to find the database, as the user asked for it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Url(String),
+    Embedded { data_dir: PathBuf },
+}
+
+/// Where the data lives, fit for printing (passwords are masked).
+#[derive(Debug, Clone)]
+pub enum Origin {
+    Url { redacted: String },
+    Embedded {
+        layout: ClusterLayout,
+        started: StartOutcome,
+        url: String,
+    },
+}
+
+impl Origin {
+    /// The connection URL with any password masked.
+    pub fn display_url(&self) -> &str {
+        match self {
+            Origin::Url { redacted } => redacted,
+            Origin::Embedded { url, .. } => url,
+        }
+    }
+}
+
+/// An open pool and where it points.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub pool: PgPool,
+    pub origin: Origin,
+}
+
+/// Settings for the pool that are not about where the database is.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Masks the password of a URL; a URL that does not parse is replaced entirely, since
+/// it may hold a password in a place we cannot find.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(unparseable URL)".to_owned(),
+    }
+}
+
+pub async fn open(target: &Target, settings: PoolSettings) -> DbResult<Database> {
+    match target {
+        Target::Url(raw) => {
+            let options = PgConnectOptions::from_str(raw).map_err(|e| DbError::InvalidUrl {
+                reason: e.to_string(),
+            })?;
+            let redacted = redact_url(raw);
+            let pool = connect_pool(options, settings, &redacted).await?;
+            Ok(Database {
+                pool,
+                origin: Origin::Url { redacted },
+            })
+        }
+        Target::Embedded { data_dir } => {
+            let cluster_error = |source| DbError::Cluster {
+                data_dir: data_dir.clone(),
+                source,
+            };
+            let cluster = EmbeddedCluster::new(data_dir, Durability::Durable).map_err(cluster_error)?;
+            let (cluster, started) = tokio::task::spawn_blocking(move || {
+                let started = cluster.ensure_running();
+                (cluster, started)
+            })
+            .await
+            .expect("the cluster start task does not panic");
+            let started = started.map_err(cluster_error)?;
+            let url = cluster.layout.url(EMBEDDED_DATABASE);
+            create_database_if_missing(&cluster.layout.url("postgres"), EMBEDDED_DATABASE).await?;
+            let options = PgConnectOptions::from_str(&url).map_err(|e| DbError::InvalidUrl {
+                reason: e.to_string(),
+            })?;
+            let pool = connect_pool(options, settings, &url).await?;
+            Ok(Database {
+                pool,
+                origin: Origin::Embedded {
+                    layout: cluster.layout,
+                    started,
+                    url,
+                },
+            })
+        }
+    }
+}
+
+async fn connect_pool(options: PgConnectOptions, settings: PoolSettings, shown_as: &str) -> DbResult<PgPool> {
+    let options = options
+        .application_name("damascus")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_with(options)
+        .await
+        .map_err(|e| DbError::Unreachable {
+            target: shown_as.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Creates `name` through the maintenance database at `admin_url`. Two processes may
+/// race here; the loser's `duplicate_database` error means the work is done.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> DbResult<()> {
+    let mut conn = PgConnection::connect(admin_url)
+        .await
+        .map_err(|e| DbError::Unreachable {
+            target: redact_url(admin_url),
+            reason: e.to_string(),
+        })?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let create = format!("create database {}", quote_ident(name));
+        match sqlx::query(&create).execute(&mut conn).await {
+            Ok(_) => {}
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Quotes an SQL identifier; used only for database names, which cannot be bound.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_url("postgresql://app:s3cret@db:5432/damascus"),
+            "postgresql://app:***@db:5432/damascus"
+        );
+        assert_eq!(redact_url("postgresql://app@db/damascus"), "postgresql://app@db/damascus");
+        assert_eq!(redact_url("not a url s3cret"), "(unparseable URL)");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

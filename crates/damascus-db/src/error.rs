@@ -1,0 +1,50 @@
+//! The one error type of the storage layer. Each variant says what went wrong and what
+//! to do about it; callers at the edge print it with its chain.
+
+use std::path::PathBuf;
+
+use crate::cluster::ClusterError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL ({reason}); expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE")]
+    InvalidUrl { reason: String },
+    #[error("cannot connect to the database at {target}: {reason}; check that the server is running and the URL is right, or unset DATABASE_URL to use the embedded cluster")]
+    Unreachable { target: String, reason: String },
+    #[error("the embedded PostgreSQL cluster in {data_dir} is not available")]
+    Cluster {
+        data_dir: PathBuf,
+        #[source]
+        source: ClusterError,
+    },
+    #[error("applying migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database has no Damascus schema yet; run: damascus init")]
+    NotInitialized,
+    #[error("the database schema is at version {applied}, but this damascus needs {expected}; run: damascus init")]
+    SchemaBehind { applied: i64, expected: i64 },
+    #[error("project {0:?} not found; list projects with: damascus project list")]
+    ProjectNotFound(String),
+    #[error("project {0:?} already exists; pick another name or see it with: damascus project list")]
+    ProjectExists(String),
+    #[error("work item {0} not found; list items with: damascus items")]
+    ItemNotFound(i64),
+    #[error("the database refused the change: {0}")]
+    Constraint(String),
+    #[error("database error")]
+    Sqlx(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(err: sqlx::Error) -> DbError {
+        match err.as_database_error() {
+            Some(db) if db.constraint().is_some() || db.code().as_deref() == Some("23514") => {
+                DbError::Constraint(db.message().to_owned())
+            }
+            _ => DbError::Sqlx(err),
+        }
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;

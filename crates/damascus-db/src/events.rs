@@ -1,0 +1,59 @@
+//! The event outbox: one row per transition and notable event, written in the same
+//! transaction as the change it reports, read by relays and the item timeline.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor, Row};
+
+use crate::error::DbResult;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub item_id: Option<i64>,
+    pub kind: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Appends an event. Takes a connection, not a pool, so that it always joins the
+/// caller's transaction.
+pub async fn record(
+    conn: &mut PgConnection,
+    item_id: Option<i64>,
+    project_id: Option<i64>,
+    kind: &str,
+    payload: &Value,
+) -> DbResult<i64> {
+    let id = sqlx::query_scalar(
+        "insert into events_outbox (item_id, project_id, kind, payload) values ($1, $2, $3, $4) returning id",
+    )
+    .bind(item_id)
+    .bind(project_id)
+    .bind(kind)
+    .bind(payload)
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+/// An item's events, oldest first: its timeline.
+pub async fn for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<Event>> {
+    let rows = sqlx::query(
+        "select id, item_id, kind, payload, created_at from events_outbox where item_id = $1 order by id",
+    )
+    .bind(item_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Event {
+                id: row.try_get("id")?,
+                item_id: row.try_get("item_id")?,
+                kind: row.try_get("kind")?,
+                payload: row.try_get("payload")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}

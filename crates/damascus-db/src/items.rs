@@ -1,0 +1,221 @@
+//! Work items: ingesting a story, listing and reading items with their questions and
+//! costs. Every change here is one transaction together with its outbox event.
+
+use chrono::{DateTime, Utc};
+use damascus_core::{HumanIssueStatus, Phase, ProjectName, Story, VerdictKind};
+use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, PgPool, Row};
+
+use crate::error::{DbError, DbResult};
+use crate::{events, parse_enum, parse_opt_enum, projects};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkItem {
+    pub id: i64,
+    pub project_id: i64,
+    pub project: String,
+    pub title: String,
+    pub body: String,
+    pub phase: Phase,
+    pub resume_phase: Option<Phase>,
+    pub spec: Option<Value>,
+    pub test_command: Option<String>,
+    pub branch: Option<String>,
+    pub pr_url: Option<String>,
+    pub attempts_total: i32,
+    pub phase_attempts: i32,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+    pub cost_budget_usd: Option<f64>,
+    pub cost_usd: f64,
+    pub last_verdict: Option<VerdictKind>,
+    pub last_verdict_reason: Option<String>,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub phase_entered_at: DateTime<Utc>,
+}
+
+const ITEM_COLUMNS: &str = "i.id, i.project_id, p.name as project, i.title, i.body, i.phase::text as phase, \
+     i.resume_phase::text as resume_phase, i.spec, i.test_command, i.branch, i.pr_url, \
+     i.attempts_total, i.phase_attempts, i.max_attempts_per_phase, i.max_attempts_total, \
+     i.cost_budget_usd::float8 as cost_budget_usd, i.cost_usd::float8 as cost_usd, \
+     i.last_verdict::text as last_verdict, i.last_verdict_reason, i.source, \
+     i.created_at, i.updated_at, i.phase_entered_at";
+
+fn item_from_row(row: &PgRow) -> DbResult<WorkItem> {
+    Ok(WorkItem {
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        project: row.try_get("project")?,
+        title: row.try_get("title")?,
+        body: row.try_get("body")?,
+        phase: parse_enum(row, "phase")?,
+        resume_phase: parse_opt_enum(row, "resume_phase")?,
+        spec: row.try_get("spec")?,
+        test_command: row.try_get("test_command")?,
+        branch: row.try_get("branch")?,
+        pr_url: row.try_get("pr_url")?,
+        attempts_total: row.try_get("attempts_total")?,
+        phase_attempts: row.try_get("phase_attempts")?,
+        max_attempts_per_phase: row.try_get("max_attempts_per_phase")?,
+        max_attempts_total: row.try_get("max_attempts_total")?,
+        cost_budget_usd: row.try_get("cost_budget_usd")?,
+        cost_usd: row.try_get("cost_usd")?,
+        last_verdict: parse_opt_enum(row, "last_verdict")?,
+        last_verdict_reason: row.try_get("last_verdict_reason")?,
+        source: row.try_get("source")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        phase_entered_at: row.try_get("phase_entered_at")?,
+    })
+}
+
+/// Stores a story as a new item in phase `spec`, with the project's budgets, and its
+/// `item.ingested` event, in one transaction.
+pub async fn ingest(pool: &PgPool, project: &ProjectName, story: &Story, source: &str) -> DbResult<WorkItem> {
+    let mut tx = pool.begin().await?;
+    let project = projects::find_project(&mut *tx, project.as_str()).await?;
+    let id: i64 = sqlx::query_scalar(
+        "insert into work_items (project_id, title, body, phase, test_command,
+            max_attempts_per_phase, max_attempts_total, cost_budget_usd, source)
+         values ($1, $2, $3, 'spec', $4, $5, $6, $7::numeric, $8)
+         returning id",
+    )
+    .bind(project.id)
+    .bind(&story.title)
+    .bind(&story.body)
+    .bind(&project.test_command)
+    .bind(project.max_attempts_per_phase)
+    .bind(project.max_attempts_total)
+    .bind(project.cost_budget_usd)
+    .bind(source)
+    .fetch_one(&mut *tx)
+    .await?;
+    events::record(
+        &mut tx,
+        Some(id),
+        Some(project.id),
+        "item.ingested",
+        &json!({ "project": project.name, "title": story.title, "phase": Phase::Spec, "source": source }),
+    )
+    .await?;
+    let item = get_item(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(item)
+}
+
+/// Which items to list; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct ItemFilter {
+    pub project: Option<String>,
+    pub phase: Option<Phase>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub async fn list_items(pool: &PgPool, filter: &ItemFilter) -> DbResult<Vec<WorkItem>> {
+    if let Some(name) = &filter.project {
+        // An unknown project is a mistake worth saying, not an empty list.
+        projects::find_project(pool, name).await?;
+    }
+    let sql = format!(
+        "select {ITEM_COLUMNS} from work_items i join projects p on p.id = i.project_id
+         where ($1::text is null or p.name = $1) and ($2::work_phase is null or i.phase = $2::work_phase)
+         order by i.id limit $3 offset $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&filter.project)
+        .bind(filter.phase.map(Phase::as_str))
+        .bind(filter.limit)
+        .bind(filter.offset)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(item_from_row).collect()
+}
+
+pub async fn get_item<'e>(db: impl PgExecutor<'e>, id: i64) -> DbResult<WorkItem> {
+    let sql = format!("select {ITEM_COLUMNS} from work_items i join projects p on p.id = i.project_id where i.id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or(DbError::ItemNotFound(id))?;
+    item_from_row(&row)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HumanIssue {
+    pub id: i64,
+    pub item_id: i64,
+    pub phase: Phase,
+    pub question: String,
+    pub context: String,
+    pub status: HumanIssueStatus,
+    pub answer: Option<String>,
+    pub answered_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+pub async fn human_issues_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<HumanIssue>> {
+    let rows = sqlx::query(
+        "select id, item_id, phase::text as phase, question, context, status::text as status, answer,
+                answered_by, created_at, resolved_at
+         from human_issues where item_id = $1 order by id",
+    )
+    .bind(item_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HumanIssue {
+                id: row.try_get("id")?,
+                item_id: row.try_get("item_id")?,
+                phase: parse_enum(row, "phase")?,
+                question: row.try_get("question")?,
+                context: row.try_get("context")?,
+                status: parse_enum(row, "status")?,
+                answer: row.try_get("answer")?,
+                answered_by: row.try_get("answered_by")?,
+                created_at: row.try_get("created_at")?,
+                resolved_at: row.try_get("resolved_at")?,
+            })
+        })
+        .collect()
+}
+
+/// An item's spending per phase and model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostLine {
+    pub phase: Phase,
+    pub model: String,
+    pub calls: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub usd: f64,
+}
+
+pub async fn costs_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<CostLine>> {
+    let rows = sqlx::query(
+        "select phase::text as phase, model, count(*) as calls, sum(tokens_in)::int8 as tokens_in,
+                sum(tokens_out)::int8 as tokens_out, sum(usd)::float8 as usd
+         from cost_ledger where item_id = $1 group by phase, model order by phase, model",
+    )
+    .bind(item_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(CostLine {
+                phase: parse_enum(row, "phase")?,
+                model: row.try_get("model")?,
+                calls: row.try_get("calls")?,
+                tokens_in: row.try_get("tokens_in")?,
+                tokens_out: row.try_get("tokens_out")?,
+                usd: row.try_get("usd")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,76 @@
+//! The schema: the migrations in `migrations/` (embedded at build time), applying them,
+//! and reading which version a database is at.
+
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
+
+use crate::error::{DbError, DbResult};
+
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// The newest migration this build knows.
+pub fn latest_version() -> i64 {
+    MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .expect("migrations/ is not empty")
+}
+
+/// How a database's schema compares with this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaState {
+    Empty,
+    Current { version: i64 },
+    Behind { applied: i64, pending: usize },
+    /// The database was migrated by a newer damascus.
+    Ahead { applied: i64 },
+}
+
+pub async fn schema_state(pool: &PgPool) -> DbResult<SchemaState> {
+    let has_table: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+        .fetch_one(pool)
+        .await?;
+    if !has_table {
+        return Ok(SchemaState::Empty);
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+        .fetch_all(pool)
+        .await?;
+    let Some(&newest) = applied.last() else {
+        return Ok(SchemaState::Empty);
+    };
+    let latest = latest_version();
+    let pending = MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+    Ok(if newest > latest {
+        SchemaState::Ahead { applied: newest }
+    } else if pending > 0 {
+        SchemaState::Behind { applied: newest, pending }
+    } else {
+        SchemaState::Current { version: newest }
+    })
+}
+
+/// Fails unless the schema is exactly what this build expects.
+pub async fn require_current(pool: &PgPool) -> DbResult<()> {
+    match schema_state(pool).await? {
+        SchemaState::Current { .. } | SchemaState::Ahead { .. } => Ok(()),
+        SchemaState::Empty => Err(DbError::NotInitialized),
+        SchemaState::Behind { applied, .. } => Err(DbError::SchemaBehind {
+            applied,
+            expected: latest_version(),
+        }),
+    }
+}
+
+/// Applies every pending migration; returns how many ran. Running it twice is a no-op:
+/// sqlx records each applied version and takes an advisory lock while migrating.
+pub async fn apply(pool: &PgPool) -> DbResult<usize> {
+    let before: usize = match schema_state(pool).await? {
+        SchemaState::Empty => MIGRATOR.iter().count(),
+        SchemaState::Behind { pending, .. } => pending,
+        SchemaState::Current { .. } | SchemaState::Ahead { .. } => 0,
+    };
+    MIGRATOR.run(pool).await?;
+    Ok(before)
+}

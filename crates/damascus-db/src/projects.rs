@@ -1,0 +1,124 @@
+//! Projects: the repositories Damascus works on, with their forge, test command and
+//! default budgets.
+
+use chrono::{DateTime, Utc};
+use damascus_core::{ForgeKind, NewProject, SpecMode};
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, PgPool, Row};
+
+use crate::error::{DbError, DbResult};
+use crate::parse_enum;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub repository: String,
+    pub default_branch: String,
+    pub forge_kind: ForgeKind,
+    pub forge_repo: Option<String>,
+    pub forge_url: Option<String>,
+    pub test_command: Option<String>,
+    pub spec_mode: SpecMode,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+    pub cost_budget_usd: Option<f64>,
+    pub context_docs: Vec<String>,
+    pub paused: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A project with how many items it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectSummary {
+    pub project: Project,
+    pub items_total: i64,
+    pub items_live: i64,
+}
+
+const PROJECT_COLUMNS: &str = "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
+     p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
+     p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
+     p.context_docs, p.paused, p.created_at";
+
+fn project_from_row(row: &PgRow) -> DbResult<Project> {
+    Ok(Project {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        repository: row.try_get("repository")?,
+        default_branch: row.try_get("default_branch")?,
+        forge_kind: parse_enum(row, "forge_kind")?,
+        forge_repo: row.try_get("forge_repo")?,
+        forge_url: row.try_get("forge_url")?,
+        test_command: row.try_get("test_command")?,
+        spec_mode: parse_enum(row, "spec_mode")?,
+        max_attempts_per_phase: row.try_get("max_attempts_per_phase")?,
+        max_attempts_total: row.try_get("max_attempts_total")?,
+        cost_budget_usd: row.try_get("cost_budget_usd")?,
+        context_docs: row.try_get("context_docs")?,
+        paused: row.try_get("paused")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Stores a validated project. The name is unique; a duplicate is `ProjectExists`.
+pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
+    let sql = format!(
+        "with p as (
+            insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
+                test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12)
+            returning *)
+         select {PROJECT_COLUMNS} from p"
+    );
+    let row = sqlx::query(&sql)
+        .bind(new.name.as_str())
+        .bind(&new.repository)
+        .bind(&new.default_branch)
+        .bind(new.forge_kind.as_str())
+        .bind(&new.forge_repo)
+        .bind(&new.forge_url)
+        .bind(&new.test_command)
+        .bind(new.spec_mode.as_str())
+        .bind(new.max_attempts_per_phase)
+        .bind(new.max_attempts_total)
+        .bind(new.cost_budget_usd)
+        .bind(&new.context_docs)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
+            Some("projects_name_key") => DbError::ProjectExists(new.name.to_string()),
+            _ => DbError::from(e),
+        })?;
+    project_from_row(&row)
+}
+
+pub async fn find_project<'e>(db: impl PgExecutor<'e>, name: &str) -> DbResult<Project> {
+    let sql = format!("select {PROJECT_COLUMNS} from projects p where p.name = $1");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    project_from_row(&row)
+}
+
+pub async fn list_projects(pool: &PgPool) -> DbResult<Vec<ProjectSummary>> {
+    let sql = format!(
+        "select {PROJECT_COLUMNS},
+            (select count(*) from work_items i where i.project_id = p.id) as items_total,
+            (select count(*) from work_items i where i.project_id = p.id
+                and i.phase not in ('merged', 'cancelled')) as items_live
+         from projects p order by p.name"
+    );
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ProjectSummary {
+                project: project_from_row(row)?,
+                items_total: row.try_get("items_total")?,
+                items_live: row.try_get("items_live")?,
+            })
+        })
+        .collect()
+}

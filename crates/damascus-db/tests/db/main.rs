@@ -1,0 +1,7 @@
+//! damascus-db against a real PostgreSQL: one test binary, so that every test shares
+//! the harness's cluster and template.
+
+mod cluster;
+mod items;
+mod projects;
+mod schema;
