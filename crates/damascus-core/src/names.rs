@@ -28,7 +28,8 @@ impl ProjectName {
         let first_ok = chars
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if !first_ok || !rest_ok || name.len() > 63 {
             return Err(NameError::Invalid(raw.to_owned()));
         }

@@ -82,7 +82,11 @@ impl NewProject {
                 .as_deref()
                 .ok_or(ProjectError::MissingForgeRepo(self.forge_kind))?;
             let parts: Vec<&str> = repo.split('/').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+            if parts.len() != 2
+                || parts
+                    .iter()
+                    .any(|p| p.is_empty() || p.contains(char::is_whitespace))
+            {
                 return Err(ProjectError::BadForgeRepo(repo.to_owned()));
             }
         }
@@ -112,7 +116,11 @@ impl NewProject {
                 return Err(ProjectError::BadCostBudget(usd));
             }
         }
-        if self.test_command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        if self
+            .test_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
             return Err(ProjectError::EmptyTestCommand);
         }
         Ok(())
@@ -151,11 +159,23 @@ mod tests {
     #[test]
     fn validation() {
         check(|_| {}, Ok(()));
-        check(|p| p.repository = " ".into(), Err(ProjectError::EmptyRepository));
+        check(
+            |p| p.repository = " ".into(),
+            Err(ProjectError::EmptyRepository),
+        );
         check(|p| p.default_branch = "feature/x".into(), Ok(()));
-        check(|p| p.default_branch = "a b".into(), Err(ProjectError::BadBranch("a b".into())));
-        check(|p| p.default_branch = "x..y".into(), Err(ProjectError::BadBranch("x..y".into())));
-        check(|p| p.default_branch = "".into(), Err(ProjectError::BadBranch("".into())));
+        check(
+            |p| p.default_branch = "a b".into(),
+            Err(ProjectError::BadBranch("a b".into())),
+        );
+        check(
+            |p| p.default_branch = "x..y".into(),
+            Err(ProjectError::BadBranch("x..y".into())),
+        );
+        check(
+            |p| p.default_branch = "".into(),
+            Err(ProjectError::BadBranch("".into())),
+        );
         check(
             |p| p.forge_kind = ForgeKind::Github,
             Err(ProjectError::MissingForgeRepo(ForgeKind::Github)),
@@ -187,13 +207,25 @@ mod tests {
         );
         check(
             |p| p.max_attempts_per_phase = 0,
-            Err(ProjectError::BadAttempts { what: "per-phase attempt budget", given: 0 }),
+            Err(ProjectError::BadAttempts {
+                what: "per-phase attempt budget",
+                given: 0,
+            }),
         );
         check(
             |p| p.max_attempts_total = 2,
-            Err(ProjectError::TotalBelowPhase { total: 2, per_phase: 3 }),
+            Err(ProjectError::TotalBelowPhase {
+                total: 2,
+                per_phase: 3,
+            }),
         );
-        check(|p| p.cost_budget_usd = Some(-1.0), Err(ProjectError::BadCostBudget(-1.0)));
-        check(|p| p.test_command = Some("".into()), Err(ProjectError::EmptyTestCommand));
+        check(
+            |p| p.cost_budget_usd = Some(-1.0),
+            Err(ProjectError::BadCostBudget(-1.0)),
+        );
+        check(
+            |p| p.test_command = Some("".into()),
+            Err(ProjectError::EmptyTestCommand),
+        );
     }
 }

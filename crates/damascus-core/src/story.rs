@@ -54,7 +54,9 @@ impl Story {
             .find(|line| !line.trim().is_empty())
             .expect("a non-blank text has a non-blank line");
         let heading = first.trim_start();
-        let Some(title) = heading.strip_prefix("# ").or_else(|| (heading == "#").then_some(""))
+        let Some(title) = heading
+            .strip_prefix("# ")
+            .or_else(|| (heading == "#").then_some(""))
         else {
             return Err(StoryError::NoTitle);
         };
@@ -106,7 +108,10 @@ mod tests {
             parsed("\n\n  # Spaced #\nbody"),
             Ok(("Spaced".into(), "body".into()))
         );
-        assert_eq!(parsed("# Only a title"), Ok(("Only a title".into(), "".into())));
+        assert_eq!(
+            parsed("# Only a title"),
+            Ok(("Only a title".into(), "".into()))
+        );
         assert_eq!(parsed("\u{feff}# BOM\nx"), Ok(("BOM".into(), "x".into())));
     }
 
@@ -119,9 +124,15 @@ mod tests {
         assert_eq!(parsed("#\nbody"), Err(StoryError::EmptyTitle));
         assert_eq!(parsed("# a\0b"), Err(StoryError::Binary));
         let long = format!("# {}", "x".repeat(MAX_TITLE_CHARS + 1));
-        assert_eq!(parsed(&long), Err(StoryError::TitleTooLong(MAX_TITLE_CHARS + 1)));
+        assert_eq!(
+            parsed(&long),
+            Err(StoryError::TitleTooLong(MAX_TITLE_CHARS + 1))
+        );
         let huge = "x".repeat(MAX_STORY_BYTES + 1);
-        assert_eq!(parsed(&huge), Err(StoryError::TooLarge(MAX_STORY_BYTES + 1)));
+        assert_eq!(
+            parsed(&huge),
+            Err(StoryError::TooLarge(MAX_STORY_BYTES + 1))
+        );
     }
 
     #[test]

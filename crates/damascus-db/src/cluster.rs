@@ -77,7 +77,9 @@ pub struct ClusterLayout {
 pub enum ClusterError {
     #[error(transparent)]
     Binaries(#[from] BinariesError),
-    #[error("cannot determine a data directory (no HOME?); pass --data-dir or set DAMASCUS_DATA_DIR")]
+    #[error(
+        "cannot determine a data directory (no HOME?); pass --data-dir or set DAMASCUS_DATA_DIR"
+    )]
     NoDataDir,
     #[error("damascus runs as root, and PostgreSQL refuses root; no unprivileged user (postgres or nobody) exists to run it as; create one (useradd --system postgres) or set DATABASE_URL")]
     NoServerUser,
@@ -88,7 +90,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
-    #[error("socket directory {0} belongs to another user; remove it or choose another --data-dir")]
+    #[error(
+        "socket directory {0} belongs to another user; remove it or choose another --data-dir"
+    )]
     ForeignSocketDir(PathBuf),
     #[error("{program} failed ({status}): {output}")]
     Command {
@@ -98,7 +102,10 @@ pub enum ClusterError {
     },
 }
 
-fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ClusterError + 'p {
+fn io_err<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> ClusterError + 'p {
     move |source| ClusterError::Io {
         action,
         path: path.to_path_buf(),
@@ -185,7 +192,8 @@ impl ClusterLayout {
             if beside.as_os_str().len() <= MAX_SOCKET_DIR_LEN {
                 beside
             } else {
-                std::env::temp_dir().join(format!("damascus-{}", short_hash(&root.to_string_lossy())))
+                std::env::temp_dir()
+                    .join(format!("damascus-{}", short_hash(&root.to_string_lossy())))
             }
         };
         Ok(ClusterLayout {
@@ -294,7 +302,17 @@ impl EmbeddedCluster {
         }
         let out = self.run_as_server(
             "pg_ctl",
-            &["stop", "-D", &path_arg(&self.layout.pgdata), "-m", "fast", "-w", "-t", "60", "-s"],
+            &[
+                "stop",
+                "-D",
+                &path_arg(&self.layout.pgdata),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "-s",
+            ],
         )?;
         check("pg_ctl stop", &out)?;
         Ok(StopOutcome::Stopped)
@@ -330,8 +348,12 @@ impl EmbeddedCluster {
                 if !layout.server_user.switch_to || !meta.is_dir() {
                     return Err(ClusterError::ForeignSocketDir(dir.clone()));
                 }
-                nix::unistd::chown(dir, Some(layout.server_user.uid), Some(layout.server_user.gid))
-                    .map_err(|e| io_err("cannot chown", dir)(e.into()))?;
+                nix::unistd::chown(
+                    dir,
+                    Some(layout.server_user.uid),
+                    Some(layout.server_user.gid),
+                )
+                .map_err(|e| io_err("cannot chown", dir)(e.into()))?;
             }
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(io_err("cannot set permissions on", dir))?;
@@ -406,7 +428,9 @@ impl EmbeddedCluster {
         self.remove_stale_pid_file()?;
         let pgdata = path_arg(&self.layout.pgdata);
         let log = path_arg(&self.layout.log_file);
-        let log_len_before = fs::metadata(&self.layout.log_file).map(|m| m.len()).unwrap_or(0);
+        let log_len_before = fs::metadata(&self.layout.log_file)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut last_failure = None;
         // After a crash the old server's children may need a moment to notice and exit;
         // until then PostgreSQL refuses to reuse their shared memory.
@@ -423,10 +447,17 @@ impl EmbeddedCluster {
         }
         let log_tail = read_tail(&self.layout.log_file, log_len_before, 2000);
         Err(match last_failure.expect("the loop ran at least once") {
-            ClusterError::Command { program, status, output } => ClusterError::Command {
+            ClusterError::Command {
                 program,
                 status,
-                output: format!("{output}; server log {}: {log_tail}", self.layout.log_file.display()),
+                output,
+            } => ClusterError::Command {
+                program,
+                status,
+                output: format!(
+                    "{output}; server log {}: {log_tail}",
+                    self.layout.log_file.display()
+                ),
             },
             other => other,
         })

@@ -25,7 +25,9 @@ pub enum Target {
 /// Where the data lives, fit for printing (passwords are masked).
 #[derive(Debug, Clone)]
 pub enum Origin {
-    Url { redacted: String },
+    Url {
+        redacted: String,
+    },
     Embedded {
         layout: ClusterLayout,
         started: StartOutcome,
@@ -83,6 +85,11 @@ pub fn redact_url(raw: &str) -> String {
 pub async fn open(target: &Target, settings: PoolSettings) -> DbResult<Database> {
     match target {
         Target::Url(raw) => {
+            if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+                return Err(DbError::InvalidUrl {
+                    reason: "it must start with postgresql:// or postgres://".into(),
+                });
+            }
             let options = PgConnectOptions::from_str(raw).map_err(|e| DbError::InvalidUrl {
                 reason: e.to_string(),
             })?;
@@ -98,7 +105,8 @@ pub async fn open(target: &Target, settings: PoolSettings) -> DbResult<Database>
                 data_dir: data_dir.clone(),
                 source,
             };
-            let cluster = EmbeddedCluster::new(data_dir, Durability::Durable).map_err(cluster_error)?;
+            let cluster =
+                EmbeddedCluster::new(data_dir, Durability::Durable).map_err(cluster_error)?;
             let (cluster, started) = tokio::task::spawn_blocking(move || {
                 let started = cluster.ensure_running();
                 (cluster, started)
@@ -124,19 +132,32 @@ pub async fn open(target: &Target, settings: PoolSettings) -> DbResult<Database>
     }
 }
 
-async fn connect_pool(options: PgConnectOptions, settings: PoolSettings, shown_as: &str) -> DbResult<PgPool> {
+/// Connects once, directly, so that a wrong or unreachable server is reported at once
+/// (a pool would retry until its acquire timeout), then opens the pool.
+async fn connect_pool(
+    options: PgConnectOptions,
+    settings: PoolSettings,
+    shown_as: &str,
+) -> DbResult<PgPool> {
     let options = options
         .application_name("damascus")
         .log_statements(tracing::log::LevelFilter::Trace);
-    PgPoolOptions::new()
+    let unreachable = |reason: String| DbError::Unreachable {
+        target: shown_as.to_owned(),
+        reason,
+    };
+    let probe = tokio::time::timeout(
+        settings.connect_timeout,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .map_err(|_| unreachable(format!("no answer within {:?}", settings.connect_timeout)))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    probe.close().await?;
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
-        .connect_with(options)
-        .await
-        .map_err(|e| DbError::Unreachable {
-            target: shown_as.to_owned(),
-            reason: e.to_string(),
-        })
+        .connect_lazy_with(options))
 }
 
 /// Creates `name` through the maintenance database at `admin_url`. Two processes may
@@ -148,10 +169,11 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> DbResult
             target: redact_url(admin_url),
             reason: e.to_string(),
         })?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let create = format!("create database {}", quote_ident(name));
         match sqlx::query(&create).execute(&mut conn).await {
@@ -179,7 +201,10 @@ mod tests {
             redact_url("postgresql://app:s3cret@db:5432/damascus"),
             "postgresql://app:***@db:5432/damascus"
         );
-        assert_eq!(redact_url("postgresql://app@db/damascus"), "postgresql://app@db/damascus");
+        assert_eq!(
+            redact_url("postgresql://app@db/damascus"),
+            "postgresql://app@db/damascus"
+        );
         assert_eq!(redact_url("not a url s3cret"), "(unparseable URL)");
     }
 

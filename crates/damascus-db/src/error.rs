@@ -26,7 +26,9 @@ pub enum DbError {
     SchemaBehind { applied: i64, expected: i64 },
     #[error("project {0:?} not found; list projects with: damascus project list")]
     ProjectNotFound(String),
-    #[error("project {0:?} already exists; pick another name or see it with: damascus project list")]
+    #[error(
+        "project {0:?} already exists; pick another name or see it with: damascus project list"
+    )]
     ProjectExists(String),
     #[error("work item {0} not found; list items with: damascus items")]
     ItemNotFound(i64),

@@ -37,7 +37,8 @@ pub struct WorkItem {
     pub phase_entered_at: DateTime<Utc>,
 }
 
-const ITEM_COLUMNS: &str = "i.id, i.project_id, p.name as project, i.title, i.body, i.phase::text as phase, \
+const ITEM_COLUMNS: &str =
+    "i.id, i.project_id, p.name as project, i.title, i.body, i.phase::text as phase, \
      i.resume_phase::text as resume_phase, i.spec, i.test_command, i.branch, i.pr_url, \
      i.attempts_total, i.phase_attempts, i.max_attempts_per_phase, i.max_attempts_total, \
      i.cost_budget_usd::float8 as cost_budget_usd, i.cost_usd::float8 as cost_usd, \
@@ -74,7 +75,12 @@ fn item_from_row(row: &PgRow) -> DbResult<WorkItem> {
 
 /// Stores a story as a new item in phase `spec`, with the project's budgets, and its
 /// `item.ingested` event, in one transaction.
-pub async fn ingest(pool: &PgPool, project: &ProjectName, story: &Story, source: &str) -> DbResult<WorkItem> {
+pub async fn ingest(
+    pool: &PgPool,
+    project: &ProjectName,
+    story: &Story,
+    source: &str,
+) -> DbResult<WorkItem> {
     let mut tx = pool.begin().await?;
     let project = projects::find_project(&mut *tx, project.as_str()).await?;
     let id: i64 = sqlx::query_scalar(
@@ -159,7 +165,10 @@ pub struct HumanIssue {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
-pub async fn human_issues_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<HumanIssue>> {
+pub async fn human_issues_for_item<'e>(
+    db: impl PgExecutor<'e>,
+    item_id: i64,
+) -> DbResult<Vec<HumanIssue>> {
     let rows = sqlx::query(
         "select id, item_id, phase::text as phase, question, context, status::text as status, answer,
                 answered_by, created_at, resolved_at

@@ -21,10 +21,17 @@ pub fn latest_version() -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaState {
     Empty,
-    Current { version: i64 },
-    Behind { applied: i64, pending: usize },
+    Current {
+        version: i64,
+    },
+    Behind {
+        applied: i64,
+        pending: usize,
+    },
     /// The database was migrated by a newer damascus.
-    Ahead { applied: i64 },
+    Ahead {
+        applied: i64,
+    },
 }
 
 pub async fn schema_state(pool: &PgPool) -> DbResult<SchemaState> {
@@ -34,18 +41,25 @@ pub async fn schema_state(pool: &PgPool) -> DbResult<SchemaState> {
     if !has_table {
         return Ok(SchemaState::Empty);
     }
-    let applied: Vec<i64> = sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
-        .fetch_all(pool)
-        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
+            .fetch_all(pool)
+            .await?;
     let Some(&newest) = applied.last() else {
         return Ok(SchemaState::Empty);
     };
     let latest = latest_version();
-    let pending = MIGRATOR.iter().filter(|m| !applied.contains(&m.version)).count();
+    let pending = MIGRATOR
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .count();
     Ok(if newest > latest {
         SchemaState::Ahead { applied: newest }
     } else if pending > 0 {
-        SchemaState::Behind { applied: newest, pending }
+        SchemaState::Behind {
+            applied: newest,
+            pending,
+        }
     } else {
         SchemaState::Current { version: newest }
     })

@@ -60,14 +60,19 @@ impl BinarySearch {
                 None => Ok(ServerBinaries { dir: dir.clone() }),
             };
         }
-        let versioned = self.versioned_roots.iter().flat_map(|root| versioned_bin_dirs(root));
+        let versioned = self
+            .versioned_roots
+            .iter()
+            .flat_map(|root| versioned_bin_dirs(root));
         self.path_dirs
             .iter()
             .cloned()
             .chain(self.pg_config_bindir.clone())
             .chain(versioned)
             .find(|dir| REQUIRED.iter().all(|b| is_executable(&dir.join(b))))
-            .map(|dir| ServerBinaries { dir: installation_dir(dir) })
+            .map(|dir| ServerBinaries {
+                dir: installation_dir(dir),
+            })
             .ok_or(BinariesError::NotFound)
     }
 }
@@ -122,7 +127,7 @@ fn versioned_bin_dirs(root: &Path) -> Vec<PathBuf> {
             Some((major, e.path().join("bin")))
         })
         .collect();
-    majors.sort_by(|a, b| b.0.cmp(&a.0));
+    majors.sort_by_key(|m| std::cmp::Reverse(m.0));
     majors.into_iter().map(|(_, dir)| dir).collect()
 }
 

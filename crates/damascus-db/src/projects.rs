@@ -36,7 +36,8 @@ pub struct ProjectSummary {
     pub items_live: i64,
 }
 
-const PROJECT_COLUMNS: &str = "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
+const PROJECT_COLUMNS: &str =
+    "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
      p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
      p.context_docs, p.paused, p.created_at";
@@ -86,10 +87,12 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(&new.context_docs)
         .fetch_one(pool)
         .await
-        .map_err(|e| match e.as_database_error().and_then(|d| d.constraint()) {
-            Some("projects_name_key") => DbError::ProjectExists(new.name.to_string()),
-            _ => DbError::from(e),
-        })?;
+        .map_err(
+            |e| match e.as_database_error().and_then(|d| d.constraint()) {
+                Some("projects_name_key") => DbError::ProjectExists(new.name.to_string()),
+                _ => DbError::from(e),
+            },
+        )?;
     project_from_row(&row)
 }
 

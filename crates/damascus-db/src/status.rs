@@ -21,9 +21,11 @@ pub struct Overview {
 }
 
 pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
-    let counted = sqlx::query("select phase::text as phase, count(*) as items from work_items group by phase")
-        .fetch_all(pool)
-        .await?;
+    let counted = sqlx::query(
+        "select phase::text as phase, count(*) as items from work_items group by phase",
+    )
+    .fetch_all(pool)
+    .await?;
     let mut items_per_phase: Vec<(Phase, i64)> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
     for row in &counted {
         let phase: Phase = parse_enum(row, "phase")?;

@@ -67,7 +67,11 @@ impl TestDatabase {
             .await
             .expect("connect to the test server");
         let create = match template {
-            Some(t) => format!("create database {} template {}", quote_ident(&name), quote_ident(t)),
+            Some(t) => format!(
+                "create database {} template {}",
+                quote_ident(&name),
+                quote_ident(t)
+            ),
             None => format!("create database {}", quote_ident(&name)),
         };
         sqlx::query(&create)
@@ -94,9 +98,12 @@ impl Drop for TestDatabase {
         let dropped = std::thread::spawn(move || {
             runtime().block_on(async move {
                 let mut admin = PgConnection::connect(&admin_url).await?;
-                sqlx::query(&format!("drop database if exists {} with (force)", quote_ident(&name)))
-                    .execute(&mut admin)
-                    .await?;
+                sqlx::query(&format!(
+                    "drop database if exists {} with (force)",
+                    quote_ident(&name)
+                ))
+                .execute(&mut admin)
+                .await?;
                 admin.close().await
             })
         })
@@ -125,7 +132,11 @@ fn server() -> &'static Server {
 /// The data directory of the shared test cluster: one per user and checkout.
 pub fn test_cluster_dir() -> std::path::PathBuf {
     let checkout = hash_hex(env!("CARGO_MANIFEST_DIR").as_bytes());
-    std::env::temp_dir().join(format!("damascus-test-{}-{}", nix::unistd::Uid::effective(), &checkout[..8]))
+    std::env::temp_dir().join(format!(
+        "damascus-test-{}-{}",
+        nix::unistd::Uid::effective(),
+        &checkout[..8]
+    ))
 }
 
 async fn start_server() -> Server {
@@ -134,9 +145,12 @@ async fn start_server() -> Server {
         _ => {
             let cluster = EmbeddedCluster::new(&test_cluster_dir(), Durability::Ephemeral)
                 .unwrap_or_else(|e| panic!("cannot set up the test cluster: {e}"));
-            cluster
-                .ensure_running()
-                .unwrap_or_else(|e| panic!("cannot start the test cluster in {}: {e}", cluster.layout.root.display()));
+            cluster.ensure_running().unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the test cluster in {}: {e}",
+                    cluster.layout.root.display()
+                )
+            });
             cluster.layout.url("postgres")
         }
     };
@@ -146,16 +160,20 @@ async fn start_server() -> Server {
     drop_orphaned_databases(&mut admin).await;
     let template = ensure_template(&mut admin, &admin_url).await;
     admin.close().await.ok();
-    Server { admin_url, template }
+    Server {
+        admin_url,
+        template,
+    }
 }
 
 /// Drops test databases whose process is gone (a crashed or killed test run).
 async fn drop_orphaned_databases(admin: &mut PgConnection) {
-    let names: Vec<String> = sqlx::query_scalar("select datname from pg_database where datname like $1")
-        .bind(format!("{TEST_DB_PREFIX}%"))
-        .fetch_all(&mut *admin)
-        .await
-        .expect("list test databases");
+    let names: Vec<String> =
+        sqlx::query_scalar("select datname from pg_database where datname like $1")
+            .bind(format!("{TEST_DB_PREFIX}%"))
+            .fetch_all(&mut *admin)
+            .await
+            .expect("list test databases");
     for name in names {
         let pid = name
             .strip_prefix(TEST_DB_PREFIX)
@@ -163,9 +181,12 @@ async fn drop_orphaned_databases(admin: &mut PgConnection) {
             .and_then(|pid| pid.parse::<i32>().ok());
         let alive = pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
-            let _ = sqlx::query(&format!("drop database if exists {} with (force)", quote_ident(&name)))
-                .execute(&mut *admin)
-                .await;
+            let _ = sqlx::query(&format!(
+                "drop database if exists {} with (force)",
+                quote_ident(&name)
+            ))
+            .execute(&mut *admin)
+            .await;
         }
     }
 }
@@ -178,26 +199,42 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
         hasher.update(migration.version.to_le_bytes());
         hasher.update(&migration.checksum);
     }
-    let digest: String = hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let template = format!("damascus_template_{digest}");
-    let lock_key = i64::from_le_bytes(Sha256::digest(template.as_bytes())[..8].try_into().expect("8 bytes"));
+    let lock_key = i64::from_le_bytes(
+        Sha256::digest(template.as_bytes())[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
     sqlx::query("select pg_advisory_lock($1)")
         .bind(lock_key)
         .execute(&mut *admin)
         .await
         .expect("take the template lock");
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(&template)
-        .fetch_one(&mut *admin)
-        .await
-        .expect("look for the template");
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&template)
+            .fetch_one(&mut *admin)
+            .await
+            .expect("look for the template");
     if !exists {
         let building = format!("{template}_building");
         for sql in [
-            format!("drop database if exists {} with (force)", quote_ident(&building)),
+            format!(
+                "drop database if exists {} with (force)",
+                quote_ident(&building)
+            ),
             format!("create database {}", quote_ident(&building)),
         ] {
-            sqlx::query(&sql).execute(&mut *admin).await.expect("prepare the template");
+            sqlx::query(&sql)
+                .execute(&mut *admin)
+                .await
+                .expect("prepare the template");
         }
         let pool = PgPoolOptions::new()
             .max_connections(1)
@@ -207,12 +244,22 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
         MIGRATOR.run(&pool).await.expect("migrate the template");
         pool.close().await;
         for sql in [
-            format!("alter database {} rename to {}", quote_ident(&building), quote_ident(&template)),
+            format!(
+                "alter database {} rename to {}",
+                quote_ident(&building),
+                quote_ident(&template)
+            ),
             // Nobody may connect to a template: CREATE DATABASE ... TEMPLATE fails while
             // anyone is connected to it.
-            format!("alter database {} with is_template true allow_connections false", quote_ident(&template)),
+            format!(
+                "alter database {} with is_template true allow_connections false",
+                quote_ident(&template)
+            ),
         ] {
-            sqlx::query(&sql).execute(&mut *admin).await.expect("finish the template");
+            sqlx::query(&sql)
+                .execute(&mut *admin)
+                .await
+                .expect("finish the template");
         }
     }
     sqlx::query("select pg_advisory_unlock($1)")
@@ -231,5 +278,8 @@ fn database_url(url: &str, database: &str) -> String {
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -1,1 +1,33 @@
-fn main(){}
+//! The `damascus` command: parses the command line, turns it into plain settings, calls
+//! the library crates, prints results, and maps failures to exit codes.
+//!
+//! Architecture invariant: clap types stay in this crate; no SQL, HTTP or git here.
+
+mod cli;
+mod commands;
+mod settings;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    settings::init_logging(args.verbose);
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: cli::Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let target = settings::database_target(&args.database)?;
+    runtime.block_on(commands::dispatch(args.command, target))
+}

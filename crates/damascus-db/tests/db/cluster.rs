@@ -7,7 +7,10 @@ use sqlx::{Connection, PgConnection};
 
 async fn answers(cluster: &EmbeddedCluster) -> bool {
     match PgConnection::connect(&cluster.layout.url("postgres")).await {
-        Ok(mut conn) => sqlx::query_scalar::<_, i32>("select 1").fetch_one(&mut conn).await.is_ok(),
+        Ok(mut conn) => sqlx::query_scalar::<_, i32>("select 1")
+            .fetch_one(&mut conn)
+            .await
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -21,24 +24,42 @@ async fn start_reuse_crash_and_stop() {
     assert_eq!(cluster.layout.placement_note, None);
 
     let c = cluster.clone();
-    let first = tokio::task::spawn_blocking(move || c.ensure_running()).await.unwrap().unwrap();
+    let first = tokio::task::spawn_blocking(move || c.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first, StartOutcome::Started { initialized: true });
     assert!(answers(&cluster).await);
-    let mode = std::fs::metadata(&cluster.layout.socket_dir).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&cluster.layout.socket_dir)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700, "the socket directory is private");
-    assert_eq!(cluster.ensure_running().unwrap(), StartOutcome::AlreadyRunning);
+    assert_eq!(
+        cluster.ensure_running().unwrap(),
+        StartOutcome::AlreadyRunning
+    );
 
     // A crash: the postmaster dies without cleaning up its pid file.
     let pid = cluster.server_pid().expect("a running server has a pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().contains("State:\tZ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .contains("State:\tZ")
     {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(cluster.layout.pgdata.join("postmaster.pid").exists());
     let c = cluster.clone();
-    let again = tokio::task::spawn_blocking(move || c.ensure_running()).await.unwrap().unwrap();
+    let again = tokio::task::spawn_blocking(move || c.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, StartOutcome::Started { initialized: false });
     assert!(answers(&cluster).await);
 
@@ -48,8 +69,19 @@ async fn start_reuse_crash_and_stop() {
 
     // A pid file naming a process that is not postgres (a reused pid) is stale too.
     let pid_file = cluster.layout.pgdata.join("postmaster.pid");
-    std::fs::write(&pid_file, format!("{}\n{}\n", std::process::id(), cluster.layout.pgdata.display())).unwrap();
-    assert_eq!(cluster.ensure_running().unwrap(), StartOutcome::Started { initialized: false });
+    std::fs::write(
+        &pid_file,
+        format!(
+            "{}\n{}\n",
+            std::process::id(),
+            cluster.layout.pgdata.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        cluster.ensure_running().unwrap(),
+        StartOutcome::Started { initialized: false }
+    );
     assert!(answers(&cluster).await);
     assert_eq!(cluster.stop().unwrap(), StopOutcome::Stopped);
 }

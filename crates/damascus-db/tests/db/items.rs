@@ -19,10 +19,15 @@ async fn ingest_stores_the_item_and_its_event_together() {
     let db = TestDatabase::new().await;
     with_project(&db, "web").await;
     let name = ProjectName::parse("web").unwrap();
-    let item = items::ingest(&db.pool, &name, &story("Add login"), "cli").await.unwrap();
+    let item = items::ingest(&db.pool, &name, &story("Add login"), "cli")
+        .await
+        .unwrap();
     assert_eq!(item.phase, Phase::Spec);
     assert_eq!(item.project, "web");
-    assert_eq!((item.max_attempts_per_phase, item.max_attempts_total), (2, 5));
+    assert_eq!(
+        (item.max_attempts_per_phase, item.max_attempts_total),
+        (2, 5)
+    );
     let timeline = events::for_item(&db.pool, item.id).await.unwrap();
     assert_eq!(timeline.len(), 1);
     assert_eq!(timeline[0].kind, "item.ingested");
@@ -33,7 +38,9 @@ async fn ingest_stores_the_item_and_its_event_together() {
 async fn ingest_into_an_unknown_project_writes_nothing() {
     let db = TestDatabase::new().await;
     let name = ProjectName::parse("ghost").unwrap();
-    let err = items::ingest(&db.pool, &name, &story("x"), "cli").await.unwrap_err();
+    let err = items::ingest(&db.pool, &name, &story("x"), "cli")
+        .await
+        .unwrap_err();
     assert!(matches!(err, DbError::ProjectNotFound(_)), "{err:?}");
     let events: i64 = sqlx::query_scalar("select count(*) from events_outbox")
         .fetch_one(&db.pool)
@@ -49,7 +56,9 @@ async fn list_filters_by_project_and_phase() {
     with_project(&db, "api").await;
     for (project, title) in [("web", "a"), ("web", "b"), ("api", "c")] {
         let name = ProjectName::parse(project).unwrap();
-        items::ingest(&db.pool, &name, &story(title), "cli").await.unwrap();
+        items::ingest(&db.pool, &name, &story(title), "cli")
+            .await
+            .unwrap();
     }
     let filter = |project: Option<&str>, phase: Option<Phase>| ItemFilter {
         project: project.map(str::to_owned),
@@ -58,18 +67,49 @@ async fn list_filters_by_project_and_phase() {
         offset: 0,
     };
     let titles = |list: Vec<items::WorkItem>| list.into_iter().map(|i| i.title).collect::<Vec<_>>();
-    assert_eq!(titles(items::list_items(&db.pool, &filter(None, None)).await.unwrap()), ["a", "b", "c"]);
-    assert_eq!(titles(items::list_items(&db.pool, &filter(Some("web"), None)).await.unwrap()), ["a", "b"]);
-    assert!(items::list_items(&db.pool, &filter(None, Some(Phase::Merged))).await.unwrap().is_empty());
-    let err = items::list_items(&db.pool, &filter(Some("nope"), None)).await.unwrap_err();
+    assert_eq!(
+        titles(
+            items::list_items(&db.pool, &filter(None, None))
+                .await
+                .unwrap()
+        ),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        titles(
+            items::list_items(&db.pool, &filter(Some("web"), None))
+                .await
+                .unwrap()
+        ),
+        ["a", "b"]
+    );
+    assert!(
+        items::list_items(&db.pool, &filter(None, Some(Phase::Merged)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = items::list_items(&db.pool, &filter(Some("nope"), None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, DbError::ProjectNotFound(_)));
-    let page = ItemFilter { limit: 1, offset: 1, ..filter(None, None) };
-    assert_eq!(titles(items::list_items(&db.pool, &page).await.unwrap()), ["b"]);
+    let page = ItemFilter {
+        limit: 1,
+        offset: 1,
+        ..filter(None, None)
+    };
+    assert_eq!(
+        titles(items::list_items(&db.pool, &page).await.unwrap()),
+        ["b"]
+    );
 }
 
 #[tokio::test]
 async fn unknown_item_says_how_to_list() {
     let db = TestDatabase::new().await;
     let err = items::get_item(&db.pool, 42).await.unwrap_err();
-    assert_eq!(err.to_string(), "work item 42 not found; list items with: damascus items");
+    assert_eq!(
+        err.to_string(),
+        "work item 42 not found; list items with: damascus items"
+    );
 }

@@ -21,7 +21,12 @@ async fn schema_sql_matches_the_migrations() {
             .zip(dumped.lines())
             .enumerate()
             .find(|(_, (a, b))| a != b)
-            .map(|(n, (a, b))| format!("line {}: schema.sql has {a:?}, the migrations give {b:?}", n + 1))
+            .map(|(n, (a, b))| {
+                format!(
+                    "line {}: schema.sql has {a:?}, the migrations give {b:?}",
+                    n + 1
+                )
+            })
             .unwrap_or_else(|| "one file is a prefix of the other".into());
         panic!(
             "schema.sql differs from what migrations/ produce ({first_difference}); \
@@ -33,13 +38,18 @@ async fn schema_sql_matches_the_migrations() {
 #[tokio::test]
 async fn migrations_are_idempotent() {
     let db = TestDatabase::empty().await;
-    assert_eq!(migrate::schema_state(&db.pool).await.unwrap(), SchemaState::Empty);
+    assert_eq!(
+        migrate::schema_state(&db.pool).await.unwrap(),
+        SchemaState::Empty
+    );
     let first = migrate::apply(&db.pool).await.unwrap();
     assert_eq!(first, migrate::MIGRATOR.iter().count());
     assert_eq!(migrate::apply(&db.pool).await.unwrap(), 0);
     assert_eq!(
         migrate::schema_state(&db.pool).await.unwrap(),
-        SchemaState::Current { version: migrate::latest_version() }
+        SchemaState::Current {
+            version: migrate::latest_version()
+        }
     );
 }
 
@@ -82,6 +92,9 @@ async fn database_constraints_hold_for_psql_users() {
         "insert into work_items (project_id, title, max_attempts_per_phase, max_attempts_total) values (999, 't', 3, 10)",
     ];
     for sql in refused {
-        assert!(sqlx::query(sql).execute(&db.pool).await.is_err(), "accepted: {sql}");
+        assert!(
+            sqlx::query(sql).execute(&db.pool).await.is_err(),
+            "accepted: {sql}"
+        );
     }
 }

@@ -1,1 +1,90 @@
+//! The `damascus` binary, run as a user would run it, against a real PostgreSQL: one
+//! test binary so every test shares the harness's cluster.
 
+mod bad_input;
+mod embedded;
+mod flow;
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use damascus_testdb::TestDatabase;
+
+/// The binary with a clean environment: no DATABASE_URL or data dir leaks in from
+/// the machine running the tests.
+pub fn damascus() -> Command {
+    let mut cmd = Command::cargo_bin("damascus").expect("the damascus binary is built");
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("DAMASCUS_DATA_DIR")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Runs `damascus ARGS` against `db`, feeding `stdin`.
+pub fn run(db: &TestDatabase, args: &[&str], stdin: &str) -> Output {
+    damascus()
+        .env("DATABASE_URL", &db.url)
+        .args(args)
+        .write_stdin(stdin)
+        .output()
+        .expect("run damascus")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Asserts failure with `code` and a stderr that contains every one of `needles`.
+pub fn refused(out: Output, code: i32, needles: &[&str]) {
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {err}",
+        stdout(&out)
+    );
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+}
+
+pub fn write(dir: &Path, name: &str, contents: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+pub async fn with_web_project() -> TestDatabase {
+    let db = TestDatabase::new().await;
+    ok(run(
+        &db,
+        &[
+            "project",
+            "add",
+            "web",
+            "--repo",
+            "/srv/git/web.git",
+            "--test-command",
+            "cargo test",
+        ],
+        "",
+    ));
+    db
+}

@@ -1,0 +1,130 @@
+//! `damascus items` and `damascus show`.
+
+use damascus_db::items::{self, ItemFilter};
+use damascus_db::{events, Target};
+
+use crate::cli::ItemsArgs;
+use crate::commands::open_migrated;
+use crate::table;
+
+pub async fn list(target: &Target, args: ItemsArgs) -> anyhow::Result<()> {
+    let db = open_migrated(target).await?;
+    let filter = ItemFilter {
+        project: args.project,
+        phase: args.phase,
+        limit: args.limit,
+        offset: args.offset,
+    };
+    let list = items::list_items(&db.pool, &filter).await?;
+    if list.is_empty() {
+        println!("no items match; add one with: damascus ingest --project NAME story.md");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.project.clone(),
+                i.phase.to_string(),
+                format!("{}/{}", i.attempts_total, i.max_attempts_total),
+                format!("{:.2}", i.cost_usd),
+                i.title.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["ID", "PROJECT", "PHASE", "ATTEMPTS", "USD", "TITLE"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
+    let db = open_migrated(target).await?;
+    let item = items::get_item(&db.pool, id).await?;
+    println!("item {}: {}", item.id, item.title);
+    println!("project    {}", item.project);
+    match item.resume_phase {
+        Some(resume) => println!("phase      {} (resumes in {resume})", item.phase),
+        None => println!(
+            "phase      {} since {}",
+            item.phase,
+            item.phase_entered_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    }
+    println!(
+        "attempts   {} in this phase (of {}), {} in all (of {})",
+        item.phase_attempts,
+        item.max_attempts_per_phase,
+        item.attempts_total,
+        item.max_attempts_total
+    );
+    let budget = item
+        .cost_budget_usd
+        .map(|b| format!(" of {b:.2}"))
+        .unwrap_or_default();
+    println!("cost       {:.4} USD{budget}", item.cost_usd);
+    if let Some(verdict) = item.last_verdict {
+        println!(
+            "verdict    {verdict}{}",
+            item.last_verdict_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    for (label, value) in [
+        ("test", &item.test_command),
+        ("branch", &item.branch),
+        ("pr", &item.pr_url),
+    ] {
+        if let Some(value) = value {
+            println!("{label:<10} {value}");
+        }
+    }
+    println!(
+        "created    {} (from {})",
+        item.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        item.source
+    );
+    if !item.body.is_empty() {
+        println!("\n{}", item.body);
+    }
+    if let Some(spec) = &item.spec {
+        println!("\nspec\n{}", serde_json::to_string_pretty(spec)?);
+    }
+    let questions = items::human_issues_for_item(&db.pool, id).await?;
+    if !questions.is_empty() {
+        println!("\nquestions");
+        for q in &questions {
+            println!("  #{} [{}] ({}) {}", q.id, q.status, q.phase, q.question);
+            if let Some(answer) = &q.answer {
+                println!("      answer: {answer}");
+            }
+        }
+    }
+    let costs = items::costs_for_item(&db.pool, id).await?;
+    if !costs.is_empty() {
+        println!("\ncosts");
+        for c in &costs {
+            println!(
+                "  {:<7} {:<24} {} calls, {} in / {} out tokens, {:.4} USD",
+                c.phase, c.model, c.calls, c.tokens_in, c.tokens_out, c.usd
+            );
+        }
+    }
+    println!("\nevents");
+    for event in events::for_item(&db.pool, id).await? {
+        println!(
+            "  {} {} {}",
+            event.created_at.format("%Y-%m-%d %H:%M:%S"),
+            event.kind,
+            event.payload
+        );
+    }
+    Ok(())
+}

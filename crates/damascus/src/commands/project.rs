@@ -1,0 +1,68 @@
+//! `damascus project add|list`.
+
+use damascus_core::{NewProject, ProjectName};
+use damascus_db::{projects, Target};
+
+use crate::cli::ProjectAddArgs;
+use crate::commands::open_migrated;
+use crate::table;
+
+pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
+    let project = NewProject {
+        name: ProjectName::parse(&args.name)?,
+        repository: args.repo,
+        default_branch: args.default_branch,
+        forge_kind: args.forge,
+        forge_repo: args.forge_repo,
+        forge_url: args.forge_url,
+        test_command: args.test_command,
+        spec_mode: args.spec_mode,
+        max_attempts_per_phase: args.max_attempts_per_phase,
+        max_attempts_total: args.max_attempts_total,
+        cost_budget_usd: args.cost_budget_usd,
+        context_docs: args.context_docs,
+    };
+    project.validate()?;
+    let db = open_migrated(target).await?;
+    let added = projects::add_project(&db.pool, &project).await?;
+    println!(
+        "added project {} ({}, forge {})",
+        added.name, added.repository, added.forge_kind
+    );
+    Ok(())
+}
+
+pub async fn list(target: &Target) -> anyhow::Result<()> {
+    let db = open_migrated(target).await?;
+    let summaries = projects::list_projects(&db.pool).await?;
+    if summaries.is_empty() {
+        println!("no projects yet; add one with: damascus project add NAME --repo URL");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = summaries
+        .iter()
+        .map(|s| {
+            let p = &s.project;
+            vec![
+                p.name.clone(),
+                p.forge_kind.to_string(),
+                p.default_branch.clone(),
+                format!("{}/{}", s.items_live, s.items_total),
+                if p.paused {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
+                p.repository.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["NAME", "FORGE", "BRANCH", "LIVE/ALL", "STATE", "REPOSITORY"],
+            &rows
+        )
+    );
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! Every input a person can get wrong is refused with a message that says what was
+//! wrong and how to fix it, and leaves the database as it was.
+
+use damascus_testdb::TestDatabase;
+
+use crate::{damascus, refused, run, with_web_project, write};
+
+async fn count(db: &TestDatabase, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("select count(*) from {table}"))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn project_add_refusals() {
+    let db = with_web_project().await;
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (
+            &["project", "add", "Web", "--repo", "/r"],
+            1,
+            &["\"Web\" is not allowed", "lowercase"],
+        ),
+        (
+            &["project", "add", "", "--repo", "/r"],
+            1,
+            &["project name is empty"],
+        ),
+        (
+            &["project", "add", "web", "--repo", "/r"],
+            1,
+            &["\"web\" already exists"],
+        ),
+        (
+            &["project", "add", "api", "--repo", " "],
+            1,
+            &["repository is empty"],
+        ),
+        (
+            &["project", "add", "api", "--repo", "/r", "--forge", "gitlab"],
+            2,
+            &["unknown forge kind \"gitlab\"", "local, gitea, github"],
+        ),
+        (
+            &["project", "add", "api", "--repo", "/r", "--forge", "github"],
+            1,
+            &["owner/name"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--forge",
+                "gitea",
+                "--forge-repo",
+                "a/b",
+            ],
+            1,
+            &["base URL"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--default-branch",
+                "a b",
+            ],
+            1,
+            &["not a valid git branch name"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--max-attempts-per-phase",
+                "0",
+            ],
+            1,
+            &["between 1 and 100"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--max-attempts-total",
+                "2",
+            ],
+            1,
+            &["smaller than the per-phase budget"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--max-attempts-total",
+                "ten",
+            ],
+            2,
+            &["invalid value 'ten'"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--cost-budget-usd",
+                "-1",
+            ],
+            1,
+            &["non-negative"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--spec-mode",
+                "magic",
+            ],
+            2,
+            &["unknown spec mode", "refine, passthrough"],
+        ),
+        (&["project", "add", "api"], 2, &["--repo"]),
+    ];
+    for (args, code, needles) in cases {
+        refused(run(&db, args, ""), *code, needles);
+    }
+    assert_eq!(count(&db, "projects").await, 1);
+}
+
+#[tokio::test]
+async fn ingest_refusals() {
+    let db = with_web_project().await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.md", b"  \n");
+    let untitled = write(dir.path(), "untitled.md", b"just text\n");
+    let binary = write(dir.path(), "binary.md", b"# T\n\xff\xfe\x00");
+    let nul = write(dir.path(), "nul.md", b"# T\nA\0B");
+    let missing = dir.path().join("missing.md").to_string_lossy().into_owned();
+    let cases: &[(&[&str], &str, i32, &[&str])] = &[
+        (
+            &["ingest", "-p", "ghost"],
+            "# T\n",
+            1,
+            &["project \"ghost\" not found", "damascus project list"],
+        ),
+        (&["ingest", "-p", "Bad Name"], "# T\n", 1, &["not allowed"]),
+        (
+            &["ingest", "-p", "web", &empty],
+            "",
+            1,
+            &["the story is empty", "# Title"],
+        ),
+        (
+            &["ingest", "-p", "web", &untitled],
+            "",
+            1,
+            &["no title", "--title"],
+        ),
+        (
+            &["ingest", "-p", "web", &binary],
+            "",
+            1,
+            &["not UTF-8", "binary.md"],
+        ),
+        (&["ingest", "-p", "web", &nul], "", 1, &["NUL byte"]),
+        (
+            &["ingest", "-p", "web", &missing],
+            "",
+            1,
+            &["cannot read story file", "missing.md"],
+        ),
+        (
+            &["ingest", "-p", "web", "--title", " "],
+            "body",
+            1,
+            &["title is empty"],
+        ),
+        (
+            &["ingest", "-p", "web"],
+            "",
+            1,
+            &["standard input", "the story is empty"],
+        ),
+        (&["ingest", "web.md"], "", 2, &["--project"]),
+    ];
+    for (args, stdin, code, needles) in cases {
+        refused(run(&db, args, stdin), *code, needles);
+    }
+    assert_eq!(count(&db, "work_items").await, 0);
+    assert_eq!(count(&db, "events_outbox").await, 0);
+}
+
+#[tokio::test]
+async fn list_and_show_refusals() {
+    let db = with_web_project().await;
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (
+            &["items", "--phase", "done"],
+            2,
+            &["unknown phase \"done\"", "intake, spec"],
+        ),
+        (
+            &["items", "--project", "ghost"],
+            1,
+            &["project \"ghost\" not found"],
+        ),
+        (&["items", "--limit", "0"], 2, &["0 is not in 1..=1000"]),
+        (&["items", "--offset", "-1"], 2, &["--offset"]),
+        (
+            &["show", "99"],
+            1,
+            &["work item 99 not found", "damascus items"],
+        ),
+        (&["show", "0"], 2, &["0 is not in 1.."]),
+        (&["show", "abc"], 2, &["invalid value 'abc'"]),
+        (&["frobnicate"], 2, &["unrecognized subcommand"]),
+        (&["db", "stop"], 1, &["DATABASE_URL is set", "unset it"]),
+    ];
+    for (args, code, needles) in cases {
+        refused(run(&db, args, ""), *code, needles);
+    }
+}
+
+#[tokio::test]
+async fn commands_before_init_say_to_init() {
+    let db = TestDatabase::empty().await;
+    for args in [&["items"][..], &["project", "list"], &["show", "1"]] {
+        refused(
+            run(&db, args, ""),
+            1,
+            &["no Damascus schema yet; run: damascus init"],
+        );
+    }
+}
+
+#[test]
+fn bad_database_urls_are_refused_without_leaking_the_password() {
+    let unreachable = damascus()
+        .env(
+            "DATABASE_URL",
+            "postgresql://app:hunter2@127.0.0.1:1/damascus?connect_timeout=2",
+        )
+        .arg("status")
+        .output()
+        .unwrap();
+    refused(
+        unreachable,
+        1,
+        &[
+            "cannot connect to the database at",
+            "app:***@127.0.0.1:1",
+            "unset DATABASE_URL",
+        ],
+    );
+    let out = damascus()
+        .env(
+            "DATABASE_URL",
+            "postgresql://app:hunter2@127.0.0.1:1/damascus",
+        )
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!crate::stderr(&out).contains("hunter2"));
+    let malformed = damascus()
+        .args(["--database-url", "mysql://x", "status"])
+        .output()
+        .unwrap();
+    refused(
+        malformed,
+        1,
+        &[
+            "not a valid PostgreSQL URL",
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+        ],
+    );
+}
+
+#[test]
+fn help_never_shows_the_database_url() {
+    let out = damascus()
+        .env("DATABASE_URL", "postgresql://app:hunter2@db/x")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!crate::stdout(&out).contains("hunter2"));
+}

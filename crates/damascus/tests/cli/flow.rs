@@ -1,0 +1,96 @@
+//! The happy paths: init, projects, ingest, list, show, status.
+
+use damascus_testdb::TestDatabase;
+
+use crate::{ok, run, with_web_project, write};
+
+#[tokio::test]
+async fn init_applies_migrations_once() {
+    let db = TestDatabase::empty().await;
+    let first = ok(run(&db, &["init"], ""));
+    assert!(first.contains("applied 6 migrations"), "{first}");
+    let second = ok(run(&db, &["init"], ""));
+    assert!(second.contains("nothing to do"), "{second}");
+}
+
+#[tokio::test]
+async fn status_reports_schema_and_counts() {
+    let db = with_web_project().await;
+    ok(run(&db, &["ingest", "-p", "web"], "# One\nbody"));
+    let out = ok(run(&db, &["status"], ""));
+    assert!(out.contains("(DATABASE_URL)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "version {}",
+            damascus_db::migrate::latest_version()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("spec 1,"), "{out}");
+    assert!(out.contains("jobs       0 queued"), "{out}");
+}
+
+#[tokio::test]
+async fn status_of_an_uninitialized_database_says_to_init() {
+    let db = TestDatabase::empty().await;
+    let out = ok(run(&db, &["status"], ""));
+    assert!(out.contains("not initialized; run: damascus init"), "{out}");
+}
+
+#[tokio::test]
+async fn ingest_from_file_and_stdin_then_list_and_show() {
+    let db = with_web_project().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "login.md",
+        b"# Add login\n\nUsers log in with email.\n",
+    );
+    let out = ok(run(&db, &["ingest", "--project", "web", &file], ""));
+    assert!(
+        out.contains("ingested item 1 into project web (phase spec): Add login"),
+        "{out}"
+    );
+    let out = ok(run(
+        &db,
+        &["ingest", "-p", "web", "--title", "Logout", "-"],
+        "A button to log out.\n",
+    ));
+    assert!(out.contains("item 2") && out.contains("Logout"), "{out}");
+
+    let listed = ok(run(&db, &["items"], ""));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("1 ") && l.contains("spec") && l.ends_with("Add login")),
+        "{listed}"
+    );
+    assert!(listed.contains("Logout"));
+    let only_merged = ok(run(&db, &["items", "--phase", "merged"], ""));
+    assert!(only_merged.contains("no items match"), "{only_merged}");
+
+    let shown = ok(run(&db, &["show", "1"], ""));
+    assert!(shown.contains("item 1: Add login"), "{shown}");
+    assert!(shown.contains("Users log in with email."), "{shown}");
+    assert!(shown.contains("item.ingested"), "{shown}");
+    assert!(shown.contains("test       cargo test"), "{shown}");
+
+    let stored: (String, String) =
+        sqlx::query_as("select title, body from work_items where id = 2")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, ("Logout".into(), "A button to log out.".into()));
+}
+
+#[tokio::test]
+async fn project_list_shows_counts() {
+    let db = with_web_project().await;
+    ok(run(&db, &["ingest", "-p", "web"], "# One\n"));
+    let out = ok(run(&db, &["project", "list"], ""));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("web") && l.contains("1/1") && l.contains("active")),
+        "{out}"
+    );
+}
