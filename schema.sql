@@ -65,6 +65,150 @@ CREATE TYPE public.work_phase AS ENUM (
     'cancelled'
 );
 
+CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_slots integer[];
+    v_jobs uuid[];
+begin
+    select array_agg(free.slot order by free.slot) into v_slots
+    from (
+        select s.slot from damascus_slots s
+        where s.job_id is null or s.lease_until < now()
+        order by s.slot
+        limit p_max
+        for update skip locked
+    ) free;
+    if v_slots is null then
+        return;
+    end if;
+    select array_agg(ready.id order by ready.attempt_at) into v_jobs
+    from (
+        -- The predicates match sqlxmq's partial index on
+        -- (channel_name, channel_args, attempt_at), so this reads only what it returns.
+        select m.id, m.attempt_at from mq_msgs m
+        where m.channel_name = damascus_job_channel()
+          and m.channel_args = ''
+          and m.id != uuid_nil()
+          and not mq_uuid_exists(m.after_message_id)
+          and m.attempt_at <= now()
+          and m.attempts > 0
+        order by m.attempt_at
+        limit cardinality(v_slots)
+        for update skip locked
+    ) ready;
+    if v_jobs is null then
+        return;
+    end if;
+    update mq_msgs m
+    set attempt_at = now() + p_lease, attempts = m.attempts - 1
+    where m.id = any (v_jobs);
+    update damascus_jobs dj set runs = dj.runs + 1 where dj.job_id = any (v_jobs);
+    -- An expired holder may still name a job in another slot; unlink it first so the
+    -- unique key on job_id holds.
+    update damascus_slots s
+    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    where s.job_id = any (v_jobs);
+    return query
+    with pairs as (
+        select j.id, s.slot
+        from unnest(v_jobs) with ordinality as j (id, n)
+        join unnest(v_slots) with ordinality as s (slot, n) using (n)
+    ), held as (
+        update damascus_slots s
+        set job_id = pairs.id, worker_id = p_worker, claimed_at = now(), lease_until = now() + p_lease
+        from pairs
+        where s.slot = pairs.slot
+        returning s.slot, s.job_id
+    )
+    select held.job_id, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
+    from held
+    join mq_msgs m on m.id = held.job_id
+    left join damascus_jobs dj on dj.job_id = held.job_id;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    delete from damascus_slots s
+    using damascus_queue_settings q
+    where s.job_id = p_job and s.slot > q.concurrency;
+    update damascus_slots
+    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    where job_id = p_job;
+    -- A worker waiting for a free slot (the cap is reached) wakes at once.
+    perform pg_notify('mq_' || damascus_job_channel(), '');
+end;
+$$;
+
+CREATE FUNCTION public.damascus_job_channel() RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ select 'damascus.advance'::text $$;
+
+CREATE FUNCTION public.damascus_keep_alive(p_worker bigint, p_jobs uuid[], p_lease interval) RETURNS SETOF uuid
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update damascus_worker_processes set heartbeat_at = now() where id = p_worker;
+    return query
+    with held as (
+        update damascus_slots s
+        set lease_until = now() + p_lease
+        where s.worker_id = p_worker and s.job_id = any (p_jobs)
+        returning s.job_id
+    ), extended as (
+        update mq_msgs m
+        set attempt_at = now() + p_lease
+        from held
+        where m.id = held.job_id
+        returning m.id
+    )
+    select extended.id from extended;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_set_concurrency(p_concurrency integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update damascus_queue_settings set concurrency = p_concurrency, updated_at = now();
+    insert into damascus_slots (slot)
+    select g from generate_series(1, p_concurrency) g
+    on conflict (slot) do nothing;
+    delete from damascus_slots
+    where slot > p_concurrency and (job_id is null or lease_until < now());
+end;
+$$;
+
+CREATE FUNCTION public.damascus_spawn_job() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_job uuid := gen_random_uuid();
+    v_attempts integer;
+begin
+    if new.phase not in ('spec', 'build', 'review') then
+        return null;
+    end if;
+    if exists (select 1 from damascus_jobs where item_id = new.id) then
+        return null;
+    end if;
+    select job_attempts into v_attempts from damascus_queue_settings;
+    perform mq_insert(array[(
+        v_job, interval '0', v_attempts - 1, interval '1 second',
+        damascus_job_channel(), '', null, false, 'advance',
+        json_build_object('item_id', new.id, 'phase', new.phase, 'attempt', new.phase_attempts + 1)::text,
+        null
+    )::mq_new_t]);
+    insert into damascus_jobs (job_id, item_id, phase, attempt)
+    values (v_job, new.id, new.phase, new.phase_attempts + 1);
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_touch_updated_at() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -89,15 +233,78 @@ $$;
 CREATE FUNCTION public.mq_active_channels(channel_names text[], batch_size integer) RETURNS TABLE(name text, args text)
     LANGUAGE sql STABLE
     AS $$
-    SELECT channel_name, channel_args
-    FROM mq_msgs
-    WHERE id != uuid_nil()
-    AND attempt_at <= NOW()
-    AND (channel_names IS NULL OR channel_name = ANY(channel_names))
-    AND NOT mq_uuid_exists(after_message_id)
-    GROUP BY channel_name, channel_args
+    SELECT heads.name, heads.args
+    FROM mq_channel_heads(channel_names) AS heads
+    WHERE heads.attempt_at <= NOW()
     ORDER BY RANDOM()
     LIMIT batch_size
+$$;
+
+CREATE FUNCTION public.mq_channel_heads(channel_names text[]) RETURNS TABLE(name text, args text, attempt_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE ROWS 10
+    SET plan_cache_mode TO 'force_custom_plan'
+    AS $$
+BEGIN
+    IF channel_names IS NULL THEN
+        RETURN QUERY WITH RECURSIVE heads(channel_name, channel_args, attempt_at) AS (
+            (
+                SELECT mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                FROM mq_msgs
+                WHERE mq_msgs.id != uuid_nil()
+                AND NOT mq_uuid_exists(mq_msgs.after_message_id)
+                ORDER BY mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                LIMIT 1
+            )
+            UNION ALL
+            SELECT next_head.channel_name, next_head.channel_args, next_head.attempt_at
+            FROM heads
+            CROSS JOIN LATERAL (
+                SELECT mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                FROM mq_msgs
+                WHERE mq_msgs.id != uuid_nil()
+                AND NOT mq_uuid_exists(mq_msgs.after_message_id)
+                AND (mq_msgs.channel_name, mq_msgs.channel_args)
+                    > (heads.channel_name, heads.channel_args)
+                ORDER BY mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                LIMIT 1
+            ) AS next_head
+        )
+        SELECT heads.channel_name, heads.channel_args, heads.attempt_at
+        FROM heads;
+    ELSE
+        RETURN QUERY WITH RECURSIVE heads(channel_name, channel_args, attempt_at) AS (
+            SELECT first_head.channel_name, first_head.channel_args, first_head.attempt_at
+            FROM (
+                SELECT DISTINCT wanted.channel_name
+                FROM UNNEST(channel_names) AS wanted(channel_name)
+            ) AS wanted
+            CROSS JOIN LATERAL (
+                SELECT mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                FROM mq_msgs
+                WHERE mq_msgs.id != uuid_nil()
+                AND NOT mq_uuid_exists(mq_msgs.after_message_id)
+                AND mq_msgs.channel_name = wanted.channel_name
+                ORDER BY mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                LIMIT 1
+            ) AS first_head
+            UNION ALL
+            SELECT next_head.channel_name, next_head.channel_args, next_head.attempt_at
+            FROM heads
+            CROSS JOIN LATERAL (
+                SELECT mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                FROM mq_msgs
+                WHERE mq_msgs.id != uuid_nil()
+                AND NOT mq_uuid_exists(mq_msgs.after_message_id)
+                AND mq_msgs.channel_name = heads.channel_name
+                AND mq_msgs.channel_args > heads.channel_args
+                ORDER BY mq_msgs.channel_name, mq_msgs.channel_args, mq_msgs.attempt_at
+                LIMIT 1
+            ) AS next_head
+        )
+        SELECT heads.channel_name, heads.channel_args, heads.attempt_at
+        FROM heads;
+    END IF;
+END;
 $$;
 
 CREATE FUNCTION public.mq_checkpoint(msg_id uuid, duration interval, new_payload_json text, new_payload_bytes bytea, extra_retries integer) RETURNS void
@@ -267,6 +474,7 @@ $$;
 
 CREATE FUNCTION public.mq_poll(channel_names text[], batch_size integer DEFAULT 1) RETURNS TABLE(id uuid, is_committed boolean, name text, payload_json text, payload_bytes bytea, retry_backoff interval, wait_time interval)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_custom_plan'
     AS $$
 BEGIN
     RETURN QUERY UPDATE mq_msgs
@@ -310,11 +518,8 @@ BEGIN
             NULL::TEXT,
             NULL::BYTEA,
             NULL::INTERVAL,
-            MIN(mq_msgs.attempt_at) - NOW()
-        FROM mq_msgs
-        WHERE mq_msgs.id != uuid_nil()
-        AND NOT mq_uuid_exists(mq_msgs.after_message_id)
-        AND (channel_names IS NULL OR mq_msgs.channel_name = ANY(channel_names));
+            MIN(heads.attempt_at) - NOW()
+        FROM mq_channel_heads(channel_names) AS heads;
     END IF;
 END;
 $$;
@@ -322,7 +527,7 @@ $$;
 CREATE FUNCTION public.mq_uuid_exists(id uuid) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $$
-	SELECT id IS NOT NULL AND id != uuid_nil()
+    SELECT id IS NOT NULL AND id != '00000000-0000-0000-0000-000000000000'::uuid
 $$;
 
 CREATE TABLE public.coordination_gates (
@@ -407,6 +612,11 @@ CREATE TABLE public.projects (
     paused boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    agent_command text[],
+    agent_timeout_secs integer DEFAULT 1800 NOT NULL,
+    test_timeout_secs integer DEFAULT 900 NOT NULL,
+    CONSTRAINT projects_agent_command_present CHECK (((cardinality(agent_command) >= 1) AND (btrim(agent_command[1]) <> ''::text))),
+    CONSTRAINT projects_agent_timeout_range CHECK (((agent_timeout_secs >= 1) AND (agent_timeout_secs <= 86400))),
     CONSTRAINT projects_cost_budget_non_negative CHECK ((cost_budget_usd >= (0)::numeric)),
     CONSTRAINT projects_default_branch_present CHECK ((btrim(default_branch) <> ''::text)),
     CONSTRAINT projects_forge_repo_format CHECK ((forge_repo ~ '^[^/[:space:]]+/[^/[:space:]]+$'::text)),
@@ -417,6 +627,7 @@ CREATE TABLE public.projects (
     CONSTRAINT projects_phase_budget_range CHECK (((max_attempts_per_phase >= 1) AND (max_attempts_per_phase <= 100))),
     CONSTRAINT projects_repository_present CHECK ((btrim(repository) <> ''::text)),
     CONSTRAINT projects_test_command_present CHECK ((btrim(test_command) <> ''::text)),
+    CONSTRAINT projects_test_timeout_range CHECK (((test_timeout_secs >= 1) AND (test_timeout_secs <= 86400))),
     CONSTRAINT projects_total_budget_range CHECK (((max_attempts_total >= 1) AND (max_attempts_total <= 100))),
     CONSTRAINT projects_total_covers_phase CHECK ((max_attempts_total >= max_attempts_per_phase))
 );
@@ -476,6 +687,113 @@ CREATE VIEW public.damascus_items AS
    FROM (public.work_items i
      JOIN public.projects p ON ((p.id = i.project_id)));
 
+CREATE TABLE public.damascus_jobs (
+    job_id uuid NOT NULL,
+    item_id bigint NOT NULL,
+    phase public.work_phase NOT NULL,
+    attempt integer NOT NULL,
+    runs integer DEFAULT 0 NOT NULL,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT damascus_jobs_attempt_positive CHECK ((attempt >= 1)),
+    CONSTRAINT damascus_jobs_runs_non_negative CHECK ((runs >= 0)),
+    CONSTRAINT damascus_jobs_working_phase CHECK ((phase = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase])))
+);
+
+CREATE TABLE public.damascus_slots (
+    slot integer NOT NULL,
+    job_id uuid,
+    worker_id bigint,
+    claimed_at timestamp with time zone,
+    lease_until timestamp with time zone,
+    CONSTRAINT damascus_slots_positive CHECK ((slot >= 1))
+);
+
+CREATE TABLE public.damascus_worker_processes (
+    id bigint NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    concurrency integer NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
+    stopping boolean DEFAULT false NOT NULL
+);
+
+CREATE TABLE public.mq_msgs (
+    id uuid NOT NULL,
+    created_at timestamp with time zone DEFAULT now(),
+    attempt_at timestamp with time zone DEFAULT now(),
+    attempts integer DEFAULT 5 NOT NULL,
+    retry_backoff interval DEFAULT '00:00:01'::interval NOT NULL,
+    channel_name text NOT NULL,
+    channel_args text NOT NULL,
+    commit_interval interval,
+    after_message_id uuid DEFAULT public.uuid_nil()
+);
+
+CREATE VIEW public.damascus_queue AS
+ SELECT m.id AS job_id,
+    dj.item_id,
+    p.name AS project,
+    dj.phase,
+    dj.attempt,
+    dj.runs,
+        CASE
+            WHEN ((s.slot IS NOT NULL) AND (s.lease_until >= now())) THEN 'running'::text
+            WHEN ((m.attempts <= 0) AND ((m.attempt_at IS NULL) OR (m.attempt_at <= now()))) THEN 'dead'::text
+            WHEN (m.attempt_at <= now()) THEN 'queued'::text
+            ELSE 'retry_wait'::text
+        END AS state,
+    m.attempts AS attempts_left,
+    m.attempt_at AS runnable_at,
+    s.slot,
+    w.host AS worker_host,
+    w.pid AS worker_pid,
+    s.claimed_at,
+    s.lease_until,
+    dj.last_error,
+    m.created_at
+   FROM (((((public.mq_msgs m
+     LEFT JOIN public.damascus_jobs dj ON ((dj.job_id = m.id)))
+     LEFT JOIN public.work_items i ON ((i.id = dj.item_id)))
+     LEFT JOIN public.projects p ON ((p.id = i.project_id)))
+     LEFT JOIN public.damascus_slots s ON ((s.job_id = m.id)))
+     LEFT JOIN public.damascus_worker_processes w ON ((w.id = s.worker_id)))
+  WHERE ((m.id <> public.uuid_nil()) AND (m.channel_name = public.damascus_job_channel()));
+
+CREATE TABLE public.damascus_queue_settings (
+    singleton boolean DEFAULT true NOT NULL,
+    concurrency integer DEFAULT 4 NOT NULL,
+    job_attempts integer DEFAULT 5 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT damascus_queue_settings_concurrency_range CHECK (((concurrency >= 1) AND (concurrency <= 1024))),
+    CONSTRAINT damascus_queue_settings_job_attempts_range CHECK (((job_attempts >= 1) AND (job_attempts <= 100))),
+    CONSTRAINT damascus_queue_settings_one_row CHECK (singleton)
+);
+
+ALTER TABLE public.damascus_worker_processes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.damascus_worker_processes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE VIEW public.damascus_workers AS
+ SELECT w.id,
+    w.host,
+    w.pid,
+    w.concurrency,
+    w.started_at,
+    w.heartbeat_at,
+    (w.heartbeat_at > (now() - '00:00:30'::interval)) AS alive,
+    w.stopping,
+    ( SELECT count(*) AS count
+           FROM public.damascus_slots s
+          WHERE ((s.worker_id = w.id) AND (s.lease_until >= now()))) AS running
+   FROM public.damascus_worker_processes w;
+
 CREATE TABLE public.events_outbox (
     id bigint NOT NULL,
     item_id bigint,
@@ -484,7 +802,7 @@ CREATE TABLE public.events_outbox (
     payload jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     delivered_at timestamp with time zone,
-    CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z]+(\.[a-z_]+)+$'::text)),
+    CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z_]+(\.[a-z_]+)+$'::text)),
     CONSTRAINT events_outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
 
@@ -504,18 +822,6 @@ ALTER TABLE public.human_issues ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
-CREATE TABLE public.mq_msgs (
-    id uuid NOT NULL,
-    created_at timestamp with time zone DEFAULT now(),
-    attempt_at timestamp with time zone DEFAULT now(),
-    attempts integer DEFAULT 5 NOT NULL,
-    retry_backoff interval DEFAULT '00:00:01'::interval NOT NULL,
-    channel_name text NOT NULL,
-    channel_args text NOT NULL,
-    commit_interval interval,
-    after_message_id uuid DEFAULT public.uuid_nil()
 );
 
 CREATE TABLE public.mq_payloads (
@@ -548,6 +854,24 @@ ALTER TABLE ONLY public.coordination_gates
 
 ALTER TABLE ONLY public.cost_ledger
     ADD CONSTRAINT cost_ledger_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.damascus_jobs
+    ADD CONSTRAINT damascus_jobs_item_id_key UNIQUE (item_id);
+
+ALTER TABLE ONLY public.damascus_jobs
+    ADD CONSTRAINT damascus_jobs_pkey PRIMARY KEY (job_id);
+
+ALTER TABLE ONLY public.damascus_queue_settings
+    ADD CONSTRAINT damascus_queue_settings_pkey PRIMARY KEY (singleton);
+
+ALTER TABLE ONLY public.damascus_slots
+    ADD CONSTRAINT damascus_slots_job_id_key UNIQUE (job_id);
+
+ALTER TABLE ONLY public.damascus_slots
+    ADD CONSTRAINT damascus_slots_pkey PRIMARY KEY (slot);
+
+ALTER TABLE ONLY public.damascus_worker_processes
+    ADD CONSTRAINT damascus_worker_processes_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_pkey PRIMARY KEY (id);
@@ -586,6 +910,8 @@ CREATE UNIQUE INDEX human_issues_one_open_per_item_idx ON public.human_issues US
 
 CREATE INDEX human_issues_open_idx ON public.human_issues USING btree (created_at) WHERE (status = 'open'::public.human_issue_status);
 
+CREATE INDEX mq_msgs_after_message_id_idx ON public.mq_msgs USING btree (after_message_id) WHERE (after_message_id IS NOT NULL);
+
 CREATE UNIQUE INDEX mq_msgs_channel_name_channel_args_after_message_id_idx ON public.mq_msgs USING btree (channel_name, channel_args, after_message_id);
 
 CREATE INDEX mq_msgs_channel_name_channel_args_attempt_at_idx ON public.mq_msgs USING btree (channel_name, channel_args, attempt_at) WHERE ((id <> public.uuid_nil()) AND (NOT public.mq_uuid_exists(after_message_id)));
@@ -598,6 +924,8 @@ CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (proj
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
 
+CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_spawn_job();
+
 CREATE TRIGGER work_items_touch BEFORE UPDATE ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_work_items_touch();
 
 ALTER TABLE ONLY public.coordination_gates
@@ -608,6 +936,18 @@ ALTER TABLE ONLY public.coordination_gates
 
 ALTER TABLE ONLY public.cost_ledger
     ADD CONSTRAINT cost_ledger_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.damascus_jobs
+    ADD CONSTRAINT damascus_jobs_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.damascus_jobs
+    ADD CONSTRAINT damascus_jobs_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.mq_msgs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.damascus_slots
+    ADD CONSTRAINT damascus_slots_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.mq_msgs(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.damascus_slots
+    ADD CONSTRAINT damascus_slots_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.damascus_worker_processes(id) ON DELETE SET NULL;
 
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;

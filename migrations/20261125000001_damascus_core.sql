@@ -180,9 +180,9 @@ create table events_outbox (
     id bigint generated always as identity primary key,
     item_id bigint references work_items (id) on delete cascade,
     project_id bigint references projects (id) on delete cascade,
-    -- Dotted lowercase names such as item.ingested or item.phase_changed.
+    -- Dotted lowercase names such as item.ingested or human_issue.answered.
     kind text not null
-        constraint events_outbox_kind_format check (kind ~ '^[a-z]+(\.[a-z_]+)+$'),
+        constraint events_outbox_kind_format check (kind ~ '^[a-z_]+(\.[a-z_]+)+$'),
     payload jsonb not null default '{}'
         constraint events_outbox_payload_object check (jsonb_typeof(payload) = 'object'),
     created_at timestamptz not null default now(),

@@ -8,9 +8,17 @@
 pub mod names;
 pub mod phase;
 pub mod project;
+pub mod spec;
 pub mod story;
+pub mod verdict;
 
 pub use names::{NameError, ProjectName};
-pub use phase::{ForgeKind, HumanIssueStatus, Phase, SpecMode, UnknownVariant, VerdictKind};
+pub use phase::{
+    CostSource, ForgeKind, HumanIssueStatus, Phase, SpecMode, UnknownVariant, VerdictKind,
+};
 pub use project::{NewProject, ProjectError};
+pub use spec::{Spec, SpecError};
 pub use story::{Story, StoryError};
+pub use verdict::{
+    decide, next_phase, Budget, CostEntry, PhaseOutput, PhaseReport, Transition, Verdict,
+};

@@ -107,6 +107,14 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// What incurred a cost: a model call of the spec-refiner or a coding-agent run.
+    CostSource, "cost source" {
+        Llm => "llm",
+        Agent => "agent",
+    }
+}
+
+sql_enum! {
     /// The life of a question put to a person.
     HumanIssueStatus, "human issue status" {
         Open => "open",

@@ -24,7 +24,14 @@ pub struct NewProject {
     pub max_attempts_total: i32,
     pub cost_budget_usd: Option<f64>,
     pub context_docs: Vec<String>,
+    /// The coding agent's argv; `None` runs Claude Code.
+    pub agent_command: Option<Vec<String>>,
+    pub agent_timeout_secs: i32,
+    pub test_timeout_secs: i32,
 }
+
+/// The longest a phase's process may run: one day.
+pub const MAX_TIMEOUT_SECS: i32 = 86_400;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProjectError {
@@ -48,6 +55,10 @@ pub enum ProjectError {
     BadCostBudget(f64),
     #[error("the test command is empty; give a command such as \"cargo test\" or leave it out")]
     EmptyTestCommand,
+    #[error("the agent command is empty; give a program and its arguments, e.g. \"claude -p --output-format json\"")]
+    EmptyAgentCommand,
+    #[error("{what} must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {given}")]
+    BadTimeout { what: &'static str, given: i32 },
 }
 
 impl NewProject {
@@ -66,6 +77,9 @@ impl NewProject {
             max_attempts_total: 10,
             cost_budget_usd: None,
             context_docs: Vec::new(),
+            agent_command: None,
+            agent_timeout_secs: 1800,
+            test_timeout_secs: 900,
         }
     }
 
@@ -122,6 +136,21 @@ impl NewProject {
             .is_some_and(|c| c.trim().is_empty())
         {
             return Err(ProjectError::EmptyTestCommand);
+        }
+        if self
+            .agent_command
+            .as_ref()
+            .is_some_and(|argv| argv.first().is_none_or(|program| program.trim().is_empty()))
+        {
+            return Err(ProjectError::EmptyAgentCommand);
+        }
+        for (what, given) in [
+            ("the agent time limit", self.agent_timeout_secs),
+            ("the test time limit", self.test_timeout_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&given) {
+                return Err(ProjectError::BadTimeout { what, given });
+            }
         }
         Ok(())
     }
@@ -226,6 +255,25 @@ mod tests {
         check(
             |p| p.test_command = Some("".into()),
             Err(ProjectError::EmptyTestCommand),
+        );
+        check(
+            |p| p.agent_command = Some(vec![]),
+            Err(ProjectError::EmptyAgentCommand),
+        );
+        check(
+            |p| p.agent_command = Some(vec![" ".into()]),
+            Err(ProjectError::EmptyAgentCommand),
+        );
+        check(
+            |p| p.agent_command = Some(vec!["./agent.sh".into()]),
+            Ok(()),
+        );
+        check(
+            |p| p.test_timeout_secs = 0,
+            Err(ProjectError::BadTimeout {
+                what: "the test time limit",
+                given: 0,
+            }),
         );
     }
 }

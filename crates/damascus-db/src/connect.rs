@@ -186,6 +186,33 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> DbResult
     Ok(())
 }
 
+/// The same server and credentials as `url`, another database.
+pub fn url_for_database(url: &str, database: &str) -> DbResult<String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| DbError::InvalidUrl {
+        reason: e.to_string(),
+    })?;
+    parsed.set_path(&format!("/{database}"));
+    Ok(parsed.to_string())
+}
+
+/// Drops `name` through the maintenance database at `admin_url`, ending its sessions.
+pub async fn drop_database(admin_url: &str, name: &str) -> DbResult<()> {
+    let mut conn = PgConnection::connect(admin_url)
+        .await
+        .map_err(|e| DbError::Unreachable {
+            target: redact_url(admin_url),
+            reason: e.to_string(),
+        })?;
+    sqlx::query(&format!(
+        "drop database if exists {} with (force)",
+        quote_ident(name)
+    ))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// Quotes an SQL identifier; used only for database names, which cannot be bound.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

@@ -32,6 +32,10 @@ pub enum DbError {
     ProjectExists(String),
     #[error("work item {0} not found; list items with: damascus items")]
     ItemNotFound(i64),
+    #[error("human issue {0} not found; list open questions with: damascus items --phase blocked, then damascus show ID")]
+    HumanIssueNotFound(i64),
+    #[error("human issue {id} is already {status}; only open questions take an answer")]
+    HumanIssueClosed { id: i64, status: String },
     #[error("the database refused the change: {0}")]
     Constraint(String),
     #[error("database error")]

@@ -57,3 +57,34 @@ pub async fn for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec
         })
         .collect()
 }
+
+/// Events after `after_id`, oldest first (for following a run as it happens).
+pub async fn after<'e>(db: impl PgExecutor<'e>, after_id: i64, limit: i64) -> DbResult<Vec<Event>> {
+    let rows = sqlx::query(
+        "select id, item_id, kind, payload, created_at from events_outbox where id > $1 order by id limit $2",
+    )
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Event {
+                id: row.try_get("id")?,
+                item_id: row.try_get("item_id")?,
+                kind: row.try_get("kind")?,
+                payload: row.try_get("payload")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The newest event id (0 when there is none).
+pub async fn latest_id<'e>(db: impl PgExecutor<'e>) -> DbResult<i64> {
+    Ok(
+        sqlx::query_scalar("select coalesce(max(id), 0) from events_outbox")
+            .fetch_one(db)
+            .await?,
+    )
+}

@@ -228,3 +228,22 @@ pub async fn costs_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResu
         })
         .collect()
 }
+
+/// The most recent failure of an item (its reason and output tail), which the next
+/// build reads as feedback.
+pub async fn last_failure<'e>(
+    db: impl PgExecutor<'e>,
+    item_id: i64,
+) -> DbResult<Option<(String, String)>> {
+    let row = sqlx::query(
+        "select coalesce(payload->>'reason', '') as reason, coalesce(payload->>'log_tail', '') as log_tail
+         from events_outbox
+         where item_id = $1 and kind = 'item.phase_changed' and payload->>'verdict' = 'fail'
+         order by id desc limit 1",
+    )
+    .bind(item_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(|row| Ok((row.try_get("reason")?, row.try_get("log_tail")?)))
+        .transpose()
+}

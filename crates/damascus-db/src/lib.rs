@@ -6,16 +6,20 @@
 //! HTTP, JSON request shapes, the CLI or forges. Every state change is one function
 //! that runs one transaction, and writes its `events_outbox` row in that transaction.
 
+pub mod bench;
 pub mod cluster;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod human;
 pub mod items;
+pub mod jobs;
 pub mod migrate;
 pub mod pg_bin;
 pub mod projects;
 pub mod schema_dump;
 pub mod status;
+mod transitions;
 
 pub use connect::{open, Database, Origin, PoolSettings, Target};
 pub use error::{DbError, DbResult};

@@ -24,6 +24,9 @@ pub struct Project {
     pub max_attempts_total: i32,
     pub cost_budget_usd: Option<f64>,
     pub context_docs: Vec<String>,
+    pub agent_command: Option<Vec<String>>,
+    pub agent_timeout_secs: i32,
+    pub test_timeout_secs: i32,
     pub paused: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -40,7 +43,7 @@ const PROJECT_COLUMNS: &str =
     "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
      p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
-     p.context_docs, p.paused, p.created_at";
+     p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, p.paused, p.created_at";
 
 fn project_from_row(row: &PgRow) -> DbResult<Project> {
     Ok(Project {
@@ -57,6 +60,9 @@ fn project_from_row(row: &PgRow) -> DbResult<Project> {
         max_attempts_total: row.try_get("max_attempts_total")?,
         cost_budget_usd: row.try_get("cost_budget_usd")?,
         context_docs: row.try_get("context_docs")?,
+        agent_command: row.try_get("agent_command")?,
+        agent_timeout_secs: row.try_get("agent_timeout_secs")?,
+        test_timeout_secs: row.try_get("test_timeout_secs")?,
         paused: row.try_get("paused")?,
         created_at: row.try_get("created_at")?,
     })
@@ -67,8 +73,9 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
     let sql = format!(
         "with p as (
             insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
-                test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs)
-            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12)
+                test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs,
+                agent_command, agent_timeout_secs, test_timeout_secs)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15)
             returning *)
          select {PROJECT_COLUMNS} from p"
     );
@@ -85,6 +92,9 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(new.max_attempts_total)
         .bind(new.cost_budget_usd)
         .bind(&new.context_docs)
+        .bind(&new.agent_command)
+        .bind(new.agent_timeout_secs)
+        .bind(new.test_timeout_secs)
         .fetch_one(pool)
         .await
         .map_err(
@@ -103,6 +113,16 @@ pub async fn find_project<'e>(db: impl PgExecutor<'e>, name: &str) -> DbResult<P
         .fetch_optional(db)
         .await?
         .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    project_from_row(&row)
+}
+
+pub async fn get_project<'e>(db: impl PgExecutor<'e>, id: i64) -> DbResult<Project> {
+    let sql = format!("select {PROJECT_COLUMNS} from projects p where p.id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| DbError::ProjectNotFound(format!("#{id}")))?;
     project_from_row(&row)
 }
 

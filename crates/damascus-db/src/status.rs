@@ -1,5 +1,6 @@
-//! The numbers `damascus status` shows: items per phase, jobs in the queue, open
-//! questions. Read-only, and cheap enough to run every few seconds.
+//! What `damascus status` shows: items per phase, the queue by state, live workers,
+//! running jobs, open questions. Read-only; it reads the same views (`damascus_queue`,
+//! `damascus_workers`) a person reads in psql.
 
 use damascus_core::Phase;
 use sqlx::{PgPool, Row};
@@ -12,11 +13,16 @@ pub struct Overview {
     /// Every phase, in order, with its item count (zero included).
     pub items_per_phase: Vec<(Phase, i64)>,
     pub projects: i64,
-    /// Queue rows whose time has come: waiting for a worker.
-    pub jobs_ready: i64,
-    /// Queue rows whose `attempt_at` lies ahead: held by a worker's lease or waiting
-    /// out a retry delay (the queue engine tells these apart once it tracks claims).
-    pub jobs_leased_or_delayed: i64,
+    /// Jobs waiting for a free slot.
+    pub jobs_queued: i64,
+    /// Jobs a worker runs now, under a live lease.
+    pub jobs_running: i64,
+    /// Jobs waiting out a retry backoff.
+    pub jobs_retry_wait: i64,
+    /// Jobs with no attempts left, about to block their items.
+    pub jobs_dead: i64,
+    /// The global cap on running phases.
+    pub concurrency: i32,
     pub open_human_issues: i64,
 }
 
@@ -34,21 +40,127 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
             slot.1 = items;
         }
     }
-    // The nil-UUID row is sqlxmq's sentinel, not a job.
     let row = sqlx::query(
         "select
             (select count(*) from projects) as projects,
-            (select count(*) from mq_msgs where id <> uuid_nil() and attempt_at <= now()) as ready,
-            (select count(*) from mq_msgs where id <> uuid_nil() and attempt_at > now()) as later,
-            (select count(*) from human_issues where status = 'open') as open_issues",
+            (select concurrency from damascus_queue_settings) as concurrency,
+            count(*) filter (where q.state = 'queued') as queued,
+            count(*) filter (where q.state = 'running') as running,
+            count(*) filter (where q.state = 'retry_wait') as retry_wait,
+            count(*) filter (where q.state = 'dead') as dead,
+            (select count(*) from human_issues where status = 'open') as open_issues
+         from damascus_queue q",
     )
     .fetch_one(pool)
     .await?;
     Ok(Overview {
         items_per_phase,
         projects: row.try_get("projects")?,
-        jobs_ready: row.try_get("ready")?,
-        jobs_leased_or_delayed: row.try_get("later")?,
+        jobs_queued: row.try_get("queued")?,
+        jobs_running: row.try_get("running")?,
+        jobs_retry_wait: row.try_get("retry_wait")?,
+        jobs_dead: row.try_get("dead")?,
+        concurrency: row.try_get("concurrency")?,
         open_human_issues: row.try_get("open_issues")?,
     })
+}
+
+/// A worker process, as `damascus_workers` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerRow {
+    pub id: i64,
+    pub host: String,
+    pub pid: i32,
+    pub concurrency: i32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    pub alive: bool,
+    pub stopping: bool,
+    pub running: i64,
+}
+
+pub async fn workers(pool: &PgPool) -> DbResult<Vec<WorkerRow>> {
+    let rows = sqlx::query(
+        "select id, host, pid, concurrency, started_at, heartbeat_at, alive, stopping, running
+         from damascus_workers order by id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(WorkerRow {
+                id: row.try_get("id")?,
+                host: row.try_get("host")?,
+                pid: row.try_get("pid")?,
+                concurrency: row.try_get("concurrency")?,
+                started_at: row.try_get("started_at")?,
+                heartbeat_at: row.try_get("heartbeat_at")?,
+                alive: row.try_get("alive")?,
+                stopping: row.try_get("stopping")?,
+                running: row.try_get("running")?,
+            })
+        })
+        .collect()
+}
+
+/// A job that is running now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningJob {
+    pub item_id: Option<i64>,
+    pub project: Option<String>,
+    pub phase: Option<Phase>,
+    pub attempt: Option<i32>,
+    pub worker: String,
+    pub claimed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn running_jobs(pool: &PgPool) -> DbResult<Vec<RunningJob>> {
+    let rows = sqlx::query(
+        "select item_id, project, phase::text as phase, attempt,
+                coalesce(worker_host || ':' || worker_pid, '(worker gone)') as worker, claimed_at
+         from damascus_queue where state = 'running' order by claimed_at",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RunningJob {
+                item_id: row.try_get("item_id")?,
+                project: row.try_get("project")?,
+                phase: crate::parse_opt_enum(row, "phase")?,
+                attempt: row.try_get("attempt")?,
+                worker: row.try_get("worker")?,
+                claimed_at: row.try_get("claimed_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Jobs per project, phase and state (queued, retry_wait, running, dead).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueGroup {
+    pub project: String,
+    pub phase: String,
+    pub state: String,
+    pub jobs: i64,
+}
+
+pub async fn queue_groups(pool: &PgPool) -> DbResult<Vec<QueueGroup>> {
+    let rows = sqlx::query(
+        "select coalesce(project, '(no item)') as project, coalesce(phase::text, '-') as phase, state,
+                count(*) as jobs
+         from damascus_queue group by 1, 2, 3 order by 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(QueueGroup {
+                project: row.try_get("project")?,
+                phase: row.try_get("phase")?,
+                state: row.try_get("state")?,
+                jobs: row.try_get("jobs")?,
+            })
+        })
+        .collect()
 }

@@ -270,11 +270,8 @@ async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
     template
 }
 
-/// The same server and credentials as `url`, another database.
 fn database_url(url: &str, database: &str) -> String {
-    let mut parsed = url::Url::parse(url).expect("the server URL parses");
-    parsed.set_path(&format!("/{database}"));
-    parsed.to_string()
+    damascus_db::connect::url_for_database(url, database).expect("the server URL parses")
 }
 
 fn hash_hex(bytes: &[u8]) -> String {

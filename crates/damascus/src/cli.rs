@@ -52,15 +52,123 @@ pub enum Command {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
+    /// Show the whole loop on this machine: a demo project on a local forge, two
+    /// stories, a scripted agent; one is merged, one ends blocked with a question.
+    Demo,
+    /// Run the worker pool: claim jobs and run phases until SIGTERM or Ctrl-C.
+    Worker(Box<WorkerArgs>),
+    /// Run every job that is runnable now (and what they make runnable), then exit.
+    Cycle(Box<CycleArgs>),
+    /// Answer a person's question; the item resumes in the phase it left.
+    Answer {
+        /// The question's id, as `damascus show ITEM` lists it (#N).
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        issue: i64,
+        /// The answer; it is added to the item's next prompt.
+        text: String,
+        /// Who answers (recorded with the answer).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
     /// Control the embedded PostgreSQL cluster.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Measure the product: `bench queue` (use a release build).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Throughput and pickup latency of no-op phases through the real worker pool,
+    /// against the single-row commit rate of the same server.
+    Queue(BenchQueueArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct BenchQueueArgs {
+    /// Backlog sizes to run, comma-separated (each in a fresh scratch database).
+    #[arg(long, value_delimiter = ',', default_values_t = [2000u64, 50000], value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub jobs: Vec<u64>,
+    /// Worker pool size, and connections for the commit-rate baseline.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+    /// Bytes of story text each job's phase reads.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub payload_bytes: u32,
+    /// Items made runnable one at a time for the latency figures.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub latency_samples: u32,
+    /// Seconds of single-row inserts for the commit-rate baseline.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub commit_seconds: u32,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct QueueArgs {
+    /// The GLOBAL cap: phases running at once across every worker on this database.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Seconds a claim lasts without a keep-alive (a killed worker's job runs again after this).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_secs: u64,
+    /// Seconds between safety-net polls (NOTIFY wakes workers sooner).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_secs: u64,
+    /// On SIGTERM, seconds running phases may take to finish before their jobs are released.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub grace_secs: u64,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct LoopsArgs {
+    /// OpenAI-compatible endpoint for refining specs (e.g. http://litellm:4000/v1).
+    #[arg(long, env = "DAMASCUS_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    /// The model name the endpoint knows.
+    #[arg(long, env = "DAMASCUS_LLM_MODEL")]
+    pub llm_model: Option<String>,
+    /// Bearer token for the endpoint.
+    #[arg(long, env = "DAMASCUS_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    #[arg(long, env = "DAMASCUS_LLM_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub llm_timeout_secs: u64,
+    /// Price of a model in USD per million tokens, MODEL=INPUT/OUTPUT (repeatable), used
+    /// when the endpoint sends no cost header.
+    #[arg(long = "llm-price", env = "DAMASCUS_LLM_PRICES", value_delimiter = ',')]
+    pub llm_prices: Vec<String>,
+    /// Author of the builder's commits and of merges, as "Name <email>".
+    #[arg(
+        long,
+        env = "DAMASCUS_GIT_AUTHOR",
+        default_value = "Damascus <damascus@localhost>"
+    )]
+    pub git_author: String,
+    /// --max-turns for Claude Code, the default agent.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub claude_max_turns: u32,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub loops: LoopsArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct CycleArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub loops: LoopsArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Register a repository as a project.
-    Add(ProjectAddArgs),
+    Add(Box<ProjectAddArgs>),
     /// List projects with their item counts.
     List,
 }
@@ -99,6 +207,16 @@ pub struct ProjectAddArgs {
     /// A document the spec-refiner reads with every story (repeatable).
     #[arg(long = "context-doc")]
     pub context_docs: Vec<String>,
+    /// The coding agent: a program and its arguments, split like a shell would split
+    /// them but never run by a shell [default: Claude Code].
+    #[arg(long)]
+    pub agent_command: Option<String>,
+    /// Seconds the agent may run per build.
+    #[arg(long, default_value_t = 1800, allow_negative_numbers = true)]
+    pub agent_timeout_secs: i32,
+    /// Seconds the test command may run per review.
+    #[arg(long, default_value_t = 900, allow_negative_numbers = true)]
+    pub test_timeout_secs: i32,
 }
 
 #[derive(Debug, ClapArgs)]

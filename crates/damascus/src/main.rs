@@ -29,5 +29,6 @@ fn run(args: cli::Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let target = settings::database_target(&args.database)?;
-    runtime.block_on(commands::dispatch(args.command, target))
+    let data_dir = settings::data_dir(&args.database)?;
+    runtime.block_on(commands::dispatch(args.command, target, data_dir))
 }

@@ -1,21 +1,107 @@
 //! Turns command-line and environment values into the plain settings the libraries take.
 
-use anyhow::Context;
-use damascus_db::Target;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::cli::DatabaseArgs;
+use anyhow::{bail, Context};
+use damascus_db::Target;
+use damascus_git::Identity;
+use damascus_loops::{LlmConfig, LoopsConfig};
+use damascus_queue::QueueConfig;
+
+use crate::cli::{DatabaseArgs, LoopsArgs, QueueArgs};
+
+/// The data directory: worktrees, logs and (embedded default) the cluster live here.
+pub fn data_dir(args: &DatabaseArgs) -> anyhow::Result<PathBuf> {
+    match &args.data_dir {
+        Some(dir) if !dir.as_os_str().is_empty() => Ok(dir.clone()),
+        _ => damascus_db::cluster::default_data_dir().context("cannot choose a data directory"),
+    }
+}
+
+pub fn queue_config(args: &QueueArgs) -> QueueConfig {
+    QueueConfig {
+        concurrency: args.concurrency,
+        lease: Duration::from_secs(args.lease_secs),
+        poll_interval: Duration::from_secs(args.poll_secs),
+        shutdown_grace: Duration::from_secs(args.grace_secs),
+        ..QueueConfig::default()
+    }
+}
+
+pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsConfig> {
+    let llm = match (&args.llm_base_url, &args.llm_model) {
+        (None, None) => None,
+        (Some(_), None) => bail!("DAMASCUS_LLM_BASE_URL (--llm-base-url) is set but DAMASCUS_LLM_MODEL (--llm-model) is not; name the model to use"),
+        (None, Some(_)) => bail!("DAMASCUS_LLM_MODEL (--llm-model) is set but DAMASCUS_LLM_BASE_URL (--llm-base-url) is not; give the endpoint, e.g. http://localhost:4000/v1"),
+        (Some(url), Some(model)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("DAMASCUS_LLM_BASE_URL (--llm-base-url) {url:?} must start with http:// or https://");
+            }
+            Some(LlmConfig {
+                base_url: url.clone(),
+                api_key: args.llm_api_key.clone().filter(|k| !k.is_empty()),
+                model: model.clone(),
+                timeout: Duration::from_secs(args.llm_timeout_secs),
+                prices: parse_prices(&args.llm_prices)?,
+            })
+        }
+    };
+    Ok(LoopsConfig {
+        data_dir: data_dir.to_path_buf(),
+        llm,
+        identity: parse_identity(&args.git_author)?,
+        agent_env: [
+            "ANTHROPIC_BASE_URL",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "ANTHROPIC_MODEL",
+        ]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect(),
+        claude_max_turns: args.claude_max_turns,
+    })
+}
+
+fn parse_prices(entries: &[String]) -> anyhow::Result<HashMap<String, (f64, f64)>> {
+    let mut prices = HashMap::new();
+    for entry in entries.iter().filter(|e| !e.trim().is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(model, pair)| {
+            let (input, output) = pair.split_once('/')?;
+            let input: f64 = input.trim().parse().ok()?;
+            let output: f64 = output.trim().parse().ok()?;
+            (input >= 0.0 && output >= 0.0 && !model.trim().is_empty())
+                .then(|| (model.trim().to_owned(), (input, output)))
+        });
+        let Some((model, price)) = parsed else {
+            bail!("--llm-price {entry:?} is not MODEL=INPUT/OUTPUT in USD per million tokens (e.g. gpt-4o=2.5/10)");
+        };
+        prices.insert(model, price);
+    }
+    Ok(prices)
+}
+
+fn parse_identity(author: &str) -> anyhow::Result<Identity> {
+    let parsed = author.trim().strip_suffix('>').and_then(|rest| {
+        let (name, email) = rest.split_once('<')?;
+        (!name.trim().is_empty() && email.contains('@')).then(|| Identity {
+            name: name.trim().to_owned(),
+            email: email.trim().to_owned(),
+        })
+    });
+    parsed.with_context(|| {
+        format!("DAMASCUS_GIT_AUTHOR (--git-author) {author:?} is not \"Name <email>\"")
+    })
+}
 
 pub fn database_target(args: &DatabaseArgs) -> anyhow::Result<Target> {
     match &args.database_url {
         Some(url) if !url.trim().is_empty() => Ok(Target::Url(url.trim().to_owned())),
-        _ => {
-            let data_dir = match &args.data_dir {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.clone(),
-                _ => damascus_db::cluster::default_data_dir()
-                    .context("cannot choose a data directory")?,
-            };
-            Ok(Target::Embedded { data_dir })
-        }
+        _ => Ok(Target::Embedded {
+            data_dir: data_dir(args)?,
+        }),
     }
 }
 

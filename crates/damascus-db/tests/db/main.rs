@@ -5,3 +5,4 @@ mod cluster;
 mod items;
 mod projects;
 mod schema;
+mod sqlxmq;

@@ -1,29 +1,43 @@
 //! One module per command. Each takes plain settings, calls the libraries and prints.
 
+mod bench;
 mod db;
+mod demo;
+mod human;
 mod ingest;
 mod init;
 mod items;
 mod project;
 mod status;
+mod worker;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use damascus_db::{Database, PoolSettings, Target};
 
-use crate::cli::{Command, DbCommand, ProjectCommand};
+use crate::cli::{BenchCommand, Command, DbCommand, ProjectCommand};
 
-pub async fn dispatch(command: Command, target: Target) -> anyhow::Result<ExitCode> {
+pub async fn dispatch(
+    command: Command,
+    target: Target,
+    data_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init => init::run(&target).await,
         Command::Status => status::run(&target).await,
-        Command::Project(ProjectCommand::Add(args)) => project::add(&target, args).await,
+        Command::Project(ProjectCommand::Add(args)) => project::add(&target, *args).await,
         Command::Project(ProjectCommand::List) => project::list(&target).await,
         Command::Ingest(args) => ingest::run(&target, args).await,
         Command::Items(args) => items::list(&target, args).await,
         Command::Show { id } => items::show(&target, id).await,
+        Command::Worker(args) => worker::worker(&target, &data_dir, *args).await,
+        Command::Cycle(args) => worker::cycle(&target, &data_dir, *args).await,
+        Command::Demo => demo::run(&target, &data_dir).await,
+        Command::Answer { issue, text, by } => human::answer(&target, issue, &text, &by).await,
         Command::Db(DbCommand::Start) => db::start(&target).await,
         Command::Db(DbCommand::Stop) => db::stop(&target),
+        Command::Bench(BenchCommand::Queue(args)) => bench::queue(&target, args).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }

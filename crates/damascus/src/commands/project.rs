@@ -8,6 +8,15 @@ use crate::commands::open_migrated;
 use crate::table;
 
 pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
+    let agent_command = args
+        .agent_command
+        .as_deref()
+        .map(|line| {
+            shell_words::split(line).map_err(|e| {
+                anyhow::anyhow!("--agent-command {line:?} cannot be split into arguments ({e}); check its quotes")
+            })
+        })
+        .transpose()?;
     let project = NewProject {
         name: ProjectName::parse(&args.name)?,
         repository: args.repo,
@@ -21,6 +30,9 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         max_attempts_total: args.max_attempts_total,
         cost_budget_usd: args.cost_budget_usd,
         context_docs: args.context_docs,
+        agent_command,
+        agent_timeout_secs: args.agent_timeout_secs,
+        test_timeout_secs: args.test_timeout_secs,
     };
     project.validate()?;
     let db = open_migrated(target).await?;

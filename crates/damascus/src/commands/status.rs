@@ -4,6 +4,8 @@ use damascus_db::cluster::StartOutcome;
 use damascus_db::migrate::{self, SchemaState};
 use damascus_db::{status, Origin, PoolSettings, Target};
 
+use crate::table;
+
 pub async fn run(target: &Target) -> anyhow::Result<()> {
     let db = damascus_db::open(target, PoolSettings::default()).await?;
     match &db.origin {
@@ -69,9 +71,105 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
         .collect();
     println!("items      {}", phases.join(", "));
     println!(
-        "jobs       {} queued, {} leased or delayed",
-        overview.jobs_ready, overview.jobs_leased_or_delayed
+        "jobs       {} queued, {} running (global cap {}), {} waiting to retry, {} dead",
+        overview.jobs_queued,
+        overview.jobs_running,
+        overview.concurrency,
+        overview.jobs_retry_wait,
+        overview.jobs_dead
     );
     println!("questions  {} open", overview.open_human_issues);
+
+    let workers = status::workers(&db.pool).await?;
+    println!(
+        "\nworkers ({} live)",
+        workers.iter().filter(|w| w.alive).count()
+    );
+    if workers.is_empty() {
+        println!("  none; start one with: damascus worker --concurrency N");
+    } else {
+        let rows: Vec<Vec<String>> = workers
+            .iter()
+            .map(|w| {
+                let state = match (w.alive, w.stopping) {
+                    (false, _) => "silent",
+                    (true, true) => "stopping",
+                    (true, false) => "live",
+                };
+                vec![
+                    w.host.clone(),
+                    w.pid.to_string(),
+                    state.to_owned(),
+                    format!("{}/{}", w.running, w.concurrency),
+                    w.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    w.heartbeat_at.format("%H:%M:%S").to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            indent(&table::render(
+                &["HOST", "PID", "STATE", "RUNNING", "STARTED", "HEARTBEAT"],
+                &rows
+            ))
+        );
+    }
+
+    let running = status::running_jobs(&db.pool).await?;
+    if !running.is_empty() {
+        println!("\nrunning");
+        let rows: Vec<Vec<String>> = running
+            .iter()
+            .map(|r| {
+                vec![
+                    r.item_id
+                        .map(|i| i.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.project.clone().unwrap_or_default(),
+                    r.phase.map(|p| p.to_string()).unwrap_or_default(),
+                    r.attempt.map(|a| a.to_string()).unwrap_or_default(),
+                    r.worker.clone(),
+                    r.claimed_at
+                        .map(|t| t.format("%H:%M:%S").to_string())
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            indent(&table::render(
+                &["ITEM", "PROJECT", "PHASE", "ATTEMPT", "WORKER", "SINCE"],
+                &rows
+            ))
+        );
+    }
+
+    let groups = status::queue_groups(&db.pool).await?;
+    if !groups.is_empty() {
+        println!("\nqueue by project and phase");
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.project.clone(),
+                    g.phase.clone(),
+                    g.state.clone(),
+                    g.jobs.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            indent(&table::render(
+                &["PROJECT", "PHASE", "STATE", "JOBS"],
+                &rows
+            ))
+        );
+    }
+    println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items;");
     Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
 }

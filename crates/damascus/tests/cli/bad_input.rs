@@ -140,6 +140,58 @@ async fn project_add_refusals() {
             &["unknown spec mode", "refine, passthrough"],
         ),
         (&["project", "add", "api"], 2, &["--repo"]),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent-command",
+                "agent 'unclosed",
+            ],
+            1,
+            &["cannot be split", "quotes"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent-command",
+                "",
+            ],
+            1,
+            &["agent command is empty"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--test-timeout-secs",
+                "0",
+            ],
+            1,
+            &["test time limit", "between 1 and 86400"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent-timeout-secs",
+                "-5",
+            ],
+            1,
+            &["agent time limit"],
+        ),
     ];
     for (args, code, needles) in cases {
         refused(run(&db, args, ""), *code, needles);

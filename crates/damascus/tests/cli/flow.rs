@@ -8,7 +8,11 @@ use crate::{ok, run, with_web_project, write};
 async fn init_applies_migrations_once() {
     let db = TestDatabase::empty().await;
     let first = ok(run(&db, &["init"], ""));
-    assert!(first.contains("applied 6 migrations"), "{first}");
+    let all = damascus_db::migrate::MIGRATOR.iter().count();
+    assert!(
+        first.contains(&format!("applied {all} migrations")),
+        "{first}"
+    );
     let second = ok(run(&db, &["init"], ""));
     assert!(second.contains("nothing to do"), "{second}");
 }
@@ -27,7 +31,14 @@ async fn status_reports_schema_and_counts() {
         "{out}"
     );
     assert!(out.contains("spec 1,"), "{out}");
-    assert!(out.contains("jobs       0 queued"), "{out}");
+    assert!(
+        out.contains("jobs       1 queued, 0 running (global cap 4)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("none; start one with: damascus worker"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,296 @@
+//! How a phase ended, and what that means for its item: the transition rules that keep
+//! every item moving towards `merged` or `blocked` within its budgets.
+//!
+//! Attempts: every run that ends in pass, fail or needs-human counts once against the
+//! item's per-phase and total budgets. Transient errors do not count here; the queue
+//! retries them with backoff, and a job that runs out of retries blocks its item.
+
+use crate::Phase;
+
+/// What a phase produced on a pass, to be stored on the item with the transition.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseOutput {
+    pub spec: Option<serde_json::Value>,
+    pub test_command: Option<String>,
+    pub branch: Option<String>,
+    pub pr_url: Option<String>,
+}
+
+/// The typed end of one phase run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass(PhaseOutput),
+    Fail { reason: String, log_tail: String },
+    NeedsHuman { question: String, context: String },
+    TransientError { reason: String },
+}
+
+impl Verdict {
+    pub fn kind(&self) -> crate::VerdictKind {
+        match self {
+            Verdict::Pass(_) => crate::VerdictKind::Pass,
+            Verdict::Fail { .. } => crate::VerdictKind::Fail,
+            Verdict::NeedsHuman { .. } => crate::VerdictKind::NeedsHuman,
+            Verdict::TransientError { .. } => crate::VerdictKind::TransientError,
+        }
+    }
+
+    pub fn pass() -> Verdict {
+        Verdict::Pass(PhaseOutput::default())
+    }
+}
+
+/// One model or agent call's spending, recorded with the verdict of its run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostEntry {
+    pub source: crate::CostSource,
+    pub model: String,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub usd: f64,
+}
+
+/// What a phase run hands back: its verdict and what it spent on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseReport {
+    pub verdict: Verdict,
+    pub costs: Vec<CostEntry>,
+}
+
+impl From<Verdict> for PhaseReport {
+    fn from(verdict: Verdict) -> PhaseReport {
+        PhaseReport {
+            verdict,
+            costs: Vec::new(),
+        }
+    }
+}
+
+/// The counters and limits of an item, as the transition rules need them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub phase_attempts: i32,
+    pub attempts_total: i32,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+}
+
+/// Where an item goes after a counted verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub phase: Phase,
+    /// Set when `phase` is `blocked`: where the item resumes once answered.
+    pub resume_phase: Option<Phase>,
+    pub phase_attempts: i32,
+    pub attempts_total: i32,
+    /// Set when the item is blocked: the question its human issue asks.
+    pub question: Option<String>,
+}
+
+/// The phase after a pass in `phase`.
+pub fn next_phase(phase: Phase) -> Phase {
+    match phase {
+        Phase::Intake => Phase::Spec,
+        Phase::Spec => Phase::Build,
+        Phase::Build => Phase::Review,
+        Phase::Review => Phase::Merged,
+        other => other,
+    }
+}
+
+/// Applies a pass, fail or needs-human verdict of a run in `phase` to the budget.
+/// Transient errors are the queue's business and are refused here.
+pub fn decide(phase: Phase, budget: Budget, verdict: &Verdict) -> Transition {
+    let attempts_total = budget.attempts_total + 1;
+    let phase_attempts = budget.phase_attempts + 1;
+    let blocked = |question: String, phase_attempts: i32| Transition {
+        phase: Phase::Blocked,
+        resume_phase: Some(phase),
+        phase_attempts,
+        attempts_total,
+        question: Some(question),
+    };
+    match verdict {
+        Verdict::Pass(_) => {
+            let next = next_phase(phase);
+            if next != Phase::Merged && attempts_total >= budget.max_attempts_total {
+                return Transition {
+                    resume_phase: Some(next),
+                    ..blocked(
+                        format!(
+                            "{phase} passed, but the item has used all {} attempts of its total budget; raise the budget and retry, or cancel it",
+                            budget.max_attempts_total
+                        ),
+                        0,
+                    )
+                };
+            }
+            Transition {
+                phase: next,
+                resume_phase: None,
+                phase_attempts: 0,
+                attempts_total,
+                question: None,
+            }
+        }
+        Verdict::Fail { reason, .. } => {
+            if attempts_total >= budget.max_attempts_total {
+                return blocked(
+                    format!(
+                        "{phase} failed and the item has used all {} attempts of its total budget; last failure: {reason}",
+                        budget.max_attempts_total
+                    ),
+                    phase_attempts,
+                );
+            }
+            // A failed review sends the change back to build, with the failure as feedback.
+            if phase == Phase::Review {
+                return Transition {
+                    phase: Phase::Build,
+                    resume_phase: None,
+                    phase_attempts: 0,
+                    attempts_total,
+                    question: None,
+                };
+            }
+            if phase_attempts >= budget.max_attempts_per_phase {
+                return blocked(
+                    format!(
+                        "{phase} failed {phase_attempts} times, its whole per-phase budget; last failure: {reason}"
+                    ),
+                    phase_attempts,
+                );
+            }
+            Transition {
+                phase,
+                resume_phase: None,
+                phase_attempts,
+                attempts_total,
+                question: None,
+            }
+        }
+        Verdict::NeedsHuman { question, .. } => blocked(question.clone(), phase_attempts),
+        Verdict::TransientError { reason } => blocked(
+            format!("{phase} hit a transient error that was not retried: {reason}"),
+            budget.phase_attempts,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRESH: Budget = Budget {
+        phase_attempts: 0,
+        attempts_total: 0,
+        max_attempts_per_phase: 2,
+        max_attempts_total: 5,
+    };
+
+    fn fail() -> Verdict {
+        Verdict::Fail {
+            reason: "tests failed".into(),
+            log_tail: String::new(),
+        }
+    }
+
+    fn check(phase: Phase, budget: Budget, verdict: Verdict, to: Phase, resume: Option<Phase>) {
+        let t = decide(phase, budget, &verdict);
+        assert_eq!(
+            (t.phase, t.resume_phase),
+            (to, resume),
+            "{phase} {verdict:?} -> {t:?}"
+        );
+        assert_eq!(t.question.is_some(), to == Phase::Blocked);
+    }
+
+    #[test]
+    fn passes_move_forward() {
+        check(Phase::Spec, FRESH, Verdict::pass(), Phase::Build, None);
+        check(Phase::Build, FRESH, Verdict::pass(), Phase::Review, None);
+        check(Phase::Review, FRESH, Verdict::pass(), Phase::Merged, None);
+    }
+
+    #[test]
+    fn failures_retry_then_block() {
+        check(Phase::Build, FRESH, fail(), Phase::Build, None);
+        let used_one = Budget {
+            phase_attempts: 1,
+            attempts_total: 1,
+            ..FRESH
+        };
+        check(
+            Phase::Build,
+            used_one,
+            fail(),
+            Phase::Blocked,
+            Some(Phase::Build),
+        );
+        check(Phase::Review, used_one, fail(), Phase::Build, None);
+    }
+
+    #[test]
+    fn total_budget_bounds_build_review_ping_pong() {
+        let nearly = Budget {
+            phase_attempts: 0,
+            attempts_total: 4,
+            ..FRESH
+        };
+        check(
+            Phase::Review,
+            nearly,
+            fail(),
+            Phase::Blocked,
+            Some(Phase::Review),
+        );
+        check(
+            Phase::Build,
+            nearly,
+            Verdict::pass(),
+            Phase::Blocked,
+            Some(Phase::Review),
+        );
+        check(Phase::Review, nearly, Verdict::pass(), Phase::Merged, None);
+    }
+
+    #[test]
+    fn questions_block_and_resume_in_place() {
+        let t = decide(
+            Phase::Spec,
+            FRESH,
+            &Verdict::NeedsHuman {
+                question: "Which database?".into(),
+                context: String::new(),
+            },
+        );
+        assert_eq!(t.phase, Phase::Blocked);
+        assert_eq!(t.resume_phase, Some(Phase::Spec));
+        assert_eq!(t.question.as_deref(), Some("Which database?"));
+        assert_eq!((t.phase_attempts, t.attempts_total), (1, 1));
+    }
+
+    /// Termination: any sequence of counted verdicts reaches a final or blocked phase
+    /// within the total budget.
+    #[test]
+    fn every_item_terminates_within_its_budget() {
+        let verdicts = [Verdict::pass(), fail()];
+        for seed in 0u32..256 {
+            let mut phase = Phase::Spec;
+            let mut budget = FRESH;
+            let mut steps = 0;
+            while phase.is_working() {
+                let verdict = &verdicts[((seed >> (steps % 8)) & 1) as usize];
+                let t = decide(phase, budget, verdict);
+                phase = t.phase;
+                budget.phase_attempts = t.phase_attempts;
+                budget.attempts_total = t.attempts_total;
+                steps += 1;
+                assert!(
+                    steps <= FRESH.max_attempts_total,
+                    "seed {seed} ran past its budget"
+                );
+            }
+        }
+    }
+}

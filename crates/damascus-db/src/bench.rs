@@ -1,0 +1,143 @@
+//! The statements `damascus bench queue` times: seeding jobs, one claim or poll in a
+//! rolled-back transaction, and the single-row insert that gives the server's commit
+//! rate. They run in a scratch database, never in the product's.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use crate::error::DbResult;
+use crate::jobs::WorkerId;
+
+/// Inserts `n` items in phase review with a body of `body_bytes`; the spawn trigger
+/// gives each a job: `n` ready no-op jobs.
+pub async fn seed_review_items(pool: &PgPool, n: u64, body_bytes: usize) -> DbResult<()> {
+    sqlx::query("insert into projects (name, repository) values ('bench', '/dev/null') on conflict (name) do nothing")
+        .execute(pool)
+        .await?;
+    // In batches, so that a large backlog does not become one huge transaction.
+    let mut left = n as i64;
+    while left > 0 {
+        let batch = left.min(10_000);
+        sqlx::query(
+            "insert into work_items (project_id, title, body, phase, max_attempts_per_phase, max_attempts_total, source)
+             select p.id, 'bench ' || g, repeat('x', $2), 'review', 3, 10, 'bench'
+             from projects p, generate_series(1, $1) g where p.name = 'bench'",
+        )
+        .bind(batch)
+        .bind(body_bytes as i32)
+        .execute(pool)
+        .await?;
+        left -= batch;
+    }
+    sqlx::query("analyze").execute(pool).await?;
+    Ok(())
+}
+
+/// One item made runnable in its own transaction (for pickup latency). Uses
+/// `seed_review_items`'s project, which must exist.
+pub async fn seed_one_review_item(pool: &PgPool) -> DbResult<()> {
+    sqlx::query(
+        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total, source)
+         select id, 'latency probe', 'review', 3, 10, 'bench' from projects where name = 'bench'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// What a phase of the bench reads: its item's body.
+pub async fn read_item_body_len(pool: &PgPool, item_id: i64) -> DbResult<i32> {
+    Ok(
+        sqlx::query_scalar("select length(body) from work_items where id = $1")
+            .bind(item_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Mean time of `damascus_claim` for one job and of sqlxmq's `mq_poll`, each in a
+/// transaction that is rolled back so the queue is left as it was.
+pub async fn claim_and_poll_cost(
+    pool: &PgPool,
+    worker: WorkerId,
+    samples: u32,
+) -> DbResult<(Duration, Duration)> {
+    let mut conn = pool.acquire().await?;
+    let claim = mean_rolled_back(
+        &mut conn,
+        "select * from damascus_claim($1, 1, interval '30 seconds')",
+        worker,
+        samples,
+    )
+    .await?;
+    let poll = mean_rolled_back(
+        &mut conn,
+        "select * from mq_poll(array['damascus.advance'], 1) where $1::int8 is not null",
+        worker,
+        samples,
+    )
+    .await?;
+    Ok((claim, poll))
+}
+
+async fn mean_rolled_back(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    worker: WorkerId,
+    samples: u32,
+) -> DbResult<Duration> {
+    let mut total = Duration::ZERO;
+    for _ in 0..samples {
+        sqlx::query("begin").execute(&mut *conn).await?;
+        let start = Instant::now();
+        sqlx::query(sql).bind(worker.0).execute(&mut *conn).await?;
+        total += start.elapsed();
+        sqlx::query("rollback").execute(&mut *conn).await?;
+    }
+    Ok(total / samples.max(1))
+}
+
+/// Commits single-row inserts on `connections` connections for `duration`; returns
+/// commits per second. The baseline a queue is compared with: each job needs at least
+/// one commit.
+pub async fn single_row_commit_rate(
+    pool: &PgPool,
+    connections: u32,
+    duration: Duration,
+) -> DbResult<f64> {
+    sqlx::query("create table if not exists bench_commits (id bigint generated always as identity primary key, payload text not null)")
+        .execute(pool)
+        .await?;
+    let deadline = Instant::now() + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut commits = 0u64;
+            while Instant::now() < deadline {
+                sqlx::query("insert into bench_commits (payload) values ($1)")
+                    .bind("x")
+                    .execute(&mut *conn)
+                    .await?;
+                commits += 1;
+            }
+            DbResult::Ok(commits)
+        });
+    }
+    let started = Instant::now();
+    let mut commits = 0;
+    while let Some(done) = tasks.join_next().await {
+        commits += done.expect("commit task does not panic")?;
+    }
+    Ok(commits as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn server_version(pool: &PgPool) -> DbResult<String> {
+    Ok(
+        sqlx::query_scalar("select current_setting('server_version')")
+            .fetch_one(pool)
+            .await?,
+    )
+}

@@ -1,0 +1,86 @@
+//! damascus-forge: where pull requests live. The `Forge` trait is what the loops need
+//! from GitHub, Gitea or the local forge: open or find the PR for a branch, read its
+//! state and head, merge exactly the commit that was tested, comment.
+//!
+//! Architecture invariant: only this crate talks to a forge. It knows nothing of the
+//! database or of phases.
+
+mod local;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use local::LocalForge;
+
+/// A pull request, as the forge identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The branch it proposes.
+    pub branch: String,
+    /// Where a person can see it.
+    pub url: String,
+    /// The commit at its head now.
+    pub head: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrState {
+    Open {
+        head: String,
+    },
+    /// Merged: `merge_commit` is on the base branch.
+    Merged {
+        head: String,
+    },
+    /// The branch is gone without being merged.
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    Merged {
+        commit: String,
+    },
+    /// It was merged before (a second merge is a no-op).
+    AlreadyMerged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    /// The branch moved after the commit was tested; it must be tested again.
+    #[error("the branch head is {actual}, not the tested commit {expected}; review again")]
+    HeadMoved { expected: String, actual: String },
+    #[error("the change conflicts with {base}: {detail}")]
+    Conflict { base: String, detail: String },
+    #[error("no pull request for branch {0}")]
+    NotFound(String),
+    /// Worth retrying later (network, a forge that is not ready).
+    #[error("the forge is unavailable: {0}")]
+    Transient(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type ForgeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ForgeError>> + Send + 'a>>;
+
+pub trait Forge: Send + Sync {
+    /// Opens a PR for `branch` into `base`, or returns the one already open for it
+    /// (a retried build never opens a second PR).
+    fn open_or_find<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+        title: &'a str,
+        body: &'a str,
+    ) -> ForgeFuture<'a, PullRequest>;
+    fn state<'a>(&'a self, branch: &'a str, base: &'a str) -> ForgeFuture<'a, PrState>;
+    /// Merges the PR only if its head is still `expected_head`.
+    fn merge<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+        expected_head: &'a str,
+        message: &'a str,
+    ) -> ForgeFuture<'a, MergeOutcome>;
+    fn comment<'a>(&'a self, branch: &'a str, text: &'a str) -> ForgeFuture<'a, ()>;
+}

@@ -1,0 +1,340 @@
+//! The local forge: a bare repository is the remote, a pull request is a branch in it,
+//! merging is a real `--no-ff` merge commit on the base branch, and comments are git
+//! notes (`refs/notes/damascus`) on the branch head.
+//!
+//! The base branch moves only by a compare-and-swap (`git update-ref NEW OLD`), so two
+//! merges at once cannot lose each other's work, and only when the PR head is still the
+//! commit that was tested.
+
+use std::path::{Path, PathBuf};
+
+use damascus_git::{Git, GitError, Identity};
+
+use crate::{Forge, ForgeError, ForgeFuture, MergeOutcome, PrState, PullRequest};
+
+#[derive(Debug, Clone)]
+pub struct LocalForge {
+    remote: PathBuf,
+    identity: Identity,
+}
+
+impl From<GitError> for ForgeError {
+    fn from(e: GitError) -> ForgeError {
+        ForgeError::Other(e.to_string())
+    }
+}
+
+impl LocalForge {
+    pub fn new(remote: impl Into<PathBuf>, identity: Identity) -> LocalForge {
+        LocalForge {
+            remote: remote.into(),
+            identity,
+        }
+    }
+
+    fn git(&self) -> Git {
+        Git::new(&self.remote, self.identity.clone())
+    }
+
+    fn url(&self, branch: &str) -> String {
+        format!("local://{}#{branch}", self.remote.display())
+    }
+
+    async fn head(&self, branch: &str) -> Result<Option<String>, ForgeError> {
+        Ok(self.git().resolve(&format!("refs/heads/{branch}")).await?)
+    }
+
+    async fn merge_now(
+        &self,
+        branch: &str,
+        base: &str,
+        expected: &str,
+        message: &str,
+    ) -> Result<MergeOutcome, ForgeError> {
+        let git = self.git();
+        let head = self
+            .head(branch)
+            .await?
+            .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
+        let base_ref = format!("refs/heads/{base}");
+        let old_base = git.resolve(&base_ref).await?.ok_or_else(|| {
+            ForgeError::Other(format!(
+                "base branch {base} does not exist in {}",
+                self.remote.display()
+            ))
+        })?;
+        if git.is_ancestor(&head, &old_base).await? {
+            return Ok(MergeOutcome::AlreadyMerged);
+        }
+        if head != expected {
+            return Err(ForgeError::HeadMoved {
+                expected: expected.to_owned(),
+                actual: head,
+            });
+        }
+        let scratch = tempdir_in(&self.remote)?;
+        let worktree = scratch.join("merge");
+        let worktree_arg = worktree.to_string_lossy().into_owned();
+        git.run(&[
+            "worktree",
+            "add",
+            "--quiet",
+            "--detach",
+            &worktree_arg,
+            &old_base,
+        ])
+        .await?;
+        let merged = async {
+            let wt = Git::new(&worktree, self.identity.clone());
+            // An argv element, not a shell line: the message cannot inject anything.
+            match wt
+                .run(&["merge", "--no-ff", "--no-edit", "-m", message, expected])
+                .await
+            {
+                Ok(_) => Ok(wt.run(&["rev-parse", "HEAD"]).await?),
+                Err(GitError::Failed { stderr, .. }) => {
+                    let _ = wt.run(&["merge", "--abort"]).await;
+                    Err(ForgeError::Conflict {
+                        base: base.to_owned(),
+                        detail: stderr,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        let _ = git
+            .run(&["worktree", "remove", "--force", &worktree_arg])
+            .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        let commit = merged?;
+        // Compare-and-swap: fails if the base moved since we read it.
+        match git
+            .run(&["update-ref", &base_ref, &commit, &old_base])
+            .await
+        {
+            Ok(_) => Ok(MergeOutcome::Merged { commit }),
+            Err(_) => Err(ForgeError::Transient(format!(
+                "{base} moved during the merge; try again"
+            ))),
+        }
+    }
+}
+
+fn tempdir_in(remote: &Path) -> Result<PathBuf, ForgeError> {
+    let dir = remote.join("damascus-merges").join(format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ForgeError::Other(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+impl Forge for LocalForge {
+    fn open_or_find<'a>(
+        &'a self,
+        branch: &'a str,
+        _base: &'a str,
+        _title: &'a str,
+        _body: &'a str,
+    ) -> ForgeFuture<'a, PullRequest> {
+        Box::pin(async move {
+            // The branch is the pull request: it exists once the builder pushed it.
+            let head = self
+                .head(branch)
+                .await?
+                .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
+            Ok(PullRequest {
+                branch: branch.to_owned(),
+                url: self.url(branch),
+                head,
+            })
+        })
+    }
+
+    fn state<'a>(&'a self, branch: &'a str, base: &'a str) -> ForgeFuture<'a, PrState> {
+        Box::pin(async move {
+            let Some(head) = self.head(branch).await? else {
+                return Ok(PrState::Closed);
+            };
+            let base_head = self.git().resolve(&format!("refs/heads/{base}")).await?;
+            match base_head {
+                Some(base_head) if self.git().is_ancestor(&head, &base_head).await? => {
+                    Ok(PrState::Merged { head })
+                }
+                _ => Ok(PrState::Open { head }),
+            }
+        })
+    }
+
+    fn merge<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+        expected_head: &'a str,
+        message: &'a str,
+    ) -> ForgeFuture<'a, MergeOutcome> {
+        Box::pin(self.merge_now(branch, base, expected_head, message))
+    }
+
+    fn comment<'a>(&'a self, branch: &'a str, text: &'a str) -> ForgeFuture<'a, ()> {
+        Box::pin(async move {
+            let head = self
+                .head(branch)
+                .await?
+                .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
+            self.git()
+                .run_with_stdin(
+                    &["notes", "--ref=damascus", "append", "-F", "-", &head],
+                    Some(text),
+                )
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use damascus_git::init_bare_with_files;
+
+    async fn setup() -> (tempfile::TempDir, LocalForge, Git) {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote.git");
+        init_bare_with_files(&remote, &[("a.txt", "one\n")], &Identity::default())
+            .await
+            .unwrap();
+        let clone = dir.path().join("clone");
+        Git::new(dir.path(), Identity::default())
+            .run(&[
+                "clone",
+                "--quiet",
+                &remote.to_string_lossy(),
+                &clone.to_string_lossy(),
+            ])
+            .await
+            .unwrap();
+        (
+            dir,
+            LocalForge::new(remote, Identity::default()),
+            Git::new(clone, Identity::default()),
+        )
+    }
+
+    async fn push_change(clone: &Git, branch: &str, file: &str, text: &str) -> String {
+        clone
+            .run(&["checkout", "--quiet", "-B", branch, "origin/main"])
+            .await
+            .unwrap();
+        std::fs::write(clone.dir().join(file), text).unwrap();
+        let sha = clone
+            .commit_all(&format!("change {file}"))
+            .await
+            .unwrap()
+            .unwrap();
+        clone
+            .run(&[
+                "push",
+                "--quiet",
+                "--force",
+                "origin",
+                &format!("HEAD:refs/heads/{branch}"),
+            ])
+            .await
+            .unwrap();
+        sha
+    }
+
+    #[tokio::test]
+    async fn open_merge_and_merge_again() {
+        let (_dir, forge, clone) = setup().await;
+        assert!(matches!(
+            forge.open_or_find("feature", "main", "t", "b").await,
+            Err(ForgeError::NotFound(_))
+        ));
+        let sha = push_change(&clone, "feature", "b.txt", "two\n").await;
+        let pr = forge
+            .open_or_find("feature", "main", "t", "b")
+            .await
+            .unwrap();
+        assert_eq!(pr.head, sha);
+        assert_eq!(
+            forge
+                .open_or_find("feature", "main", "t", "b")
+                .await
+                .unwrap(),
+            pr
+        );
+        assert_eq!(
+            forge.state("feature", "main").await.unwrap(),
+            PrState::Open { head: sha.clone() }
+        );
+        forge
+            .comment("feature", "review passed: `cargo test` exit 0")
+            .await
+            .unwrap();
+
+        let MergeOutcome::Merged { commit } = forge
+            .merge("feature", "main", &sha, "Merge feature")
+            .await
+            .unwrap()
+        else {
+            panic!("expected a merge");
+        };
+        let remote = forge.git();
+        assert_eq!(
+            remote.resolve("refs/heads/main").await.unwrap(),
+            Some(commit.clone())
+        );
+        assert_eq!(
+            remote
+                .run(&["rev-list", "--parents", "-n1", &commit])
+                .await
+                .unwrap()
+                .split(' ')
+                .count(),
+            3
+        );
+        assert_eq!(
+            forge.state("feature", "main").await.unwrap(),
+            PrState::Merged { head: sha.clone() }
+        );
+        assert_eq!(
+            forge.merge("feature", "main", &sha, "again").await.unwrap(),
+            MergeOutcome::AlreadyMerged
+        );
+        assert_eq!(
+            remote.resolve("refs/heads/main").await.unwrap(),
+            Some(commit)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_moved_head_or_a_conflict_is_refused() {
+        let (_dir, forge, clone) = setup().await;
+        let tested = push_change(&clone, "feature", "a.txt", "feature\n").await;
+        let moved = push_change(
+            &clone,
+            "feature",
+            "a.txt",
+            "feature, changed after the test\n",
+        )
+        .await;
+        match forge.merge("feature", "main", &tested, "m").await {
+            Err(ForgeError::HeadMoved { actual, .. }) => assert_eq!(actual, moved),
+            other => panic!("{other:?}"),
+        }
+        let other = push_change(&clone, "other", "a.txt", "other\n").await;
+        forge.merge("other", "main", &other, "m").await.unwrap();
+        assert!(matches!(
+            forge.merge("feature", "main", &moved, "m").await,
+            Err(ForgeError::Conflict { .. })
+        ));
+    }
+}

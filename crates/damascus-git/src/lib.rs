@@ -1,0 +1,268 @@
+//! damascus-git runs the git command line for the forge and the loops.
+//!
+//! Why the CLI and not gix: the operations Damascus needs are worktrees, merges with
+//! conflict detection, pushes to a remote and notes; gix covers reading well but not
+//! these writes yet (docs/ARCHITECTURE.md keeps this list). Every call passes argv
+//! directly (no shell), text that came from a story (commit messages, comments) goes
+//! through stdin, and git runs with a clean environment so no user configuration or
+//! credential helper changes what it does.
+//!
+//! Architecture invariant: no database, no HTTP; only this crate starts `git`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot run git ({0}); install git (Debian/Ubuntu: apt-get install git)")]
+    Spawn(std::io::Error),
+    #[error("git {args} failed in {dir}: {stderr}")]
+    Failed {
+        args: String,
+        dir: PathBuf,
+        stderr: String,
+        code: Option<i32>,
+    },
+}
+
+pub type GitResult<T> = Result<T, GitError>;
+
+/// Who commits and merges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for Identity {
+    fn default() -> Identity {
+        Identity {
+            name: "Damascus".into(),
+            email: "damascus@localhost".into(),
+        }
+    }
+}
+
+/// git, run in one directory.
+#[derive(Debug, Clone)]
+pub struct Git {
+    dir: PathBuf,
+    identity: Identity,
+}
+
+impl Git {
+    pub fn new(dir: impl Into<PathBuf>, identity: Identity) -> Git {
+        Git {
+            dir: dir.into(),
+            identity,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("git");
+        command
+            .arg("-c")
+            .arg(format!("user.name={}", self.identity.name))
+            .arg("-c")
+            .arg(format!("user.email={}", self.identity.email))
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "advice.detachedHead=false",
+                "-c",
+                "core.hooksPath=/dev/null",
+            ])
+            .args(args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", &self.dir)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("LC_ALL", "C")
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `git ARGS`, returning trimmed stdout.
+    pub async fn run(&self, args: &[&str]) -> GitResult<String> {
+        self.run_with_stdin(args, None).await
+    }
+
+    /// Runs `git ARGS` with `stdin` as standard input (for messages and notes).
+    pub async fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> GitResult<String> {
+        let mut command = self.command(args);
+        command
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(GitError::Spawn)?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .await
+                .map_err(GitError::Spawn)?;
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.map_err(GitError::Spawn)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(GitError::Failed {
+                args: args.join(" "),
+                dir: self.dir.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                code: out.status.code(),
+            })
+        }
+    }
+
+    /// `git rev-parse --verify REV^{commit}`, or `None` when it does not exist.
+    pub async fn resolve(&self, rev: &str) -> GitResult<Option<String>> {
+        match self
+            .run(&[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{rev}^{{commit}}"),
+            ])
+            .await
+        {
+            Ok(sha) => Ok(Some(sha)),
+            Err(GitError::Failed { code: Some(1), .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `ancestor` is an ancestor of (or equal to) `descendant`.
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> GitResult<bool> {
+        match self
+            .run(&["merge-base", "--is-ancestor", ancestor, descendant])
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { code: Some(1), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stages everything and commits with `message` (from stdin); `None` when there was
+    /// nothing to commit.
+    pub async fn commit_all(&self, message: &str) -> GitResult<Option<String>> {
+        self.run(&["add", "--all"]).await?;
+        let staged = self.run(&["status", "--porcelain"]).await?;
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        self.run_with_stdin(
+            &["commit", "--quiet", "--no-verify", "-F", "-"],
+            Some(message),
+        )
+        .await?;
+        Ok(Some(self.run(&["rev-parse", "HEAD"]).await?))
+    }
+}
+
+/// Creates a bare repository at `path` whose `main` holds `files` (for demos and tests).
+pub async fn init_bare_with_files(
+    path: &Path,
+    files: &[(&str, &str)],
+    identity: &Identity,
+) -> GitResult<()> {
+    let scratch = path.with_extension("seed");
+    tokio::fs::create_dir_all(&scratch)
+        .await
+        .map_err(GitError::Spawn)?;
+    let seed = Git::new(&scratch, identity.clone());
+    seed.run(&["init", "--quiet", "--initial-branch=main"])
+        .await?;
+    for (name, contents) in files {
+        let file = scratch.join(name);
+        if let Some(parent) = file.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(GitError::Spawn)?;
+        }
+        tokio::fs::write(&file, contents)
+            .await
+            .map_err(GitError::Spawn)?;
+        #[cfg(unix)]
+        if name.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))
+                .await
+                .map_err(GitError::Spawn)?;
+        }
+    }
+    seed.commit_all("Initial commit").await?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(GitError::Spawn)?;
+    Git::new(parent, identity.clone())
+        .run(&[
+            "clone",
+            "--quiet",
+            "--bare",
+            &scratch.to_string_lossy(),
+            &path.to_string_lossy(),
+        ])
+        .await?;
+    tokio::fs::remove_dir_all(&scratch)
+        .await
+        .map_err(GitError::Spawn)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_messages_go_through_stdin_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Git::new(dir.path(), Identity::default());
+        git.run(&["init", "--quiet"]).await.unwrap();
+        assert_eq!(git.commit_all("nothing").await.unwrap(), None);
+        std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        let message = "Add $(rm -rf /) `whoami`; echo 'quoted' \"twice\"";
+        let sha = git.commit_all(message).await.unwrap().unwrap();
+        assert_eq!(
+            git.run(&["log", "-1", "--format=%B"]).await.unwrap(),
+            message
+        );
+        assert_eq!(git.resolve("HEAD").await.unwrap(), Some(sha.clone()));
+        assert_eq!(git.resolve("no-such-branch").await.unwrap(), None);
+        assert!(git.is_ancestor(&sha, "HEAD").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn bare_repository_with_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("remote.git");
+        init_bare_with_files(
+            &bare,
+            &[("README.md", "hi\n"), ("test.sh", "#!/bin/sh\nexit 0\n")],
+            &Identity::default(),
+        )
+        .await
+        .unwrap();
+        let git = Git::new(&bare, Identity::default());
+        assert!(git.resolve("refs/heads/main").await.unwrap().is_some());
+        assert_eq!(git.run(&["show", "main:README.md"]).await.unwrap(), "hi");
+    }
+}

@@ -1,0 +1,218 @@
+//! The code-builder. Idempotent: the branch is `damascus/<project>-<item>`; a second
+//! run starts from what the first pushed (or from the default branch), a run whose
+//! agent changes nothing but whose branch already holds commits passes again, and the
+//! forge returns the PR already open for the branch instead of opening another.
+
+use std::time::Duration;
+
+use damascus_core::{PhaseOutput, PhaseReport, Spec, Verdict};
+
+use crate::process::{self, ProcessEnd, ProcessSpec};
+use crate::workspace::Workspace;
+use crate::{agent_cost, answers, base_env, fail, forge_for, report, Inner, PhaseInput};
+
+pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
+    match build(inner, input).await {
+        Ok(report) => report,
+        Err(verdict) => verdict.into(),
+    }
+}
+
+fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ {
+    move |e| Verdict::TransientError {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict> {
+    let config = &inner.config;
+    let spec: Spec = input
+        .item
+        .spec
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| {
+            fail(
+                "the item has no spec to build from; send it back to spec",
+                "",
+            )
+        })?;
+    if let Some(verdict) = input.budget_exhausted() {
+        return Err(verdict);
+    }
+    let forge = forge_for(&input.project, &config.identity)?;
+    let project = &input.project;
+    let branch = input.branch();
+    let base = format!("origin/{}", project.default_branch);
+    let dir = config
+        .data_dir
+        .join("worktrees")
+        .join(&project.name)
+        .join(input.key());
+    let tree = {
+        // The workspace (and its lock) lives only while the worktree is prepared.
+        let workspace = Workspace::open(
+            &config.data_dir,
+            &project.name,
+            &project.repository,
+            &config.identity,
+        )
+        .await
+        .map_err(transient("cannot fetch the project's repository"))?;
+        let remote_branch = format!("origin/{branch}");
+        let start = match workspace.cache().resolve(&remote_branch).await {
+            Ok(Some(_)) => remote_branch,
+            _ => base.clone(),
+        };
+        workspace
+            .branch_worktree(&dir, &branch, &start)
+            .await
+            .map_err(transient("cannot prepare the worktree"))?
+    };
+
+    let mut prompt = spec.to_prompt(&input.item.title);
+    if let Ok(Some((reason, log_tail))) =
+        damascus_db::items::last_failure(&input.job.pool, input.item.id).await
+    {
+        prompt.push_str(&format!(
+            "\n## The previous attempt failed\n{reason}\n\n```\n{log_tail}\n```\nFix this.\n"
+        ));
+    }
+    prompt.push_str(&answers(input).await);
+
+    let argv = project.agent_command.clone().unwrap_or_else(|| {
+        vec![
+            "claude".into(),
+            "-p".into(),
+            "--output-format".into(),
+            "json".into(),
+            "--max-turns".into(),
+            config.claude_max_turns.to_string(),
+            "--permission-mode".into(),
+            "dontAsk".into(),
+            "--allowedTools".into(),
+            "Read,Write,Edit,Bash".into(),
+        ]
+    });
+    let model = argv.first().cloned().unwrap_or_default();
+    let mut env = base_env(&config.agent_env);
+    env.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
+    env.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
+    let log_file = config
+        .data_dir
+        .join("logs")
+        .join(input.item.id.to_string())
+        .join(format!("build-{}.log", input.job.attempt));
+    let end = process::run(
+        ProcessSpec {
+            argv,
+            dir: dir.clone(),
+            env,
+            stdin: Some(prompt),
+            timeout: Duration::from_secs(project.agent_timeout_secs as u64),
+            log_file: log_file.clone(),
+        },
+        &input.job.cancel,
+    )
+    .await
+    .map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
+    let mut costs = Vec::new();
+    let (stdout, tail) = match end {
+        ProcessEnd::Cancelled => {
+            return Err(Verdict::TransientError {
+                reason: "the build was stopped".into(),
+            })
+        }
+        ProcessEnd::TimedOut { tail } => {
+            return Err(fail(
+                format!(
+                    "the agent ran past its {} s limit and was killed",
+                    project.agent_timeout_secs
+                ),
+                tail,
+            ))
+        }
+        ProcessEnd::Exited {
+            code: Some(0),
+            stdout,
+            tail,
+        } => (stdout, tail),
+        ProcessEnd::Exited { code, tail, .. } => {
+            return Err(fail(
+                format!(
+                    "the agent exited with {}; its log is {}",
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| "a signal".into()),
+                    log_file.display()
+                ),
+                tail,
+            ))
+        }
+    };
+    if let Some(result) = crate::agent_result::parse(&stdout) {
+        if let Some(usd) = result.total_cost_usd {
+            costs.push(agent_cost(&model, usd));
+        }
+        if let Some(why) = result.failure() {
+            return Ok(report(fail(why, tail), costs));
+        }
+    }
+
+    let message = format!(
+        "{}\n\nDamascus item {}, build attempt {}.",
+        input.item.title, input.item.id, input.job.attempt
+    );
+    let committed = tree
+        .commit_all(&message)
+        .await
+        .map_err(transient("cannot commit"))?;
+    if committed.is_none() {
+        let ahead = tree
+            .run(&["rev-list", "--count", &format!("{base}..HEAD")])
+            .await
+            .map_err(transient("cannot compare with the default branch"))?;
+        if ahead == "0" {
+            return Ok(report(
+                fail("the agent wrote nothing: no file changed", tail),
+                costs,
+            ));
+        }
+    }
+    tree.run(&[
+        "push",
+        "--quiet",
+        "--force-with-lease",
+        "origin",
+        &format!("HEAD:refs/heads/{branch}"),
+    ])
+    .await
+    .map_err(transient("cannot push the branch"))?;
+    let pr = forge
+        .open_or_find(
+            &branch,
+            &project.default_branch,
+            &input.item.title,
+            &spec.summary,
+        )
+        .await
+        .map_err(|e| Verdict::TransientError {
+            reason: format!("cannot open the pull request: {e}"),
+        })?;
+    let _ = forge
+        .comment(
+            &branch,
+            &format!(
+                "damascus: build attempt {} pushed {}",
+                input.job.attempt, pr.head
+            ),
+        )
+        .await;
+    Ok(report(
+        Verdict::Pass(PhaseOutput {
+            branch: Some(branch),
+            pr_url: Some(pr.url),
+            ..PhaseOutput::default()
+        }),
+        costs,
+    ))
+}

@@ -1,0 +1,211 @@
+//! damascus-loops: the three loops that advance work items, behind the queue's
+//! `PhaseRunner` seam.
+//!
+//! - spec-refiner (`spec_phase`): the story → a spec with acceptance criteria and one
+//!   test command, from a model or (passthrough) from the story itself.
+//! - code-builder (`build_phase`): a worktree on `damascus/<project>-<item>`, the coding
+//!   agent run with the spec on stdin, commit, push, open or find the pull request.
+//! - reviewer (`review_phase`): a clean worktree at the PR head, the test command, and
+//!   a merge of exactly the tested commit.
+//!
+//! Each phase is idempotent, because a lease can run it twice: the builder reuses the
+//! branch it pushed and the PR the forge already has; the reviewer treats a PR that is
+//! already merged as passed, and the forge refuses to merge a head it did not test.
+//!
+//! Architecture invariants: no SQL (reads go through `damascus-db`); the verdict is
+//! returned, never written here — the queue writes it in one transaction; story text
+//! reaches processes only through stdin or files, never a shell command line.
+
+mod agent_result;
+mod build_phase;
+pub mod llm;
+mod process;
+mod review_phase;
+mod spec_phase;
+mod workspace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use damascus_core::{CostEntry, CostSource, ForgeKind, Phase, PhaseReport, Verdict};
+use damascus_db::items::WorkItem;
+use damascus_db::projects::Project;
+use damascus_forge::{Forge, LocalForge};
+use damascus_git::Identity;
+use damascus_queue::{JobContext, PhaseFuture, PhaseRunner};
+
+pub use llm::LlmConfig;
+
+/// What the loops need from the deployment.
+#[derive(Debug, Clone)]
+pub struct LoopsConfig {
+    /// Worktrees (`worktrees/`), cache clones (`repos/`) and logs (`logs/`) live here.
+    pub data_dir: PathBuf,
+    /// The model for refine-mode specs; `None` leaves such items to a person.
+    pub llm: Option<LlmConfig>,
+    pub identity: Identity,
+    /// Variables the agent gets besides PATH, HOME and LANG (e.g. ANTHROPIC_BASE_URL).
+    pub agent_env: Vec<(String, String)>,
+    /// `--max-turns` for the default agent, Claude Code.
+    pub claude_max_turns: u32,
+}
+
+/// The loops as one `PhaseRunner`.
+#[derive(Clone)]
+pub struct Loops {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LoopsConfig,
+    llm: Option<llm::LlmClient>,
+}
+
+/// What every phase gets: the job, its item and project.
+pub(crate) struct PhaseInput {
+    pub job: JobContext,
+    pub item: WorkItem,
+    pub project: Project,
+}
+
+impl PhaseInput {
+    /// `<project>-<item id>`: names the branch and the worktree.
+    pub fn key(&self) -> String {
+        format!("{}-{}", self.project.name, self.item.id)
+    }
+
+    pub fn branch(&self) -> String {
+        format!("damascus/{}", self.key())
+    }
+
+    /// The item's cost budget, if its spending has reached it.
+    pub fn budget_exhausted(&self) -> Option<Verdict> {
+        let budget = self.item.cost_budget_usd?;
+        (self.item.cost_usd >= budget).then(|| Verdict::NeedsHuman {
+            question: format!(
+                "this item has spent {:.4} USD of its {budget:.4} USD budget, so no further model or agent call starts; raise the budget or cancel the item",
+                self.item.cost_usd
+            ),
+            context: String::new(),
+        })
+    }
+}
+
+impl Loops {
+    pub fn new(config: LoopsConfig) -> Result<Loops, llm::LlmError> {
+        let llm = config.llm.clone().map(llm::LlmClient::new).transpose()?;
+        Ok(Loops {
+            inner: Arc::new(Inner { config, llm }),
+        })
+    }
+}
+
+impl PhaseRunner for Loops {
+    fn run(&self, job: JobContext) -> PhaseFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let input = match load(&job).await {
+                Ok(input) => input,
+                Err(e) => {
+                    return Verdict::TransientError {
+                        reason: e.to_string(),
+                    }
+                    .into()
+                }
+            };
+            match job.phase {
+                Phase::Spec => spec_phase::run(&inner, &input).await,
+                Phase::Build => build_phase::run(&inner, &input).await,
+                Phase::Review => review_phase::run(&inner, &input).await,
+                other => Verdict::Fail {
+                    reason: format!("no loop runs phase {other}"),
+                    log_tail: String::new(),
+                }
+                .into(),
+            }
+        })
+    }
+}
+
+async fn load(job: &JobContext) -> Result<PhaseInput, damascus_db::DbError> {
+    let item = damascus_db::items::get_item(&job.pool, job.item_id).await?;
+    let project = damascus_db::projects::get_project(&job.pool, item.project_id).await?;
+    Ok(PhaseInput {
+        job: job.clone(),
+        item,
+        project,
+    })
+}
+
+/// The forge a project's pull requests live on.
+pub(crate) fn forge_for(project: &Project, identity: &Identity) -> Result<Box<dyn Forge>, Verdict> {
+    match project.forge_kind {
+        ForgeKind::Local => Ok(Box::new(LocalForge::new(&project.repository, identity.clone()))),
+        other => Err(Verdict::NeedsHuman {
+            question: format!(
+                "project {} uses forge kind {other}, which this build of damascus cannot drive yet; use --forge local",
+                project.name
+            ),
+            context: String::new(),
+        }),
+    }
+}
+
+/// What the item's people said so far, for the next prompt.
+pub(crate) async fn answers(input: &PhaseInput) -> String {
+    let issues = damascus_db::items::human_issues_for_item(&input.job.pool, input.item.id)
+        .await
+        .unwrap_or_default();
+    let mut text = String::new();
+    for issue in issues.iter().filter(|i| i.answer.is_some()) {
+        text.push_str(&format!(
+            "\nQuestion: {}\nAnswer: {}\n",
+            issue.question,
+            issue.answer.as_deref().unwrap_or_default()
+        ));
+    }
+    if text.is_empty() {
+        text
+    } else {
+        format!("\n## Answers from the people responsible\n{text}")
+    }
+}
+
+pub(crate) fn report(verdict: Verdict, costs: Vec<CostEntry>) -> PhaseReport {
+    PhaseReport { verdict, costs }
+}
+
+pub(crate) fn agent_cost(model: &str, usd: f64) -> CostEntry {
+    CostEntry {
+        source: CostSource::Agent,
+        model: model.to_owned(),
+        tokens_in: 0,
+        tokens_out: 0,
+        usd,
+    }
+}
+
+pub(crate) fn fail(reason: impl Into<String>, log_tail: impl Into<String>) -> Verdict {
+    Verdict::Fail {
+        reason: reason.into(),
+        log_tail: log_tail.into(),
+    }
+}
+
+/// The environment every phase process gets: a fixed PATH and HOME and nothing from
+/// the worker's own environment unless configured.
+pub(crate) fn base_env(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "PATH".to_owned(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        (
+            "HOME".to_owned(),
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+        ),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    env
+}

@@ -1,0 +1,231 @@
+//! Running a phase's process (the coding agent, the test command): argv only, a clean
+//! environment, standard input from a string, a time limit, output kept whole in a log
+//! file and its tail in memory. The process runs in a process group of its own, so a
+//! time-out or a cancel kills everything it started, not just its first process.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// How much of the output a verdict carries.
+pub const TAIL_BYTES: usize = 4000;
+
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<String>,
+    pub timeout: Duration,
+    pub log_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEnd {
+    Exited {
+        code: Option<i32>,
+        stdout: String,
+        tail: String,
+    },
+    TimedOut {
+        tail: String,
+    },
+    Cancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {program}: {source}")]
+pub struct SpawnError {
+    pub program: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<ProcessEnd, SpawnError> {
+    let program = spec.argv.first().cloned().unwrap_or_default();
+    let spawn_error = |source| SpawnError {
+        program: program.clone(),
+        source,
+    };
+    if let Some(parent) = spec.log_file.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(spawn_error)?;
+    }
+    let mut command = Command::new(&program);
+    command
+        .args(&spec.argv[1..])
+        .current_dir(&spec.dir)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(spawn_error)?;
+    let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    if let (Some(text), Some(mut pipe)) = (spec.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
+        });
+    }
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let collect = async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        (out, err)
+    };
+    let kill_group = || {
+        if let Some(group) = group {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    };
+    let outcome = tokio::select! {
+        (output, status) = async { let o = collect.await; (o, child.wait().await) } => Ok((output, status)),
+        _ = tokio::time::sleep(spec.timeout) => Err(false),
+        _ = cancel.cancelled() => Err(true),
+    };
+    match outcome {
+        Ok(((out, err), status)) => {
+            // Children that outlived the main process die with it.
+            kill_group();
+            let log = write_log(&spec.log_file, &out, &err).await;
+            let code = status.ok().and_then(|s| s.code());
+            Ok(ProcessEnd::Exited {
+                code,
+                stdout: String::from_utf8_lossy(&out).into_owned(),
+                tail: tail(&log),
+            })
+        }
+        Err(cancelled) => {
+            kill_group();
+            let _ = child.wait().await;
+            let note = if cancelled { "cancelled" } else { "timed out" };
+            let log = write_log(
+                &spec.log_file,
+                format!("[damascus: {note}]\n").as_bytes(),
+                b"",
+            )
+            .await;
+            if cancelled {
+                Ok(ProcessEnd::Cancelled)
+            } else {
+                Ok(ProcessEnd::TimedOut { tail: tail(&log) })
+            }
+        }
+    }
+}
+
+async fn write_log(path: &PathBuf, out: &[u8], err: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(out).into_owned();
+    if !err.is_empty() {
+        text.push_str("\n--- stderr ---\n");
+        text.push_str(&String::from_utf8_lossy(err));
+    }
+    if let Ok(mut file) = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+    {
+        // tokio's File finishes writes in the background unless flushed.
+        let _ = file.write_all(text.as_bytes()).await;
+        let _ = file.flush().await;
+    }
+    text
+}
+
+/// The last `TAIL_BYTES` of `text`, cut at a character boundary.
+pub fn tail(text: &str) -> String {
+    let text = text.trim_end();
+    if text.len() <= TAIL_BYTES {
+        return text.to_owned();
+    }
+    let mut start = text.len() - TAIL_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &std::path::Path, script: &str, timeout: Duration) -> ProcessSpec {
+        ProcessSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            dir: dir.to_path_buf(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            stdin: Some("from stdin".into()),
+            timeout,
+            log_file: dir.join("logs/run.log"),
+        }
+    }
+
+    #[tokio::test]
+    async fn output_exit_code_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = run(
+            spec(
+                dir.path(),
+                "cat; echo oops >&2; exit 3",
+                Duration::from_secs(10),
+            ),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let ProcessEnd::Exited { code, stdout, tail } = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(code, Some(3));
+        assert_eq!(stdout, "from stdin");
+        assert!(tail.contains("oops"));
+        assert!(std::fs::read_to_string(dir.path().join("logs/run.log"))
+            .unwrap()
+            .contains("from stdin"));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_process_and_its_children_die_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let end = run(
+            spec(dir.path(), &script, Duration::from_millis(500)),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(end, ProcessEnd::TimedOut { .. }), "{end:?}");
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "the grandchild survived: {state}"
+        );
+    }
+
+    #[test]
+    fn tails_are_bounded() {
+        assert_eq!(tail("short\n"), "short");
+        let long = "é".repeat(TAIL_BYTES);
+        assert!(tail(&long).len() <= TAIL_BYTES + 4);
+    }
+}

@@ -1,0 +1,140 @@
+//! The reviewer. Idempotent: a PR that is already merged passes; the merge names the
+//! commit that was tested, so a branch that moved since is reviewed again, never
+//! merged untested.
+
+use std::time::Duration;
+
+use damascus_core::{PhaseReport, Verdict};
+use damascus_forge::{ForgeError, PrState};
+
+use crate::process::{self, ProcessEnd, ProcessSpec};
+use crate::workspace::Workspace;
+use crate::{base_env, fail, forge_for, Inner, PhaseInput};
+
+pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
+    match review(inner, input).await {
+        Ok(verdict) | Err(verdict) => verdict.into(),
+    }
+}
+
+async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
+    let config = &inner.config;
+    let project = &input.project;
+    let forge = forge_for(project, &config.identity)?;
+    let branch = input.item.branch.clone().unwrap_or_else(|| input.branch());
+    let test_command = input
+        .item
+        .test_command
+        .clone()
+        .or_else(|| project.test_command.clone())
+        .ok_or_else(|| fail("the item has no test command; its spec must name one", ""))?;
+    let head = match forge.state(&branch, &project.default_branch).await {
+        Ok(PrState::Merged { .. }) => return Ok(Verdict::pass()),
+        Ok(PrState::Closed) => {
+            return Err(fail(
+                format!("the branch {branch} is gone; build it again"),
+                "",
+            ))
+        }
+        Ok(PrState::Open { head }) => head,
+        Err(e) => {
+            return Err(Verdict::TransientError {
+                reason: e.to_string(),
+            })
+        }
+    };
+    let dir = config
+        .data_dir
+        .join("worktrees")
+        .join(&project.name)
+        .join(format!("{}-review", input.key()));
+    {
+        let workspace = Workspace::open(
+            &config.data_dir,
+            &project.name,
+            &project.repository,
+            &config.identity,
+        )
+        .await
+        .map_err(|e| Verdict::TransientError {
+            reason: format!("cannot fetch the project's repository: {e}"),
+        })?;
+        workspace
+            .detached_worktree(&dir, &head)
+            .await
+            .map_err(|e| Verdict::TransientError {
+                reason: format!("cannot check out {head}: {e}"),
+            })?;
+    }
+    let log_file = config
+        .data_dir
+        .join("logs")
+        .join(input.item.id.to_string())
+        .join(format!("review-{}.log", input.job.attempt));
+    // The test command is the project's or the spec's command line, run as written;
+    // no story text is put into it.
+    let end = process::run(
+        ProcessSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), test_command.clone()],
+            dir,
+            env: base_env(&[]),
+            stdin: None,
+            timeout: Duration::from_secs(project.test_timeout_secs as u64),
+            log_file,
+        },
+        &input.job.cancel,
+    )
+    .await
+    .map_err(|e| Verdict::TransientError {
+        reason: e.to_string(),
+    })?;
+    match end {
+        ProcessEnd::Cancelled => Err(Verdict::TransientError {
+            reason: "the review was stopped".into(),
+        }),
+        ProcessEnd::TimedOut { tail } => Err(fail(
+            format!(
+                "`{test_command}` ran past its {} s limit and was killed",
+                project.test_timeout_secs
+            ),
+            tail,
+        )),
+        ProcessEnd::Exited { code: Some(0), .. } => {
+            let message = format!("Merge {branch}: {}", input.item.title);
+            match forge
+                .merge(&branch, &project.default_branch, &head, &message)
+                .await
+            {
+                Ok(_) => {
+                    let _ = forge
+                        .comment(
+                            &branch,
+                            &format!("damascus: `{test_command}` passed on {head}; merged"),
+                        )
+                        .await;
+                    Ok(Verdict::pass())
+                }
+                Err(e @ ForgeError::Conflict { .. }) => Err(fail(e.to_string(), "")),
+                Err(e) => Err(Verdict::TransientError {
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        ProcessEnd::Exited { code, tail, .. } => {
+            let _ = forge
+                .comment(
+                    &branch,
+                    &format!("damascus: `{test_command}` failed on {head}"),
+                )
+                .await;
+            Err(fail(
+                format!(
+                    "`{test_command}` exited with {}",
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| "a signal".into())
+                ),
+                tail,
+            ))
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The loops end to end: a real database, real git repositories (a bare one plays the
+//! remote), the local forge, scripted agents, and an OpenAI-compatible HTTP server
+//! inside the test where a model is needed.
+
+mod agents;
+mod flow;
+mod model;
+mod support;

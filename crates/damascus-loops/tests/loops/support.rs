@@ -1,0 +1,141 @@
+//! Fixtures: a project on a bare repository, scripted agents, and running the queue
+//! with the loops until nothing is runnable.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use damascus_core::{NewProject, ProjectName, SpecMode, Story};
+use damascus_git::{init_bare_with_files, Git, Identity};
+use damascus_loops::{LlmConfig, Loops, LoopsConfig};
+use damascus_queue::{run_until_idle, CycleSummary, QueueConfig, RetryPolicy};
+use damascus_testdb::TestDatabase;
+
+pub struct Setup {
+    pub db: TestDatabase,
+    pub dir: tempfile::TempDir,
+    pub remote: PathBuf,
+}
+
+impl Setup {
+    pub async fn new() -> Setup {
+        let db = TestDatabase::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let remote = dir.path().join("remote.git");
+        init_bare_with_files(&remote, &[("README.md", "demo\n")], &Identity::default())
+            .await
+            .unwrap();
+        Setup { db, dir, remote }
+    }
+
+    /// Writes an executable agent script and returns its path.
+    pub fn agent(&self, name: &str, body: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    pub async fn project(&self, agent: &str, mode: SpecMode, edit: impl FnOnce(&mut NewProject)) {
+        let mut project = NewProject::local(
+            ProjectName::parse("web").unwrap(),
+            self.remote.to_string_lossy(),
+        );
+        project.spec_mode = mode;
+        project.agent_command = Some(vec![agent.to_owned()]);
+        project.agent_timeout_secs = 20;
+        project.test_timeout_secs = 20;
+        edit(&mut project);
+        damascus_db::projects::add_project(&self.db.pool, &project)
+            .await
+            .unwrap();
+    }
+
+    pub async fn ingest(&self, title: &str, body: &str) -> i64 {
+        let story = Story::new(title, body).unwrap();
+        damascus_db::items::ingest(
+            &self.db.pool,
+            &ProjectName::parse("web").unwrap(),
+            &story,
+            "test",
+        )
+        .await
+        .unwrap()
+        .id
+    }
+
+    pub fn loops_config(&self, llm: Option<LlmConfig>) -> LoopsConfig {
+        LoopsConfig {
+            data_dir: self.dir.path().join("data"),
+            llm,
+            identity: Identity::default(),
+            agent_env: vec![],
+            claude_max_turns: 5,
+        }
+    }
+
+    pub async fn cycle_with(&self, config: LoopsConfig) -> CycleSummary {
+        let queue = QueueConfig {
+            concurrency: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+            retry: RetryPolicy {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(50),
+            },
+            reap_interval: Duration::from_secs(5),
+        };
+        run_until_idle(
+            self.db.pool.clone(),
+            queue,
+            Arc::new(Loops::new(config).unwrap()),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn cycle(&self) -> CycleSummary {
+        self.cycle_with(self.loops_config(None)).await
+    }
+
+    pub async fn phase(&self, item: i64) -> String {
+        sqlx::query_scalar("select phase::text from work_items where id = $1")
+            .bind(item)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn steps(&self, item: i64) -> Vec<String> {
+        sqlx::query_scalar(
+            "select (payload->>'from') || '>' || (payload->>'to') from events_outbox
+             where item_id = $1 and kind = 'item.phase_changed' order by id",
+        )
+        .bind(item)
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn open_question(&self, item: i64) -> (i64, String) {
+        sqlx::query_as(
+            "select id, question from human_issues where item_id = $1 and status = 'open'",
+        )
+        .bind(item)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
+    pub fn remote_git(&self) -> Git {
+        Git::new(&self.remote, Identity::default())
+    }
+}
+
+/// A story that is its own spec: criteria and the test command.
+pub const GREETING: &str = "Greet the reader.\n\n## Acceptance criteria\n- hello.txt holds the word hello\n\n## Test command\n`grep -qx hello hello.txt`\n";
+
+/// Claude Code's success result line.
+pub const CLAUDE_OK: &str = r#"echo '{"type":"result","subtype":"success","is_error":false,"num_turns":2,"total_cost_usd":0.25,"permission_denials":[],"result":"done"}'"#;

@@ -1,0 +1,237 @@
+//! `damascus bench queue`: end-to-end throughput of no-op phases through the real pool
+//! (claim, run, finish transaction, trigger), pickup latency on an idle pool, the cost
+//! of one claim and one sqlxmq poll at each backlog, and, against the same server in
+//! the same run, the single-row commit rate that a queue's throughput is compared with.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use damascus_core::Verdict;
+use damascus_db::{bench, jobs, DbResult};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify};
+
+use crate::{JobContext, PhaseFuture, PhaseRunner, QueueConfig, WorkerPool};
+
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Backlog sizes to measure, one fresh database each.
+    pub backlogs: Vec<u64>,
+    pub concurrency: u32,
+    pub payload_bytes: usize,
+    pub latency_samples: u32,
+    pub commit_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BacklogResult {
+    pub jobs: u64,
+    pub elapsed: Duration,
+    pub claim_cost: Duration,
+    pub poll_cost: Duration,
+}
+
+impl BacklogResult {
+    pub fn jobs_per_second(&self) -> f64 {
+        self.jobs as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    pub samples: usize,
+}
+
+/// A no-op phase that reads its item (as every real phase does), counts, and passes.
+struct NoopPhase {
+    done: AtomicU64,
+    target: AtomicU64,
+    all_done: Notify,
+    started: Option<mpsc::UnboundedSender<Instant>>,
+}
+
+impl PhaseRunner for Arc<NoopPhase> {
+    fn run(&self, job: JobContext) -> PhaseFuture {
+        let phase = self.clone();
+        Box::pin(async move {
+            if let Some(started) = &phase.started {
+                let _ = started.send(Instant::now());
+            }
+            if let Err(e) = bench::read_item_body_len(&job.pool, job.item_id).await {
+                return Verdict::TransientError {
+                    reason: e.to_string(),
+                }
+                .into();
+            }
+            if phase.done.fetch_add(1, Ordering::SeqCst) + 1 == phase.target.load(Ordering::SeqCst)
+            {
+                phase.all_done.notify_one();
+            }
+            Verdict::pass().into()
+        })
+    }
+}
+
+fn pool_config(concurrency: u32) -> QueueConfig {
+    QueueConfig {
+        concurrency,
+        ..QueueConfig::default()
+    }
+}
+
+/// Runs `jobs` queued no-op jobs in `pool`'s (scratch) database to completion.
+pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbResult<BacklogResult> {
+    bench::seed_review_items(pool, jobs, config.payload_bytes).await?;
+    let probe =
+        jobs::register_worker(pool, "bench-probe", std::process::id(), config.concurrency).await?;
+    let (claim_cost, poll_cost) = bench::claim_and_poll_cost(pool, probe, 50).await?;
+    jobs::deregister_worker(pool, probe).await?;
+
+    let phase = Arc::new(NoopPhase {
+        done: AtomicU64::new(0),
+        target: AtomicU64::new(jobs),
+        all_done: Notify::new(),
+        started: None,
+    });
+    let started = Instant::now();
+    let workers = WorkerPool::start(
+        pool.clone(),
+        pool_config(config.concurrency),
+        Arc::new(phase.clone()),
+    )
+    .await?;
+    phase.all_done.notified().await;
+    // Shutdown waits for the last verdicts to commit.
+    let summary = workers.shutdown().await;
+    let elapsed = started.elapsed();
+    debug_assert_eq!(summary.advanced(), jobs);
+    Ok(BacklogResult {
+        jobs,
+        elapsed,
+        claim_cost,
+        poll_cost,
+    })
+}
+
+/// Pickup latency on an idle pool: commit of a transaction that makes one item runnable
+/// → its phase starting, one item at a time.
+pub async fn pickup_latency(pool: &PgPool, config: &BenchConfig) -> DbResult<Latency> {
+    let (sender, mut starts) = mpsc::unbounded_channel();
+    let phase = Arc::new(NoopPhase {
+        done: AtomicU64::new(0),
+        target: AtomicU64::new(u64::MAX),
+        all_done: Notify::new(),
+        started: Some(sender),
+    });
+    let mut queue = pool_config(config.concurrency);
+    // Only NOTIFY may wake the pool for this measurement.
+    queue.poll_interval = Duration::from_secs(60);
+    let workers = WorkerPool::start(pool.clone(), queue, Arc::new(phase.clone())).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut samples = Vec::with_capacity(config.latency_samples as usize);
+    for _ in 0..config.latency_samples {
+        let before_commit = Instant::now();
+        bench::seed_one_review_item(pool).await?;
+        let Some(started) = tokio::time::timeout(Duration::from_secs(10), starts.recv())
+            .await
+            .ok()
+            .flatten()
+        else {
+            break;
+        };
+        samples.push(started.saturating_duration_since(before_commit));
+        // Let the pool finish and fall idle again.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    workers.shutdown().await;
+    samples.sort();
+    let at = |q: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: samples.last().copied().unwrap_or_default(),
+        samples: samples.len(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub server_version: String,
+    pub backlogs: Vec<BacklogResult>,
+    pub latency: Latency,
+    pub commit_rate: f64,
+}
+
+/// Runs the whole bench on the server at `server_url`, each part in a scratch database
+/// that is dropped afterwards.
+pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport> {
+    let mut backlogs = Vec::new();
+    for (n, &jobs) in config.backlogs.iter().enumerate() {
+        let result =
+            with_scratch_database(server_url, &format!("throughput_{n}"), config, |pool| {
+                let config = config.clone();
+                async move { throughput(&pool, jobs, &config).await }
+            })
+            .await?;
+        backlogs.push(result);
+    }
+    let (server_version, latency, commit_rate) =
+        with_scratch_database(server_url, "latency", config, |pool| {
+            let config = config.clone();
+            async move {
+                bench::seed_review_items(&pool, 0, 0).await?;
+                let latency = pickup_latency(&pool, &config).await?;
+                let commit_rate = bench::single_row_commit_rate(
+                    &pool,
+                    config.concurrency,
+                    config.commit_duration,
+                )
+                .await?;
+                Ok((bench::server_version(&pool).await?, latency, commit_rate))
+            }
+        })
+        .await?;
+    Ok(BenchReport {
+        server_version,
+        backlogs,
+        latency,
+        commit_rate,
+    })
+}
+
+async fn with_scratch_database<T, F, Fut>(
+    server_url: &str,
+    label: &str,
+    config: &BenchConfig,
+    body: F,
+) -> DbResult<T>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = DbResult<T>>,
+{
+    use damascus_db::connect;
+    let name = format!("damascus_bench_{}_{label}", std::process::id());
+    connect::create_database_if_missing(server_url, &name).await?;
+    let url = connect::url_for_database(server_url, &name)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(config.concurrency + 4)
+        .connect(&url)
+        .await?;
+    let result = async {
+        damascus_db::migrate::apply(&pool).await?;
+        body(pool.clone()).await
+    }
+    .await;
+    pool.close().await;
+    connect::drop_database(server_url, &name).await?;
+    result
+}

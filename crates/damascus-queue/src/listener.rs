@@ -1,0 +1,58 @@
+//! The LISTEN side of the wake-up: one connection that listens on the queue channel and
+//! pokes the claim loop. After a lost connection it reconnects with capped backoff and
+//! pokes the loop once more, since notifications sent meanwhile are gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The channel the spawn trigger (through sqlxmq's `mq_insert`) and freed slots notify.
+pub const QUEUE_CHANNEL: &str = "mq_damascus.advance";
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        // Register before the claim loop's next query, so no notification is missed.
+        let mut listener = match connect(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue listener cannot connect; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        wake.notify_one();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(None) => {
+                        tracing::warn!("queue listener lost its connection; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "queue listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(QUEUE_CHANNEL).await?;
+    Ok(listener)
+}

@@ -1,0 +1,476 @@
+//! The worker pool: one claim loop, one task per running phase, a keep-alive task, a
+//! reaper and the listener. `WorkerPool::start` runs until `shutdown`;
+//! `run_until_idle` (for `damascus cycle`) stops once nothing is runnable.
+//!
+//! Claim short, run outside the transaction: a claim is one statement that marks jobs
+//! and slots as held under a lease; the phase then runs with no transaction or row lock
+//! open, and its end is one transaction fenced on the claim (see `damascus-db::jobs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use damascus_core::{PhaseReport, Verdict};
+use damascus_db::jobs::{self, ClaimedJob, Ended, WorkerId};
+use damascus_db::DbResult;
+use rand::Rng;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::QueueConfig;
+use crate::listener;
+use crate::phase::{JobContext, PhaseRunner};
+
+/// What a pool did, for `damascus cycle` and the logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CycleSummary {
+    pub claimed: u64,
+    /// Counted verdicts recorded, by (from, to) phase.
+    pub transitions: BTreeMap<(String, String), u64>,
+    pub retries_scheduled: u64,
+    pub exhausted: u64,
+    pub released: u64,
+    pub superseded: u64,
+    pub lost_claims: u64,
+    /// Ends that could not be written (database unreachable); those jobs run again
+    /// after their lease.
+    pub end_errors: u64,
+}
+
+impl CycleSummary {
+    pub fn advanced(&self) -> u64 {
+        self.transitions.values().sum()
+    }
+
+    fn record(&mut self, ended: &Ended) {
+        match ended {
+            Ended::Advanced { from, to } => {
+                *self
+                    .transitions
+                    .entry((from.to_string(), to.to_string()))
+                    .or_default() += 1;
+            }
+            Ended::RetryScheduled { .. } => self.retries_scheduled += 1,
+            Ended::Exhausted => self.exhausted += 1,
+            Ended::Released => self.released += 1,
+            Ended::Superseded => self.superseded += 1,
+            Ended::LostClaim => self.lost_claims += 1,
+        }
+    }
+}
+
+impl fmt::Display for CycleSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "jobs run: {}", self.claimed)?;
+        for ((from, to), n) in &self.transitions {
+            writeln!(f, "  {from} -> {to}: {n}")?;
+        }
+        write!(
+            f,
+            "retries scheduled: {}, out of attempts: {}, released: {}, superseded: {}, lost claims: {}, unrecorded ends: {}",
+            self.retries_scheduled, self.exhausted, self.released, self.superseded, self.lost_claims, self.end_errors
+        )
+    }
+}
+
+/// Why a running phase was told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    LostClaim,
+    Shutdown,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+struct Shared {
+    pool: PgPool,
+    config: QueueConfig,
+    runner: Arc<dyn PhaseRunner>,
+    worker: WorkerId,
+    running: Mutex<HashMap<Uuid, Running>>,
+    wake: Arc<Notify>,
+}
+
+impl Shared {
+    fn stop_running(&self, job: &Uuid, why: StopReason) {
+        if let Some(running) = self.running.lock().expect("running map lock").get(job) {
+            *running.reason.lock().expect("reason lock") = Some(why);
+            running.cancel.cancel();
+        }
+    }
+}
+
+/// A running pool; stop it with `shutdown`.
+pub struct WorkerPool {
+    worker: WorkerId,
+    stop_claiming: CancellationToken,
+    main: tokio::task::JoinHandle<CycleSummary>,
+}
+
+impl WorkerPool {
+    /// Registers this process as a worker (setting the global cap to
+    /// `config.concurrency`) and starts claiming.
+    pub async fn start(
+        pool: PgPool,
+        config: QueueConfig,
+        runner: Arc<dyn PhaseRunner>,
+    ) -> DbResult<WorkerPool> {
+        WorkerPool::launch(pool, config, runner, false).await
+    }
+
+    async fn launch(
+        pool: PgPool,
+        config: QueueConfig,
+        runner: Arc<dyn PhaseRunner>,
+        exit_when_idle: bool,
+    ) -> DbResult<WorkerPool> {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into());
+        let worker =
+            jobs::register_worker(&pool, &host, std::process::id(), config.concurrency).await?;
+        tracing::info!(
+            worker = worker.0,
+            host,
+            concurrency = config.concurrency,
+            "worker registered"
+        );
+        let shared = Arc::new(Shared {
+            pool,
+            config,
+            runner,
+            worker,
+            running: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+        });
+        let stop_claiming = CancellationToken::new();
+        let main = tokio::spawn(main_loop(shared, stop_claiming.clone(), exit_when_idle));
+        Ok(WorkerPool {
+            worker,
+            stop_claiming,
+            main,
+        })
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker
+    }
+
+    /// Stops claiming, lets running phases finish within the grace period, stops and
+    /// releases the rest (they run again at once elsewhere), and deregisters.
+    /// Safe to call once the pool has stopped by itself.
+    pub async fn shutdown(self) -> CycleSummary {
+        self.stop_claiming.cancel();
+        self.wait().await
+    }
+
+    /// Waits for the pool to stop (by `shutdown`, or when idle in cycle mode).
+    pub async fn wait(self) -> CycleSummary {
+        match self.main.await {
+            Ok(summary) => summary,
+            Err(e) => {
+                tracing::error!(error = %e, "worker pool task failed");
+                CycleSummary::default()
+            }
+        }
+    }
+}
+
+/// Runs every job that is runnable now, and those the runs make runnable, with at most
+/// `config.concurrency` at once (globally), then returns.
+pub async fn run_until_idle(
+    pool: PgPool,
+    config: QueueConfig,
+    runner: Arc<dyn PhaseRunner>,
+) -> DbResult<CycleSummary> {
+    let pool = WorkerPool::launch(pool, config, runner, true).await?;
+    Ok(pool.wait().await)
+}
+
+async fn main_loop(
+    shared: Arc<Shared>,
+    stop_claiming: CancellationToken,
+    exit_when_idle: bool,
+) -> CycleSummary {
+    let background = CancellationToken::new();
+    let mut helpers = JoinSet::new();
+    helpers.spawn(listener::listen(
+        shared.pool.clone(),
+        shared.wake.clone(),
+        background.clone(),
+    ));
+    helpers.spawn(keep_alive_loop(shared.clone(), background.clone()));
+    helpers.spawn(reaper_loop(shared.clone(), background.clone()));
+
+    let mut summary = CycleSummary::default();
+    let mut phases: JoinSet<(Uuid, Option<Ended>)> = JoinSet::new();
+    let mut failures: u32 = 0;
+    let config = shared.config.clone();
+    loop {
+        if stop_claiming.is_cancelled() {
+            break;
+        }
+        let free = config.concurrency.saturating_sub(phases.len() as u32);
+        let mut wait = config.poll_interval;
+        if free > 0 {
+            match jobs::claim(&shared.pool, shared.worker, free, config.lease).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    let got = claimed.len() as u32;
+                    summary.claimed += u64::from(got);
+                    for job in claimed {
+                        spawn_phase(&shared, &mut phases, job);
+                    }
+                    if got < free {
+                        // The queue had no more ready jobs (or no free slot): sleep until
+                        // the next delayed job is due, unless a NOTIFY comes first.
+                        match jobs::next_runnable_in(&shared.pool).await {
+                            Ok(Some(due)) => wait = wait.min(due.max(Duration::from_millis(5))),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "cannot read the next due job"),
+                        }
+                        if exit_when_idle && phases.is_empty() && got == 0 {
+                            let nothing_ready = !matches!(
+                                jobs::next_runnable_in(&shared.pool).await,
+                                Ok(Some(due)) if due.is_zero()
+                            );
+                            if nothing_ready {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let backoff = Duration::from_millis(100u64 << failures.min(6));
+                    tracing::warn!(error = %e, ?backoff, "claiming jobs failed; retrying");
+                    wait = backoff;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop_claiming.cancelled() => break,
+            _ = shared.wake.notified() => {}
+            Some(done) = phases.join_next(), if !phases.is_empty() => record_done(&shared, &mut summary, done),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    let _ = jobs::mark_stopping(&shared.pool, shared.worker).await;
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while let Some(done) = phases.join_next().await {
+            record_done(&shared, &mut summary, done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        let ids: Vec<Uuid> = shared
+            .running
+            .lock()
+            .expect("running map lock")
+            .keys()
+            .copied()
+            .collect();
+        tracing::warn!(
+            jobs = ids.len(),
+            "grace period over; stopping running phases and releasing their jobs"
+        );
+        for id in &ids {
+            shared.stop_running(id, StopReason::Shutdown);
+        }
+        while let Some(done) = phases.join_next().await {
+            record_done(&shared, &mut summary, done);
+        }
+    }
+    background.cancel();
+    while helpers.join_next().await.is_some() {}
+    if let Err(e) = jobs::deregister_worker(&shared.pool, shared.worker).await {
+        tracing::warn!(error = %e, "cannot deregister the worker; the reaper will");
+    }
+    summary
+}
+
+fn record_done(
+    shared: &Shared,
+    summary: &mut CycleSummary,
+    done: Result<(Uuid, Option<Ended>), tokio::task::JoinError>,
+) {
+    match done {
+        Ok((job, ended)) => {
+            shared
+                .running
+                .lock()
+                .expect("running map lock")
+                .remove(&job);
+            match ended {
+                Some(ended) => summary.record(&ended),
+                None => summary.end_errors += 1,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a phase task panicked; its job runs again after its lease");
+            summary.end_errors += 1;
+        }
+    }
+}
+
+fn spawn_phase(shared: &Arc<Shared>, phases: &mut JoinSet<(Uuid, Option<Ended>)>, job: ClaimedJob) {
+    let cancel = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    shared.running.lock().expect("running map lock").insert(
+        job.job_id,
+        Running {
+            cancel: cancel.clone(),
+            reason: reason.clone(),
+        },
+    );
+    let shared = shared.clone();
+    phases.spawn(async move {
+        let id = job.job_id;
+        let ended = run_phase(&shared, job, cancel, reason).await;
+        (id, ended)
+    });
+}
+
+/// Runs one claimed job and ends its claim. `None`: the end could not be written.
+async fn run_phase(
+    shared: &Shared,
+    job: ClaimedJob,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+) -> Option<Ended> {
+    let Some(target) = job.target else {
+        // A queue message whose item is gone: drop it.
+        return end_claim(shared, &job, End::Report(Verdict::pass().into())).await;
+    };
+    let span = tracing::info_span!("phase", job = %job.job_id, item = target.item_id, phase = %target.phase, attempt = target.attempt);
+    let context = JobContext {
+        job_id: job.job_id,
+        item_id: target.item_id,
+        phase: target.phase,
+        attempt: target.attempt,
+        pool: shared.pool.clone(),
+        cancel: cancel.clone(),
+    };
+    let report = tokio::select! {
+        report = shared.runner.run(context).instrument(span) => Some(report),
+        _ = cancel.cancelled() => None,
+    };
+    let end = match report {
+        Some(PhaseReport {
+            verdict: Verdict::TransientError { reason },
+            costs,
+        }) => {
+            let runs = u32::try_from(job.runs).unwrap_or(1);
+            let delay = shared.config.retry.delay(runs, rand::thread_rng().gen());
+            End::Retry {
+                reason,
+                costs,
+                delay,
+            }
+        }
+        Some(report) => End::Report(report),
+        None => match *reason.lock().expect("reason lock") {
+            Some(StopReason::Shutdown) => End::Release,
+            Some(StopReason::LostClaim) | None => {
+                tracing::warn!(job = %job.job_id, phase = %target.phase, "claim lost; the phase was stopped");
+                return Some(Ended::LostClaim);
+            }
+        },
+    };
+    end_claim(shared, &job, end).await
+}
+
+enum End {
+    Report(PhaseReport),
+    Retry {
+        reason: String,
+        costs: Vec<damascus_core::CostEntry>,
+        delay: Duration,
+    },
+    Release,
+}
+
+/// Writes the end of a claim, retrying while the database is unreachable for up to one
+/// lease (the claim is safe that long); after that the job runs again elsewhere.
+async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Option<Ended> {
+    let deadline = tokio::time::Instant::now() + shared.config.lease;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let result = match &end {
+            End::Report(report) => jobs::finish(&shared.pool, shared.worker, job, report).await,
+            End::Retry {
+                reason,
+                costs,
+                delay,
+            } => jobs::retry_later(&shared.pool, shared.worker, job, reason, costs, *delay).await,
+            End::Release => jobs::release(&shared.pool, shared.worker, job).await,
+        };
+        match result {
+            Ok(ended) => {
+                tracing::debug!(job = %job.job_id, ?ended, "claim ended");
+                return Some(ended);
+            }
+            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a job; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(job = %job.job_id, error = %e, "gave up recording the end of a job; it runs again after its lease");
+                return None;
+            }
+        }
+    }
+}
+
+async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.keep_alive_every()) => {}
+        }
+        let ids: Vec<Uuid> = shared
+            .running
+            .lock()
+            .expect("running map lock")
+            .keys()
+            .copied()
+            .collect();
+        match jobs::keep_alive(&shared.pool, shared.worker, &ids, shared.config.lease).await {
+            Ok(held) => {
+                for id in ids.iter().filter(|id| !held.contains(id)) {
+                    // Either it ended in the meantime (then it is no longer in the map)
+                    // or another worker holds it now.
+                    shared.stop_running(id, StopReason::LostClaim);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "keep-alive failed; leases run out unless the next one succeeds")
+            }
+        }
+    }
+}
+
+async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        match jobs::reap(&shared.pool, shared.config.stale_worker_after()).await {
+            Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(shared.config.reap_interval) => {}
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Verdicts move items, budgets and retries terminate, and a claim's end is fenced.
+
+use std::time::Duration;
+
+use damascus_core::Verdict;
+use damascus_db::jobs::{self, Ended};
+use damascus_queue::{run_until_idle, WorkerPool};
+
+use crate::support::{count, database, fast_config, items, runner, wait_for, Script};
+
+#[tokio::test]
+async fn passes_take_items_to_merged_with_one_event_per_step() {
+    let db = database().await;
+    let ids = items(&db.pool, 20, 3, 10).await;
+    let summary = run_until_idle(
+        db.pool.clone(),
+        fast_config(4),
+        runner(Script::Pass, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.claimed, 60);
+    assert_eq!(summary.advanced(), 60);
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from work_items where phase = 'merged'"
+        )
+        .await,
+        20
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from mq_msgs where id != uuid_nil()"
+        )
+        .await,
+        0
+    );
+    for id in ids {
+        let steps: Vec<String> = sqlx::query_scalar(
+            "select (payload->>'from') || '>' || (payload->>'to') from events_outbox
+             where item_id = $1 and kind = 'item.phase_changed' order by id",
+        )
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(steps, ["spec>build", "build>review", "review>merged"]);
+    }
+    // The worker deregistered and left every slot free.
+    assert_eq!(
+        count(&db.pool, "select count(*) from damascus_worker_processes").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn failures_use_the_phase_budget_then_block_with_a_question() {
+    let db = database().await;
+    let ids = items(&db.pool, 1, 2, 10).await;
+    run_until_idle(
+        db.pool.clone(),
+        fast_config(2),
+        runner(Script::Fail, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let (phase, resume, attempts): (String, String, i32) = sqlx::query_as(
+        "select phase::text, resume_phase::text, phase_attempts from work_items where id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (phase.as_str(), resume.as_str(), attempts),
+        ("blocked", "spec", 2)
+    );
+    let question: String = sqlx::query_scalar(
+        "select question from human_issues where item_id = $1 and status = 'open'",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        question.contains("failed 2 times") && question.contains("tests failed"),
+        "{question}"
+    );
+    assert_eq!(count(&db.pool, "select count(*) from test_runs").await, 2);
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from events_outbox where kind = 'item.blocked'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_question_blocks_the_item_at_once() {
+    let db = database().await;
+    items(&db.pool, 1, 3, 10).await;
+    run_until_idle(
+        db.pool.clone(),
+        fast_config(1),
+        runner(Script::NeedsHuman, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let question: String =
+        sqlx::query_scalar("select question from human_issues where status = 'open'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(question, "Which database should this use?");
+    assert_eq!(count(&db.pool, "select count(*) from test_runs").await, 1);
+}
+
+#[tokio::test]
+async fn transient_errors_retry_with_backoff_then_block_never_silently() {
+    let db = database().await;
+    sqlx::query("update damascus_queue_settings set job_attempts = 3")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let ids = items(&db.pool, 1, 3, 10).await;
+    let workers = WorkerPool::start(
+        db.pool.clone(),
+        fast_config(1),
+        runner(Script::Transient, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &db.pool,
+        "select count(*) from work_items where phase = 'blocked'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let summary = workers.shutdown().await;
+    assert_eq!(summary.retries_scheduled, 2);
+    assert_eq!(summary.exhausted, 1);
+    assert_eq!(count(&db.pool, "select count(*) from test_runs").await, 3);
+    // The retries were spaced out: each run started after the previous backoff.
+    let gaps: Vec<f64> = sqlx::query_scalar(
+        "select extract(epoch from started_at - lag(started_at) over (order by id))::float8 from test_runs order by id offset 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(gaps.iter().all(|g| *g >= 0.009), "{gaps:?}");
+    let question: String =
+        sqlx::query_scalar("select question from human_issues where item_id = $1")
+            .bind(ids[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        question.contains("forge answered 503") && question.contains("3 runs"),
+        "{question}"
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from events_outbox where kind = 'job.retry_scheduled'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from mq_msgs where id != uuid_nil()"
+        )
+        .await,
+        0
+    );
+}
+
+/// A worker whose lease ran out cannot record its verdict once another worker holds
+/// the job; the holder's verdict counts, once.
+#[tokio::test]
+async fn an_expired_claim_cannot_end_the_job() {
+    let db = database().await;
+    items(&db.pool, 1, 3, 10).await;
+    let slow = jobs::register_worker(&db.pool, "test", 1, 2).await.unwrap();
+    let fast = jobs::register_worker(&db.pool, "test", 2, 2).await.unwrap();
+    let first = jobs::claim(&db.pool, slow, 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // While the lease holds, nobody else gets the job.
+    assert!(jobs::claim(&db.pool, fast, 1, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = jobs::claim(&db.pool, fast, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].job_id, first[0].job_id);
+    assert_eq!(second[0].runs, 2);
+    assert!(
+        jobs::keep_alive(&db.pool, slow, &[first[0].job_id], Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(
+        jobs::finish(&db.pool, slow, &first[0], &Verdict::pass().into())
+            .await
+            .unwrap(),
+        Ended::LostClaim
+    );
+    assert_eq!(
+        jobs::finish(&db.pool, fast, &second[0], &Verdict::pass().into())
+            .await
+            .unwrap(),
+        damascus_db::jobs::Ended::Advanced {
+            from: damascus_core::Phase::Spec,
+            to: damascus_core::Phase::Build
+        }
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from events_outbox where kind = 'item.phase_changed'"
+        )
+        .await,
+        1
+    );
+}
+
+/// An item moved by hand while its phase ran: the stale result is dropped and the item
+/// gets the job of its new phase.
+#[tokio::test]
+async fn a_result_for_a_phase_the_item_left_is_dropped() {
+    let db = database().await;
+    let ids = items(&db.pool, 1, 3, 10).await;
+    let worker = jobs::register_worker(&db.pool, "test", 1, 1).await.unwrap();
+    let claimed = jobs::claim(&db.pool, worker, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(ids[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs::finish(&db.pool, worker, &claimed[0], &Verdict::pass().into())
+            .await
+            .unwrap(),
+        Ended::Superseded
+    );
+    let phase: String = sqlx::query_scalar("select phase::text from damascus_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(phase, "review");
+}
+
+/// The reaper blocks the item of a job whose every attempt was lost with its worker,
+/// and gives a working item whose queue row was deleted by hand a job again.
+#[tokio::test]
+async fn the_reaper_handles_dead_jobs_and_jobless_items() {
+    let db = database().await;
+    sqlx::query("update damascus_queue_settings set job_attempts = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let ids = items(&db.pool, 2, 3, 10).await;
+    let worker = jobs::register_worker(&db.pool, "test", 1, 1).await.unwrap();
+    let claimed = jobs::claim(&db.pool, worker, 1, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].attempts_left, 0);
+    let other = if claimed[0].target.unwrap().item_id == ids[0] {
+        ids[1]
+    } else {
+        ids[0]
+    };
+    sqlx::query("select mq_delete(array_agg(job_id)) from damascus_jobs where item_id = $1")
+        .bind(other)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reaped = jobs::reap(&db.pool, Duration::from_secs(60)).await.unwrap();
+    assert_eq!((reaped.dead_jobs, reaped.respawned), (1, 1));
+    let blocked: String = sqlx::query_scalar("select question from human_issues")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(blocked.contains("never finished"), "{blocked}");
+    assert_eq!(
+        count(
+            &db.pool,
+            &format!("select count(*) from damascus_jobs where item_id = {other}")
+        )
+        .await,
+        1
+    );
+}

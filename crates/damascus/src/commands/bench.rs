@@ -1,0 +1,63 @@
+//! `damascus bench queue`: runs the queue bench and prints its figures.
+
+use std::time::Duration;
+
+use damascus_db::{Origin, PoolSettings, Target};
+use damascus_queue::bench::{self, BenchConfig};
+
+use crate::cli::BenchQueueArgs;
+
+pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; figures are only meaningful from: cargo run --release -- bench queue");
+    }
+    let db = damascus_db::open(target, PoolSettings::default()).await?;
+    let server_url = match (&db.origin, target) {
+        (Origin::Embedded { url, .. }, _) => url.clone(),
+        (Origin::Url { .. }, Target::Url(raw)) => raw.clone(),
+        (Origin::Url { .. }, Target::Embedded { .. }) => {
+            unreachable!("an embedded target opens an embedded origin")
+        }
+    };
+    db.pool.close().await;
+    let config = BenchConfig {
+        backlogs: args.jobs.clone(),
+        concurrency: args.concurrency,
+        payload_bytes: args.payload_bytes as usize,
+        latency_samples: args.latency_samples,
+        commit_duration: Duration::from_secs(u64::from(args.commit_seconds)),
+    };
+    println!(
+        "damascus bench queue: backlogs {:?}, concurrency {}, payload {} bytes, on {}",
+        config.backlogs,
+        config.concurrency,
+        config.payload_bytes,
+        db.origin.display_url()
+    );
+    let report = bench::run(&server_url, &config).await?;
+    println!("server            PostgreSQL {}", report.server_version);
+    println!(
+        "commit rate       {:.0} single-row commits/s on {} connections",
+        report.commit_rate, config.concurrency
+    );
+    for backlog in &report.backlogs {
+        println!(
+            "backlog {:>7}   {:.0} jobs/s ({:.1} s), {:.1}% of the commit rate; one claim {:.3} ms, one mq_poll {:.3} ms",
+            backlog.jobs,
+            backlog.jobs_per_second(),
+            backlog.elapsed.as_secs_f64(),
+            100.0 * backlog.jobs_per_second() / report.commit_rate,
+            backlog.claim_cost.as_secs_f64() * 1000.0,
+            backlog.poll_cost.as_secs_f64() * 1000.0,
+        );
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "pickup latency    p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples, idle pool, commit -> phase start)",
+        ms(report.latency.p50),
+        ms(report.latency.p99),
+        ms(report.latency.max),
+        report.latency.samples
+    );
+    Ok(())
+}
