@@ -1,6 +1,9 @@
 -- How a project's phases run: the coding agent's command line (argv; NULL means the
--- default, Claude Code) and the time limits of the agent and of the test command.
+-- default, Claude Code), the time limits of the agent and of the test command, and an
+-- optional cap on what all of the project's items may spend per (UTC) day.
 alter table projects
+    add column daily_cost_budget_usd numeric(12, 4)
+        constraint projects_daily_cost_budget_non_negative check (daily_cost_budget_usd >= 0),
     add column agent_command text[]
         constraint projects_agent_command_present check (cardinality(agent_command) >= 1 and btrim(agent_command[1]) <> ''),
     add column agent_timeout_secs integer not null default 1800

@@ -28,6 +28,8 @@ pub struct NewProject {
     pub agent_command: Option<Vec<String>>,
     pub agent_timeout_secs: i32,
     pub test_timeout_secs: i32,
+    /// What all the project's items may spend per UTC day, in USD.
+    pub daily_cost_budget_usd: Option<f64>,
 }
 
 /// The longest a phase's process may run: one day.
@@ -80,6 +82,7 @@ impl NewProject {
             agent_command: None,
             agent_timeout_secs: 1800,
             test_timeout_secs: 900,
+            daily_cost_budget_usd: None,
         }
     }
 
@@ -125,7 +128,10 @@ impl NewProject {
                 per_phase: self.max_attempts_per_phase,
             });
         }
-        if let Some(usd) = self.cost_budget_usd {
+        for usd in [self.cost_budget_usd, self.daily_cost_budget_usd]
+            .into_iter()
+            .flatten()
+        {
             if !usd.is_finite() || usd < 0.0 {
                 return Err(ProjectError::BadCostBudget(usd));
             }

@@ -27,6 +27,7 @@ pub struct Project {
     pub agent_command: Option<Vec<String>>,
     pub agent_timeout_secs: i32,
     pub test_timeout_secs: i32,
+    pub daily_cost_budget_usd: Option<f64>,
     pub paused: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -43,7 +44,8 @@ const PROJECT_COLUMNS: &str =
     "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
      p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
-     p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, p.paused, p.created_at";
+     p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, \
+     p.daily_cost_budget_usd::float8 as daily_cost_budget_usd, p.paused, p.created_at";
 
 fn project_from_row(row: &PgRow) -> DbResult<Project> {
     Ok(Project {
@@ -63,6 +65,7 @@ fn project_from_row(row: &PgRow) -> DbResult<Project> {
         agent_command: row.try_get("agent_command")?,
         agent_timeout_secs: row.try_get("agent_timeout_secs")?,
         test_timeout_secs: row.try_get("test_timeout_secs")?,
+        daily_cost_budget_usd: row.try_get("daily_cost_budget_usd")?,
         paused: row.try_get("paused")?,
         created_at: row.try_get("created_at")?,
     })
@@ -74,8 +77,8 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         "with p as (
             insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
                 test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs,
-                agent_command, agent_timeout_secs, test_timeout_secs)
-            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15)
+                agent_command, agent_timeout_secs, test_timeout_secs, daily_cost_budget_usd)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric)
             returning *)
          select {PROJECT_COLUMNS} from p"
     );
@@ -95,6 +98,7 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(&new.agent_command)
         .bind(new.agent_timeout_secs)
         .bind(new.test_timeout_secs)
+        .bind(new.daily_cost_budget_usd)
         .fetch_one(pool)
         .await
         .map_err(
@@ -144,4 +148,16 @@ pub async fn list_projects(pool: &PgPool) -> DbResult<Vec<ProjectSummary>> {
             })
         })
         .collect()
+}
+
+/// What the project's items have spent since the start of the current UTC day.
+pub async fn spent_today<'e>(db: impl PgExecutor<'e>, project_id: i64) -> DbResult<f64> {
+    Ok(sqlx::query_scalar(
+        "select coalesce(sum(c.usd), 0)::float8 from cost_ledger c
+         join work_items i on i.id = c.item_id
+         where i.project_id = $1 and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc'",
+    )
+    .bind(project_id)
+    .fetch_one(db)
+    .await?)
 }

@@ -37,7 +37,7 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
                 "",
             )
         })?;
-    if let Some(verdict) = input.budget_exhausted() {
+    if let Some(verdict) = input.budget_exhausted().await {
         return Err(verdict);
     }
     let forge = forge_for(&input.project, &config.identity)?;

@@ -78,15 +78,37 @@ impl PhaseInput {
         format!("damascus/{}", self.key())
     }
 
-    /// The item's cost budget, if its spending has reached it.
-    pub fn budget_exhausted(&self) -> Option<Verdict> {
-        let budget = self.item.cost_budget_usd?;
-        (self.item.cost_usd >= budget).then(|| Verdict::NeedsHuman {
-            question: format!(
-                "this item has spent {:.4} USD of its {budget:.4} USD budget, so no further model or agent call starts; raise the budget or cancel the item",
-                self.item.cost_usd
-            ),
+    /// A verdict when a cost budget (the item's, or the project's for today) is spent,
+    /// checked before each model or agent call: a call that would start over budget
+    /// does not start.
+    pub async fn budget_exhausted(&self) -> Option<Verdict> {
+        let ask = |question: String| Verdict::NeedsHuman {
+            question,
             context: String::new(),
+        };
+        if let Some(budget) = self.item.cost_budget_usd {
+            if self.item.cost_usd >= budget {
+                return Some(ask(format!(
+                    "this item has spent {:.4} USD of its {budget:.4} USD budget, so no further model or agent call starts; raise the budget or cancel the item",
+                    self.item.cost_usd
+                )));
+            }
+        }
+        let daily = self.project.daily_cost_budget_usd?;
+        let spent = match damascus_db::projects::spent_today(&self.job.pool, self.project.id).await
+        {
+            Ok(spent) => spent,
+            Err(e) => {
+                return Some(Verdict::TransientError {
+                    reason: format!("cannot read today's spending: {e}"),
+                })
+            }
+        };
+        (spent >= daily).then(|| {
+            ask(format!(
+                "project {} has spent {spent:.4} USD today, its whole daily budget of {daily:.4} USD; raise the budget or wait for tomorrow (UTC)",
+                self.project.name
+            ))
         })
     }
 }

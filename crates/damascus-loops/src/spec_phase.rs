@@ -41,7 +41,7 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
         }
         .into();
     };
-    if let Some(verdict) = input.budget_exhausted() {
+    if let Some(verdict) = input.budget_exhausted().await {
         return verdict.into();
     }
     let mut prompt = format!("# {}\n\n{}\n", input.item.title, input.item.body);

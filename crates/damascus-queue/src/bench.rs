@@ -222,9 +222,13 @@ where
     let name = format!("damascus_bench_{}_{label}", std::process::id());
     connect::create_database_if_missing(server_url, &name).await?;
     let url = connect::url_for_database(server_url, &name)?;
+    // Seeding 50,000 rows is slow on purpose; sqlx's slow-statement warnings are noise here.
+    use sqlx::ConnectOptions;
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)?
+        .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::ZERO);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(config.concurrency + 4)
-        .connect(&url)
+        .connect_with(options)
         .await?;
     let result = async {
         damascus_db::migrate::apply(&pool).await?;

@@ -204,6 +204,9 @@ pub struct ProjectAddArgs {
     /// Stop spending on an item past this many USD.
     #[arg(long, allow_negative_numbers = true)]
     pub cost_budget_usd: Option<f64>,
+    /// Stop spending on the project's items past this many USD per UTC day.
+    #[arg(long, allow_negative_numbers = true)]
+    pub daily_cost_budget_usd: Option<f64>,
     /// A document the spec-refiner reads with every story (repeatable).
     #[arg(long = "context-doc")]
     pub context_docs: Vec<String>,

@@ -31,6 +31,7 @@ pub fn queue_config(args: &QueueArgs) -> QueueConfig {
 }
 
 pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsConfig> {
+    let prices = parse_prices(&args.llm_prices)?;
     let llm = match (&args.llm_base_url, &args.llm_model) {
         (None, None) => None,
         (Some(_), None) => bail!("DAMASCUS_LLM_BASE_URL (--llm-base-url) is set but DAMASCUS_LLM_MODEL (--llm-model) is not; name the model to use"),
@@ -44,7 +45,7 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
                 api_key: args.llm_api_key.clone().filter(|k| !k.is_empty()),
                 model: model.clone(),
                 timeout: Duration::from_secs(args.llm_timeout_secs),
-                prices: parse_prices(&args.llm_prices)?,
+                prices,
             })
         }
     };

@@ -120,3 +120,124 @@ async fn failing_tests_bounce_until_the_budget_then_an_answer_resumes() {
     setup.cycle().await;
     assert_eq!(setup.phase(item).await, "blocked");
 }
+
+/// Budgets are checked before each agent call: once the project's daily budget is
+/// spent, the next build does not start and asks a person instead.
+#[tokio::test]
+async fn a_spent_daily_budget_stops_the_next_agent_call() {
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho run >> ../../../agent-runs.txt\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.daily_cost_budget_usd = Some(0.2)
+        })
+        .await;
+    let first = setup.ingest("Greeting", GREETING).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(first).await, "merged");
+    let second = setup.ingest("Greeting again", GREETING).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(second).await, "blocked");
+    let question = setup.open_question(second).await.1;
+    assert!(
+        question.contains("daily budget of 0.2000 USD"),
+        "{question}"
+    );
+    let runs = std::fs::read_to_string(setup.dir.path().join("data/agent-runs.txt")).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the agent ran for the first item only"
+    );
+}
+
+/// A worker dies after its build pushed but before the verdict was written. After the
+/// lease the job runs again elsewhere: it reuses the branch and the PR, and the change
+/// is merged once.
+#[tokio::test]
+async fn a_build_rerun_after_a_lost_worker_reuses_branch_and_pr() {
+    use damascus_queue::{JobContext, PhaseRunner};
+    use std::time::Duration;
+
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup.project(&agent, SpecMode::Passthrough, |_| {}).await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    // The spec phase, by hand: claim and finish.
+    let worker = damascus_db::jobs::register_worker(&setup.db.pool, "test", 1, 2)
+        .await
+        .unwrap();
+    let loops = damascus_loops::Loops::new(setup.loops_config(None)).unwrap();
+    let run = |job: &damascus_db::jobs::ClaimedJob| {
+        let target = job.target.unwrap();
+        loops.run(JobContext {
+            job_id: job.job_id,
+            item_id: target.item_id,
+            phase: target.phase,
+            attempt: target.attempt,
+            pool: setup.db.pool.clone(),
+            cancel: Default::default(),
+        })
+    };
+    let spec_job = damascus_db::jobs::claim(&setup.db.pool, worker, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let report = run(&spec_job[0]).await;
+    damascus_db::jobs::finish(&setup.db.pool, worker, &spec_job[0], &report)
+        .await
+        .unwrap();
+
+    // The doomed worker builds (branch pushed, PR opened) and never records it.
+    let doomed = damascus_db::jobs::claim(&setup.db.pool, worker, 1, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let lost_report = run(&doomed[0]).await;
+    assert!(
+        matches!(lost_report.verdict, damascus_core::Verdict::Pass(_)),
+        "{lost_report:?}"
+    );
+    let branch = format!("refs/heads/damascus/web-{item}");
+    let pushed = setup.remote_git().resolve(&branch).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Another worker takes over after the lease and finishes the item.
+    setup.cycle().await;
+    assert_eq!(setup.phase(item).await, "merged");
+    let remote = setup.remote_git();
+    assert_eq!(
+        remote.resolve(&branch).await.unwrap().unwrap(),
+        pushed,
+        "the rerun reused the pushed branch"
+    );
+    assert_eq!(
+        remote
+            .run(&["rev-list", "--count", "--merges", "main"])
+            .await
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        remote
+            .run(&["rev-list", "--count", "main^1..main^2"])
+            .await
+            .unwrap(),
+        "1"
+    );
+    // The lost worker's late verdict is refused and changes nothing.
+    assert_eq!(
+        damascus_db::jobs::finish(&setup.db.pool, worker, &doomed[0], &lost_report)
+            .await
+            .unwrap(),
+        damascus_db::jobs::Ended::LostClaim
+    );
+    assert_eq!(
+        setup.steps(item).await,
+        ["spec>build", "build>review", "review>merged"]
+    );
+}

@@ -33,6 +33,7 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         agent_command,
         agent_timeout_secs: args.agent_timeout_secs,
         test_timeout_secs: args.test_timeout_secs,
+        daily_cost_budget_usd: args.daily_cost_budget_usd,
     };
     project.validate()?;
     let db = open_migrated(target).await?;

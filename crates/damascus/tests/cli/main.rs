@@ -4,6 +4,7 @@
 mod bad_input;
 mod embedded;
 mod flow;
+mod loops;
 
 use std::path::Path;
 use std::process::Output;
@@ -15,9 +16,18 @@ use damascus_testdb::TestDatabase;
 /// the machine running the tests.
 pub fn damascus() -> Command {
     let mut cmd = Command::cargo_bin("damascus").expect("the damascus binary is built");
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("DAMASCUS_DATA_DIR")
-        .env_remove("RUST_LOG");
+    for name in [
+        "DATABASE_URL",
+        "DAMASCUS_DATA_DIR",
+        "RUST_LOG",
+        "DAMASCUS_LLM_BASE_URL",
+        "DAMASCUS_LLM_MODEL",
+        "DAMASCUS_LLM_API_KEY",
+        "DAMASCUS_LLM_PRICES",
+        "DAMASCUS_GIT_AUTHOR",
+    ] {
+        cmd.env_remove(name);
+    }
     cmd
 }
 

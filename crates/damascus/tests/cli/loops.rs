@@ -1,0 +1,241 @@
+//! The worker commands as a user runs them: demo, cycle, worker with status and a
+//! graceful stop, and answering questions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use damascus_testdb::TestDatabase;
+
+use crate::{damascus, ok, refused, run};
+
+fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn demo_merges_one_story_and_blocks_the_other() {
+    let db = TestDatabase::new().await;
+    let dir = data_dir();
+    let out = ok(damascus()
+        .env("DATABASE_URL", &db.url)
+        .args(["--data-dir", dir.path().to_str().unwrap(), "demo"])
+        .output()
+        .unwrap());
+    assert!(out.contains("item 1: review -> merged [pass]"), "{out}");
+    assert!(out.contains("Merge damascus/demo-1: Say hello"), "{out}");
+    assert!(out.contains("item 2 (Say goodbye): blocked"), "{out}");
+    assert!(out.contains("answer it with: damascus answer 1"), "{out}");
+    let phases: Vec<String> = sqlx::query_scalar("select phase::text from work_items order by id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(phases, ["merged", "blocked"]);
+
+    // Answering resumes the blocked item; a cycle runs it (and it fails again: the
+    // scripted agent never writes farewell.txt).
+    let answered = ok(run(
+        &db,
+        &["answer", "1", "write farewell.txt with goodbye"],
+        "",
+    ));
+    assert!(
+        answered.contains("the item resumes in review"),
+        "{answered}"
+    );
+    let cycled = ok(damascus()
+        .env("DATABASE_URL", &db.url)
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "cycle",
+            "--concurrency",
+            "2",
+        ])
+        .output()
+        .unwrap());
+    assert!(cycled.contains("review -> blocked: 1"), "{cycled}");
+}
+
+#[tokio::test]
+async fn answer_refusals() {
+    let db = TestDatabase::new().await;
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (&["answer", "99", "yes"], 1, &["human issue 99 not found"]),
+        (&["answer", "0", "yes"], 2, &["0 is not in 1.."]),
+        (&["answer", "1"], 2, &["<TEXT>"]),
+    ];
+    for (args, code, needles) in cases {
+        refused(run(&db, args, ""), *code, needles);
+    }
+    sqlx::query("insert into projects (name, repository) values ('web', '/x')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into work_items (project_id, title, phase, resume_phase, max_attempts_per_phase, max_attempts_total)
+         select id, 't', 'blocked', 'spec', 3, 10 from projects",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("insert into human_issues (item_id, phase, question) select id, 'spec', 'Which?' from work_items")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    refused(
+        run(&db, &["answer", "1", "  "], ""),
+        1,
+        &["the answer is empty"],
+    );
+    ok(run(&db, &["answer", "1", "this one"], ""));
+    refused(
+        run(&db, &["answer", "1", "again"], ""),
+        1,
+        &["already answered", "only open questions"],
+    );
+}
+
+#[tokio::test]
+async fn a_worker_shows_in_status_and_stops_on_sigterm() {
+    let db = TestDatabase::new().await;
+    let dir = data_dir();
+    let mut worker = std::process::Command::new(assert_cmd::cargo::cargo_bin("damascus"))
+        .env_remove("DAMASCUS_DATA_DIR")
+        .env("DATABASE_URL", &db.url)
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "worker",
+            "--concurrency",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        let out = ok(run(&db, &["status"], ""));
+        if out.contains("workers (1 live)") {
+            break out;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker never registered:\n{out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.contains(&format!("{}", worker.id())), "{status}");
+    assert!(status.contains("global cap 3"), "{status}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = worker.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    let after = ok(run(&db, &["status"], ""));
+    assert!(after.contains("workers (0 live)"), "{after}");
+}
+
+#[test]
+fn worker_setting_refusals() {
+    let cases: &[(&[&str], &[(&str, &str)], i32, &[&str])] = &[
+        (
+            &["worker", "--concurrency", "0"],
+            &[],
+            2,
+            &["0 is not in 1..=1024"],
+        ),
+        (
+            &["cycle", "--lease-secs", "1"],
+            &[],
+            2,
+            &["1 is not in 3..=3600"],
+        ),
+        (
+            &["cycle"],
+            &[("DAMASCUS_LLM_BASE_URL", "http://x/v1")],
+            1,
+            &["DAMASCUS_LLM_MODEL", "is not"],
+        ),
+        (
+            &["cycle"],
+            &[("DAMASCUS_LLM_MODEL", "m")],
+            1,
+            &["DAMASCUS_LLM_BASE_URL", "give the endpoint"],
+        ),
+        (
+            &["cycle", "--llm-base-url", "ftp://x", "--llm-model", "m"],
+            &[],
+            1,
+            &["must start with http"],
+        ),
+        (
+            &["cycle", "--llm-price", "gpt=cheap"],
+            &[],
+            1,
+            &["MODEL=INPUT/OUTPUT"],
+        ),
+        (
+            &["cycle", "--git-author", "nobody"],
+            &[],
+            1,
+            &["DAMASCUS_GIT_AUTHOR", "Name <email>"],
+        ),
+    ];
+    for (args, env, code, needles) in cases {
+        let mut cmd = damascus();
+        cmd.env("DATABASE_URL", "postgresql://u@127.0.0.1:1/x")
+            .args(*args);
+        for (k, v) in *env {
+            cmd.env(k, v);
+        }
+        refused(cmd.output().unwrap(), *code, needles);
+    }
+}
+
+/// The bench runs end to end on small numbers (its figures are only meaningful from a
+/// release build; here it must work and report every figure).
+#[tokio::test]
+async fn bench_queue_reports_every_figure() {
+    let db = TestDatabase::new().await;
+    let args = [
+        "bench",
+        "queue",
+        "--jobs",
+        "40,80",
+        "--concurrency",
+        "2",
+        "--latency-samples",
+        "5",
+        "--commit-seconds",
+        "1",
+    ];
+    let out = ok(run(&db, &args, ""));
+    for needle in [
+        "commit rate",
+        "backlog      40",
+        "backlog      80",
+        "% of the commit rate",
+        "one claim",
+        "pickup latency    p50",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    let leftovers: i64 = sqlx::query_scalar(
+        "select count(*) from pg_database where datname like 'damascus_bench_%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0, "scratch databases are dropped");
+    refused(
+        run(&db, &["bench", "queue", "--jobs", "0"], ""),
+        2,
+        &["0 is not in 1..=1000000"],
+    );
+}
