@@ -143,7 +143,9 @@ async fn a_worker_shows_in_status_and_stops_on_sigterm() {
 
 #[test]
 fn worker_setting_refusals() {
-    let cases: &[(&[&str], &[(&str, &str)], i32, &[&str])] = &[
+    // (arguments, environment, exit code, what stderr says)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a [&'a str]);
+    let cases: &[Case] = &[
         (
             &["worker", "--concurrency", "0"],
             &[],
