@@ -65,17 +65,21 @@ CREATE TYPE public.work_phase AS ENUM (
     'cancelled'
 );
 
-CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer)
+CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer)
     LANGUAGE plpgsql
     AS $$
 declare
     v_slots integer[];
     v_jobs uuid[];
+    v_named uuid[];
+    v_lockable uuid[];
 begin
     select array_agg(free.slot order by free.slot) into v_slots
     from (
         select s.slot from damascus_slots s
-        where s.job_id is null or s.lease_until < now()
+        where (s.job_id is null or s.lease_until < now())
+          -- Slots above a lowered cap stay until their job ends, but never take work.
+          and s.slot <= (select q.concurrency from damascus_queue_settings q)
         order by s.slot
         limit p_max
         for update skip locked
@@ -101,14 +105,34 @@ begin
     if v_jobs is null then
         return;
     end if;
+    -- A job whose lease lapsed is still named by its old slot. Take that slot too, but
+    -- without waiting: its old holder may be finishing right now. A job whose old slot
+    -- is busy is left for a later claim.
+    select array_agg(s.job_id) into v_named
+    from damascus_slots s
+    where s.job_id = any (v_jobs) and not (s.slot = any (v_slots));
+    if v_named is not null then
+        select array_agg(old.job_id) into v_lockable
+        from (
+            select s.job_id from damascus_slots s
+            where s.job_id = any (v_named)
+            for update skip locked
+        ) old;
+        v_jobs := array(
+            select j from unnest(v_jobs) as j
+            where not (j = any (v_named)) or j = any (coalesce(v_lockable, '{}'))
+        );
+        if cardinality(v_jobs) = 0 then
+            return;
+        end if;
+    end if;
     update mq_msgs m
     set attempt_at = now() + p_lease, attempts = m.attempts - 1
     where m.id = any (v_jobs);
     update damascus_jobs dj set runs = dj.runs + 1 where dj.job_id = any (v_jobs);
-    -- An expired holder may still name a job in another slot; unlink it first so the
-    -- unique key on job_id holds.
+    -- Every row this touches is locked by this claim already.
     update damascus_slots s
-    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where s.job_id = any (v_jobs);
     return query
     with pairs as (
@@ -117,12 +141,13 @@ begin
         join unnest(v_slots) with ordinality as s (slot, n) using (n)
     ), held as (
         update damascus_slots s
-        set job_id = pairs.id, worker_id = p_worker, claimed_at = now(), lease_until = now() + p_lease
+        set job_id = pairs.id, worker_id = p_worker, claim_token = gen_random_uuid(),
+            claimed_at = now(), lease_until = now() + p_lease
         from pairs
         where s.slot = pairs.slot
-        returning s.slot, s.job_id
+        returning s.slot, s.job_id, s.claim_token
     )
-    select held.job_id, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
+    select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
     from held
     join mq_msgs m on m.id = held.job_id
     left join damascus_jobs dj on dj.job_id = held.job_id;
@@ -137,7 +162,7 @@ begin
     using damascus_queue_settings q
     where s.job_id = p_job and s.slot > q.concurrency;
     update damascus_slots
-    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where job_id = p_job;
     -- A worker waiting for a free slot (the cap is reached) wakes at once.
     perform pg_notify('mq_' || damascus_job_channel(), '');
@@ -148,17 +173,16 @@ CREATE FUNCTION public.damascus_job_channel() RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ select 'damascus.advance'::text $$;
 
-CREATE FUNCTION public.damascus_keep_alive(p_worker bigint, p_jobs uuid[], p_lease interval) RETURNS SETOF uuid
+CREATE FUNCTION public.damascus_keep_alive(p_tokens uuid[], p_lease interval) RETURNS SETOF uuid
     LANGUAGE plpgsql
     AS $$
 begin
-    update damascus_worker_processes set heartbeat_at = now() where id = p_worker;
     return query
     with held as (
         update damascus_slots s
         set lease_until = now() + p_lease
-        where s.worker_id = p_worker and s.job_id = any (p_jobs)
-        returning s.job_id
+        where s.claim_token = any (p_tokens)
+        returning s.job_id, s.claim_token
     ), extended as (
         update mq_msgs m
         set attempt_at = now() + p_lease
@@ -166,7 +190,7 @@ begin
         where m.id = held.job_id
         returning m.id
     )
-    select extended.id from extended;
+    select held.claim_token from held join extended on extended.id = held.job_id;
 end;
 $$;
 
@@ -706,6 +730,7 @@ CREATE TABLE public.damascus_slots (
     slot integer NOT NULL,
     job_id uuid,
     worker_id bigint,
+    claim_token uuid,
     claimed_at timestamp with time zone,
     lease_until timestamp with time zone,
     CONSTRAINT damascus_slots_positive CHECK ((slot >= 1))
@@ -716,9 +741,11 @@ CREATE TABLE public.damascus_worker_processes (
     host text NOT NULL,
     pid integer NOT NULL,
     concurrency integer NOT NULL,
+    lease_ms bigint DEFAULT 30000 NOT NULL,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
-    stopping boolean DEFAULT false NOT NULL
+    stopping boolean DEFAULT false NOT NULL,
+    CONSTRAINT damascus_worker_processes_lease_positive CHECK ((lease_ms > 0))
 );
 
 CREATE TABLE public.mq_msgs (
@@ -748,11 +775,26 @@ CREATE VIEW public.damascus_queue AS
         END AS state,
     m.attempts AS attempts_left,
     m.attempt_at AS runnable_at,
-    s.slot,
-    w.host AS worker_host,
-    w.pid AS worker_pid,
-    s.claimed_at,
-    s.lease_until,
+        CASE
+            WHEN (s.lease_until >= now()) THEN s.slot
+            ELSE NULL::integer
+        END AS slot,
+        CASE
+            WHEN (s.lease_until >= now()) THEN w.host
+            ELSE NULL::text
+        END AS worker_host,
+        CASE
+            WHEN (s.lease_until >= now()) THEN w.pid
+            ELSE NULL::integer
+        END AS worker_pid,
+        CASE
+            WHEN (s.lease_until >= now()) THEN s.claimed_at
+            ELSE NULL::timestamp with time zone
+        END AS claimed_at,
+        CASE
+            WHEN (s.lease_until >= now()) THEN s.lease_until
+            ELSE NULL::timestamp with time zone
+        END AS lease_until,
     dj.last_error,
     m.created_at
    FROM (((((public.mq_msgs m
@@ -865,6 +907,9 @@ ALTER TABLE ONLY public.damascus_jobs
 
 ALTER TABLE ONLY public.damascus_queue_settings
     ADD CONSTRAINT damascus_queue_settings_pkey PRIMARY KEY (singleton);
+
+ALTER TABLE ONLY public.damascus_slots
+    ADD CONSTRAINT damascus_slots_claim_token_key UNIQUE (claim_token);
 
 ALTER TABLE ONLY public.damascus_slots
     ADD CONSTRAINT damascus_slots_job_id_key UNIQUE (job_id);

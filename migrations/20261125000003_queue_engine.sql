@@ -28,6 +28,9 @@ create table damascus_worker_processes (
     host text not null,
     pid integer not null,
     concurrency integer not null,
+    -- The worker's lease length: the reaper judges it silent after four of them.
+    lease_ms bigint not null default 30000
+        constraint damascus_worker_processes_lease_positive check (lease_ms > 0),
     started_at timestamptz not null default now(),
     heartbeat_at timestamptz not null default now(),
     stopping boolean not null default false
@@ -41,6 +44,9 @@ create table damascus_slots (
         constraint damascus_slots_positive check (slot >= 1),
     job_id uuid unique references mq_msgs (id) on delete set null,
     worker_id bigint references damascus_worker_processes (id) on delete set null,
+    -- Names one claim: every end of a claim and every keep-alive is fenced on it, so a
+    -- worker's stale run of a job it claimed again cannot pass for the new one.
+    claim_token uuid unique,
     claimed_at timestamptz,
     lease_until timestamptz
 );
@@ -117,21 +123,28 @@ $$;
 
 select damascus_set_concurrency(4);
 
--- Claims up to p_max ready jobs for worker p_worker, each with a free slot, under a
--- lease of p_lease. FOR UPDATE SKIP LOCKED on slots and on messages: two claimers never
--- take the same slot or job, and never wait for each other. The count of held slots is
--- the number of running phases, so it can never exceed the number of slot rows.
+-- Claims up to p_max ready jobs for worker p_worker, each with a free slot under the
+-- global cap, under a lease of p_lease. It never waits for a lock: slots, queue rows and
+-- the old slots of re-claimed jobs are all taken FOR UPDATE SKIP LOCKED, so claimers
+-- never share a slot or a job and cannot deadlock with each other or with a finish
+-- (which locks its slot, then the item, then the queue row). The held slots are the
+-- running phases, so they can never be more than the cap.
 create function damascus_claim(p_worker bigint, p_max integer, p_lease interval)
-returns table (job_id uuid, slot integer, item_id bigint, phase work_phase, attempt integer, runs integer, attempts_left integer)
+returns table (job_id uuid, claim_token uuid, slot integer, item_id bigint, phase work_phase,
+               attempt integer, runs integer, attempts_left integer)
 language plpgsql as $$
 declare
     v_slots integer[];
     v_jobs uuid[];
+    v_named uuid[];
+    v_lockable uuid[];
 begin
     select array_agg(free.slot order by free.slot) into v_slots
     from (
         select s.slot from damascus_slots s
-        where s.job_id is null or s.lease_until < now()
+        where (s.job_id is null or s.lease_until < now())
+          -- Slots above a lowered cap stay until their job ends, but never take work.
+          and s.slot <= (select q.concurrency from damascus_queue_settings q)
         order by s.slot
         limit p_max
         for update skip locked
@@ -157,14 +170,34 @@ begin
     if v_jobs is null then
         return;
     end if;
+    -- A job whose lease lapsed is still named by its old slot. Take that slot too, but
+    -- without waiting: its old holder may be finishing right now. A job whose old slot
+    -- is busy is left for a later claim.
+    select array_agg(s.job_id) into v_named
+    from damascus_slots s
+    where s.job_id = any (v_jobs) and not (s.slot = any (v_slots));
+    if v_named is not null then
+        select array_agg(old.job_id) into v_lockable
+        from (
+            select s.job_id from damascus_slots s
+            where s.job_id = any (v_named)
+            for update skip locked
+        ) old;
+        v_jobs := array(
+            select j from unnest(v_jobs) as j
+            where not (j = any (v_named)) or j = any (coalesce(v_lockable, '{}'))
+        );
+        if cardinality(v_jobs) = 0 then
+            return;
+        end if;
+    end if;
     update mq_msgs m
     set attempt_at = now() + p_lease, attempts = m.attempts - 1
     where m.id = any (v_jobs);
     update damascus_jobs dj set runs = dj.runs + 1 where dj.job_id = any (v_jobs);
-    -- An expired holder may still name a job in another slot; unlink it first so the
-    -- unique key on job_id holds.
+    -- Every row this touches is locked by this claim already.
     update damascus_slots s
-    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where s.job_id = any (v_jobs);
     return query
     with pairs as (
@@ -173,32 +206,33 @@ begin
         join unnest(v_slots) with ordinality as s (slot, n) using (n)
     ), held as (
         update damascus_slots s
-        set job_id = pairs.id, worker_id = p_worker, claimed_at = now(), lease_until = now() + p_lease
+        set job_id = pairs.id, worker_id = p_worker, claim_token = gen_random_uuid(),
+            claimed_at = now(), lease_until = now() + p_lease
         from pairs
         where s.slot = pairs.slot
-        returning s.slot, s.job_id
+        returning s.slot, s.job_id, s.claim_token
     )
-    select held.job_id, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
+    select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
     from held
     join mq_msgs m on m.id = held.job_id
     left join damascus_jobs dj on dj.job_id = held.job_id;
 end;
 $$;
 
--- Extends the lease of the jobs p_worker still holds and records its heartbeat.
--- Returns the jobs still held: a job missing from the result was lost (its lease ran
--- out and another worker took it), and its run must stop.
-create function damascus_keep_alive(p_worker bigint, p_jobs uuid[], p_lease interval)
+-- Extends the leases of the claims named by p_tokens and returns the tokens still
+-- held: a claim missing from the result was lost (its lease ran out and another claim
+-- took the job), and its run must stop. The slot row is locked before the queue row,
+-- the order every end of a claim uses.
+create function damascus_keep_alive(p_tokens uuid[], p_lease interval)
 returns setof uuid
 language plpgsql as $$
 begin
-    update damascus_worker_processes set heartbeat_at = now() where id = p_worker;
     return query
     with held as (
         update damascus_slots s
         set lease_until = now() + p_lease
-        where s.worker_id = p_worker and s.job_id = any (p_jobs)
-        returning s.job_id
+        where s.claim_token = any (p_tokens)
+        returning s.job_id, s.claim_token
     ), extended as (
         update mq_msgs m
         set attempt_at = now() + p_lease
@@ -206,7 +240,7 @@ begin
         where m.id = held.job_id
         returning m.id
     )
-    select extended.id from extended;
+    select held.claim_token from held join extended on extended.id = held.job_id;
 end;
 $$;
 
@@ -218,7 +252,7 @@ begin
     using damascus_queue_settings q
     where s.job_id = p_job and s.slot > q.concurrency;
     update damascus_slots
-    set job_id = null, worker_id = null, claimed_at = null, lease_until = null
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where job_id = p_job;
     -- A worker waiting for a free slot (the cap is reached) wakes at once.
     perform pg_notify('mq_' || damascus_job_channel(), '');
@@ -228,8 +262,9 @@ $$;
 -- For people at a psql prompt: every job with its item, project and state.
 --   running     held by a worker under a live lease
 --   queued      ready for the next free slot
---   retry_wait  waiting out a retry backoff (or a lease that lapsed with no holder left)
+--   retry_wait  waiting out a retry backoff
 --   dead        no attempts left; the reaper blocks its item with a human issue
+-- A job whose lease lapsed shows as queued (or dead), without its former worker.
 create view damascus_queue as
 select
     m.id as job_id,
@@ -246,11 +281,11 @@ select
     end as state,
     m.attempts as attempts_left,
     m.attempt_at as runnable_at,
-    s.slot,
-    w.host as worker_host,
-    w.pid as worker_pid,
-    s.claimed_at,
-    s.lease_until,
+    case when s.lease_until >= now() then s.slot end as slot,
+    case when s.lease_until >= now() then w.host end as worker_host,
+    case when s.lease_until >= now() then w.pid end as worker_pid,
+    case when s.lease_until >= now() then s.claimed_at end as claimed_at,
+    case when s.lease_until >= now() then s.lease_until end as lease_until,
     dj.last_error,
     m.created_at
 from mq_msgs m

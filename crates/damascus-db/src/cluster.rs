@@ -81,7 +81,7 @@ pub enum ClusterError {
         "cannot determine a data directory (no HOME?); pass --data-dir or set DAMASCUS_DATA_DIR"
     )]
     NoDataDir,
-    #[error("damascus runs as root, and PostgreSQL refuses root; no unprivileged user (postgres or nobody) exists to run it as; create one (useradd --system postgres) or set DATABASE_URL")]
+    #[error("damascus runs as root, and PostgreSQL refuses root; there is no `postgres` user to run it as; create one (useradd --system --user-group --no-create-home postgres) or set DATABASE_URL")]
     NoServerUser,
     #[error("{action} {path}: {source}; check that the directory is writable or choose another with --data-dir")]
     Io {
@@ -91,7 +91,7 @@ pub enum ClusterError {
         source: std::io::Error,
     },
     #[error(
-        "socket directory {0} belongs to another user; remove it or choose another --data-dir"
+        "{0} is not a directory of the PostgreSQL server user (another user made it, or it is a link); remove it or choose another --data-dir"
     )]
     ForeignSocketDir(PathBuf),
     #[error("{program} failed ({status}): {output}")]
@@ -135,9 +135,11 @@ impl ServerUser {
                 switch_to: false,
             });
         }
-        ["postgres", "nobody"]
-            .iter()
-            .find_map(|name| User::from_name(name).ok().flatten())
+        // Not `nobody`: with trust authentication, every other process running as that
+        // shared account could connect as superuser.
+        User::from_name("postgres")
+            .ok()
+            .flatten()
             .map(|u| ServerUser {
                 name: u.name,
                 uid: u.uid,
@@ -324,7 +326,9 @@ impl EmbeddedCluster {
         }
         // Not `pg_ctl status`: it trusts any live pid, and a crashed postmaster can linger
         // as a zombie where nothing reaps orphans (PID 1 in some containers).
-        Ok(self.server_pid().is_some_and(is_postgres_process))
+        Ok(self
+            .server_pid()
+            .is_some_and(|pid| is_postgres_process(pid, &self.layout.pgdata)))
     }
 
     /// The server's pid, when it is running.
@@ -338,14 +342,21 @@ impl EmbeddedCluster {
             fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
         for dir in [&layout.root, &layout.socket_dir] {
-            match fs::create_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            let created = match fs::create_dir(dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
                 Err(e) => return Err(io_err("cannot create", dir)(e)),
-            }
+            };
+            // symlink_metadata: a symbolic link planted at this path is refused, never
+            // followed.
             let meta = fs::symlink_metadata(dir).map_err(io_err("cannot inspect", dir))?;
+            if !meta.is_dir() {
+                return Err(ClusterError::ForeignSocketDir(dir.clone()));
+            }
             if meta.uid() != layout.server_user.uid.as_raw() {
-                if !layout.server_user.switch_to || !meta.is_dir() {
+                // Only a directory we just made is handed to the server user; one that
+                // someone else made (e.g. in /tmp) is refused.
+                if !(created && layout.server_user.switch_to) {
                     return Err(ClusterError::ForeignSocketDir(dir.clone()));
                 }
                 nix::unistd::chown(
@@ -470,7 +481,7 @@ impl EmbeddedCluster {
         let Some(pid) = read_pid_file(&path) else {
             return Ok(());
         };
-        if is_postgres_process(pid) {
+        if is_postgres_process(pid, &self.layout.pgdata) {
             return Ok(());
         }
         tracing::warn!(pid, path = %path.display(), "removing stale postmaster.pid left by a crashed server");
@@ -524,9 +535,14 @@ fn read_pid_file(path: &Path) -> Option<i32> {
 
 /// True when `pid` is a live (not zombie) process running a postgres binary. A zombie
 /// has an empty command line.
-fn is_postgres_process(pid: i32) -> bool {
+fn is_postgres_process(pid: i32, pgdata: &Path) -> bool {
+    // The postmaster of this cluster runs `postgres -D <pgdata>`: a reused pid that
+    // now belongs to another program, or to another cluster, does not match.
     match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => String::from_utf8_lossy(&cmdline).contains("postgres"),
+        Ok(cmdline) => {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("postgres") && cmdline.contains(&*pgdata.to_string_lossy())
+        }
         Err(_) => false,
     }
 }

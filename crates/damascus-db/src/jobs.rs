@@ -2,10 +2,11 @@
 //! global cap, keeping leases alive, and ending a claim (finish, retry later, release),
 //! each ending in one transaction with the item change and its events.
 //!
-//! A claim is fenced: every way of ending it first locks the slot row that this worker
-//! holds for the job. If the lease ran out and another worker took the job, the slot no
-//! longer names this worker, the end is refused (`LostClaim`) and nothing is written,
-//! so a job's verdict is recorded once even when its phase ran twice.
+//! A claim is fenced: every way of ending it first locks the slot row that holds its
+//! claim token. If the lease ran out and another claim took the job (even one by the
+//! same worker), the slot holds another token, the end is refused (`LostClaim`) and
+//! nothing is written, so a job's verdict is recorded once even when its phase ran
+//! twice. Lock order everywhere: slot row, then item row, then queue row.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct WorkerId(pub i64);
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
     pub job_id: Uuid,
+    /// Names this claim; ends and keep-alives are fenced on it.
+    pub claim: Uuid,
     pub slot: i32,
     /// `None` for a queue message whose item is gone; ending it discards it.
     pub target: Option<JobTarget>,
@@ -53,29 +56,83 @@ fn interval(d: Duration) -> PgInterval {
     }
 }
 
-/// Registers a worker process and sets the global cap to `concurrency`: the cap is one
-/// number for the whole database, and the last worker to start sets it.
+/// What a worker process says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub host: String,
+    pub pid: u32,
+    pub lease: Duration,
+}
+
+/// A registered worker and the global cap in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    pub id: WorkerId,
+    pub concurrency: u32,
+}
+
+/// Registers a worker process. With `concurrency`, it also sets the global cap (one
+/// number for the whole database: the last worker that names one sets it); without,
+/// the cap stays as it is.
 pub async fn register_worker(
     pool: &PgPool,
-    host: &str,
-    pid: u32,
-    concurrency: u32,
-) -> DbResult<WorkerId> {
+    info: &WorkerInfo,
+    concurrency: Option<u32>,
+) -> DbResult<Registered> {
     let mut tx = pool.begin().await?;
-    sqlx::query("select damascus_set_concurrency($1)")
-        .bind(concurrency as i32)
-        .execute(&mut *tx)
+    if let Some(concurrency) = concurrency {
+        sqlx::query("select damascus_set_concurrency($1)")
+            .bind(concurrency as i32)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let cap: i32 = sqlx::query_scalar("select concurrency from damascus_queue_settings")
+        .fetch_one(&mut *tx)
         .await?;
     let id = sqlx::query_scalar(
-        "insert into damascus_worker_processes (host, pid, concurrency) values ($1, $2, $3) returning id",
+        "insert into damascus_worker_processes (host, pid, concurrency, lease_ms) values ($1, $2, $3, $4) returning id",
     )
-    .bind(host)
-    .bind(pid as i32)
-    .bind(concurrency as i32)
+    .bind(&info.host)
+    .bind(info.pid as i32)
+    .bind(cap)
+    .bind(info.lease.as_millis() as i64)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(WorkerId(id))
+    Ok(Registered {
+        id: WorkerId(id),
+        concurrency: cap.max(1) as u32,
+    })
+}
+
+/// Records that the worker is alive. A worker the reaper took for dead (silent for
+/// four leases, e.g. across a network split) gets its row back under the same id, so
+/// its later claims and slots keep working.
+pub async fn heartbeat(pool: &PgPool, worker: &Registered, info: &WorkerInfo) -> DbResult<()> {
+    let updated =
+        sqlx::query("update damascus_worker_processes set heartbeat_at = now() where id = $1")
+            .bind(worker.id.0)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    if updated == 0 {
+        tracing::warn!(
+            worker = worker.id.0,
+            "worker row was reaped while alive; restoring it"
+        );
+        sqlx::query(
+            "insert into damascus_worker_processes (id, host, pid, concurrency, lease_ms)
+             overriding system value values ($1, $2, $3, $4, $5) on conflict (id) do nothing",
+        )
+        .bind(worker.id.0)
+        .bind(&info.host)
+        .bind(info.pid as i32)
+        .bind(worker.concurrency as i32)
+        .bind(info.lease.as_millis() as i64)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Marks a worker as stopping (it claims nothing more); shown in `damascus status`.
@@ -106,7 +163,7 @@ pub async fn claim(
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "select job_id, slot, item_id, phase::text as phase, attempt, runs, attempts_left
+        "select job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs, attempts_left
          from damascus_claim($1, $2, $3)",
     )
     .bind(worker.0)
@@ -121,6 +178,7 @@ pub async fn claim(
             let attempt: Option<i32> = row.try_get("attempt")?;
             Ok(ClaimedJob {
                 job_id: row.try_get("job_id")?,
+                claim: row.try_get("claim_token")?,
                 slot: row.try_get("slot")?,
                 target: match (item_id, phase, attempt) {
                     (Some(item_id), Some(phase), Some(attempt)) => Some(JobTarget {
@@ -137,17 +195,13 @@ pub async fn claim(
         .collect()
 }
 
-/// Extends the leases of `jobs` and records the worker's heartbeat; returns the jobs
-/// this worker still holds.
-pub async fn keep_alive(
-    pool: &PgPool,
-    worker: WorkerId,
-    jobs: &[Uuid],
-    lease: Duration,
-) -> DbResult<Vec<Uuid>> {
-    Ok(sqlx::query_scalar("select damascus_keep_alive($1, $2, $3)")
-        .bind(worker.0)
-        .bind(jobs)
+/// Extends the leases of the claims named by `claims`; returns the claims still held.
+pub async fn keep_alive(pool: &PgPool, claims: &[Uuid], lease: Duration) -> DbResult<Vec<Uuid>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar("select damascus_keep_alive($1, $2)")
+        .bind(claims)
         .bind(interval(lease))
         .fetch_all(pool)
         .await?)
@@ -170,12 +224,13 @@ pub enum Ended {
     LostClaim,
 }
 
-/// Locks this worker's slot for the job; `false` when the claim was lost.
+/// Locks the slot that holds this claim; `false` when the claim was lost.
 async fn lock_claim(conn: &mut PgConnection, worker: WorkerId, job: &ClaimedJob) -> DbResult<bool> {
     let held: Option<i32> = sqlx::query_scalar(
-        "select slot from damascus_slots where job_id = $1 and worker_id = $2 for update",
+        "select slot from damascus_slots where job_id = $1 and claim_token = $2 and worker_id = $3 for update",
     )
     .bind(job.job_id)
+    .bind(job.claim)
     .bind(worker.0)
     .fetch_optional(&mut *conn)
     .await?;
@@ -377,56 +432,99 @@ pub struct Reaped {
 
 /// The safety net behind the normal paths: blocks the items of dead jobs, forgets
 /// workers that stopped heartbeating, and gives jobless working items their job.
-pub async fn reap(pool: &PgPool, stale_after: Duration) -> DbResult<Reaped> {
+pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
     let mut reaped = Reaped::default();
-    let mut tx = pool.begin().await?;
-    // SKIP LOCKED: two reapers split the dead jobs between them instead of waiting.
-    let dead = sqlx::query(
-        "select m.id, dj.item_id, dj.phase::text as phase, dj.attempt, dj.last_error
-         from mq_msgs m
-         left join damascus_jobs dj on dj.job_id = m.id
-         left join damascus_slots s on s.job_id = m.id
+    let candidates: Vec<Uuid> = sqlx::query_scalar(
+        "select m.id from mq_msgs m
          where m.channel_name = damascus_job_channel() and m.id != uuid_nil()
-           and m.attempts <= 0 and m.attempt_at <= now()
-           and (s.slot is null or s.lease_until < now())
-         for update of m skip locked",
+           and m.attempts <= 0 and m.attempt_at <= now()",
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    for row in &dead {
-        let job_id: Uuid = row.try_get("id")?;
-        let item_id: Option<i64> = row.try_get("item_id")?;
-        let phase: Option<Phase> = parse_opt_enum(row, "phase")?;
-        delete_job(&mut tx, job_id).await?;
-        reaped.dead_jobs += 1;
-        let (Some(item_id), Some(phase)) = (item_id, phase) else {
-            continue;
-        };
-        let item = lock_item(&mut tx, item_id).await?;
-        if item.phase != phase {
-            continue;
+    for job_id in candidates {
+        if reap_dead_job(pool, job_id).await? {
+            reaped.dead_jobs += 1;
         }
-        let last_error: Option<String> = row.try_get("last_error")?;
-        let question = format!(
-            "{phase} of this item never finished: every attempt of its job was lost (the worker running it died or lost its lease){}. Check the workers' logs, then retry the item",
-            last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
-        );
-        block_item(&mut tx, &item, &question, &format!("job {job_id}")).await?;
     }
-    reaped.stale_workers =
-        sqlx::query("delete from damascus_worker_processes where heartbeat_at < now() - $1")
-            .bind(interval(stale_after))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    // Each worker is judged by its own lease: silent for four of them (and at least
+    // `min_stale`) means gone.
+    reaped.stale_workers = sqlx::query(
+        "delete from damascus_worker_processes
+         where heartbeat_at < now() - greatest($1, 4 * lease_ms * interval '1 millisecond')",
+    )
+    .bind(interval(min_stale))
+    .execute(pool)
+    .await?
+    .rows_affected();
     reaped.respawned = sqlx::query(
         "update work_items i set updated_at = now()
          where i.phase in ('spec', 'build', 'review')
            and not exists (select 1 from damascus_jobs j where j.item_id = i.id)",
     )
-    .execute(&mut *tx)
+    .execute(pool)
     .await?
     .rows_affected();
-    tx.commit().await?;
     Ok(reaped)
+}
+
+/// Blocks the item of one dead job, in a transaction of its own. Locks in the order
+/// every end of a claim uses (slot, item, queue row), and never waits: a job whose slot
+/// or row is busy (its last holder may be finishing it right now) is left for the next
+/// pass.
+async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
+    let mut tx = pool.begin().await?;
+    let named: i64 = sqlx::query_scalar("select count(*) from damascus_slots where job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if named > 0 {
+        let expired: Option<i32> = sqlx::query_scalar(
+            "select slot from damascus_slots where job_id = $1 and lease_until < now() for update skip locked",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if expired.is_none() {
+            return Ok(false);
+        }
+    }
+    let target = sqlx::query(
+        "select item_id, phase::text as phase, last_error from damascus_jobs where job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (item_id, phase, last_error): (Option<i64>, Option<Phase>, Option<String>) = match &target {
+        Some(row) => (
+            row.try_get("item_id")?,
+            parse_opt_enum(row, "phase")?,
+            row.try_get("last_error")?,
+        ),
+        None => (None, None, None),
+    };
+    let item = match item_id {
+        Some(item_id) => Some(lock_item(&mut tx, item_id).await?),
+        None => None,
+    };
+    let still_dead: Option<Uuid> = sqlx::query_scalar(
+        "select id from mq_msgs where id = $1 and attempts <= 0 and attempt_at <= now() for update skip locked",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if still_dead.is_none() {
+        return Ok(false);
+    }
+    delete_job(&mut tx, job_id).await?;
+    if let (Some(item), Some(phase)) = (item, phase) {
+        if item.phase == phase {
+            let question = format!(
+                "{phase} of this item never finished: every attempt of its job was lost (the worker running it died or lost its lease){}. Check the workers' logs, then retry the item",
+                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+            block_item(&mut tx, &item, &question, &format!("job {job_id}")).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
 }

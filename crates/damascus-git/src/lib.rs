@@ -123,9 +123,9 @@ impl Git {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {
             Err(GitError::Failed {
-                args: args.join(" "),
+                args: redact_credentials(&args.join(" ")),
                 dir: self.dir.clone(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                stderr: redact_credentials(String::from_utf8_lossy(&out.stderr).trim()),
                 code: out.status.code(),
             })
         }
@@ -175,6 +175,31 @@ impl Git {
         .await?;
         Ok(Some(self.run(&["rev-parse", "HEAD"]).await?))
     }
+}
+
+/// Masks the user-info part of every URL in `text` (`https://user:token@host/…` →
+/// `https://***@host/…`), so that a remote with a token in it never reaches an error,
+/// an event or a log.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '\'' || c == '"')
+            .unwrap_or(after.len());
+        match after[..end].rfind('@') {
+            Some(sign) => {
+                out.push_str("***");
+                out.push_str(&after[sign..end]);
+            }
+            None => out.push_str(&after[..end]),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Creates a bare repository at `path` whose `main` holds `files` (for demos and tests).
@@ -248,6 +273,22 @@ mod tests {
         assert_eq!(git.resolve("HEAD").await.unwrap(), Some(sha.clone()));
         assert_eq!(git.resolve("no-such-branch").await.unwrap(), None);
         assert!(git.is_ancestor(&sha, "HEAD").await.unwrap());
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            redact_credentials("clone https://bot:ghp_secret@github.com/a/b.git into /x"),
+            "clone https://***@github.com/a/b.git into /x"
+        );
+        assert_eq!(
+            redact_credentials("fetch /srv/git/web.git"),
+            "fetch /srv/git/web.git"
+        );
+        assert_eq!(
+            redact_credentials("ssh://git@host/x https://h/y"),
+            "ssh://***@host/x https://h/y"
+        );
     }
 
     #[tokio::test]

@@ -37,7 +37,7 @@ use damascus_queue::{JobContext, PhaseFuture, PhaseRunner};
 pub use llm::LlmConfig;
 
 /// What the loops need from the deployment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoopsConfig {
     /// Worktrees (`worktrees/`), cache clones (`repos/`) and logs (`logs/`) live here.
     pub data_dir: PathBuf,
@@ -50,6 +50,20 @@ pub struct LoopsConfig {
     pub claude_max_turns: u32,
 }
 
+impl std::fmt::Debug for LoopsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The agent's variables hold API keys: their names only.
+        let env: Vec<&str> = self.agent_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("LoopsConfig")
+            .field("data_dir", &self.data_dir)
+            .field("llm", &self.llm)
+            .field("identity", &self.identity)
+            .field("agent_env", &env)
+            .field("claude_max_turns", &self.claude_max_turns)
+            .finish()
+    }
+}
+
 /// The loops as one `PhaseRunner`.
 #[derive(Clone)]
 pub struct Loops {
@@ -59,6 +73,25 @@ pub struct Loops {
 struct Inner {
     config: LoopsConfig,
     llm: Option<llm::LlmClient>,
+}
+
+/// Serialises phases of one item on this machine (a rerun after a lost lease may
+/// overlap the old run for a moment): they share the item's worktree.
+async fn lock_item_dir(config: &LoopsConfig, input: &PhaseInput) -> std::io::Result<std::fs::File> {
+    let dir = config.data_dir.join("worktrees").join(&input.project.name);
+    tokio::fs::create_dir_all(&dir).await?;
+    let path = dir.join(format!("{}.lock", input.key()));
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .expect("the lock task does not panic")
 }
 
 /// What every phase gets: the job, its item and project.
@@ -131,6 +164,20 @@ impl PhaseRunner for Loops {
                 Err(e) => {
                     return Verdict::TransientError {
                         reason: e.to_string(),
+                    }
+                    .into()
+                }
+            };
+            if input.item.phase != job.phase {
+                // The item moved on (cancelled, moved by hand) after the job was queued:
+                // do nothing; ending the claim drops the job.
+                return Verdict::pass().into();
+            }
+            let _item_lock = match lock_item_dir(&inner.config, &input).await {
+                Ok(lock) => lock,
+                Err(e) => {
+                    return Verdict::TransientError {
+                        reason: format!("cannot lock the item's worktree: {e}"),
                     }
                     .into()
                 }

@@ -1,7 +1,8 @@
 //! Running a phase's process (the coding agent, the test command): argv only, a clean
 //! environment, standard input from a string, a time limit, output kept whole in a log
-//! file and its tail in memory. The process runs in a process group of its own, so a
-//! time-out or a cancel kills everything it started, not just its first process.
+//! file and its tail in memory. The process runs in a process group of its own, and the
+//! whole group is killed when it ends, times out, or its phase is cancelled (even when
+//! the phase's future is dropped mid-run), so nothing it started outlives it.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -44,6 +45,44 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
+/// Output kept per stream; the rest is counted, not stored.
+const KEEP_BYTES: usize = 8 * 1024 * 1024;
+
+/// Kills the process group when dropped: when the phase is cancelled, its future is
+/// dropped mid-run, and `kill_on_drop` alone would reach only the direct child.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl GroupGuard {
+    fn kill(&self) {
+        if let Some(group) = self.0 {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut dropped = 0usize;
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if kept.len() + n <= KEEP_BYTES => kept.extend_from_slice(&chunk[..n]),
+            Ok(n) => dropped += n,
+        }
+    }
+    if dropped > 0 {
+        kept.extend_from_slice(format!("\n[damascus: {dropped} more bytes not kept]\n").as_bytes());
+    }
+    kept
+}
+
 pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<ProcessEnd, SpawnError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let spawn_error = |source| SpawnError {
@@ -71,57 +110,52 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(spawn_error)?;
-    let group = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    let group = GroupGuard(child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32)));
     if let (Some(text), Some(mut pipe)) = (spec.stdin, child.stdin.take()) {
         tokio::spawn(async move {
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let collect = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        (out, err)
-    };
-    let kill_group = || {
-        if let Some(group) = group {
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        }
-    };
-    let outcome = tokio::select! {
-        (output, status) = async { let o = collect.await; (o, child.wait().await) } => Ok((output, status)),
+    let stdout = tokio::spawn(read_bounded(child.stdout.take().expect("stdout is piped")));
+    let stderr = tokio::spawn(read_bounded(child.stderr.take().expect("stderr is piped")));
+    // Wait for the process itself, not for its pipes: a background process it left
+    // behind may hold them open.
+    let ended = tokio::select! {
+        status = child.wait() => Ok(status.ok().and_then(|s| s.code())),
         _ = tokio::time::sleep(spec.timeout) => Err(false),
         _ = cancel.cancelled() => Err(true),
     };
-    match outcome {
-        Ok(((out, err), status)) => {
-            // Children that outlived the main process die with it.
-            kill_group();
-            let log = write_log(&spec.log_file, &out, &err).await;
-            let code = status.ok().and_then(|s| s.code());
-            Ok(ProcessEnd::Exited {
-                code,
-                stdout: String::from_utf8_lossy(&out).into_owned(),
-                tail: tail(&log),
-            })
+    // Whatever it started dies with it.
+    group.kill();
+    let _ = child.wait().await;
+    let drain = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        let abort = task.abort_handle();
+        match tokio::time::timeout(std::time::Duration::from_secs(2), task).await {
+            Ok(Ok(bytes)) => bytes,
+            _ => {
+                abort.abort();
+                Vec::new()
+            }
         }
-        Err(cancelled) => {
-            kill_group();
-            let _ = child.wait().await;
-            let note = if cancelled { "cancelled" } else { "timed out" };
-            let log = write_log(
+    };
+    let (out, err) = tokio::join!(drain(stdout), drain(stderr));
+    let mut log = write_log(&spec.log_file, &out, &err).await;
+    match ended {
+        Ok(code) => Ok(ProcessEnd::Exited {
+            code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            tail: tail(&log),
+        }),
+        Err(true) => Ok(ProcessEnd::Cancelled),
+        Err(false) => {
+            log.push_str(&format!("\n[damascus: killed after {:?}]", spec.timeout));
+            let _ = write_log(
                 &spec.log_file,
-                format!("[damascus: {note}]\n").as_bytes(),
+                format!("[damascus: killed after {:?}]\n", spec.timeout).as_bytes(),
                 b"",
             )
             .await;
-            if cancelled {
-                Ok(ProcessEnd::Cancelled)
-            } else {
-                Ok(ProcessEnd::TimedOut { tail: tail(&log) })
-            }
+            Ok(ProcessEnd::TimedOut { tail: tail(&log) })
         }
     }
 }
@@ -195,6 +229,52 @@ mod tests {
         assert!(std::fs::read_to_string(dir.path().join("logs/run.log"))
             .unwrap()
             .contains("from stdin"));
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_stdout_does_not_stall_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let end = run(
+            spec(
+                dir.path(),
+                "cat; (sleep 300 &); echo done",
+                Duration::from_secs(60),
+            ),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let ProcessEnd::Exited { code, stdout, .. } = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("done"), "{stdout}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run waited for the background sleep"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let cancel = CancellationToken::new();
+        let run = run(spec(dir.path(), &script, Duration::from_secs(60)), &cancel);
+        let _ = tokio::time::timeout(Duration::from_millis(500), run).await;
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "the grandchild survived: {state}"
+        );
     }
 
     #[tokio::test]

@@ -22,11 +22,12 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
     let project = &input.project;
     let forge = forge_for(project, &config.identity)?;
     let branch = input.item.branch.clone().unwrap_or_else(|| input.branch());
-    let test_command = input
-        .item
+    // The operator's command wins over one that came with the story or from the model:
+    // a story must not be able to choose how its own change is judged.
+    let test_command = project
         .test_command
         .clone()
-        .or_else(|| project.test_command.clone())
+        .or_else(|| input.item.test_command.clone())
         .ok_or_else(|| fail("the item has no test command; its spec must name one", ""))?;
     let head = match forge.state(&branch, &project.default_branch).await {
         Ok(PrState::Merged { .. }) => return Ok(Verdict::pass()),
@@ -71,8 +72,7 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
         .join("logs")
         .join(input.item.id.to_string())
         .join(format!("review-{}.log", input.job.attempt));
-    // The test command is the project's or the spec's command line, run as written;
-    // no story text is put into it.
+    // The test command runs as written; nothing from the story is put into it.
     let end = process::run(
         ProcessSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), test_command.clone()],

@@ -16,14 +16,18 @@ pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
     let fallback = input.project.test_command.as_deref();
     match input.project.spec_mode {
         SpecMode::Passthrough => match spec::passthrough(&input.item.body, fallback) {
-            Ok(spec) => pass(spec),
+            Ok(spec) => pass(spec, fallback),
             Err(e) => fail(format!("passthrough spec: {e}"), "").into(),
         },
         SpecMode::Refine => refine(inner, input).await,
     }
 }
 
-fn pass(spec: Spec) -> PhaseReport {
+fn pass(mut spec: Spec, project_test_command: Option<&str>) -> PhaseReport {
+    if let Some(command) = project_test_command {
+        // The project's test command is the one the reviewer runs (see review_phase).
+        spec.test_command = command.to_owned();
+    }
     let test_command = spec.test_command.clone();
     Verdict::Pass(PhaseOutput {
         spec: serde_json::to_value(&spec).ok(),
@@ -68,7 +72,10 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
                 usd: reply.usd,
             };
             let verdict = match parse_reply(&reply.content, input.project.test_command.as_deref()) {
-                Ok(spec) => return report(pass(spec).verdict, vec![cost]),
+                Ok(spec) => {
+                    let spec = pass(spec, input.project.test_command.as_deref());
+                    return report(spec.verdict, vec![cost]);
+                }
                 Err(verdict) => verdict,
             };
             report(verdict, vec![cost])

@@ -78,7 +78,7 @@ impl PhaseRunner for Arc<NoopPhase> {
 
 fn pool_config(concurrency: u32) -> QueueConfig {
     QueueConfig {
-        concurrency,
+        concurrency: Some(concurrency),
         ..QueueConfig::default()
     }
 }
@@ -86,8 +86,14 @@ fn pool_config(concurrency: u32) -> QueueConfig {
 /// Runs `jobs` queued no-op jobs in `pool`'s (scratch) database to completion.
 pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbResult<BacklogResult> {
     bench::seed_review_items(pool, jobs, config.payload_bytes).await?;
-    let probe =
-        jobs::register_worker(pool, "bench-probe", std::process::id(), config.concurrency).await?;
+    let info = jobs::WorkerInfo {
+        host: "bench-probe".into(),
+        pid: std::process::id(),
+        lease: std::time::Duration::from_secs(30),
+    };
+    let probe = jobs::register_worker(pool, &info, Some(config.concurrency))
+        .await?
+        .id;
     let (claim_cost, poll_cost) = bench::claim_and_poll_cost(pool, probe, 50).await?;
     jobs::deregister_worker(pool, probe).await?;
 

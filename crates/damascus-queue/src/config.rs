@@ -5,8 +5,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// The GLOBAL cap: phases running at once across every worker on the database.
-    /// This process also runs at most this many.
-    pub concurrency: u32,
+    /// `Some(n)` sets it when the worker starts; `None` keeps the one in force. This
+    /// process also runs at most that many.
+    pub concurrency: Option<u32>,
     /// How long a claim lasts without a keep-alive; a killed worker's job runs again
     /// this long after its last keep-alive.
     pub lease: Duration,
@@ -23,7 +24,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> QueueConfig {
         QueueConfig {
-            concurrency: 4,
+            concurrency: None,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),

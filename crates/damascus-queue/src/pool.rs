@@ -95,13 +95,16 @@ struct Shared {
     config: QueueConfig,
     runner: Arc<dyn PhaseRunner>,
     worker: WorkerId,
+    registered: jobs::Registered,
+    info: jobs::WorkerInfo,
+    /// The phases running now, by claim token.
     running: Mutex<HashMap<Uuid, Running>>,
     wake: Arc<Notify>,
 }
 
 impl Shared {
-    fn stop_running(&self, job: &Uuid, why: StopReason) {
-        if let Some(running) = self.running.lock().expect("running map lock").get(job) {
+    fn stop_running(&self, claim: &Uuid, why: StopReason) {
+        if let Some(running) = self.running.lock().expect("running map lock").get(claim) {
             *running.reason.lock().expect("reason lock") = Some(why);
             running.cancel.cancel();
         }
@@ -111,13 +114,14 @@ impl Shared {
 /// A running pool; stop it with `shutdown`.
 pub struct WorkerPool {
     worker: WorkerId,
+    concurrency: u32,
     stop_claiming: CancellationToken,
     main: tokio::task::JoinHandle<CycleSummary>,
 }
 
 impl WorkerPool {
-    /// Registers this process as a worker (setting the global cap to
-    /// `config.concurrency`) and starts claiming.
+    /// Registers this process as a worker (setting the global cap when
+    /// `config.concurrency` names one) and starts claiming.
     pub async fn start(
         pool: PgPool,
         config: QueueConfig,
@@ -136,12 +140,17 @@ impl WorkerPool {
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "unknown".into());
-        let worker =
-            jobs::register_worker(&pool, &host, std::process::id(), config.concurrency).await?;
+        let info = jobs::WorkerInfo {
+            host,
+            pid: std::process::id(),
+            lease: config.lease,
+        };
+        let registered = jobs::register_worker(&pool, &info, config.concurrency).await?;
+        let worker = registered.id;
         tracing::info!(
             worker = worker.0,
-            host,
-            concurrency = config.concurrency,
+            host = info.host,
+            concurrency = registered.concurrency,
             "worker registered"
         );
         let shared = Arc::new(Shared {
@@ -149,6 +158,8 @@ impl WorkerPool {
             config,
             runner,
             worker,
+            registered,
+            info,
             running: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
         });
@@ -156,6 +167,7 @@ impl WorkerPool {
         let main = tokio::spawn(main_loop(shared, stop_claiming.clone(), exit_when_idle));
         Ok(WorkerPool {
             worker,
+            concurrency: registered.concurrency,
             stop_claiming,
             main,
         })
@@ -163,6 +175,11 @@ impl WorkerPool {
 
     pub fn worker_id(&self) -> WorkerId {
         self.worker
+    }
+
+    /// The global cap in force when this worker started.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
     }
 
     /// Stops claiming, lets running phases finish within the grace period, stops and
@@ -219,7 +236,10 @@ async fn main_loop(
         if stop_claiming.is_cancelled() {
             break;
         }
-        let free = config.concurrency.saturating_sub(phases.len() as u32);
+        let free = shared
+            .registered
+            .concurrency
+            .saturating_sub(phases.len() as u32);
         let mut wait = config.poll_interval;
         if free > 0 {
             match jobs::claim(&shared.pool, shared.worker, free, config.lease).await {
@@ -231,21 +251,24 @@ async fn main_loop(
                         spawn_phase(&shared, &mut phases, job);
                     }
                     if got < free {
-                        // The queue had no more ready jobs (or no free slot): sleep until
-                        // the next delayed job is due, unless a NOTIFY comes first.
-                        match jobs::next_runnable_in(&shared.pool).await {
-                            Ok(Some(due)) => wait = wait.min(due.max(Duration::from_millis(5))),
-                            Ok(None) => {}
-                            Err(e) => tracing::warn!(error = %e, "cannot read the next due job"),
-                        }
-                        if exit_when_idle && phases.is_empty() && got == 0 {
-                            let nothing_ready = !matches!(
-                                jobs::next_runnable_in(&shared.pool).await,
-                                Ok(Some(due)) if due.is_zero()
-                            );
-                            if nothing_ready {
-                                break;
+                        // No more ready jobs, or none with a free slot. Ready jobs and a
+                        // full cap: a freed slot notifies, so wait for that (or the
+                        // poll). Otherwise sleep until the next delayed job is due.
+                        let due = match jobs::next_runnable_in(&shared.pool).await {
+                            Ok(due) => due,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the next due job");
+                                None
                             }
+                        };
+                        match due {
+                            Some(due) if due.is_zero() => {}
+                            Some(due) => wait = wait.min(due.max(Duration::from_millis(5))),
+                            None => {}
+                        }
+                        let ready_now = due.is_some_and(|d| d.is_zero());
+                        if exit_when_idle && phases.is_empty() && got == 0 && !ready_now {
+                            break;
                         }
                     }
                 }
@@ -327,7 +350,7 @@ fn spawn_phase(shared: &Arc<Shared>, phases: &mut JoinSet<(Uuid, Option<Ended>)>
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     shared.running.lock().expect("running map lock").insert(
-        job.job_id,
+        job.claim,
         Running {
             cancel: cancel.clone(),
             reason: reason.clone(),
@@ -335,9 +358,9 @@ fn spawn_phase(shared: &Arc<Shared>, phases: &mut JoinSet<(Uuid, Option<Ended>)>
     );
     let shared = shared.clone();
     phases.spawn(async move {
-        let id = job.job_id;
+        let claim = job.claim;
         let ended = run_phase(&shared, job, cancel, reason).await;
-        (id, ended)
+        (claim, ended)
     });
 }
 
@@ -433,29 +456,46 @@ async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Option<Ended>
     }
 }
 
+/// Keeps this worker's leases and heartbeat alive. When keep-alives fail for as long
+/// as a lease lasts, other workers may already run these jobs: every running phase is
+/// stopped, so the cap holds and no phase runs twice at once.
 async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(shared.config.keep_alive_every()) => {}
         }
-        let ids: Vec<Uuid> = shared
+        let claims: Vec<Uuid> = shared
             .running
             .lock()
             .expect("running map lock")
             .keys()
             .copied()
             .collect();
-        match jobs::keep_alive(&shared.pool, shared.worker, &ids, shared.config.lease).await {
+        let kept = async {
+            jobs::heartbeat(&shared.pool, &shared.registered, &shared.info).await?;
+            jobs::keep_alive(&shared.pool, &claims, shared.config.lease).await
+        };
+        match kept.await {
             Ok(held) => {
-                for id in ids.iter().filter(|id| !held.contains(id)) {
+                last_ok = tokio::time::Instant::now();
+                for claim in claims.iter().filter(|c| !held.contains(c)) {
                     // Either it ended in the meantime (then it is no longer in the map)
-                    // or another worker holds it now.
-                    shared.stop_running(id, StopReason::LostClaim);
+                    // or another claim holds the job now.
+                    shared.stop_running(claim, StopReason::LostClaim);
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "keep-alive failed; leases run out unless the next one succeeds")
+                let silent = last_ok.elapsed();
+                if silent + shared.config.keep_alive_every() >= shared.config.lease {
+                    tracing::error!(error = %e, ?silent, "keep-alives failed for a whole lease; stopping every running phase");
+                    for claim in &claims {
+                        shared.stop_running(claim, StopReason::LostClaim);
+                    }
+                } else {
+                    tracing::warn!(error = %e, "keep-alive failed; leases run out unless the next one succeeds");
+                }
             }
         }
     }

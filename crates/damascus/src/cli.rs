@@ -107,8 +107,9 @@ pub struct BenchQueueArgs {
 #[derive(Debug, ClapArgs)]
 pub struct QueueArgs {
     /// The GLOBAL cap: phases running at once across every worker on this database.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub concurrency: u32,
+    /// Giving it sets it for all workers; without it the cap in force stays (4 at first).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
     /// Seconds a claim lasts without a keep-alive (a killed worker's job runs again after this).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease_secs: u64,

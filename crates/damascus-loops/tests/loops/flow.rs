@@ -170,9 +170,15 @@ async fn a_build_rerun_after_a_lost_worker_reuses_branch_and_pr() {
     setup.project(&agent, SpecMode::Passthrough, |_| {}).await;
     let item = setup.ingest("Greeting", GREETING).await;
     // The spec phase, by hand: claim and finish.
-    let worker = damascus_db::jobs::register_worker(&setup.db.pool, "test", 1, 2)
+    let info = damascus_db::jobs::WorkerInfo {
+        host: "test".into(),
+        pid: 1,
+        lease: Duration::from_secs(30),
+    };
+    let worker = damascus_db::jobs::register_worker(&setup.db.pool, &info, Some(2))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let loops = damascus_loops::Loops::new(setup.loops_config(None)).unwrap();
     let run = |job: &damascus_db::jobs::ClaimedJob| {
         let target = job.target.unwrap();

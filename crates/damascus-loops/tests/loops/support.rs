@@ -77,7 +77,7 @@ impl Setup {
 
     pub async fn cycle_with(&self, config: LoopsConfig) -> CycleSummary {
         let queue = QueueConfig {
-            concurrency: 2,
+            concurrency: Some(2),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),

@@ -120,7 +120,7 @@ pub fn runner(script: Script, work: Duration) -> Arc<dyn PhaseRunner> {
 /// Short timings so tests finish quickly.
 pub fn fast_config(concurrency: u32) -> QueueConfig {
     QueueConfig {
-        concurrency,
+        concurrency: Some(concurrency),
         lease: Duration::from_secs(3),
         poll_interval: Duration::from_millis(500),
         shutdown_grace: Duration::from_secs(5),
@@ -244,4 +244,17 @@ impl Drop for WorkerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Registers a worker by hand (for tests that claim and end jobs themselves).
+pub async fn test_worker(pool: &PgPool, pid: u32, concurrency: u32) -> damascus_db::jobs::WorkerId {
+    let info = damascus_db::jobs::WorkerInfo {
+        host: "test".into(),
+        pid,
+        lease: Duration::from_secs(30),
+    };
+    damascus_db::jobs::register_worker(pool, &info, Some(concurrency))
+        .await
+        .unwrap()
+        .id
 }

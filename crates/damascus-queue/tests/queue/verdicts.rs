@@ -6,7 +6,7 @@ use damascus_core::Verdict;
 use damascus_db::jobs::{self, Ended};
 use damascus_queue::{run_until_idle, WorkerPool};
 
-use crate::support::{count, database, fast_config, items, runner, wait_for, Script};
+use crate::support::{count, database, fast_config, items, runner, test_worker, wait_for, Script};
 
 #[tokio::test]
 async fn passes_take_items_to_merged_with_one_event_per_step() {
@@ -195,8 +195,8 @@ async fn transient_errors_retry_with_backoff_then_block_never_silently() {
 async fn an_expired_claim_cannot_end_the_job() {
     let db = database().await;
     items(&db.pool, 1, 3, 10).await;
-    let slow = jobs::register_worker(&db.pool, "test", 1, 2).await.unwrap();
-    let fast = jobs::register_worker(&db.pool, "test", 2, 2).await.unwrap();
+    let slow = test_worker(&db.pool, 1, 2).await;
+    let fast = test_worker(&db.pool, 2, 2).await;
     let first = jobs::claim(&db.pool, slow, 1, Duration::from_millis(100))
         .await
         .unwrap();
@@ -214,7 +214,7 @@ async fn an_expired_claim_cannot_end_the_job() {
     assert_eq!(second[0].job_id, first[0].job_id);
     assert_eq!(second[0].runs, 2);
     assert!(
-        jobs::keep_alive(&db.pool, slow, &[first[0].job_id], Duration::from_secs(5))
+        jobs::keep_alive(&db.pool, &[first[0].claim], Duration::from_secs(5))
             .await
             .unwrap()
             .is_empty()
@@ -251,7 +251,7 @@ async fn an_expired_claim_cannot_end_the_job() {
 async fn a_result_for_a_phase_the_item_left_is_dropped() {
     let db = database().await;
     let ids = items(&db.pool, 1, 3, 10).await;
-    let worker = jobs::register_worker(&db.pool, "test", 1, 1).await.unwrap();
+    let worker = test_worker(&db.pool, 1, 1).await;
     let claimed = jobs::claim(&db.pool, worker, 1, Duration::from_secs(5))
         .await
         .unwrap();
@@ -283,7 +283,7 @@ async fn the_reaper_handles_dead_jobs_and_jobless_items() {
         .await
         .unwrap();
     let ids = items(&db.pool, 2, 3, 10).await;
-    let worker = jobs::register_worker(&db.pool, "test", 1, 1).await.unwrap();
+    let worker = test_worker(&db.pool, 1, 1).await;
     let claimed = jobs::claim(&db.pool, worker, 1, Duration::from_millis(50))
         .await
         .unwrap();

@@ -80,7 +80,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         claude_max_turns: 10,
     })?;
     let queue = QueueConfig {
-        concurrency: 2,
+        concurrency: Some(2),
         poll_interval: Duration::from_millis(500),
         ..QueueConfig::default()
     };

@@ -19,7 +19,7 @@ pub async fn worker(target: &Target, data_dir: &Path, args: WorkerArgs) -> anyho
     eprintln!(
         "worker {} running with a global cap of {} phases on {}; stop with Ctrl-C or SIGTERM",
         pool.worker_id().0,
-        config.concurrency,
+        pool.concurrency(),
         db.origin.display_url()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
