@@ -194,6 +194,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_notify_event() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_notify('damascus_events', new.id::text);
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_set_concurrency(p_concurrency integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -554,6 +563,26 @@ CREATE FUNCTION public.mq_uuid_exists(id uuid) RETURNS boolean
     SELECT id IS NOT NULL AND id != '00000000-0000-0000-0000-000000000000'::uuid
 $$;
 
+CREATE TABLE public.api_tokens (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    secret_sha256 bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_tokens_hash_length CHECK ((length(secret_sha256) = 32)),
+    CONSTRAINT api_tokens_name_format CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$'::text))
+);
+
+ALTER TABLE public.api_tokens ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.api_tokens_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.coordination_gates (
     id bigint NOT NULL,
     item_id bigint NOT NULL,
@@ -893,6 +922,12 @@ ALTER TABLE public.work_items ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+ALTER TABLE ONLY public.api_tokens
+    ADD CONSTRAINT api_tokens_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.api_tokens
+    ADD CONSTRAINT api_tokens_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.coordination_gates
     ADD CONSTRAINT coordination_gates_pkey PRIMARY KEY (id);
 
@@ -968,6 +1003,8 @@ CREATE INDEX mq_msgs_channel_name_channel_args_created_at_id_idx ON public.mq_ms
 CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) WHERE (phase <> ALL (ARRAY['merged'::public.work_phase, 'cancelled'::public.work_phase]));
 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
+
+CREATE TRIGGER events_outbox_notify AFTER INSERT ON public.events_outbox FOR EACH ROW EXECUTE FUNCTION public.damascus_notify_event();
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
 

@@ -36,6 +36,10 @@ pub enum DbError {
     HumanIssueNotFound(i64),
     #[error("human issue {id} is already {status}; only open questions take an answer")]
     HumanIssueClosed { id: i64, status: String },
+    #[error("a token named {0:?} exists already; pick another name or revoke it with: damascus token revoke NAME")]
+    TokenExists(String),
+    #[error("no active token named {0:?}; list them with: damascus token list")]
+    TokenNotFound(String),
     #[error("the database refused the change: {0}")]
     Constraint(String),
     #[error("database error")]

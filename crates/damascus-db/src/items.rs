@@ -247,3 +247,37 @@ pub async fn last_failure<'e>(
     row.map(|row| Ok((row.try_get("reason")?, row.try_get("log_tail")?)))
         .transpose()
 }
+
+/// Human issues across items, newest first, optionally of one status.
+pub async fn list_human_issues(
+    pool: &PgPool,
+    status: Option<HumanIssueStatus>,
+    limit: i64,
+) -> DbResult<Vec<HumanIssue>> {
+    let rows = sqlx::query(
+        "select id, item_id, phase::text as phase, question, context, status::text as status, answer,
+                answered_by, created_at, resolved_at
+         from human_issues where ($1::human_issue_status is null or status = $1::human_issue_status)
+         order by id desc limit $2",
+    )
+    .bind(status.map(HumanIssueStatus::as_str))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HumanIssue {
+                id: row.try_get("id")?,
+                item_id: row.try_get("item_id")?,
+                phase: parse_enum(row, "phase")?,
+                question: row.try_get("question")?,
+                context: row.try_get("context")?,
+                status: parse_enum(row, "status")?,
+                answer: row.try_get("answer")?,
+                answered_by: row.try_get("answered_by")?,
+                created_at: row.try_get("created_at")?,
+                resolved_at: row.try_get("resolved_at")?,
+            })
+        })
+        .collect()
+}

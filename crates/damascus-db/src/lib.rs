@@ -19,6 +19,7 @@ pub mod pg_bin;
 pub mod projects;
 pub mod schema_dump;
 pub mod status;
+pub mod tokens;
 mod transitions;
 
 pub use connect::{open, Database, Origin, PoolSettings, Target};

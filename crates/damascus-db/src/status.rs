@@ -164,3 +164,60 @@ pub async fn queue_groups(pool: &PgPool) -> DbResult<Vec<QueueGroup>> {
         })
         .collect()
 }
+
+/// Counts for `GET /v1/stats`: items per project and phase, the queue, and what moved
+/// and what was spent in the last hour and day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub per_project_phase: Vec<(String, Phase, i64)>,
+    pub overview: Overview,
+    pub transitions_last_hour: i64,
+    pub transitions_last_day: i64,
+    pub merged_last_hour: i64,
+    pub merged_last_day: i64,
+    pub cost_last_hour_usd: f64,
+    pub cost_last_day_usd: f64,
+}
+
+pub async fn stats(pool: &PgPool) -> DbResult<Stats> {
+    let rows = sqlx::query(
+        "select p.name as project, i.phase::text as phase, count(*) as items
+         from work_items i join projects p on p.id = i.project_id
+         group by p.name, i.phase order by p.name, i.phase",
+    )
+    .fetch_all(pool)
+    .await?;
+    let per_project_phase = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("project")?,
+                parse_enum(row, "phase")?,
+                row.try_get("items")?,
+            ))
+        })
+        .collect::<DbResult<Vec<_>>>()?;
+    let row = sqlx::query(
+        "select
+            count(*) filter (where created_at > now() - interval '1 hour') as t_hour,
+            count(*) as t_day,
+            count(*) filter (where created_at > now() - interval '1 hour' and payload->>'to' = 'merged') as m_hour,
+            count(*) filter (where payload->>'to' = 'merged') as m_day,
+            (select coalesce(sum(usd), 0)::float8 from cost_ledger where created_at > now() - interval '1 hour') as c_hour,
+            (select coalesce(sum(usd), 0)::float8 from cost_ledger where created_at > now() - interval '1 day') as c_day
+         from events_outbox
+         where kind = 'item.phase_changed' and created_at > now() - interval '1 day'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Stats {
+        per_project_phase,
+        overview: overview(pool).await?,
+        transitions_last_hour: row.try_get("t_hour")?,
+        transitions_last_day: row.try_get("t_day")?,
+        merged_last_hour: row.try_get("m_hour")?,
+        merged_last_day: row.try_get("m_day")?,
+        cost_last_hour_usd: row.try_get("c_hour")?,
+        cost_last_day_usd: row.try_get("c_day")?,
+    })
+}

@@ -55,6 +55,14 @@ pub enum Command {
     /// Show the whole loop on this machine: a demo project on a local forge, two
     /// stories, a scripted agent; one is merged, one ends blocked with a question.
     Demo,
+    /// The single-process entry point: migrations, the worker pool and the HTTP API
+    /// (with the web UI), until SIGTERM or Ctrl-C.
+    Run(Box<RunArgs>),
+    /// Serve the HTTP API and web UI only (no workers).
+    Serve(ServeArgs),
+    /// Manage API bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run the worker pool: claim jobs and run phases until SIGTERM or Ctrl-C.
     Worker(Box<WorkerArgs>),
     /// Run every job that is runnable now (and what they make runnable), then exit.
@@ -164,6 +172,45 @@ pub struct CycleArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub loops: LoopsArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback by default; 0.0.0.0:8080 in a container).
+    #[arg(long, env = "DAMASCUS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Serve /metrics without a token.
+    #[arg(long, env = "DAMASCUS_PUBLIC_METRICS")]
+    pub public_metrics: bool,
+    /// Require a token for /healthz too.
+    #[arg(long)]
+    pub private_health: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Do not apply migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub loops: LoopsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and only its hash is kept.
+    Create {
+        /// Letters, digits, '.', '_' and '-' (e.g. ci-bot).
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,9 @@ mod ingest;
 mod init;
 mod items;
 mod project;
+mod serve;
 mod status;
+mod token;
 mod worker;
 
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use std::process::ExitCode;
 
 use damascus_db::{Database, PoolSettings, Target};
 
-use crate::cli::{BenchCommand, Command, DbCommand, ProjectCommand};
+use crate::cli::{BenchCommand, Command, DbCommand, ProjectCommand, TokenCommand};
 
 pub async fn dispatch(
     command: Command,
@@ -31,6 +33,11 @@ pub async fn dispatch(
         Command::Ingest(args) => ingest::run(&target, args).await,
         Command::Items(args) => items::list(&target, args).await,
         Command::Show { id } => items::show(&target, id).await,
+        Command::Run(args) => serve::run(&target, &data_dir, *args).await,
+        Command::Serve(args) => serve::serve(&target, args).await,
+        Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,
+        Command::Token(TokenCommand::List) => token::list(&target).await,
+        Command::Token(TokenCommand::Revoke { name }) => token::revoke(&target, &name).await,
         Command::Worker(args) => worker::worker(&target, &data_dir, *args).await,
         Command::Cycle(args) => worker::cycle(&target, &data_dir, *args).await,
         Command::Demo => demo::run(&target, &data_dir).await,

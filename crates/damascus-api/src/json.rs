@@ -1,0 +1,234 @@
+//! The JSON shapes of the API (stable field names; docs/API.md lists them) and the
+//! extractors that turn every malformed request into a JSON error that says what was
+//! wrong.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use damascus_db::events::Event;
+use damascus_db::items::{CostLine, HumanIssue, WorkItem};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ApiError;
+
+/// A JSON body; a malformed one is a 400/413/415/422 with a JSON error.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status.as_u16() {
+                    413 => "too_large",
+                    415 => "unsupported_media_type",
+                    422 => "invalid",
+                    _ => "bad_request",
+                };
+                let hint = match status.as_u16() {
+                    413 => format!(" (the limit is {} bytes)", crate::MAX_BODY_BYTES),
+                    415 => " (send 'Content-Type: application/json')".to_owned(),
+                    _ => String::new(),
+                };
+                Err(ApiError::new(
+                    status,
+                    code,
+                    format!("{}{hint}", rejection.body_text()),
+                ))
+            }
+        }
+    }
+}
+
+/// Query parameters; bad ones are a 400 with a JSON error.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r| ApiError::bad_request(r.body_text()))
+    }
+}
+
+/// A numeric id in the path; anything else is a 400 with a JSON error.
+pub struct ApiId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::bad_request(r.body_text()))?;
+        match raw.parse::<i64>() {
+            Ok(id) if id >= 1 => Ok(ApiId(id)),
+            _ => Err(ApiError::bad_request(format!(
+                "{raw:?} is not an id; ids are positive integers"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestBody {
+    pub project: String,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    pub answer: String,
+    #[serde(default)]
+    pub answered_by: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Attempts {
+    pub phase: i32,
+    pub total: i32,
+    pub max_per_phase: i32,
+    pub max_total: i32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemJson {
+    pub id: i64,
+    pub project: String,
+    pub title: String,
+    pub body: String,
+    pub phase: String,
+    pub resume_phase: Option<String>,
+    pub spec: Option<Value>,
+    pub test_command: Option<String>,
+    pub branch: Option<String>,
+    pub pr_url: Option<String>,
+    pub attempts: Attempts,
+    pub cost_usd: f64,
+    pub cost_budget_usd: Option<f64>,
+    pub last_verdict: Option<String>,
+    pub last_verdict_reason: Option<String>,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub phase_entered_at: DateTime<Utc>,
+}
+
+impl From<WorkItem> for ItemJson {
+    fn from(i: WorkItem) -> ItemJson {
+        ItemJson {
+            id: i.id,
+            project: i.project,
+            title: i.title,
+            body: i.body,
+            phase: i.phase.to_string(),
+            resume_phase: i.resume_phase.map(|p| p.to_string()),
+            spec: i.spec,
+            test_command: i.test_command,
+            branch: i.branch,
+            pr_url: i.pr_url,
+            attempts: Attempts {
+                phase: i.phase_attempts,
+                total: i.attempts_total,
+                max_per_phase: i.max_attempts_per_phase,
+                max_total: i.max_attempts_total,
+            },
+            cost_usd: i.cost_usd,
+            cost_budget_usd: i.cost_budget_usd,
+            last_verdict: i.last_verdict.map(|v| v.to_string()),
+            last_verdict_reason: i.last_verdict_reason,
+            source: i.source,
+            created_at: i.created_at,
+            updated_at: i.updated_at,
+            phase_entered_at: i.phase_entered_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventJson {
+    pub id: i64,
+    pub item_id: Option<i64>,
+    pub kind: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Event> for EventJson {
+    fn from(e: Event) -> EventJson {
+        EventJson {
+            id: e.id,
+            item_id: e.item_id,
+            kind: e.kind,
+            payload: e.payload,
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct HumanIssueJson {
+    pub id: i64,
+    pub item_id: i64,
+    pub phase: String,
+    pub question: String,
+    pub context: String,
+    pub status: String,
+    pub answer: Option<String>,
+    pub answered_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl From<HumanIssue> for HumanIssueJson {
+    fn from(h: HumanIssue) -> HumanIssueJson {
+        HumanIssueJson {
+            id: h.id,
+            item_id: h.item_id,
+            phase: h.phase.to_string(),
+            question: h.question,
+            context: h.context,
+            status: h.status.to_string(),
+            answer: h.answer,
+            answered_by: h.answered_by,
+            created_at: h.created_at,
+            resolved_at: h.resolved_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CostJson {
+    pub phase: String,
+    pub model: String,
+    pub calls: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub usd: f64,
+}
+
+impl From<CostLine> for CostJson {
+    fn from(c: CostLine) -> CostJson {
+        CostJson {
+            phase: c.phase.to_string(),
+            model: c.model,
+            calls: c.calls,
+            tokens_in: c.tokens_in,
+            tokens_out: c.tokens_out,
+            usd: c.usd,
+        }
+    }
+}

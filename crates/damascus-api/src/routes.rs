@@ -1,0 +1,360 @@
+//! The handlers. Each validates what the client sent, calls one `damascus-db` service
+//! function (the same the CLI and the MCP server call), and shapes the answer.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use damascus_core::{HumanIssueStatus, Phase, ProjectName, Story};
+use damascus_db::items::{self, ItemFilter};
+use damascus_db::{events, human, migrate, status};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::json::{
+    AnswerBody, ApiId, ApiJson, ApiQuery, CostJson, EventJson, HumanIssueJson, IngestBody, ItemJson,
+};
+use crate::{ApiError, AppState};
+
+const UI: &str = include_str!("../assets/index.html");
+const OPENAPI: &str = include_str!("../assets/openapi.json");
+
+pub async fn ui() -> Html<&'static str> {
+    Html(UI)
+}
+
+pub async fn openapi() -> Response {
+    ([("content-type", "application/json")], OPENAPI).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; the API is described at /v1/openapi.json")
+}
+
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let schema = migrate::schema_state(&state.pool).await?;
+    let version = match schema {
+        migrate::SchemaState::Current { version } => version,
+        migrate::SchemaState::Ahead { applied } => applied,
+        migrate::SchemaState::Behind { .. } | migrate::SchemaState::Empty => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "schema_behind",
+                "the database schema is not current; run: damascus init",
+            ))
+        }
+    };
+    Ok(Json(
+        json!({ "status": "ok", "database": "reachable", "schema_version": version }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemsQuery {
+    project: Option<String>,
+    phase: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+    group_by: Option<String>,
+}
+
+pub async fn list_items(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ItemsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let phase = q
+        .phase
+        .as_deref()
+        .map(str::parse::<Phase>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request(format!(
+            "offset must not be negative, got {offset}"
+        )));
+    }
+    let filter = ItemFilter {
+        project: q.project.clone(),
+        phase,
+        limit,
+        offset,
+    };
+    let list = items::list_items(&state.pool, &filter)
+        .await
+        .map_err(|e| match e {
+            damascus_db::DbError::ProjectNotFound(_) => ApiError::not_found(e.to_string()),
+            other => other.into(),
+        })?;
+    let list: Vec<ItemJson> = list.into_iter().map(ItemJson::from).collect();
+    match q.group_by.as_deref() {
+        None => Ok(Json(
+            json!({ "items": list, "limit": limit, "offset": offset }),
+        )),
+        Some("project") => {
+            let mut groups: BTreeMap<String, Vec<ItemJson>> = BTreeMap::new();
+            for item in list {
+                groups.entry(item.project.clone()).or_default().push(item);
+            }
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(project, items)| {
+                    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                    for item in &items {
+                        *counts.entry(item.phase.clone()).or_default() += 1;
+                    }
+                    json!({ "project": project, "count": items.len(), "phases": counts, "items": items })
+                })
+                .collect();
+            Ok(Json(
+                json!({ "groups": groups, "limit": limit, "offset": offset }),
+            ))
+        }
+        Some(other) => Err(ApiError::bad_request(format!(
+            "group_by {other:?} is not supported; use group_by=project"
+        ))),
+    }
+}
+
+pub async fn ingest(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<IngestBody>,
+) -> Result<Response, ApiError> {
+    let project = ProjectName::parse(&body.project)
+        .map_err(|e| ApiError::unprocessable(format!("project: {e}")))?;
+    let story =
+        Story::new(&body.title, &body.body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let item = items::ingest(&state.pool, &project, &story, "api").await?;
+    Ok((StatusCode::CREATED, Json(ItemJson::from(item))).into_response())
+}
+
+pub async fn get_item(
+    State(state): State<AppState>,
+    ApiId(id): ApiId,
+) -> Result<Json<Value>, ApiError> {
+    let item = items::get_item(&state.pool, id).await?;
+    let timeline: Vec<EventJson> = events::for_item(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(EventJson::from)
+        .collect();
+    let issues: Vec<HumanIssueJson> = items::human_issues_for_item(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(HumanIssueJson::from)
+        .collect();
+    let costs: Vec<CostJson> = items::costs_for_item(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(CostJson::from)
+        .collect();
+    let attempts: Vec<&EventJson> = timeline
+        .iter()
+        .filter(|e| e.kind == "item.phase_changed")
+        .collect();
+    Ok(Json(json!({
+        "item": ItemJson::from(item),
+        "attempts": attempts,
+        "costs": costs,
+        "events": timeline,
+        "human_issues": issues,
+    })))
+}
+
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let s = status::stats(&state.pool).await?;
+    let mut per_project: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for (project, phase, n) in &s.per_project_phase {
+        per_project
+            .entry(project.clone())
+            .or_default()
+            .insert(phase.to_string(), *n);
+    }
+    let per_phase: BTreeMap<String, i64> = s
+        .overview
+        .items_per_phase
+        .iter()
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    Ok(Json(json!({
+        "items_per_phase": per_phase,
+        "items_per_project": per_project,
+        "queue": {
+            "queued": s.overview.jobs_queued,
+            "running": s.overview.jobs_running,
+            "retry_wait": s.overview.jobs_retry_wait,
+            "dead": s.overview.jobs_dead,
+            "concurrency": s.overview.concurrency,
+        },
+        "open_human_issues": s.overview.open_human_issues,
+        "throughput": {
+            "transitions_last_hour": s.transitions_last_hour,
+            "transitions_last_day": s.transitions_last_day,
+            "merged_last_hour": s.merged_last_hour,
+            "merged_last_day": s.merged_last_day,
+        },
+        "cost_usd": { "last_hour": s.cost_last_hour_usd, "last_day": s.cost_last_day_usd },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuesQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list_human_issues(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<IssuesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<HumanIssueStatus>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 500, got {limit}"
+        )));
+    }
+    let issues: Vec<HumanIssueJson> = items::list_human_issues(&state.pool, status, limit)
+        .await?
+        .into_iter()
+        .map(HumanIssueJson::from)
+        .collect();
+    Ok(Json(json!({ "human_issues": issues })))
+}
+
+pub async fn answer(
+    State(state): State<AppState>,
+    ApiId(id): ApiId,
+    ApiJson(body): ApiJson<AnswerBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.answer.trim().is_empty() {
+        return Err(ApiError::unprocessable(
+            "answer is empty; write what the item should do",
+        ));
+    }
+    let by = body.answered_by.unwrap_or_else(|| "api".into());
+    let answered = human::answer(&state.pool, id, &body.answer, &by).await?;
+    Ok(Json(json!({
+        "human_issue": HumanIssueJson::from(answered.issue),
+        "resumed_in": answered.resumed_in.map(|p| p.to_string()),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<i64>,
+}
+
+/// Server-Sent Events from the outbox, oldest first, resumable: a client that
+/// reconnects with `Last-Event-ID` (or `?after=ID`) gets exactly what it missed.
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let from_header = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Last-Event-ID must be an event id (an integer)")
+                })?,
+        ),
+        None => None,
+    };
+    let mut last = match from_header.or(q.after) {
+        Some(id) => id,
+        None => events::latest_id(&state.pool).await?,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        loop {
+            match events::after(&pool, last, 200).await {
+                Ok(batch) => {
+                    for event in batch {
+                        last = event.id;
+                        let id = event.id.to_string();
+                        let kind = event.kind.clone();
+                        let data =
+                            serde_json::to_string(&EventJson::from(event)).unwrap_or_default();
+                        let sse = SseEvent::default().id(id).event(kind).data(data);
+                        if sender.send(Ok(sse)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream cannot read the outbox; retrying")
+                }
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default()))
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let s = status::stats(&state.pool).await?;
+    let workers = status::workers(&state.pool).await?;
+    let mut out = String::new();
+    out.push_str("# HELP damascus_items Work items per phase.\n# TYPE damascus_items gauge\n");
+    for (phase, n) in &s.overview.items_per_phase {
+        out.push_str(&format!("damascus_items{{phase=\"{phase}\"}} {n}\n"));
+    }
+    out.push_str("# HELP damascus_jobs Queue jobs per state.\n# TYPE damascus_jobs gauge\n");
+    for (state, n) in [
+        ("queued", s.overview.jobs_queued),
+        ("running", s.overview.jobs_running),
+        ("retry_wait", s.overview.jobs_retry_wait),
+        ("dead", s.overview.jobs_dead),
+    ] {
+        out.push_str(&format!("damascus_jobs{{state=\"{state}\"}} {n}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP damascus_concurrency The global cap on running phases.\n# TYPE damascus_concurrency gauge\ndamascus_concurrency {}\n",
+        s.overview.concurrency
+    ));
+    out.push_str(&format!(
+        "# HELP damascus_workers_live Worker processes with a recent heartbeat.\n# TYPE damascus_workers_live gauge\ndamascus_workers_live {}\n",
+        workers.iter().filter(|w| w.alive).count()
+    ));
+    out.push_str(&format!(
+        "# HELP damascus_human_issues_open Questions waiting for a person.\n# TYPE damascus_human_issues_open gauge\ndamascus_human_issues_open {}\n",
+        s.overview.open_human_issues
+    ));
+    out.push_str(&format!(
+        "# HELP damascus_transitions_last_hour Phase transitions in the last hour.\n# TYPE damascus_transitions_last_hour gauge\ndamascus_transitions_last_hour {}\n",
+        s.transitions_last_hour
+    ));
+    out.push_str(&format!(
+        "# HELP damascus_cost_usd_last_day Spending in the last day.\n# TYPE damascus_cost_usd_last_day gauge\ndamascus_cost_usd_last_day {}\n",
+        s.cost_last_day_usd
+    ));
+    Ok(([("content-type", "text/plain; version=0.0.4")], out).into_response())
+}
