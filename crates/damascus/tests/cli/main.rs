@@ -2,6 +2,7 @@
 //! test binary so every test shares the harness's cluster.
 
 mod bad_input;
+mod browser;
 mod embedded;
 mod flow;
 mod loops;
