@@ -285,7 +285,31 @@ impl EmbeddedCluster {
             true
         };
         if self.is_running()? {
-            return Ok(StartOutcome::AlreadyRunning);
+            let socket = self
+                .layout
+                .socket_dir
+                .join(format!(".s.PGSQL.{SOCKET_PORT}"));
+            if socket.exists() {
+                return Ok(StartOutcome::AlreadyRunning);
+            }
+            // Running but unreachable: its socket file was deleted (a /tmp cleaner, a
+            // person). Only a restart makes the server create it again.
+            tracing::warn!(socket = %socket.display(), "the server's socket is gone; restarting it");
+            let out = self.run_as_server(
+                "pg_ctl",
+                &[
+                    "stop",
+                    "-D",
+                    &path_arg(&self.layout.pgdata),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-s",
+                ],
+            )?;
+            check("pg_ctl stop", &out)?;
         }
         self.write_settings()?;
         self.start()?;

@@ -63,6 +63,17 @@ async fn start_reuse_crash_and_stop() {
     assert_eq!(again, StartOutcome::Started { initialized: false });
     assert!(answers(&cluster).await);
 
+    // A running server whose socket file was deleted is restarted, not reported as fine.
+    std::fs::remove_file(cluster.layout.socket_dir.join(".s.PGSQL.5432")).unwrap();
+    assert!(!answers(&cluster).await);
+    let c = cluster.clone();
+    let revived = tokio::task::spawn_blocking(move || c.ensure_running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revived, StartOutcome::Started { initialized: false });
+    assert!(answers(&cluster).await);
+
     assert_eq!(cluster.stop().unwrap(), StopOutcome::Stopped);
     assert!(!answers(&cluster).await);
     assert_eq!(cluster.stop().unwrap(), StopOutcome::NotRunning);

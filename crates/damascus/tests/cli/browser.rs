@@ -17,11 +17,18 @@ use damascus_testdb::TestDatabase;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -45,17 +52,25 @@ async fn the_web_ui_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let remote = dir.path().join("remote.git");
-    init_bare_with_files(&remote, &[("README.md", "ui test\n")], &Identity::default()).await.unwrap();
+    init_bare_with_files(&remote, &[("README.md", "ui test\n")], &Identity::default())
+        .await
+        .unwrap();
     let agent = dir.path().join("agent.sh");
     std::fs::write(&agent, include_str!("../../../../examples/demo-agent.sh")).unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut project = NewProject::local(ProjectName::parse("web").unwrap(), remote.to_string_lossy());
+    let mut project =
+        NewProject::local(ProjectName::parse("web").unwrap(), remote.to_string_lossy());
     project.spec_mode = SpecMode::Passthrough;
     project.agent_command = Some(vec![agent.to_string_lossy().into_owned()]);
     project.max_attempts_per_phase = 2;
     project.max_attempts_total = 3;
-    damascus_db::projects::add_project(&db.pool, &project).await.unwrap();
-    let token = damascus_db::tokens::create(&db.pool, "browser").await.unwrap().token;
+    damascus_db::projects::add_project(&db.pool, &project)
+        .await
+        .unwrap();
+    let token = damascus_db::tokens::create(&db.pool, "browser")
+        .await
+        .unwrap()
+        .token;
 
     let port = free_port();
     let mut server = Command::new(assert_cmd::cargo::cargo_bin("damascus"))
@@ -64,15 +79,29 @@ async fn the_web_ui_in_headless_chromium() {
         .env("HOME", dir.path())
         .env("DATABASE_URL", &db.url)
         .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--concurrency", "2", "--poll-secs", "1"])
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--concurrency",
+            "2",
+            "--poll-secs",
+            "1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "damascus run did not listen");
-        assert!(server.try_wait().unwrap().is_none(), "damascus run exited early");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "damascus run did not listen"
+        );
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "damascus run exited early"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -98,8 +127,16 @@ async fn the_web_ui_in_headless_chromium() {
         String::from_utf8_lossy(&outcome.stdout),
         String::from_utf8_lossy(&outcome.stderr)
     );
-    assert!(stopped.success(), "damascus run did not stop cleanly: {stopped}");
-    for shot in ["1-item-appeared.png", "2-merged.png", "3-question.png", "4-answered.png"] {
+    assert!(
+        stopped.success(),
+        "damascus run did not stop cleanly: {stopped}"
+    );
+    for shot in [
+        "1-item-appeared.png",
+        "2-merged.png",
+        "3-question.png",
+        "4-answered.png",
+    ] {
         assert!(artifacts.join(shot).exists(), "missing screenshot {shot}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `damascus` binary, run as a user would run it, against a real PostgreSQL: one
 //! test binary so every test shares the harness's cluster.
 
+mod api;
 mod bad_input;
 mod browser;
 mod embedded;
