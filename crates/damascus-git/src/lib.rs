@@ -1,11 +1,12 @@
 //! damascus-git runs the git command line for the forge and the loops.
 //!
-//! Why the CLI and not gix: the operations Damascus needs are worktrees, merges with
-//! conflict detection, pushes to a remote and notes; gix covers reading well but not
-//! these writes yet (docs/ARCHITECTURE.md keeps this list). Every call passes argv
-//! directly (no shell), text that came from a story (commit messages, comments) goes
-//! through stdin, and git runs with a clean environment so no user configuration or
-//! credential helper changes what it does.
+//! Reads (resolving a revision, ancestry) go through gix, in-process, with an isolated
+//! configuration. Writes go through the git command line, because gix does not cover
+//! them yet: clone, fetch, worktrees, commits, pushes, merges with conflict detection,
+//! compare-and-swap ref updates and notes (docs/ARCHITECTURE.md keeps this list). Every
+//! git call passes argv directly (no shell), text that came from a story (commit
+//! messages, comments) goes through stdin, and git runs with a clean environment so no
+//! user configuration or credential helper changes what it does.
 //!
 //! Architecture invariant: no database, no HTTP; only this crate starts `git`.
 
@@ -19,6 +20,8 @@ use tokio::process::Command;
 pub enum GitError {
     #[error("cannot run git ({0}); install git (Debian/Ubuntu: apt-get install git)")]
     Spawn(std::io::Error),
+    #[error("cannot read the repository in {dir}: {detail}")]
+    Read { dir: PathBuf, detail: String },
     #[error("git {args} failed in {dir}: {stderr}")]
     Failed {
         args: String,
@@ -29,6 +32,13 @@ pub enum GitError {
 }
 
 pub type GitResult<T> = Result<T, GitError>;
+
+fn read_error(dir: &Path, e: impl std::fmt::Display) -> GitError {
+    GitError::Read {
+        dir: dir.to_path_buf(),
+        detail: redact_credentials(&e.to_string()),
+    }
+}
 
 /// Who commits and merges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,33 +141,45 @@ impl Git {
         }
     }
 
-    /// `git rev-parse --verify REV^{commit}`, or `None` when it does not exist.
+    /// Opens the repository with gix, ignoring user and system configuration as the
+    /// git command line here does.
+    fn open_for_reading(&self) -> GitResult<gix::Repository> {
+        gix::open_opts(&self.dir, gix::open::Options::isolated())
+            .map_err(|e| read_error(&self.dir, e))
+    }
+
+    /// The commit `rev` names, or `None` when it names none (like
+    /// `git rev-parse --verify --quiet REV^{commit}`).
     pub async fn resolve(&self, rev: &str) -> GitResult<Option<String>> {
-        match self
-            .run(&[
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{rev}^{{commit}}"),
-            ])
-            .await
-        {
-            Ok(sha) => Ok(Some(sha)),
-            Err(GitError::Failed { code: Some(1), .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let git = self.clone();
+        let rev = rev.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let repo = git.open_for_reading()?;
+            Ok(resolve_commit(&repo, &rev).map(|id| id.to_string()))
+        })
+        .await
+        .expect("the read task does not panic")
     }
 
     /// Whether `ancestor` is an ancestor of (or equal to) `descendant`.
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> GitResult<bool> {
-        match self
-            .run(&["merge-base", "--is-ancestor", ancestor, descendant])
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(GitError::Failed { code: Some(1), .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let git = self.clone();
+        let (ancestor, descendant) = (ancestor.to_owned(), descendant.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let repo = git.open_for_reading()?;
+            let missing = |rev: &str| read_error(&git.dir, format!("{rev} names no commit"));
+            let one = resolve_commit(&repo, &ancestor).ok_or_else(|| missing(&ancestor))?;
+            let two = resolve_commit(&repo, &descendant).ok_or_else(|| missing(&descendant))?;
+            if one == two {
+                return Ok(true);
+            }
+            match repo.merge_base(one, two) {
+                Ok(base) => Ok(base.is_some_and(|base| base.detach() == one)),
+                Err(e) => Err(read_error(&git.dir, e)),
+            }
+        })
+        .await
+        .expect("the read task does not panic")
     }
 
     /// Stages everything and commits with `message` (from stdin); `None` when there was
@@ -175,6 +197,12 @@ impl Git {
         .await?;
         Ok(Some(self.run(&["rev-parse", "HEAD"]).await?))
     }
+}
+
+fn resolve_commit(repo: &gix::Repository, rev: &str) -> Option<gix::ObjectId> {
+    let id = repo.rev_parse_single(rev).ok()?;
+    let commit = id.object().ok()?.peel_to_commit().ok()?;
+    Some(commit.id)
 }
 
 /// Masks the user-info part of every URL in `text` (`https://user:token@host/…` →
