@@ -9,7 +9,7 @@
 
 mod auth;
 mod error;
-mod json;
+pub mod json;
 mod routes;
 
 use std::net::SocketAddr;

@@ -60,6 +60,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Serve the HTTP API and web UI only (no workers).
     Serve(ServeArgs),
+    /// The MCP server on stdio, for Claude Desktop, Claude Code or any MCP client
+    /// (tools: ingest_story, answer_question, list_items, get_item, list_human_issues).
+    Mcp,
     /// Manage API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),

@@ -7,6 +7,7 @@ mod human;
 mod ingest;
 mod init;
 mod items;
+mod mcp;
 mod project;
 mod serve;
 mod status;
@@ -34,6 +35,7 @@ pub async fn dispatch(
         Command::Items(args) => items::list(&target, args).await,
         Command::Show { id } => items::show(&target, id).await,
         Command::Run(args) => serve::run(&target, &data_dir, *args).await,
+        Command::Mcp => mcp::run(&target).await,
         Command::Serve(args) => serve::serve(&target, args).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,
         Command::Token(TokenCommand::List) => token::list(&target).await,

@@ -7,6 +7,7 @@ mod browser;
 mod embedded;
 mod flow;
 mod loops;
+mod mcp;
 
 use std::path::Path;
 use std::process::Output;
