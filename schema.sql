@@ -875,6 +875,12 @@ CREATE TABLE public.events_outbox (
     payload jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     delivered_at timestamp with time zone,
+    delivery_attempts integer DEFAULT 0 NOT NULL,
+    next_delivery_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_delivery_error text,
+    dead_at timestamp with time zone,
+    CONSTRAINT events_outbox_delivered_or_dead CHECK (((delivered_at IS NULL) OR (dead_at IS NULL))),
+    CONSTRAINT events_outbox_delivery_attempts_non_negative CHECK ((delivery_attempts >= 0)),
     CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z_]+(\.[a-z_]+)+$'::text)),
     CONSTRAINT events_outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
@@ -986,7 +992,7 @@ CREATE INDEX cost_ledger_item_idx ON public.cost_ledger USING btree (item_id);
 
 CREATE INDEX events_outbox_item_idx ON public.events_outbox USING btree (item_id, id);
 
-CREATE INDEX events_outbox_undelivered_idx ON public.events_outbox USING btree (id) WHERE (delivered_at IS NULL);
+CREATE INDEX events_outbox_pending_idx ON public.events_outbox USING btree (next_delivery_at, id) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL));
 
 CREATE UNIQUE INDEX human_issues_one_open_per_item_idx ON public.human_issues USING btree (item_id) WHERE (status = 'open'::public.human_issue_status);
 

@@ -16,6 +16,10 @@ use damascus_core::{ForgeKind, Phase, SpecMode};
 pub struct Args {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A TOML configuration file; its keys are the settings' names (see docs/OPERATIONS.md).
+    /// Flags and environment variables override it.
+    #[arg(long, global = true, env = "DAMASCUS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -63,6 +67,9 @@ pub enum Command {
     /// The MCP server on stdio, for Claude Desktop, Claude Code or any MCP client
     /// (tools: ingest_story, answer_question, list_items, get_item, list_human_issues).
     Mcp,
+    /// Check the configuration (file, environment, flags) and print it, secrets masked.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Manage API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -119,16 +126,16 @@ pub struct BenchQueueArgs {
 pub struct QueueArgs {
     /// The GLOBAL cap: phases running at once across every worker on this database.
     /// Giving it sets it for all workers; without it the cap in force stays (4 at first).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "DAMASCUS_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: Option<u32>,
     /// Seconds a claim lasts without a keep-alive (a killed worker's job runs again after this).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    #[arg(long, env = "DAMASCUS_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub lease_secs: u64,
     /// Seconds between safety-net polls (NOTIFY wakes workers sooner).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "DAMASCUS_POLL_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub poll_secs: u64,
     /// On SIGTERM, seconds running phases may take to finish before their jobs are released.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    #[arg(long, env = "DAMASCUS_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub grace_secs: u64,
 }
 
@@ -195,12 +202,24 @@ pub struct RunArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Do not apply migrations at start.
-    #[arg(long)]
+    #[arg(long, env = "DAMASCUS_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// Webhook URLs that receive every event of the outbox (comma-separated).
+    #[arg(long = "webhook", env = "DAMASCUS_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+    /// Days to keep delivered events, and the agents' and tests' logs.
+    #[arg(long, env = "DAMASCUS_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub retention_days: u32,
     #[command(flatten)]
     pub queue: QueueArgs,
     #[command(flatten)]
     pub loops: LoopsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate every setting `damascus run` would use and print the effective values.
+    Check(Box<RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]

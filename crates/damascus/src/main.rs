@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod config_file;
 mod settings;
 mod table;
 
@@ -13,6 +14,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if let Err(err) = config_file::load_before_parsing() {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(2);
+    }
     let args = cli::Args::parse();
     settings::init_logging(args.verbose);
     match run(args) {
@@ -30,5 +35,10 @@ fn run(args: cli::Args) -> anyhow::Result<ExitCode> {
         .build()?;
     let target = settings::database_target(&args.database)?;
     let data_dir = settings::data_dir(&args.database)?;
-    runtime.block_on(commands::dispatch(args.command, target, data_dir))
+    runtime.block_on(commands::dispatch(
+        args.command,
+        target,
+        data_dir,
+        args.config,
+    ))
 }

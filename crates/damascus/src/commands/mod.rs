@@ -1,6 +1,7 @@
 //! One module per command. Each takes plain settings, calls the libraries and prints.
 
 mod bench;
+mod config;
 mod db;
 mod demo;
 mod human;
@@ -19,12 +20,13 @@ use std::process::ExitCode;
 
 use damascus_db::{Database, PoolSettings, Target};
 
-use crate::cli::{BenchCommand, Command, DbCommand, ProjectCommand, TokenCommand};
+use crate::cli::{BenchCommand, Command, ConfigCommand, DbCommand, ProjectCommand, TokenCommand};
 
 pub async fn dispatch(
     command: Command,
     target: Target,
     data_dir: PathBuf,
+    config: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init => init::run(&target).await,
@@ -35,6 +37,9 @@ pub async fn dispatch(
         Command::Items(args) => items::list(&target, args).await,
         Command::Show { id } => items::show(&target, id).await,
         Command::Run(args) => serve::run(&target, &data_dir, *args).await,
+        Command::Config(ConfigCommand::Check(args)) => {
+            config::check(&target, &data_dir, config.as_deref(), *args)
+        }
         Command::Mcp => mcp::run(&target).await,
         Command::Serve(args) => serve::serve(&target, args).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,

@@ -65,6 +65,13 @@ pub async fn serve(target: &Target, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
+    crate::commands::config::validate_webhooks(&args.webhooks)?;
+    let webhooks: Vec<String> = args
+        .webhooks
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
     let loops = Loops::new(settings::loops_config(&args.loops, data_dir)?)?;
     let db = damascus_db::open(target, PoolSettings::default()).await?;
     if args.no_migrate {
@@ -98,9 +105,28 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
     let api = tokio::spawn(damascus_api::serve(listener, state, async move {
         api_stop.cancelled().await
     }));
+    let relay = (!webhooks.is_empty()).then(|| {
+        damascus_relay::WebhookRelay::start(
+            db.pool.clone(),
+            damascus_relay::RelayConfig::new(webhooks.clone()),
+        )
+    });
+    let retention = damascus_relay::Retention::start(
+        db.pool.clone(),
+        damascus_relay::RetentionConfig {
+            age: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
+            interval: std::time::Duration::from_secs(3600),
+            logs_dir: data_dir.join("logs"),
+            relay_enabled: relay.is_some(),
+        },
+    );
     stop.cancelled().await;
     eprintln!("stopping: no new claims; running phases get their grace period");
     let summary = workers.shutdown().await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    retention.stop().await;
     api.await??;
     println!("{summary}");
     Ok(())

@@ -63,3 +63,107 @@ async fn serve_refusals() {
         &["cannot listen on"],
     );
 }
+
+#[test]
+fn config_files_and_settings_are_checked_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let good = file(
+        "good.toml",
+        "concurrency = 6\nretention_days = 7\nwebhooks = [\"https://hooks.example.com/T0/secret\"]\n[llm]\nbase_url = \"http://litellm:4000/v1\"\nmodel = \"m\"\napi_key = \"sk-hidden\"\n",
+    );
+    let out = crate::ok(
+        crate::damascus()
+            .env("DATABASE_URL", "postgresql://app:pw@db/x")
+            .args(["--config", &good, "config", "check"])
+            .output()
+            .unwrap(),
+    );
+    for needle in [
+        "concurrency      6",
+        "retention_days   7",
+        "llm.api_key      *** (set)",
+        "https://hooks.example.com/***",
+        "app:***@db",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    assert!(
+        !out.contains("sk-hidden") && !out.contains("secret") && !out.contains(":pw@"),
+        "{out}"
+    );
+    // The environment overrides the file.
+    let out = crate::ok(
+        crate::damascus()
+            .env("DAMASCUS_CONCURRENCY", "9")
+            .args(["--config", &good, "config", "check"])
+            .output()
+            .unwrap(),
+    );
+    assert!(out.contains("concurrency      9"), "{out}");
+
+    let cases: &[(&str, &str, i32, &[&str])] = &[
+        (
+            "typo.toml",
+            "concurency = 6\n",
+            2,
+            &["unknown field `concurency`", "expected one of"],
+        ),
+        (
+            "range.toml",
+            "concurrency = 0\n",
+            2,
+            &["concurrency must be between 1 and 1024"],
+        ),
+        (
+            "listen.toml",
+            "listen = \"everywhere\"\n",
+            2,
+            &["listen \"everywhere\" is not an address"],
+        ),
+        (
+            "hook.toml",
+            "webhooks = [\"ftp://x\"]\n",
+            2,
+            &["webhooks", "http:// or https://"],
+        ),
+        (
+            "llm.toml",
+            "[llm]\ntimeout_secs = 0\n",
+            2,
+            &["llm.timeout_secs"],
+        ),
+        ("syntax.toml", "concurrency = \n", 2, &["TOML parse error"]),
+    ];
+    for (name, text, code, needles) in cases {
+        let path = file(name, text);
+        crate::refused(
+            crate::damascus()
+                .args(["--config", &path, "config", "check"])
+                .output()
+                .unwrap(),
+            *code,
+            needles,
+        );
+    }
+    crate::refused(
+        crate::damascus()
+            .args(["--config", "/nonexistent.toml", "status"])
+            .output()
+            .unwrap(),
+        2,
+        &["cannot read the configuration file /nonexistent.toml"],
+    );
+    crate::refused(
+        crate::damascus()
+            .args(["config", "check", "--webhook", "mailto:x"])
+            .output()
+            .unwrap(),
+        1,
+        &["DAMASCUS_WEBHOOKS", "http:// or https://"],
+    );
+}

@@ -28,6 +28,10 @@ pub fn damascus() -> Command {
         "DAMASCUS_LLM_API_KEY",
         "DAMASCUS_LLM_PRICES",
         "DAMASCUS_GIT_AUTHOR",
+        "DAMASCUS_CONFIG",
+        "DAMASCUS_CONCURRENCY",
+        "DAMASCUS_WEBHOOKS",
+        "DAMASCUS_LISTEN",
     ] {
         cmd.env_remove(name);
     }
