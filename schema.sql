@@ -229,6 +229,9 @@ begin
     if exists (select 1 from damascus_jobs where item_id = new.id) then
         return null;
     end if;
+    if exists (select 1 from projects where id = new.project_id and paused) then
+        return null;
+    end if;
     select job_attempts into v_attempts from damascus_queue_settings;
     perform mq_insert(array[(
         v_job, interval '0', v_attempts - 1, interval '1 second',

@@ -59,7 +59,7 @@ impl From<DbError> for ApiError {
                 ApiError::not_found(e.to_string())
             }
             DbError::ProjectNotFound(_) => ApiError::unprocessable(e.to_string()),
-            DbError::HumanIssueClosed { .. } => {
+            DbError::HumanIssueClosed { .. } | DbError::Conflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             DbError::Constraint(_) => ApiError::unprocessable(e.to_string()),

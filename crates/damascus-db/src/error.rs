@@ -40,6 +40,8 @@ pub enum DbError {
     TokenExists(String),
     #[error("no active token named {0:?}; list them with: damascus token list")]
     TokenNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database refused the change: {0}")]
     Constraint(String),
     #[error("database error")]

@@ -459,7 +459,8 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
     reaped.respawned = sqlx::query(
         "update work_items i set updated_at = now()
          where i.phase in ('spec', 'build', 'review')
-           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)",
+           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+           and not exists (select 1 from projects p where p.id = i.project_id and p.paused)",
     )
     .execute(pool)
     .await?

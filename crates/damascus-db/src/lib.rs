@@ -15,6 +15,7 @@ pub mod human;
 pub mod items;
 pub mod jobs;
 pub mod migrate;
+pub mod operator;
 pub mod outbox;
 pub mod pg_bin;
 pub mod projects;

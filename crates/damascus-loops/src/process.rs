@@ -66,19 +66,35 @@ impl Drop for GroupGuard {
     }
 }
 
-async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+/// The log file both streams append to as output arrives, so `damascus logs --follow`
+/// shows a phase live.
+type SharedLog = std::sync::Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>;
+
+async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin, log: SharedLog) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let mut dropped = 0usize;
     loop {
         match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(n) if kept.len() + n <= KEEP_BYTES => kept.extend_from_slice(&chunk[..n]),
-            Ok(n) => dropped += n,
+            Ok(n) => {
+                if let Some(file) = log.lock().await.as_mut() {
+                    let _ = file.write_all(&chunk[..n]).await;
+                    let _ = file.flush().await;
+                }
+                if kept.len() + n <= KEEP_BYTES {
+                    kept.extend_from_slice(&chunk[..n]);
+                } else {
+                    dropped += n;
+                }
+            }
         }
     }
     if dropped > 0 {
-        kept.extend_from_slice(format!("\n[damascus: {dropped} more bytes not kept]\n").as_bytes());
+        kept.extend_from_slice(
+            format!("\n[damascus: {dropped} more bytes not kept in memory; see the log file]\n")
+                .as_bytes(),
+        );
     }
     kept
 }
@@ -116,8 +132,21 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let stdout = tokio::spawn(read_bounded(child.stdout.take().expect("stdout is piped")));
-    let stderr = tokio::spawn(read_bounded(child.stderr.take().expect("stderr is piped")));
+    let log_file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_file)
+        .await
+        .ok();
+    let log: SharedLog = std::sync::Arc::new(tokio::sync::Mutex::new(log_file));
+    let stdout = tokio::spawn(read_bounded(
+        child.stdout.take().expect("stdout is piped"),
+        log.clone(),
+    ));
+    let stderr = tokio::spawn(read_bounded(
+        child.stderr.take().expect("stderr is piped"),
+        log.clone(),
+    ));
     // Wait for the process itself, not for its pipes: a background process it left
     // behind may hold them open.
     let ended = tokio::select! {
@@ -139,44 +168,36 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         }
     };
     let (out, err) = tokio::join!(drain(stdout), drain(stderr));
-    let mut log = write_log(&spec.log_file, &out, &err).await;
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if !err.is_empty() {
+        text.push_str("\n--- stderr ---\n");
+        text.push_str(&String::from_utf8_lossy(&err));
+    }
+    let note = match ended {
+        Ok(code) => format!(
+            "\n[damascus: exited with {}]\n",
+            code.map(|c| c.to_string())
+                .unwrap_or_else(|| "a signal".into())
+        ),
+        Err(true) => "\n[damascus: cancelled]\n".to_owned(),
+        Err(false) => format!("\n[damascus: killed after {:?}]\n", spec.timeout),
+    };
+    if let Some(file) = log.lock().await.as_mut() {
+        let _ = file.write_all(note.as_bytes()).await;
+        let _ = file.flush().await;
+    }
     match ended {
         Ok(code) => Ok(ProcessEnd::Exited {
             code,
             stdout: String::from_utf8_lossy(&out).into_owned(),
-            tail: tail(&log),
+            tail: tail(&text),
         }),
         Err(true) => Ok(ProcessEnd::Cancelled),
         Err(false) => {
-            log.push_str(&format!("\n[damascus: killed after {:?}]", spec.timeout));
-            let _ = write_log(
-                &spec.log_file,
-                format!("[damascus: killed after {:?}]\n", spec.timeout).as_bytes(),
-                b"",
-            )
-            .await;
-            Ok(ProcessEnd::TimedOut { tail: tail(&log) })
+            text.push_str(note.trim_end());
+            Ok(ProcessEnd::TimedOut { tail: tail(&text) })
         }
     }
-}
-
-async fn write_log(path: &PathBuf, out: &[u8], err: &[u8]) -> String {
-    let mut text = String::from_utf8_lossy(out).into_owned();
-    if !err.is_empty() {
-        text.push_str("\n--- stderr ---\n");
-        text.push_str(&String::from_utf8_lossy(err));
-    }
-    if let Ok(mut file) = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-    {
-        // tokio's File finishes writes in the background unless flushed.
-        let _ = file.write_all(text.as_bytes()).await;
-        let _ = file.flush().await;
-    }
-    text
 }
 
 /// The last `TAIL_BYTES` of `text`, cut at a character boundary.

@@ -111,6 +111,7 @@ fn from_db(e: DbError) -> Result<CallToolResult, ErrorData> {
         | DbError::ItemNotFound(_)
         | DbError::HumanIssueNotFound(_)
         | DbError::HumanIssueClosed { .. }
+        | DbError::Conflict(_)
         | DbError::Constraint(_) => refused(e.to_string()),
         other => {
             tracing::error!(error = %format!("{other:#}"), "MCP tool failed");

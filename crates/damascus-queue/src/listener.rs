@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 pub const QUEUE_CHANNEL: &str = "mq_damascus.advance";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+/// Listens on the queue channel (pokes `wake`) and the cancel channel (pokes `check`).
+pub async fn listen(pool: PgPool, wake: Arc<Notify>, check: Arc<Notify>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         // Register before the claim loop's next query, so no notification is missed.
@@ -36,6 +37,7 @@ pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 received = listener.try_recv() => match received {
+                    Ok(Some(n)) if n.channel() == damascus_db::operator::CANCEL_CHANNEL => check.notify_one(),
                     Ok(Some(_)) => wake.notify_one(),
                     Ok(None) => {
                         tracing::warn!("queue listener lost its connection; reconnecting");
@@ -53,6 +55,8 @@ pub async fn listen(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(QUEUE_CHANNEL).await?;
+    listener
+        .listen_all([QUEUE_CHANNEL, damascus_db::operator::CANCEL_CHANNEL])
+        .await?;
     Ok(listener)
 }

@@ -100,6 +100,8 @@ struct Shared {
     /// The phases running now, by claim token.
     running: Mutex<HashMap<Uuid, Running>>,
     wake: Arc<Notify>,
+    /// Poked when an item was cancelled: check the claims now, not at the next round.
+    check_claims: Arc<Notify>,
 }
 
 impl Shared {
@@ -162,6 +164,7 @@ impl WorkerPool {
             info,
             running: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
+            check_claims: Arc::new(Notify::new()),
         });
         let stop_claiming = CancellationToken::new();
         let main = tokio::spawn(main_loop(shared, stop_claiming.clone(), exit_when_idle));
@@ -223,6 +226,7 @@ async fn main_loop(
     helpers.spawn(listener::listen(
         shared.pool.clone(),
         shared.wake.clone(),
+        shared.check_claims.clone(),
         background.clone(),
     ));
     helpers.spawn(keep_alive_loop(shared.clone(), background.clone()));
@@ -465,6 +469,7 @@ async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(shared.config.keep_alive_every()) => {}
+            _ = shared.check_claims.notified() => {}
         }
         let claims: Vec<Uuid> = shared
             .running

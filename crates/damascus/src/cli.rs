@@ -50,6 +50,17 @@ pub enum Command {
     Ingest(IngestArgs),
     /// List work items.
     Items(ItemsArgs),
+    /// Operator controls for one item: cancel, retry.
+    #[command(subcommand)]
+    Item(ItemCommand),
+    /// The agent's and the tests' output for an item (live while it runs with --follow).
+    Logs {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+        /// Keep printing new output until the item is merged, blocked or cancelled.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Show one work item with its events, questions and costs.
     Show {
         /// The item's id, as `damascus items` lists it.
@@ -241,6 +252,24 @@ pub enum ProjectCommand {
     Add(Box<ProjectAddArgs>),
     /// List projects with their item counts.
     List,
+    /// Start no new phase for the project's items; running phases finish.
+    Pause { name: String },
+    /// Let the project's items run again.
+    Resume { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ItemCommand {
+    /// Cancel an item; a phase running for it is stopped and its processes killed.
+    Cancel {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
+    /// Send a blocked item back into the phase it left, with a fresh attempt budget.
+    Retry {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
 }
 
 #[derive(Debug, ClapArgs)]

@@ -247,3 +247,87 @@ async fn a_build_rerun_after_a_lost_worker_reuses_branch_and_pr() {
         ["spec>build", "build>review", "review>merged"]
     );
 }
+
+/// Cancelling an item while its agent runs kills the agent and everything it started,
+/// and the item ends cancelled with its event.
+#[tokio::test]
+async fn cancel_kills_a_running_agent_and_leaves_no_orphan() {
+    use std::time::Duration;
+
+    let setup = Setup::new().await;
+    let pids = setup.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    let agent = setup.agent(
+        "agent.sh",
+        &format!(
+            "cat > /dev/null\necho $$ > {0}/agent.pid\nsleep 300 &\necho $! > {0}/child.pid\nwait",
+            pids.display()
+        ),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.agent_timeout_secs = 600
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    let mut queue = damascus_queue::QueueConfig {
+        concurrency: Some(2),
+        ..damascus_queue::QueueConfig::default()
+    };
+    queue.lease = Duration::from_secs(30);
+    let loops = damascus_loops::Loops::new(setup.loops_config(None)).unwrap();
+    let workers =
+        damascus_queue::WorkerPool::start(setup.db.pool.clone(), queue, std::sync::Arc::new(loops))
+            .await
+            .unwrap();
+    let read_pid = |name: &str| {
+        std::fs::read_to_string(pids.join(name))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read_pid("child.pid").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (agent_pid, child_pid) = (
+        read_pid("agent.pid").unwrap(),
+        read_pid("child.pid").unwrap(),
+    );
+
+    let cancelled = damascus_db::operator::cancel(&setup.db.pool, item, "test")
+        .await
+        .unwrap();
+    assert!(cancelled.was_running);
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(agent_pid) || alive(child_pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent or its child survived the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let summary = workers.shutdown().await;
+    assert_eq!(summary.lost_claims, 1, "{summary}");
+    assert_eq!(setup.phase(item).await, "cancelled");
+    let kinds: Vec<String> =
+        sqlx::query_scalar("select kind from events_outbox where item_id = $1 order by id")
+            .bind(item)
+            .fetch_all(&setup.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(kinds.last().map(String::as_str), Some("item.cancelled"));
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from mq_msgs where id != uuid_nil()")
+            .fetch_one(&setup.db.pool)
+            .await
+            .unwrap(),
+        0
+    );
+}

@@ -8,7 +8,9 @@ mod human;
 mod ingest;
 mod init;
 mod items;
+mod logs;
 mod mcp;
+mod operator;
 mod project;
 mod serve;
 mod status;
@@ -20,7 +22,9 @@ use std::process::ExitCode;
 
 use damascus_db::{Database, PoolSettings, Target};
 
-use crate::cli::{BenchCommand, Command, ConfigCommand, DbCommand, ProjectCommand, TokenCommand};
+use crate::cli::{
+    BenchCommand, Command, ConfigCommand, DbCommand, ItemCommand, ProjectCommand, TokenCommand,
+};
 
 pub async fn dispatch(
     command: Command,
@@ -40,6 +44,11 @@ pub async fn dispatch(
         Command::Config(ConfigCommand::Check(args)) => {
             config::check(&target, &data_dir, config.as_deref(), *args)
         }
+        Command::Item(ItemCommand::Cancel { id }) => operator::cancel(&target, id).await,
+        Command::Item(ItemCommand::Retry { id }) => operator::retry(&target, id).await,
+        Command::Project(ProjectCommand::Pause { name }) => operator::pause(&target, &name).await,
+        Command::Project(ProjectCommand::Resume { name }) => operator::resume(&target, &name).await,
+        Command::Logs { id, follow } => logs::run(&target, &data_dir, id, follow).await,
         Command::Mcp => mcp::run(&target).await,
         Command::Serve(args) => serve::serve(&target, args).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,

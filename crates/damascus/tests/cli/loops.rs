@@ -57,6 +57,56 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         .output()
         .unwrap());
     assert!(cycled.contains("review -> blocked: 1"), "{cycled}");
+
+    // The agent's and the tests' output, per item.
+    let data = dir.path().to_str().unwrap();
+    let logs = ok(damascus()
+        .env("DATABASE_URL", &db.url)
+        .args(["--data-dir", data, "logs", "2"])
+        .output()
+        .unwrap());
+    assert!(
+        logs.contains("==> build-1.log <==") && logs.contains("wrote hello.txt"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("review-") && logs.contains("No such file or directory"),
+        "{logs}"
+    );
+    // Operator controls.
+    assert!(ok(run(&db, &["item", "retry", "2"], ""))
+        .contains("back in review with a fresh attempt budget"));
+    refused(
+        run(&db, &["item", "retry", "2"], ""),
+        1,
+        &["not blocked", "only blocked items"],
+    );
+    assert!(
+        ok(run(&db, &["item", "cancel", "2"], "")).contains("item 2 cancelled (it was in review)")
+    );
+    refused(
+        run(&db, &["item", "cancel", "2"], ""),
+        1,
+        &["already cancelled"],
+    );
+    refused(
+        run(&db, &["item", "cancel", "99"], ""),
+        1,
+        &["work item 99 not found"],
+    );
+    refused(
+        run(&db, &["logs", "99"], ""),
+        1,
+        &["work item 99 not found"],
+    );
+    assert!(ok(run(&db, &["project", "pause", "demo"], "")).contains("project demo paused"));
+    assert!(ok(run(&db, &["project", "list"], "")).contains("paused"));
+    assert!(ok(run(&db, &["project", "resume", "demo"], "")).contains("project demo resumed"));
+    refused(
+        run(&db, &["project", "pause", "ghost"], ""),
+        1,
+        &["project \"ghost\" not found"],
+    );
 }
 
 #[tokio::test]

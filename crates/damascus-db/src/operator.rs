@@ -1,0 +1,211 @@
+//! Operator controls, each one transaction with its event: cancel an item, retry a
+//! blocked one with a fresh budget, pause and resume a project.
+
+use damascus_core::Phase;
+use serde_json::json;
+use sqlx::{PgPool, Row};
+
+use crate::error::{DbError, DbResult};
+use crate::{events, parse_enum, parse_opt_enum};
+
+/// The channel a cancel notifies; workers answer by checking their claims at once.
+pub const CANCEL_CHANNEL: &str = "damascus_cancel";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled {
+    pub item_id: i64,
+    pub from: Phase,
+    /// True when a worker was running the item's phase: it stops within moments.
+    pub was_running: bool,
+}
+
+/// Cancels an item in any phase but merged or cancelled. Its job is deleted in the same
+/// transaction; a worker running it loses its claim and kills the phase's processes.
+pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled> {
+    let mut tx = pool.begin().await?;
+    // Lock order as everywhere: the slot (through the job) before the item.
+    let job: Option<(uuid::Uuid, bool)> = sqlx::query_as(
+        "select j.job_id, exists (select 1 from damascus_slots s where s.job_id = j.job_id and s.lease_until >= now())
+         from damascus_jobs j where j.item_id = $1",
+    )
+    .bind(item_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((job_id, _)) = job {
+        sqlx::query("select slot from damascus_slots where job_id = $1 for update")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let row = sqlx::query(
+        "select project_id, phase::text as phase from work_items where id = $1 for update",
+    )
+    .bind(item_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(DbError::ItemNotFound(item_id))?;
+    let project_id: i64 = row.try_get("project_id")?;
+    let from: Phase = parse_enum(&row, "phase")?;
+    if from.is_final() {
+        return Err(DbError::Conflict(format!(
+            "item {item_id} is already {from}; only items that are not merged or cancelled can be cancelled"
+        )));
+    }
+    if let Some((job_id, _)) = job {
+        sqlx::query("select damascus_free_slot($1)")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("select mq_delete(array[$1])")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("update work_items set phase = 'cancelled', resume_phase = null where id = $1")
+        .bind(item_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update human_issues set status = 'dismissed', resolved_at = now(), answered_by = $2
+         where item_id = $1 and status = 'open'",
+    )
+    .bind(item_id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    let was_running = job.is_some_and(|(_, running)| running);
+    events::record(
+        &mut tx,
+        Some(item_id),
+        Some(project_id),
+        "item.cancelled",
+        &json!({ "from": from, "by": by, "was_running": was_running }),
+    )
+    .await?;
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(CANCEL_CHANNEL)
+        .bind(item_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Cancelled {
+        item_id,
+        from,
+        was_running,
+    })
+}
+
+/// Sends a blocked item back into the phase it left with a fresh attempt budget; its
+/// open question is dismissed. The spawn trigger queues its job.
+pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "select project_id, phase::text as phase, resume_phase::text as resume_phase from work_items where id = $1 for update",
+    )
+    .bind(item_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(DbError::ItemNotFound(item_id))?;
+    let project_id: i64 = row.try_get("project_id")?;
+    let phase: Phase = parse_enum(&row, "phase")?;
+    let resume: Option<Phase> = parse_opt_enum(&row, "resume_phase")?;
+    let Some(resume) = resume.filter(|_| phase == Phase::Blocked) else {
+        return Err(DbError::Conflict(format!(
+            "item {item_id} is {phase}, not blocked; only blocked items can be retried"
+        )));
+    };
+    sqlx::query(
+        "update human_issues set status = 'dismissed', resolved_at = now(), answered_by = $2
+         where item_id = $1 and status = 'open'",
+    )
+    .bind(item_id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update work_items set phase = resume_phase, resume_phase = null, phase_attempts = 0, attempts_total = 0
+         where id = $1",
+    )
+    .bind(item_id)
+    .execute(&mut *tx)
+    .await?;
+    events::record(
+        &mut tx,
+        Some(item_id),
+        Some(project_id),
+        "item.retried",
+        &json!({ "to": resume, "by": by }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(resume)
+}
+
+/// Pauses a project: its queued jobs are withdrawn and no new ones are spawned;
+/// phases running now finish. Returns how many queued jobs were withdrawn.
+pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 =
+        sqlx::query_scalar("update projects set paused = true where name = $1 returning id")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    // Queued only: a job whose slot is held keeps running to its end. SKIP LOCKED: a
+    // job being claimed right now is treated as running.
+    let withdrawn: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "select m.id from mq_msgs m
+         join damascus_jobs j on j.job_id = m.id
+         join work_items i on i.id = j.item_id
+         where i.project_id = $1
+           and not exists (select 1 from damascus_slots s where s.job_id = m.id and s.lease_until >= now())
+         for update of m skip locked",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if !withdrawn.is_empty() {
+        sqlx::query("select mq_delete($1)")
+            .bind(&withdrawn)
+            .execute(&mut *tx)
+            .await?;
+    }
+    events::record(
+        &mut tx,
+        None,
+        Some(id),
+        "project.paused",
+        &json!({ "project": name, "withdrawn_jobs": withdrawn.len() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(withdrawn.len() as u64)
+}
+
+/// Resumes a project: its items in working phases get their jobs again.
+pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
+    let mut tx = pool.begin().await?;
+    let id: i64 =
+        sqlx::query_scalar("update projects set paused = false where name = $1 returning id")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    let touched = sqlx::query(
+        "update work_items set updated_at = now() where project_id = $1 and phase in ('spec', 'build', 'review')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    events::record(
+        &mut tx,
+        None,
+        Some(id),
+        "project.resumed",
+        &json!({ "project": name, "items": touched }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(touched)
+}
