@@ -40,7 +40,7 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
     if let Some(verdict) = input.budget_exhausted().await {
         return Err(verdict);
     }
-    let forge = forge_for(&input.project, &config.identity)?;
+    let forge = forge_for(&input.project, config)?;
     let project = &input.project;
     let branch = input.branch();
     let base = format!("origin/{}", project.default_branch);

@@ -48,6 +48,8 @@ pub struct LoopsConfig {
     pub agent_env: Vec<(String, String)>,
     /// `--max-turns` for the default agent, Claude Code.
     pub claude_max_turns: u32,
+    /// The API token for Gitea projects (`DAMASCUS_GITEA_TOKEN`).
+    pub gitea_token: Option<String>,
 }
 
 impl std::fmt::Debug for LoopsConfig {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for LoopsConfig {
             .field("identity", &self.identity)
             .field("agent_env", &env)
             .field("claude_max_turns", &self.claude_max_turns)
+            .field("gitea_token", &self.gitea_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -207,9 +210,30 @@ async fn load(job: &JobContext) -> Result<PhaseInput, damascus_db::DbError> {
 }
 
 /// The forge a project's pull requests live on.
-pub(crate) fn forge_for(project: &Project, identity: &Identity) -> Result<Box<dyn Forge>, Verdict> {
+pub(crate) fn forge_for(
+    project: &Project,
+    config: &LoopsConfig,
+) -> Result<Box<dyn Forge>, Verdict> {
+    let ask = |question: String| Verdict::NeedsHuman {
+        question,
+        context: String::new(),
+    };
     match project.forge_kind {
-        ForgeKind::Local => Ok(Box::new(LocalForge::new(&project.repository, identity.clone()))),
+        ForgeKind::Local => Ok(Box::new(LocalForge::new(&project.repository, config.identity.clone()))),
+        ForgeKind::Gitea => {
+            let (Some(url), Some(repo)) = (&project.forge_url, &project.forge_repo) else {
+                return Err(ask(format!("project {} is on Gitea but has no --forge-url or --forge-repo", project.name)));
+            };
+            let Some(token) = &config.gitea_token else {
+                return Err(ask(
+                    "this worker has no Gitea token; set DAMASCUS_GITEA_TOKEN to a token with write access to the repository"
+                        .into(),
+                ));
+            };
+            damascus_forge::GiteaForge::new(url, repo, token, damascus_forge::MergeStyle::Merge)
+                .map(|f| Box::new(f) as Box<dyn Forge>)
+                .map_err(|e| ask(e.to_string()))
+        }
         other => Err(Verdict::NeedsHuman {
             question: format!(
                 "project {} uses forge kind {other}, which this build of damascus cannot drive yet; use --forge local",

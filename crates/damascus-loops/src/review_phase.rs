@@ -20,7 +20,7 @@ pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
 async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
     let config = &inner.config;
     let project = &input.project;
-    let forge = forge_for(project, &config.identity)?;
+    let forge = forge_for(project, config)?;
     let branch = input.item.branch.clone().unwrap_or_else(|| input.branch());
     // The operator's command wins over one that came with the story or from the model:
     // a story must not be able to choose how its own change is judged.

@@ -63,6 +63,9 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect(),
         claude_max_turns: args.claude_max_turns,
+        gitea_token: std::env::var("DAMASCUS_GITEA_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     })
 }
 

@@ -4,5 +4,6 @@
 
 mod agents;
 mod flow;
+mod gitea;
 mod model;
 mod support;

@@ -72,6 +72,7 @@ impl Setup {
             identity: Identity::default(),
             agent_env: vec![],
             claude_max_turns: 5,
+            gitea_token: Some("gitea-secret".into()),
         }
     }
 

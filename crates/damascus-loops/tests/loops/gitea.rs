@@ -1,0 +1,359 @@
+//! Ingest → merged through the Gitea client, against a server inside the test that
+//! speaks Gitea's API v1 (pull requests, merge with `Do` and `head_commit_id`,
+//! comments) over a real bare repository, so the merge is a real commit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use damascus_core::{ForgeKind, SpecMode};
+use damascus_forge::{Forge, LocalForge};
+use damascus_git::{Git, Identity};
+use serde_json::{json, Value};
+
+use crate::support::{Setup, CLAUDE_OK, GREETING};
+
+#[derive(Clone)]
+struct Pull {
+    number: i64,
+    head: String,
+    base: String,
+    merged: bool,
+}
+
+/// One request as the fake forge saw it: method, path, authorization header, body.
+type SeenRequest = (String, String, String, Value);
+
+#[derive(Clone)]
+struct FakeGitea {
+    remote: std::path::PathBuf,
+    pulls: Arc<Mutex<Vec<Pull>>>,
+    /// Every request: method, path, authorization header, body.
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+    /// Merge attempts answered 405 ("not mergeable yet") before one succeeds.
+    not_mergeable_first: Arc<Mutex<u32>>,
+}
+
+impl FakeGitea {
+    fn record(&self, method: &str, path: &str, headers: &HeaderMap, body: Value) {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((method.into(), path.into(), auth, body));
+    }
+
+    async fn head_of(&self, branch: &str) -> Option<String> {
+        Git::new(&self.remote, Identity::default())
+            .resolve(&format!("refs/heads/{branch}"))
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, pull: &Pull) -> Value {
+        let sha = self.head_of(&pull.head).await.unwrap_or_default();
+        json!({
+            "number": pull.number,
+            "html_url": format!("http://gitea.test/acme/web/pulls/{}", pull.number),
+            "state": if pull.merged { "closed" } else { "open" },
+            "merged": pull.merged,
+            "head": { "ref": pull.head, "sha": sha },
+            "base": { "ref": pull.base },
+        })
+    }
+}
+
+async fn create(
+    State(g): State<FakeGitea>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    g.record("POST", "/pulls", &headers, body.clone());
+    let head = body["head"].as_str().unwrap_or_default().to_owned();
+    if g.head_of(&head).await.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "head branch not found"})),
+        )
+            .into_response();
+    }
+    let existing = g
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.head == head && !p.merged);
+    if existing {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"message": "pull request already exists for these targets"})),
+        )
+            .into_response();
+    }
+    let pull = {
+        let mut pulls = g.pulls.lock().unwrap();
+        let pull = Pull {
+            number: pulls.len() as i64 + 1,
+            head,
+            base: body["base"].as_str().unwrap_or("main").to_owned(),
+            merged: false,
+        };
+        pulls.push(pull.clone());
+        pull
+    };
+    (StatusCode::CREATED, Json(g.json(&pull).await)).into_response()
+}
+
+async fn list(State(g): State<FakeGitea>, headers: HeaderMap) -> Response {
+    g.record("GET", "/pulls", &headers, Value::Null);
+    let pulls = g.pulls.lock().unwrap().clone();
+    let mut out = Vec::new();
+    for pull in pulls.iter().rev() {
+        out.push(g.json(pull).await);
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+async fn one(
+    State(g): State<FakeGitea>,
+    headers: HeaderMap,
+    Path((_, _, n)): Path<(String, String, i64)>,
+) -> Response {
+    g.record("GET", "/pulls/n", &headers, Value::Null);
+    let pull = g
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p.number == n)
+        .cloned();
+    match pull {
+        Some(pull) => Json(g.json(&pull).await).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn merge(
+    State(g): State<FakeGitea>,
+    headers: HeaderMap,
+    Path((_, _, n)): Path<(String, String, i64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    g.record("POST", "/merge", &headers, body.clone());
+    let Some(pull) = g
+        .pulls
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p.number == n)
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if pull.merged {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Json(json!({"message": "The PR is already merged"})),
+        )
+            .into_response();
+    }
+    {
+        let mut pending = g.not_mergeable_first.lock().unwrap();
+        if *pending > 0 {
+            *pending -= 1;
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({"message": "Please try again later"})),
+            )
+                .into_response();
+        }
+    }
+    let expected = body["head_commit_id"].as_str().unwrap_or_default();
+    if g.head_of(&pull.head).await.as_deref() != Some(expected) {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"message": "head out of date"})),
+        )
+            .into_response();
+    }
+    // The real merge, in the real bare repository.
+    let local = LocalForge::new(&g.remote, Identity::default());
+    match local
+        .merge(&pull.head, &pull.base, expected, "Merge pull request")
+        .await
+    {
+        Ok(_) => {
+            g.pulls
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .find(|p| p.number == n)
+                .unwrap()
+                .merged = true;
+            StatusCode::OK.into_response()
+        }
+        Err(e) => (
+            StatusCode::CONFLICT,
+            Json(json!({"message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn comment(
+    State(g): State<FakeGitea>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    g.record("POST", "/comments", &headers, body);
+    (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
+}
+
+async fn serve(g: FakeGitea) -> String {
+    let app = Router::new()
+        .route("/api/v1/repos/{owner}/{repo}/pulls", post(create).get(list))
+        .route("/api/v1/repos/{owner}/{repo}/pulls/{n}", get(one))
+        .route("/api/v1/repos/{owner}/{repo}/pulls/{n}/merge", post(merge))
+        .route(
+            "/api/v1/repos/{owner}/{repo}/issues/{n}/comments",
+            post(comment),
+        )
+        .with_state(g);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn ingest_to_merged_through_the_gitea_api() {
+    let setup = Setup::new().await;
+    let gitea = FakeGitea {
+        remote: setup.remote.clone(),
+        pulls: Arc::default(),
+        seen: Arc::default(),
+        not_mergeable_first: Arc::new(Mutex::new(1)),
+    };
+    let url = serve(gitea.clone()).await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.forge_kind = ForgeKind::Gitea;
+            p.forge_repo = Some("acme/web".into());
+            p.forge_url = Some(url.clone());
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    // The first merge answer is 405 (not mergeable yet): a transient error, retried.
+    for _ in 0..30 {
+        setup.cycle().await;
+        if setup.phase(item).await == "merged" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(setup.phase(item).await, "merged");
+    let retried: i64 =
+        sqlx::query_scalar("select count(*) from events_outbox where kind = 'job.retry_scheduled'")
+            .fetch_one(&setup.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(retried, 1, "the 405 was retried once");
+
+    let seen = gitea.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(_, _, auth, _)| auth == "token gitea-secret"),
+        "every request carries the token"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|(m, p, _, _)| m == "POST" && p == "/pulls")
+            .count(),
+        1,
+        "one PR opened"
+    );
+    let branch = format!("damascus/web-{item}");
+    let created = seen
+        .iter()
+        .find(|(m, p, _, _)| m == "POST" && p == "/pulls")
+        .unwrap();
+    assert_eq!(created.3["head"], branch.as_str());
+    assert_eq!(created.3["base"], "main");
+    let merges: Vec<&Value> = seen
+        .iter()
+        .filter(|(_, p, _, _)| p == "/merge")
+        .map(|(_, _, _, b)| b)
+        .collect();
+    assert_eq!(merges.len(), 2);
+    let tested = setup
+        .remote_git()
+        .resolve(&format!("refs/heads/{branch}"))
+        .await
+        .unwrap()
+        .unwrap();
+    for body in merges {
+        assert_eq!(body["Do"], "merge");
+        assert_eq!(body["head_commit_id"], tested.as_str());
+    }
+    assert!(
+        seen.iter().any(|(_, p, _, _)| p == "/comments"),
+        "verdicts are commented"
+    );
+    // A real merge commit on main of the real repository.
+    let remote = setup.remote_git();
+    assert_eq!(
+        remote.run(&["show", "main:hello.txt"]).await.unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        remote
+            .run(&["rev-list", "--count", "--merges", "main"])
+            .await
+            .unwrap(),
+        "1"
+    );
+    let pr: String = sqlx::query_scalar("select pr_url from work_items where id = $1")
+        .bind(item)
+        .fetch_one(&setup.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(pr, "http://gitea.test/acme/web/pulls/1");
+}
+
+#[tokio::test]
+async fn a_gitea_project_without_a_token_asks_for_one() {
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.forge_kind = ForgeKind::Gitea;
+            p.forge_repo = Some("acme/web".into());
+            p.forge_url = Some("http://127.0.0.1:9".into());
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    let mut config = setup.loops_config(None);
+    config.gitea_token = None;
+    setup.cycle_with(config).await;
+    assert_eq!(setup.phase(item).await, "blocked");
+    assert!(setup
+        .open_question(item)
+        .await
+        .1
+        .contains("DAMASCUS_GITEA_TOKEN"));
+}
