@@ -26,7 +26,7 @@ pub enum MergeStyle {
 }
 
 impl MergeStyle {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MergeStyle::Merge => "merge",
             MergeStyle::Squash => "squash",

@@ -2,19 +2,21 @@
 //! from GitHub, Gitea or the local forge: open or find the PR for a branch, read its
 //! state and head, merge exactly the commit that was tested, comment.
 //!
-//! Implementations: `LocalForge` (a bare repository) and `GiteaForge` (Gitea and
-//! Forgejo, REST API v1).
+//! Implementations: `LocalForge` (a bare repository), `GiteaForge` (Gitea and
+//! Forgejo, REST API v1) and `GithubForge` (REST API v3).
 //!
 //! Architecture invariant: only this crate talks to a forge. It knows nothing of the
 //! database or of phases.
 
 mod gitea;
+mod github;
 mod local;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use gitea::{GiteaForge, MergeStyle};
+pub use github::GithubForge;
 pub use local::LocalForge;
 
 /// A pull request, as the forge identifies it.

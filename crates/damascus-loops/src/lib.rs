@@ -50,6 +50,8 @@ pub struct LoopsConfig {
     pub claude_max_turns: u32,
     /// The API token for Gitea projects (`DAMASCUS_GITEA_TOKEN`).
     pub gitea_token: Option<String>,
+    /// The API token for GitHub projects (`DAMASCUS_GITHUB_TOKEN`).
+    pub github_token: Option<String>,
 }
 
 impl std::fmt::Debug for LoopsConfig {
@@ -63,6 +65,7 @@ impl std::fmt::Debug for LoopsConfig {
             .field("agent_env", &env)
             .field("claude_max_turns", &self.claude_max_turns)
             .field("gitea_token", &self.gitea_token.as_ref().map(|_| "***"))
+            .field("github_token", &self.github_token.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -219,10 +222,16 @@ pub(crate) fn forge_for(
         context: String::new(),
     };
     match project.forge_kind {
-        ForgeKind::Local => Ok(Box::new(LocalForge::new(&project.repository, config.identity.clone()))),
+        ForgeKind::Local => Ok(Box::new(LocalForge::new(
+            &project.repository,
+            config.identity.clone(),
+        ))),
         ForgeKind::Gitea => {
             let (Some(url), Some(repo)) = (&project.forge_url, &project.forge_repo) else {
-                return Err(ask(format!("project {} is on Gitea but has no --forge-url or --forge-repo", project.name)));
+                return Err(ask(format!(
+                    "project {} is on Gitea but has no --forge-url or --forge-repo",
+                    project.name
+                )));
             };
             let Some(token) = &config.gitea_token else {
                 return Err(ask(
@@ -234,13 +243,27 @@ pub(crate) fn forge_for(
                 .map(|f| Box::new(f) as Box<dyn Forge>)
                 .map_err(|e| ask(e.to_string()))
         }
-        other => Err(Verdict::NeedsHuman {
-            question: format!(
-                "project {} uses forge kind {other}, which this build of damascus cannot drive yet; use --forge local",
-                project.name
-            ),
-            context: String::new(),
-        }),
+        ForgeKind::Github => {
+            let Some(repo) = &project.forge_repo else {
+                return Err(ask(format!(
+                    "project {} is on GitHub but has no --forge-repo",
+                    project.name
+                )));
+            };
+            let Some(token) = &config.github_token else {
+                return Err(ask(
+                    "this worker has no GitHub token; set DAMASCUS_GITHUB_TOKEN to a token that may open and merge pull requests"
+                        .into(),
+                ));
+            };
+            let api = project
+                .forge_url
+                .as_deref()
+                .unwrap_or("https://api.github.com");
+            damascus_forge::GithubForge::new(api, repo, token, damascus_forge::MergeStyle::Merge)
+                .map(|f| Box::new(f) as Box<dyn Forge>)
+                .map_err(|e| ask(e.to_string()))
+        }
     }
 }
 

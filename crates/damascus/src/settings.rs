@@ -66,6 +66,9 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         gitea_token: std::env::var("DAMASCUS_GITEA_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        github_token: std::env::var("DAMASCUS_GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
     })
 }
 

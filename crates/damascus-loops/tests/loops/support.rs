@@ -73,6 +73,7 @@ impl Setup {
             agent_env: vec![],
             claude_max_turns: 5,
             gitea_token: Some("gitea-secret".into()),
+            github_token: None,
         }
     }
 

@@ -79,6 +79,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         agent_env: Vec::new(),
         claude_max_turns: 10,
         gitea_token: None,
+        github_token: None,
     })?;
     let queue = QueueConfig {
         concurrency: Some(2),
