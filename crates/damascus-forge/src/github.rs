@@ -112,7 +112,7 @@ impl GithubForge {
         let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
         let reset = header("x-ratelimit-reset");
         let body = response.text().await.unwrap_or_default();
-        if status == 429 || (exhausted && (status == 403 || status == 429)) {
+        if status == 429 || (exhausted && status == 403) {
             return Err(ForgeError::Transient(format!(
                 "{} rate limit reached; it resets at unix time {}",
                 self.host(),
