@@ -30,3 +30,9 @@ begin
     return null;
 end;
 $$;
+
+-- How the forge merges a project's pull requests (Gitea's `Do`, GitHub's
+-- `merge_method`); the local forge always makes a merge commit.
+alter table projects
+    add column merge_method text not null default 'merge'
+        constraint projects_merge_method_known check (merge_method in ('merge', 'squash', 'rebase'));

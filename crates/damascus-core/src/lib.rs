@@ -14,7 +14,8 @@ pub mod verdict;
 
 pub use names::{NameError, ProjectName};
 pub use phase::{
-    CostSource, ForgeKind, HumanIssueStatus, Phase, SpecMode, UnknownVariant, VerdictKind,
+    CostSource, ForgeKind, HumanIssueStatus, MergeMethod, Phase, SpecMode, UnknownVariant,
+    VerdictKind,
 };
 pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};

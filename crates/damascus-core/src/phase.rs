@@ -99,6 +99,15 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// How a forge merges a project's pull requests.
+    MergeMethod, "merge method" {
+        Merge => "merge",
+        Squash => "squash",
+        Rebase => "rebase",
+    }
+}
+
+sql_enum! {
     /// How the spec phase treats a story: refined by a model, or taken as it is.
     SpecMode, "spec mode" {
         Refine => "refine",

@@ -1,7 +1,7 @@
 //! What a project is made of before it is stored, and the checks that keep a bad
 //! configuration from reaching the loops.
 
-use crate::{ForgeKind, ProjectName, SpecMode};
+use crate::{ForgeKind, MergeMethod, ProjectName, SpecMode};
 
 /// The upper bound on attempt budgets: termination is guaranteed, so budgets are finite
 /// and small enough that a runaway item is noticed.
@@ -30,6 +30,7 @@ pub struct NewProject {
     pub test_timeout_secs: i32,
     /// What all the project's items may spend per UTC day, in USD.
     pub daily_cost_budget_usd: Option<f64>,
+    pub merge_method: MergeMethod,
 }
 
 /// The longest a phase's process may run: one day.
@@ -83,6 +84,7 @@ impl NewProject {
             agent_timeout_secs: 1800,
             test_timeout_secs: 900,
             daily_cost_budget_usd: None,
+            merge_method: MergeMethod::Merge,
         }
     }
 

@@ -212,6 +212,14 @@ async fn load(job: &JobContext) -> Result<PhaseInput, damascus_db::DbError> {
     })
 }
 
+fn merge_style(project: &Project) -> damascus_forge::MergeStyle {
+    match project.merge_method {
+        damascus_core::MergeMethod::Merge => damascus_forge::MergeStyle::Merge,
+        damascus_core::MergeMethod::Squash => damascus_forge::MergeStyle::Squash,
+        damascus_core::MergeMethod::Rebase => damascus_forge::MergeStyle::Rebase,
+    }
+}
+
 /// The forge a project's pull requests live on.
 pub(crate) fn forge_for(
     project: &Project,
@@ -239,7 +247,7 @@ pub(crate) fn forge_for(
                         .into(),
                 ));
             };
-            damascus_forge::GiteaForge::new(url, repo, token, damascus_forge::MergeStyle::Merge)
+            damascus_forge::GiteaForge::new(url, repo, token, merge_style(project))
                 .map(|f| Box::new(f) as Box<dyn Forge>)
                 .map_err(|e| ask(e.to_string()))
         }
@@ -260,7 +268,7 @@ pub(crate) fn forge_for(
                 .forge_url
                 .as_deref()
                 .unwrap_or("https://api.github.com");
-            damascus_forge::GithubForge::new(api, repo, token, damascus_forge::MergeStyle::Merge)
+            damascus_forge::GithubForge::new(api, repo, token, merge_style(project))
                 .map(|f| Box::new(f) as Box<dyn Forge>)
                 .map_err(|e| ask(e.to_string()))
         }

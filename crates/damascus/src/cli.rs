@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use damascus_core::{ForgeKind, Phase, SpecMode};
+use damascus_core::{ForgeKind, MergeMethod, Phase, SpecMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -303,6 +303,9 @@ pub struct ProjectAddArgs {
     /// Stop spending on an item past this many USD.
     #[arg(long, allow_negative_numbers = true)]
     pub cost_budget_usd: Option<f64>,
+    /// How the forge merges pull requests: merge, squash or rebase (Gitea, GitHub).
+    #[arg(long, default_value = "merge", value_parser = parse_merge_method)]
+    pub merge_method: MergeMethod,
     /// Stop spending on the project's items past this many USD per UTC day.
     #[arg(long, allow_negative_numbers = true)]
     pub daily_cost_budget_usd: Option<f64>,
@@ -360,6 +363,11 @@ fn parse_forge(s: &str) -> Result<ForgeKind, String> {
 }
 
 fn parse_spec_mode(s: &str) -> Result<SpecMode, String> {
+    s.parse()
+        .map_err(|e: damascus_core::UnknownVariant| e.to_string())
+}
+
+fn parse_merge_method(s: &str) -> Result<MergeMethod, String> {
     s.parse()
         .map_err(|e: damascus_core::UnknownVariant| e.to_string())
 }

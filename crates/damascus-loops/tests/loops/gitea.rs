@@ -252,6 +252,7 @@ async fn ingest_to_merged_through_the_gitea_api() {
             p.forge_kind = ForgeKind::Gitea;
             p.forge_repo = Some("acme/web".into());
             p.forge_url = Some(url.clone());
+            p.merge_method = damascus_core::MergeMethod::Squash;
         })
         .await;
     let item = setup.ingest("Greeting", GREETING).await;
@@ -304,7 +305,7 @@ async fn ingest_to_merged_through_the_gitea_api() {
         .unwrap()
         .unwrap();
     for body in merges {
-        assert_eq!(body["Do"], "merge");
+        assert_eq!(body["Do"], "squash", "the project's merge method");
         assert_eq!(body["head_commit_id"], tested.as_str());
     }
     assert!(

@@ -34,6 +34,7 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         agent_timeout_secs: args.agent_timeout_secs,
         test_timeout_secs: args.test_timeout_secs,
         daily_cost_budget_usd: args.daily_cost_budget_usd,
+        merge_method: args.merge_method,
     };
     project.validate()?;
     let db = open_migrated(target).await?;

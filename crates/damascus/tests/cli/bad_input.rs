@@ -152,6 +152,19 @@ async fn project_add_refusals() {
             2,
             &["unknown spec mode", "refine, passthrough"],
         ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--merge-method",
+                "fast",
+            ],
+            2,
+            &["unknown merge method", "merge, squash, rebase"],
+        ),
         (&["project", "add", "api"], 2, &["--repo"]),
         (
             &[
