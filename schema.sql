@@ -169,6 +169,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_gate_opened() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update work_items set updated_at = now() where id = new.item_id;
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_job_channel() RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ select 'damascus.advance'::text $$;
@@ -203,6 +212,16 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_open_dependents() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update coordination_gates set opened_at = now(), opened_by = 'merge of item ' || new.id
+    where kind = 'depends_on' and depends_on_item_id = new.id and opened_at is null;
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_set_concurrency(p_concurrency integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -230,6 +249,13 @@ begin
         return null;
     end if;
     if exists (select 1 from projects where id = new.project_id and paused) then
+        return null;
+    end if;
+    if exists (
+        select 1 from coordination_gates g
+        where g.item_id = new.id and g.opened_at is null
+          and (g.kind = 'depends_on' or (g.kind = 'approval' and new.phase = 'build'))
+    ) then
         return null;
     end if;
     select job_attempts into v_attempts from damascus_queue_settings;
@@ -673,6 +699,7 @@ CREATE TABLE public.projects (
     agent_timeout_secs integer DEFAULT 1800 NOT NULL,
     test_timeout_secs integer DEFAULT 900 NOT NULL,
     merge_method text DEFAULT 'merge'::text NOT NULL,
+    require_approval boolean DEFAULT false NOT NULL,
     CONSTRAINT projects_agent_command_present CHECK (((cardinality(agent_command) >= 1) AND (btrim(agent_command[1]) <> ''::text))),
     CONSTRAINT projects_agent_timeout_range CHECK (((agent_timeout_secs >= 1) AND (agent_timeout_secs <= 86400))),
     CONSTRAINT projects_cost_budget_non_negative CHECK ((cost_budget_usd >= (0)::numeric)),
@@ -1015,9 +1042,13 @@ CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) 
 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
 
+CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL))) EXECUTE FUNCTION public.damascus_gate_opened();
+
 CREATE TRIGGER events_outbox_notify AFTER INSERT ON public.events_outbox FOR EACH ROW EXECUTE FUNCTION public.damascus_notify_event();
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
+
+CREATE TRIGGER work_items_open_dependents AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'merged'::public.work_phase) AND (old.phase IS DISTINCT FROM 'merged'::public.work_phase))) EXECUTE FUNCTION public.damascus_open_dependents();
 
 CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_spawn_job();
 

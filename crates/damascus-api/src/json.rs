@@ -86,6 +86,9 @@ pub struct IngestBody {
     pub title: String,
     #[serde(default)]
     pub body: String,
+    /// Items that must be merged before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<i64>,
 }
 
 #[derive(Debug, Deserialize)]

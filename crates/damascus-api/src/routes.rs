@@ -137,7 +137,7 @@ pub async fn ingest(
         .map_err(|e| ApiError::unprocessable(format!("project: {e}")))?;
     let story =
         Story::new(&body.title, &body.body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let item = items::ingest(&state.pool, &project, &story, "api").await?;
+    let item = items::ingest_with(&state.pool, &project, &story, "api", &body.depends_on).await?;
     Ok((StatusCode::CREATED, Json(ItemJson::from(item))).into_response())
 }
 

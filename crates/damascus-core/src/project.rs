@@ -31,6 +31,8 @@ pub struct NewProject {
     /// What all the project's items may spend per UTC day, in USD.
     pub daily_cost_budget_usd: Option<f64>,
     pub merge_method: MergeMethod,
+    /// A person approves each spec before its build starts.
+    pub require_approval: bool,
 }
 
 /// The longest a phase's process may run: one day.
@@ -85,6 +87,7 @@ impl NewProject {
             test_timeout_secs: 900,
             daily_cost_budget_usd: None,
             merge_method: MergeMethod::Merge,
+            require_approval: false,
         }
     }
 

@@ -81,12 +81,39 @@ pub async fn ingest(
     story: &Story,
     source: &str,
 ) -> DbResult<WorkItem> {
+    ingest_with(pool, project, story, source, &[]).await
+}
+
+/// Ingests a story whose item waits for other items to be merged first (`depends_on`),
+/// and for a person's approval of its spec when the project requires one. The item is
+/// written in `intake`, its gates beside it, then moved to `spec`, so the spawn trigger
+/// sees the gates: one transaction.
+pub async fn ingest_with(
+    pool: &PgPool,
+    project: &ProjectName,
+    story: &Story,
+    source: &str,
+    depends_on: &[i64],
+) -> DbResult<WorkItem> {
     let mut tx = pool.begin().await?;
     let project = projects::find_project(&mut *tx, project.as_str()).await?;
+    let mut merged_dependencies = Vec::new();
+    for dependency in depends_on {
+        let phase: Option<String> =
+            sqlx::query_scalar("select phase::text from work_items where id = $1")
+                .bind(dependency)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match phase.as_deref() {
+            None => return Err(DbError::ItemNotFound(*dependency)),
+            Some("merged") => merged_dependencies.push(*dependency),
+            Some(_) => {}
+        }
+    }
     let id: i64 = sqlx::query_scalar(
         "insert into work_items (project_id, title, body, phase, test_command,
             max_attempts_per_phase, max_attempts_total, cost_budget_usd, source)
-         values ($1, $2, $3, 'spec', $4, $5, $6, $7::numeric, $8)
+         values ($1, $2, $3, 'intake', $4, $5, $6, $7::numeric, $8)
          returning id",
     )
     .bind(project.id)
@@ -99,17 +126,70 @@ pub async fn ingest(
     .bind(source)
     .fetch_one(&mut *tx)
     .await?;
+    for dependency in depends_on {
+        sqlx::query(
+            "insert into coordination_gates (item_id, kind, depends_on_item_id, opened_at, opened_by)
+             values ($1, 'depends_on', $2, case when $3 then now() end, case when $3 then 'already merged' end)",
+        )
+        .bind(id)
+        .bind(dependency)
+        .bind(merged_dependencies.contains(dependency))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if project.require_approval {
+        sqlx::query("insert into coordination_gates (item_id, kind) values ($1, 'approval')")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("update work_items set phase = 'spec' where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     events::record(
         &mut tx,
         Some(id),
         Some(project.id),
         "item.ingested",
-        &json!({ "project": project.name, "title": story.title, "phase": Phase::Spec, "source": source }),
+        &json!({
+            "project": project.name, "title": story.title, "phase": Phase::Spec, "source": source,
+            "depends_on": depends_on, "needs_approval": project.require_approval,
+        }),
     )
     .await?;
     let item = get_item(&mut *tx, id).await?;
     tx.commit().await?;
     Ok(item)
+}
+
+/// What holds an item back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub kind: String,
+    pub depends_on_item_id: Option<i64>,
+    pub open: bool,
+    pub opened_by: Option<String>,
+}
+
+pub async fn gates_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<Gate>> {
+    let rows = sqlx::query(
+        "select kind::text as kind, depends_on_item_id, opened_at is not null as open, opened_by
+         from coordination_gates where item_id = $1 order by id",
+    )
+    .bind(item_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Gate {
+                kind: row.try_get("kind")?,
+                depends_on_item_id: row.try_get("depends_on_item_id")?,
+                open: row.try_get("open")?,
+                opened_by: row.try_get("opened_by")?,
+            })
+        })
+        .collect()
 }
 
 /// Which items to list; `None` means any.

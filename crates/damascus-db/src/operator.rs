@@ -209,3 +209,82 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     tx.commit().await?;
     Ok(touched)
 }
+
+/// Approves an item's spec: its approval gate opens, and the gate trigger queues its
+/// build. Refused when the item has no closed approval gate.
+pub async fn approve(pool: &PgPool, item_id: i64, by: &str) -> DbResult<()> {
+    let mut tx = pool.begin().await?;
+    let project_id: i64 =
+        sqlx::query_scalar("select project_id from work_items where id = $1 for update")
+            .bind(item_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(DbError::ItemNotFound(item_id))?;
+    let opened = sqlx::query(
+        "update coordination_gates set opened_at = now(), opened_by = $2
+         where item_id = $1 and kind = 'approval' and opened_at is null",
+    )
+    .bind(item_id)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if opened == 0 {
+        return Err(DbError::Conflict(format!(
+            "item {item_id} waits for no approval; approvals are needed only in projects added with --require-approval"
+        )));
+    }
+    events::record(
+        &mut tx,
+        Some(item_id),
+        Some(project_id),
+        "item.approved",
+        &json!({ "by": by }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Serialises the merges of one repository across every worker: a session advisory
+/// lock on a connection of its own, released by `release` (or when the connection
+/// closes, should the holder die).
+pub struct MergeLock {
+    conn: Option<sqlx::PgConnection>,
+    key: i64,
+}
+
+fn merge_lock_key(repository: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("damascus-merge:{repository}").as_bytes());
+    i64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Takes the repository's merge lock without waiting; `None` when another merge of the
+/// same repository holds it.
+pub async fn try_merge_lock(pool: &PgPool, repository: &str) -> DbResult<Option<MergeLock>> {
+    let key = merge_lock_key(repository);
+    let mut conn = pool.acquire().await?.detach();
+    let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(got.then_some(MergeLock {
+        conn: Some(conn),
+        key,
+    }))
+}
+
+impl MergeLock {
+    pub async fn release(mut self) -> DbResult<()> {
+        if let Some(mut conn) = self.conn.take() {
+            sqlx::query("select pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut conn)
+                .await?;
+            use sqlx::Connection;
+            conn.close().await?;
+        }
+        Ok(())
+    }
+}

@@ -101,10 +101,31 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
         )),
         ProcessEnd::Exited { code: Some(0), .. } => {
             let message = format!("Merge {branch}: {}", input.item.title);
-            match forge
+            // One merge per repository at a time, across every worker.
+            let lock =
+                match damascus_db::operator::try_merge_lock(&input.job.pool, &project.repository)
+                    .await
+                {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        return Err(Verdict::TransientError {
+                            reason: format!(
+                                "another merge into {} is running; the merge waits for its lock",
+                                project.name
+                            ),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(Verdict::TransientError {
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+            let merged = forge
                 .merge(&branch, &project.default_branch, &head, &message)
-                .await
-            {
+                .await;
+            let _ = lock.release().await;
+            match merged {
                 Ok(_) => {
                     let _ = forge
                         .comment(

@@ -265,6 +265,11 @@ pub enum ItemCommand {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
+    /// Approve an item's spec, so that its build starts (projects with --require-approval).
+    Approve {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
     /// Send a blocked item back into the phase it left, with a fresh attempt budget.
     Retry {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
@@ -306,6 +311,9 @@ pub struct ProjectAddArgs {
     /// How the forge merges pull requests: merge, squash or rebase (Gitea, GitHub).
     #[arg(long, default_value = "merge", value_parser = parse_merge_method)]
     pub merge_method: MergeMethod,
+    /// A person approves each spec (damascus item approve ID) before its build starts.
+    #[arg(long)]
+    pub require_approval: bool,
     /// Stop spending on the project's items past this many USD per UTC day.
     #[arg(long, allow_negative_numbers = true)]
     pub daily_cost_budget_usd: Option<f64>,
@@ -335,6 +343,9 @@ pub struct IngestArgs {
     /// Use this title; the whole file becomes the body.
     #[arg(long)]
     pub title: Option<String>,
+    /// Start only after this item is merged (repeatable).
+    #[arg(long = "depends-on", value_parser = clap::value_parser!(i64).range(1..))]
+    pub depends_on: Vec<i64>,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -331,3 +331,49 @@ async fn cancel_kills_a_running_agent_and_leaves_no_orphan() {
         0
     );
 }
+
+/// One merge per repository at a time: while another holds the repository's merge
+/// lock, the reviewer waits (a transient retry) and merges once it is free.
+#[tokio::test]
+async fn merges_of_one_repository_wait_for_the_merge_lock() {
+    use std::time::Duration;
+
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup.project(&agent, SpecMode::Passthrough, |_| {}).await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    let held =
+        damascus_db::operator::try_merge_lock(&setup.db.pool, &setup.remote.to_string_lossy())
+            .await
+            .unwrap()
+            .expect("the lock is free");
+    setup.cycle().await;
+    assert_eq!(setup.phase(item).await, "review");
+    let waited: String = sqlx::query_scalar(
+        "select payload->>'reason' from events_outbox where kind = 'job.retry_scheduled' order by id desc limit 1",
+    )
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!(waited.contains("waits for its lock"), "{waited}");
+    assert!(
+        setup
+            .remote_git()
+            .run(&["show", "main:hello.txt"])
+            .await
+            .is_err(),
+        "nothing merged under the lock"
+    );
+    held.release().await.unwrap();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        setup.cycle().await;
+        if setup.phase(item).await == "merged" {
+            break;
+        }
+    }
+    assert_eq!(setup.phase(item).await, "merged");
+}

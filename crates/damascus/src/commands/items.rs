@@ -97,6 +97,24 @@ pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
     if let Some(spec) = &item.spec {
         println!("\nspec\n{}", serde_json::to_string_pretty(spec)?);
     }
+    let gates = items::gates_for_item(&db.pool, id).await?;
+    if !gates.is_empty() {
+        println!("\ngates");
+        for gate in &gates {
+            let what = match gate.depends_on_item_id {
+                Some(other) => format!("depends on item {other}"),
+                None => gate.kind.replace('_', " "),
+            };
+            let state = if gate.open { "open" } else { "closed" };
+            println!(
+                "  {what}: {state}{}",
+                gate.opened_by
+                    .as_deref()
+                    .map(|b| format!(" ({b})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let questions = items::human_issues_for_item(&db.pool, id).await?;
     if !questions.is_empty() {
         println!("\nquestions");

@@ -45,6 +45,7 @@ pub async fn dispatch(
             config::check(&target, &data_dir, config.as_deref(), *args)
         }
         Command::Item(ItemCommand::Cancel { id }) => operator::cancel(&target, id).await,
+        Command::Item(ItemCommand::Approve { id }) => operator::approve(&target, id).await,
         Command::Item(ItemCommand::Retry { id }) => operator::retry(&target, id).await,
         Command::Project(ProjectCommand::Pause { name }) => operator::pause(&target, &name).await,
         Command::Project(ProjectCommand::Resume { name }) => operator::resume(&target, &name).await,

@@ -40,3 +40,10 @@ pub async fn resume(target: &Target, name: &str) -> anyhow::Result<()> {
     println!("project {name} resumed; {items} items queued again");
     Ok(())
 }
+
+pub async fn approve(target: &Target, id: i64) -> anyhow::Result<()> {
+    let db = open_migrated(target).await?;
+    operator::approve(&db.pool, id, &who()).await?;
+    println!("item {id} approved; its build is queued");
+    Ok(())
+}

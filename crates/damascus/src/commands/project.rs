@@ -35,6 +35,7 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         test_timeout_secs: args.test_timeout_secs,
         daily_cost_budget_usd: args.daily_cost_budget_usd,
         merge_method: args.merge_method,
+        require_approval: args.require_approval,
     };
     project.validate()?;
     let db = open_migrated(target).await?;

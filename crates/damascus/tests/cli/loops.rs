@@ -169,7 +169,7 @@ async fn a_worker_shows_in_status_and_stops_on_sigterm() {
     let started = Instant::now();
     let status = loop {
         let out = ok(run(&db, &["status"], ""));
-        if out.contains("workers (1 live)") {
+        if out.contains("workers (1 live)") && out.contains("global cap 3") {
             break out;
         }
         assert!(
