@@ -1,6 +1,8 @@
 //! The GitHub client against a server inside the test that answers like GitHub's REST
 //! API v3: it asserts on what it receives and plays 401, 404, 405, 409, 422, 5xx and a
-//! spent rate limit.
+//! spent rate limit. The Gitea client's refusals are in `gitea`.
+
+mod gitea;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
