@@ -295,21 +295,7 @@ impl EmbeddedCluster {
             // Running but unreachable: its socket file was deleted (a /tmp cleaner, a
             // person). Only a restart makes the server create it again.
             tracing::warn!(socket = %socket.display(), "the server's socket is gone; restarting it");
-            let out = self.run_as_server(
-                "pg_ctl",
-                &[
-                    "stop",
-                    "-D",
-                    &path_arg(&self.layout.pgdata),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-s",
-                ],
-            )?;
-            check("pg_ctl stop", &out)?;
+            self.pg_ctl_stop()?;
         }
         self.write_settings()?;
         self.start()?;
@@ -326,22 +312,18 @@ impl EmbeddedCluster {
         if !self.is_running()? {
             return Ok(StopOutcome::NotRunning);
         }
+        self.pg_ctl_stop()?;
+        Ok(StopOutcome::Stopped)
+    }
+
+    /// `pg_ctl stop -m fast`, waiting for the server to be gone.
+    fn pg_ctl_stop(&self) -> Result<(), ClusterError> {
+        let pgdata = path_arg(&self.layout.pgdata);
         let out = self.run_as_server(
             "pg_ctl",
-            &[
-                "stop",
-                "-D",
-                &path_arg(&self.layout.pgdata),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                "-s",
-            ],
+            &["stop", "-D", &pgdata, "-m", "fast", "-w", "-t", "60", "-s"],
         )?;
-        check("pg_ctl stop", &out)?;
-        Ok(StopOutcome::Stopped)
+        check("pg_ctl stop", &out)
     }
 
     pub fn is_running(&self) -> Result<bool, ClusterError> {

@@ -16,6 +16,17 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+/// Reads a row selected as `id, item_id, kind, payload, created_at`.
+pub(crate) fn event_from_row(row: &sqlx::postgres::PgRow) -> DbResult<Event> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        item_id: row.try_get("item_id")?,
+        kind: row.try_get("kind")?,
+        payload: row.try_get("payload")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 /// Appends an event. Takes a connection, not a pool, so that it always joins the
 /// caller's transaction.
 pub async fn record(
@@ -45,17 +56,7 @@ pub async fn for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec
     .bind(item_id)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Event {
-                id: row.try_get("id")?,
-                item_id: row.try_get("item_id")?,
-                kind: row.try_get("kind")?,
-                payload: row.try_get("payload")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_from_row).collect()
 }
 
 /// Events after `after_id`, oldest first (for following a run as it happens).
@@ -67,17 +68,7 @@ pub async fn after<'e>(db: impl PgExecutor<'e>, after_id: i64, limit: i64) -> Db
     .bind(limit)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Event {
-                id: row.try_get("id")?,
-                item_id: row.try_get("item_id")?,
-                kind: row.try_get("kind")?,
-                payload: row.try_get("payload")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_from_row).collect()
 }
 
 /// The newest event id (0 when there is none).

@@ -245,6 +245,21 @@ pub struct HumanIssue {
     pub resolved_at: Option<DateTime<Utc>>,
 }
 
+fn human_issue_from_row(row: &PgRow) -> DbResult<HumanIssue> {
+    Ok(HumanIssue {
+        id: row.try_get("id")?,
+        item_id: row.try_get("item_id")?,
+        phase: parse_enum(row, "phase")?,
+        question: row.try_get("question")?,
+        context: row.try_get("context")?,
+        status: parse_enum(row, "status")?,
+        answer: row.try_get("answer")?,
+        answered_by: row.try_get("answered_by")?,
+        created_at: row.try_get("created_at")?,
+        resolved_at: row.try_get("resolved_at")?,
+    })
+}
+
 pub async fn human_issues_for_item<'e>(
     db: impl PgExecutor<'e>,
     item_id: i64,
@@ -257,22 +272,7 @@ pub async fn human_issues_for_item<'e>(
     .bind(item_id)
     .fetch_all(db)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(HumanIssue {
-                id: row.try_get("id")?,
-                item_id: row.try_get("item_id")?,
-                phase: parse_enum(row, "phase")?,
-                question: row.try_get("question")?,
-                context: row.try_get("context")?,
-                status: parse_enum(row, "status")?,
-                answer: row.try_get("answer")?,
-                answered_by: row.try_get("answered_by")?,
-                created_at: row.try_get("created_at")?,
-                resolved_at: row.try_get("resolved_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(human_issue_from_row).collect()
 }
 
 /// An item's spending per phase and model.
@@ -344,20 +344,5 @@ pub async fn list_human_issues(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(HumanIssue {
-                id: row.try_get("id")?,
-                item_id: row.try_get("item_id")?,
-                phase: parse_enum(row, "phase")?,
-                question: row.try_get("question")?,
-                context: row.try_get("context")?,
-                status: parse_enum(row, "status")?,
-                answer: row.try_get("answer")?,
-                answered_by: row.try_get("answered_by")?,
-                created_at: row.try_get("created_at")?,
-                resolved_at: row.try_get("resolved_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(human_issue_from_row).collect()
 }

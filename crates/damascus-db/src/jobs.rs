@@ -263,6 +263,27 @@ async fn supersede(conn: &mut PgConnection, job: &ClaimedJob) -> DbResult<Ended>
     Ok(Ended::Superseded)
 }
 
+/// The common start of every verdict-bearing end: the claim's slot, then the item,
+/// locked in that order. `Err` is how the end already went: a lost claim (nothing to
+/// commit) or a superseded job (dropped, its item nudged; commit that).
+async fn lock_for_end(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    job: &ClaimedJob,
+) -> DbResult<Result<(JobTarget, crate::transitions::LockedItem), Ended>> {
+    if !lock_claim(conn, worker, job).await? {
+        return Ok(Err(Ended::LostClaim));
+    }
+    let Some(target) = job.target else {
+        return Ok(Err(supersede(conn, job).await?));
+    };
+    let item = lock_item(conn, target.item_id).await?;
+    if item.phase != target.phase {
+        return Ok(Err(supersede(conn, job).await?));
+    }
+    Ok(Ok((target, item)))
+}
+
 /// Records a pass, fail or needs-human verdict: deletes the job, moves the item, opens
 /// a human issue if it blocks, writes the events; the trigger spawns the next job. One
 /// transaction.
@@ -273,20 +294,13 @@ pub async fn finish(
     report: &PhaseReport,
 ) -> DbResult<Ended> {
     let mut tx = pool.begin().await?;
-    if !lock_claim(&mut tx, worker, job).await? {
-        return Ok(Ended::LostClaim);
-    }
-    let Some(target) = job.target else {
-        let ended = supersede(&mut tx, job).await?;
-        tx.commit().await?;
-        return Ok(ended);
+    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
+        Ok(locked) => locked,
+        Err(ended) => {
+            tx.commit().await?;
+            return Ok(ended);
+        }
     };
-    let item = lock_item(&mut tx, target.item_id).await?;
-    if item.phase != target.phase {
-        let ended = supersede(&mut tx, job).await?;
-        tx.commit().await?;
-        return Ok(ended);
-    }
     // Order matters: the job goes first, so that the phase change spawns the next one.
     delete_job(&mut tx, job.job_id).await?;
     let transition = apply_verdict(&mut tx, &item, target.attempt, &report.verdict).await?;
@@ -316,20 +330,13 @@ pub async fn retry_later(
     delay: Duration,
 ) -> DbResult<Ended> {
     let mut tx = pool.begin().await?;
-    if !lock_claim(&mut tx, worker, job).await? {
-        return Ok(Ended::LostClaim);
-    }
-    let Some(target) = job.target else {
-        let ended = supersede(&mut tx, job).await?;
-        tx.commit().await?;
-        return Ok(ended);
+    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
+        Ok(locked) => locked,
+        Err(ended) => {
+            tx.commit().await?;
+            return Ok(ended);
+        }
     };
-    let item = lock_item(&mut tx, target.item_id).await?;
-    if item.phase != target.phase {
-        let ended = supersede(&mut tx, job).await?;
-        tx.commit().await?;
-        return Ok(ended);
-    }
     record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
     let attempts_left: i32 = sqlx::query_scalar("select attempts from mq_msgs where id = $1")
         .bind(job.job_id)

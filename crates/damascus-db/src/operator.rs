@@ -65,14 +65,7 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
         .bind(item_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "update human_issues set status = 'dismissed', resolved_at = now(), answered_by = $2
-         where item_id = $1 and status = 'open'",
-    )
-    .bind(item_id)
-    .bind(by)
-    .execute(&mut *tx)
-    .await?;
+    dismiss_open_question(&mut tx, item_id, by).await?;
     let was_running = job.is_some_and(|(_, running)| running);
     events::record(
         &mut tx,
@@ -95,6 +88,23 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
     })
 }
 
+/// Closes an item's open question without an answer (the item was cancelled or retried).
+async fn dismiss_open_question(
+    conn: &mut sqlx::PgConnection,
+    item_id: i64,
+    by: &str,
+) -> DbResult<()> {
+    sqlx::query(
+        "update human_issues set status = 'dismissed', resolved_at = now(), answered_by = $2
+         where item_id = $1 and status = 'open'",
+    )
+    .bind(item_id)
+    .bind(by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Sends a blocked item back into the phase it left with a fresh attempt budget; its
 /// open question is dismissed. The spawn trigger queues its job.
 pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
@@ -114,14 +124,7 @@ pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
             "item {item_id} is {phase}, not blocked; only blocked items can be retried"
         )));
     };
-    sqlx::query(
-        "update human_issues set status = 'dismissed', resolved_at = now(), answered_by = $2
-         where item_id = $1 and status = 'open'",
-    )
-    .bind(item_id)
-    .bind(by)
-    .execute(&mut *tx)
-    .await?;
+    dismiss_open_question(&mut tx, item_id, by).await?;
     sqlx::query(
         "update work_items set phase = resume_phase, resume_phase = null, phase_attempts = 0, attempts_total = 0
          where id = $1",

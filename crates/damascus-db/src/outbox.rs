@@ -39,13 +39,7 @@ pub async fn claim(pool: &PgPool, limit: i64) -> DbResult<Batch> {
         .iter()
         .map(|row| {
             Ok(PendingEvent {
-                event: Event {
-                    id: row.try_get("id")?,
-                    item_id: row.try_get("item_id")?,
-                    kind: row.try_get("kind")?,
-                    payload: row.try_get("payload")?,
-                    created_at: row.try_get("created_at")?,
-                },
+                event: crate::events::event_from_row(row)?,
                 attempts: row.try_get("delivery_attempts")?,
             })
         })
