@@ -154,6 +154,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_delete_job(p_job uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform damascus_free_slot(p_job);
+    perform mq_delete(array[p_job]);
+end;
+$$;
+
 CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -248,7 +257,9 @@ begin
     if exists (select 1 from damascus_jobs where item_id = new.id) then
         return null;
     end if;
-    if exists (select 1 from projects where id = new.project_id and paused) then
+    -- FOR SHARE: a pause committing right now is waited for and seen, so no job is
+    -- spawned behind it.
+    if exists (select 1 from projects where id = new.project_id and paused for share) then
         return null;
     end if;
     if exists (

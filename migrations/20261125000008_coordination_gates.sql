@@ -20,7 +20,9 @@ begin
     if exists (select 1 from damascus_jobs where item_id = new.id) then
         return null;
     end if;
-    if exists (select 1 from projects where id = new.project_id and paused) then
+    -- FOR SHARE: a pause committing right now is waited for and seen, so no job is
+    -- spawned behind it.
+    if exists (select 1 from projects where id = new.project_id and paused for share) then
         return null;
     end if;
     if exists (

@@ -76,6 +76,21 @@ pub fn redact_url(raw: &str) -> String {
             if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
             }
+            // libpq also takes the password as a query parameter.
+            if url.query_pairs().any(|(k, _)| k == "password") {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k == "password" {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             url.to_string()
         }
         Err(_) => "(unparseable URL)".to_owned(),
@@ -233,6 +248,7 @@ mod tests {
             "postgresql://app@db/damascus"
         );
         assert_eq!(redact_url("not a url s3cret"), "(unparseable URL)");
+        assert!(!redact_url("postgresql://db/x?user=a&password=s3cret").contains("s3cret"));
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl From<sqlx::Error> for DbError {
             Some(db) if db.constraint().is_some() || db.code().as_deref() == Some("23514") => {
                 DbError::Constraint(db.message().to_owned())
             }
+            // Data exceptions (a NUL byte in text, a value out of range) are the
+            // client's input, not a server failure.
+            Some(db) if db.code().is_some_and(|c| c.starts_with("22")) => DbError::Constraint(
+                format!("{}; correct the value and send it again", db.message()),
+            ),
             _ => DbError::Sqlx(err),
         }
     }

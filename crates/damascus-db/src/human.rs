@@ -31,16 +31,22 @@ pub async fn answer(
         ));
     }
     let mut tx = pool.begin().await?;
-    // Lock order: the issue, then its item (as the queue locks items after slots).
-    let row = sqlx::query(
-        "select item_id, status::text as status from human_issues where id = $1 for update",
-    )
-    .bind(issue_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(DbError::HumanIssueNotFound(issue_id))?;
-    let item_id: i64 = row.try_get("item_id")?;
-    let status: String = row.try_get("status")?;
+    // Lock order: the item, then its issue, as cancel and retry do (they lock the item
+    // and then dismiss its question).
+    let item_id: i64 = sqlx::query_scalar("select item_id from human_issues where id = $1")
+        .bind(issue_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(DbError::HumanIssueNotFound(issue_id))?;
+    sqlx::query("select 1 from work_items where id = $1 for update")
+        .bind(item_id)
+        .execute(&mut *tx)
+        .await?;
+    let status: String =
+        sqlx::query_scalar("select status::text from human_issues where id = $1 for update")
+            .bind(issue_id)
+            .fetch_one(&mut *tx)
+            .await?;
     if status != "open" {
         return Err(DbError::HumanIssueClosed {
             id: issue_id,

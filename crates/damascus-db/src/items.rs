@@ -99,14 +99,19 @@ pub async fn ingest_with(
     let project = projects::find_project(&mut *tx, project.as_str()).await?;
     let mut merged_dependencies = Vec::new();
     for dependency in depends_on {
+        // FOR SHARE: a merge of the dependency committing now is waited for and seen;
+        // otherwise its trigger could miss the gate written here.
         let phase: Option<String> =
-            sqlx::query_scalar("select phase::text from work_items where id = $1")
+            sqlx::query_scalar("select phase::text from work_items where id = $1 for share")
                 .bind(dependency)
                 .fetch_optional(&mut *tx)
                 .await?;
         match phase.as_deref() {
             None => return Err(DbError::ItemNotFound(*dependency)),
             Some("merged") => merged_dependencies.push(*dependency),
+            Some("cancelled") => return Err(DbError::Conflict(format!(
+                "item {dependency} is cancelled and will never be merged; depend on another item"
+            ))),
             Some(_) => {}
         }
     }

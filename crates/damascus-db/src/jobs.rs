@@ -239,11 +239,7 @@ async fn lock_claim(conn: &mut PgConnection, worker: WorkerId, job: &ClaimedJob)
 
 /// Frees the job's slot and deletes the job (its `damascus_jobs` row goes with it).
 async fn delete_job(conn: &mut PgConnection, job: Uuid) -> DbResult<()> {
-    sqlx::query("select damascus_free_slot($1)")
-        .bind(job)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("select mq_delete(array[$1])")
+    sqlx::query("select damascus_delete_job($1)")
         .bind(job)
         .execute(&mut *conn)
         .await?;
@@ -271,6 +267,24 @@ async fn lock_for_end(
     worker: WorkerId,
     job: &ClaimedJob,
 ) -> DbResult<Result<(JobTarget, crate::transitions::LockedItem), Ended>> {
+    // The common case in one round trip: the claim's slot and its item together. No
+    // one locks an item and then a slot, so taking both in one statement is safe.
+    if let Some(target) = job.target {
+        if let Some(item) = crate::transitions::lock_claimed_item(
+            conn,
+            worker.0,
+            job.job_id,
+            job.claim,
+            target.item_id,
+        )
+        .await?
+        {
+            if item.phase != target.phase {
+                return Ok(Err(supersede(conn, job).await?));
+            }
+            return Ok(Ok((target, item)));
+        }
+    }
     if !lock_claim(conn, worker, job).await? {
         return Ok(Err(Ended::LostClaim));
     }
@@ -338,6 +352,17 @@ pub async fn retry_later(
         }
     };
     record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+    // A paused project's job is not retried: it is withdrawn, and resuming the project
+    // queues the item again.
+    let paused: bool = sqlx::query_scalar("select paused from projects where id = $1")
+        .bind(item.project_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if paused {
+        delete_job(&mut tx, job.job_id).await?;
+        tx.commit().await?;
+        return Ok(Ended::Superseded);
+    }
     let attempts_left: i32 = sqlx::query_scalar("select attempts from mq_msgs where id = $1")
         .bind(job.job_id)
         .fetch_one(&mut *tx)
@@ -467,7 +492,9 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
         "update work_items i set updated_at = now()
          where i.phase in ('spec', 'build', 'review')
            and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
-           and not exists (select 1 from projects p where p.id = i.project_id and p.paused)",
+           and not exists (select 1 from projects p where p.id = i.project_id and p.paused)
+           and not exists (select 1 from coordination_gates g where g.item_id = i.id and g.opened_at is null
+                           and (g.kind = 'depends_on' or (g.kind = 'approval' and i.phase = 'build')))",
     )
     .execute(pool)
     .await?

@@ -154,14 +154,16 @@ pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
-    // Queued only: a job whose slot is held keeps running to its end. SKIP LOCKED: a
-    // job being claimed right now is treated as running.
+    // Queued only: a job any slot names (running, or a lapsed claim) is left to its
+    // holder's end, which respawns nothing for a paused project. Deleting only jobs no
+    // slot names touches no slot row, so this never locks a queue row before a slot.
+    // SKIP LOCKED: a job being claimed right now is treated as running.
     let withdrawn: Vec<uuid::Uuid> = sqlx::query_scalar(
         "select m.id from mq_msgs m
          join damascus_jobs j on j.job_id = m.id
          join work_items i on i.id = j.item_id
          where i.project_id = $1
-           and not exists (select 1 from damascus_slots s where s.job_id = m.id and s.lease_until >= now())
+           and not exists (select 1 from damascus_slots s where s.job_id = m.id)
          for update of m skip locked",
     )
     .bind(id)
@@ -194,8 +196,13 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    // SKIP LOCKED: an item locked right now is being finished or answered, and that
+    // change itself runs the spawn trigger; waiting for it could deadlock with a merge
+    // that opens gates.
     let touched = sqlx::query(
-        "update work_items set updated_at = now() where project_id = $1 and phase in ('spec', 'build', 'review')",
+        "update work_items set updated_at = now() where id in (
+            select id from work_items where project_id = $1 and phase in ('spec', 'build', 'review')
+            order by id for update skip locked)",
     )
     .bind(id)
     .execute(&mut *tx)

@@ -31,10 +31,39 @@ pub(crate) async fn lock_item(conn: &mut PgConnection, item_id: i64) -> DbResult
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(DbError::ItemNotFound(item_id))?;
+    locked_item_from_row(&row)
+}
+
+/// Locks the slot holding a claim and the item together (`None`: the claim is not
+/// held, or the item is gone).
+pub(crate) async fn lock_claimed_item(
+    conn: &mut PgConnection,
+    worker: i64,
+    job: uuid::Uuid,
+    claim: uuid::Uuid,
+    item_id: i64,
+) -> DbResult<Option<LockedItem>> {
+    let row = sqlx::query(
+        "select i.id, i.project_id, i.phase::text as phase, i.phase_attempts, i.attempts_total,
+                i.max_attempts_per_phase, i.max_attempts_total
+         from damascus_slots s, work_items i
+         where s.job_id = $1 and s.claim_token = $2 and s.worker_id = $3 and i.id = $4
+         for update of s, i",
+    )
+    .bind(job)
+    .bind(claim)
+    .bind(worker)
+    .bind(item_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(locked_item_from_row).transpose()
+}
+
+fn locked_item_from_row(row: &sqlx::postgres::PgRow) -> DbResult<LockedItem> {
     Ok(LockedItem {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
-        phase: parse_enum(&row, "phase")?,
+        phase: parse_enum(row, "phase")?,
         budget: Budget {
             phase_attempts: row.try_get("phase_attempts")?,
             attempts_total: row.try_get("attempts_total")?,
@@ -95,13 +124,31 @@ pub(crate) async fn apply_verdict(
         Verdict::NeedsHuman { question, .. } => (Some(question.as_str()), None),
         Verdict::TransientError { reason } => (Some(reason.as_str()), None),
     };
+    let log_tail = match verdict {
+        Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
+        _ => None,
+    };
+    let payload = json!({
+        "from": item.phase,
+        "to": transition.phase,
+        "verdict": verdict.kind(),
+        "reason": reason,
+        "log_tail": log_tail,
+        "attempt": attempt,
+        "attempts_total": transition.attempts_total,
+    });
+    // The item's move and its event in one statement: one round trip on the hot path.
     sqlx::query(
-        "update work_items set phase = $2::work_phase, resume_phase = $3::work_phase,
-            phase_attempts = $4, attempts_total = $5, last_verdict = $6::verdict_kind,
-            last_verdict_reason = $7, spec = coalesce($8, spec),
-            test_command = coalesce($9, test_command), branch = coalesce($10, branch),
-            pr_url = coalesce($11, pr_url)
-         where id = $1",
+        "with moved as (
+            update work_items set phase = $2::work_phase, resume_phase = $3::work_phase,
+                phase_attempts = $4, attempts_total = $5, last_verdict = $6::verdict_kind,
+                last_verdict_reason = $7, spec = coalesce($8, spec),
+                test_command = coalesce($9, test_command), branch = coalesce($10, branch),
+                pr_url = coalesce($11, pr_url)
+            where id = $1
+            returning id, project_id)
+         insert into events_outbox (item_id, project_id, kind, payload)
+         select id, project_id, 'item.phase_changed', $12 from moved",
     )
     .bind(item.id)
     .bind(transition.phase.as_str())
@@ -114,27 +161,8 @@ pub(crate) async fn apply_verdict(
     .bind(output.and_then(|o| o.test_command.clone()))
     .bind(output.and_then(|o| o.branch.clone()))
     .bind(output.and_then(|o| o.pr_url.clone()))
+    .bind(&payload)
     .execute(&mut *conn)
-    .await?;
-    let log_tail = match verdict {
-        Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
-        _ => None,
-    };
-    events::record(
-        conn,
-        Some(item.id),
-        Some(item.project_id),
-        "item.phase_changed",
-        &json!({
-            "from": item.phase,
-            "to": transition.phase,
-            "verdict": verdict.kind(),
-            "reason": reason,
-            "log_tail": log_tail,
-            "attempt": attempt,
-            "attempts_total": transition.attempts_total,
-        }),
-    )
     .await?;
     if let Some(question) = &transition.question {
         let context = match verdict {

@@ -216,7 +216,12 @@ pub struct RunArgs {
     #[arg(long, env = "DAMASCUS_NO_MIGRATE")]
     pub no_migrate: bool,
     /// Webhook URLs that receive every event of the outbox (comma-separated).
-    #[arg(long = "webhook", env = "DAMASCUS_WEBHOOKS", value_delimiter = ',')]
+    #[arg(
+        long = "webhook",
+        env = "DAMASCUS_WEBHOOKS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
     pub webhooks: Vec<String>,
     /// Days to keep delivered events, and the agents' and tests' logs.
     #[arg(long, env = "DAMASCUS_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]

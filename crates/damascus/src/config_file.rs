@@ -54,8 +54,15 @@ impl ConfigFile {
     pub fn read(path: &Path) -> anyhow::Result<ConfigFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-        let file: ConfigFile = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim()))?;
+        // Not the parser's own rendering: it quotes the offending line, which may hold
+        // a secret (an API key under a misspelt name).
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
+        })?;
         file.validate()
             .with_context(|| format!("in the configuration file {}", path.display()))?;
         Ok(file)
@@ -74,7 +81,8 @@ impl ConfigFile {
         }
         for url in self.webhooks.iter().flatten() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("webhooks: {url:?} must start with http:// or https://");
+                // The URL itself stays unprinted: webhook URLs carry tokens.
+                bail!("webhooks: every URL must start with http:// or https://");
             }
         }
         if let Some(llm) = &self.llm {

@@ -356,6 +356,9 @@ async fn answering_resumes_the_item_once() {
     let path = format!("/v1/human-issues/{issue}/answer");
     let (status, body) = app.post(&path, &json!({"answer": " "})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // A NUL byte is the client's mistake, not a server failure.
+    let (status, body) = app.post(&path, &json!({"answer": "a\u{0}b"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (status, body) = app
         .post(
             &path,

@@ -245,7 +245,10 @@ async fn errors_say_what_to_do() {
     );
     *fake.everything.lock().unwrap() = 404;
     let err = forge.open_or_find("b", "main", "t", "b").await.unwrap_err();
-    assert!(!matches!(err, ForgeError::Transient(_)) && err.to_string().contains("404"), "{err}");
+    assert!(
+        !matches!(err, ForgeError::Transient(_)) && err.to_string().contains("404"),
+        "{err}"
+    );
     *fake.everything.lock().unwrap() = 503;
     assert!(matches!(
         forge.open_or_find("b", "main", "t", "b").await,

@@ -137,18 +137,30 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
             2,
             &["llm.timeout_secs"],
         ),
-        ("syntax.toml", "concurrency = \n", 2, &["TOML parse error"]),
+        (
+            "syntax.toml",
+            "concurrency = \n",
+            2,
+            &["syntax.toml (line 1)"],
+        ),
+        (
+            "secret.toml",
+            "llm_api_key = \"sk-leak\"\n",
+            2,
+            &["unknown field `llm_api_key`", "(line 1)"],
+        ),
     ];
     for (name, text, code, needles) in cases {
         let path = file(name, text);
-        crate::refused(
-            crate::damascus()
-                .args(["--config", &path, "config", "check"])
-                .output()
-                .unwrap(),
-            *code,
-            needles,
+        let out = crate::damascus()
+            .args(["--config", &path, "config", "check"])
+            .output()
+            .unwrap();
+        assert!(
+            !crate::stderr(&out).contains("sk-leak"),
+            "a secret in a bad file is never echoed"
         );
+        crate::refused(out, *code, needles);
     }
     crate::refused(
         crate::damascus()
