@@ -109,9 +109,11 @@ pub async fn ingest_with(
         match phase.as_deref() {
             None => return Err(DbError::ItemNotFound(*dependency)),
             Some("merged") => merged_dependencies.push(*dependency),
-            Some("cancelled") => return Err(DbError::Conflict(format!(
+            Some("cancelled") => {
+                return Err(DbError::Conflict(format!(
                 "item {dependency} is cancelled and will never be merged; depend on another item"
-            ))),
+            )))
+            }
             Some(_) => {}
         }
     }
