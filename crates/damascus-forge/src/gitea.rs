@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{Forge, ForgeError, ForgeFuture, MergeOutcome, PrState, PullRequest};
+use crate::rest::{FoundPull, PullsApi};
+use crate::{ForgeError, ForgeFuture, MergeOutcome};
 
 /// How Gitea merges: `Do` in the merge request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,19 @@ struct ApiPull {
     merged: bool,
     state: String,
     head: ApiRef,
+}
+
+impl ApiPull {
+    fn found(self) -> FoundPull {
+        FoundPull {
+            number: self.number,
+            url: self.html_url,
+            open: self.state == "open",
+            merged: self.merged,
+            head_ref: self.head.name,
+            head_sha: self.head.sha,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,14 +182,6 @@ impl GiteaForge {
             .map_err(|e| ForgeError::Other(format!("unexpected pull request: {e}")))
     }
 
-    fn pull_request(pull: &ApiPull) -> PullRequest {
-        PullRequest {
-            branch: pull.head.name.clone(),
-            url: pull.html_url.clone(),
-            head: pull.head.sha.clone(),
-        }
-    }
-
     async fn merge_now(
         &self,
         branch: &str,
@@ -248,37 +254,29 @@ impl GiteaForge {
     }
 }
 
-impl Forge for GiteaForge {
-    fn open_or_find<'a>(
+impl PullsApi for GiteaForge {
+    fn find_pull<'a>(&'a self, branch: &'a str) -> ForgeFuture<'a, Option<FoundPull>> {
+        Box::pin(async move { Ok(self.find(branch).await?.map(|p| p.found())) })
+    }
+
+    fn create_pull<'a>(
         &'a self,
         branch: &'a str,
         base: &'a str,
         title: &'a str,
         body: &'a str,
-    ) -> ForgeFuture<'a, PullRequest> {
+    ) -> ForgeFuture<'a, Option<FoundPull>> {
         Box::pin(async move {
-            if let Some(existing) = self.find(branch).await?.filter(|p| p.state == "open") {
-                return Ok(Self::pull_request(&existing));
-            }
             let request = json!({ "head": branch, "base": base, "title": title, "body": body });
             let (status, answer) = self
                 .send(self.http.post(self.url("/pulls")).json(&request))
                 .await?;
             match status {
-                201 => {
-                    let pull: ApiPull = serde_json::from_str(&answer)
-                        .map_err(|e| ForgeError::Other(format!("unexpected pull request: {e}")))?;
-                    Ok(Self::pull_request(&pull))
-                }
-                409 => self
-                    .find(branch)
-                    .await?
-                    .map(|p| Self::pull_request(&p))
-                    .ok_or_else(|| {
-                        ForgeError::Transient(
-                            "Gitea says a pull request exists but lists none".into(),
-                        )
-                    }),
+                201 => serde_json::from_str::<ApiPull>(&answer)
+                    .map(|p| Some(p.found()))
+                    .map_err(|e| ForgeError::Other(format!("unexpected pull request: {e}"))),
+                // Gitea: a pull request for this head and base exists already.
+                409 => Ok(None),
                 404 => Err(ForgeError::Other(format!(
                     "{} has no repository {}/{} (404); check the project's --forge-repo",
                     self.host(),
@@ -293,46 +291,27 @@ impl Forge for GiteaForge {
         })
     }
 
-    fn state<'a>(&'a self, branch: &'a str, _base: &'a str) -> ForgeFuture<'a, PrState> {
-        Box::pin(async move {
-            Ok(match self.find(branch).await? {
-                Some(p) if p.merged => PrState::Merged { head: p.head.sha },
-                Some(p) if p.state == "open" => PrState::Open { head: p.head.sha },
-                _ => PrState::Closed,
-            })
-        })
-    }
-
-    fn merge<'a>(
+    fn merge_pull<'a>(
         &'a self,
         branch: &'a str,
-        _base: &'a str,
         expected_head: &'a str,
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome> {
         Box::pin(self.merge_now(branch, expected_head, message))
     }
 
-    fn comment<'a>(&'a self, branch: &'a str, text: &'a str) -> ForgeFuture<'a, ()> {
+    fn comment_pull<'a>(&'a self, number: i64, text: &'a str) -> ForgeFuture<'a, ()> {
         Box::pin(async move {
-            let pull = self
-                .find(branch)
-                .await?
-                .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
-            let (status, _) = self
-                .send(
-                    self.http
-                        .post(self.url(&format!("/issues/{}/comments", pull.number)))
-                        .json(&json!({ "body": text })),
-                )
-                .await?;
-            if status == 201 || status == 200 {
-                Ok(())
-            } else {
-                Err(ForgeError::Other(format!(
+            let comment = self
+                .http
+                .post(self.url(&format!("/issues/{number}/comments")))
+                .json(&json!({ "body": text }));
+            match self.send(comment).await?.0 {
+                200 | 201 => Ok(()),
+                status => Err(ForgeError::Other(format!(
                     "{} answered {status} to a comment",
                     self.host()
-                )))
+                ))),
             }
         })
     }

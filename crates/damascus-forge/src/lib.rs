@@ -11,6 +11,7 @@
 mod gitea;
 mod github;
 mod local;
+mod rest;
 
 use std::future::Future;
 use std::pin::Pin;
