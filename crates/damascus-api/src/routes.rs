@@ -137,7 +137,15 @@ pub async fn ingest(
         .map_err(|e| ApiError::unprocessable(format!("project: {e}")))?;
     let story =
         Story::new(&body.title, &body.body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    let item = items::ingest_with(&state.pool, &project, &story, "api", &body.depends_on).await?;
+    // An unknown dependency is a field of this request that is wrong: 422, not 404.
+    let item = items::ingest_with(&state.pool, &project, &story, "api", &body.depends_on)
+        .await
+        .map_err(|e| match e {
+            damascus_db::DbError::ItemNotFound(_) => {
+                ApiError::unprocessable(format!("depends_on: {e}"))
+            }
+            other => other.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(ItemJson::from(item))).into_response())
 }
 

@@ -34,6 +34,9 @@ pub struct IngestStory {
     #[schemars(description = "The story in Markdown; acceptance criteria and a test command help")]
     #[serde(default)]
     pub body: String,
+    #[schemars(description = "Ids of items that must be merged before this one starts")]
+    #[serde(default)]
+    pub depends_on: Vec<i64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -156,7 +159,7 @@ impl DamascusMcp {
             Ok(s) => s,
             Err(e) => return refused(e.to_string()),
         };
-        match items::ingest(&self.pool, &project, &story, "mcp").await {
+        match items::ingest_with(&self.pool, &project, &story, "mcp", &args.depends_on).await {
             Ok(item) => answered(json!({ "item": ItemJson::from(item) })),
             Err(e) => from_db(e),
         }
