@@ -187,6 +187,37 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_gates_hold(p_item bigint, p_phase public.work_phase) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select exists (
+        select 1 from coordination_gates g
+        where g.item_id = p_item and g.opened_at is null
+          and (g.kind = 'depends_on' or (g.kind = 'approval' and p_phase = 'build'))
+    )
+$$;
+
+CREATE FUNCTION public.damascus_hand_over_lock() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_waiter bigint;
+begin
+    for v_waiter in
+        select g.item_id from coordination_gates g
+        join work_items i on i.id = g.item_id
+        where g.kind = 'lock' and g.lock_name = old.name and g.opened_at is null
+          and i.phase = 'review' and i.id <> old.item_id
+          and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+        order by i.phase_entered_at, i.id
+    loop
+        update work_items set updated_at = now() where id = v_waiter;
+        exit when exists (select 1 from named_locks where name = old.name);
+    end loop;
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_job_channel() RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ select 'damascus.advance'::text $$;
@@ -212,6 +243,16 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_locks_taken_by_others(p_item bigint) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select exists (
+        select 1 from coordination_gates g
+        join named_locks l on l.name = g.lock_name
+        where g.item_id = p_item and g.kind = 'lock' and l.item_id <> p_item
+    )
+$$;
+
 CREATE FUNCTION public.damascus_notify_event() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -227,6 +268,17 @@ CREATE FUNCTION public.damascus_open_dependents() RETURNS trigger
 begin
     update coordination_gates set opened_at = now(), opened_by = 'merge of item ' || new.id
     where kind = 'depends_on' and depends_on_item_id = new.id and opened_at is null;
+    return null;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_release_locks() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    delete from named_locks where item_id = new.id;
+    update coordination_gates set opened_at = null, opened_by = 'released when it left review'
+    where item_id = new.id and kind = 'lock' and opened_at is not null;
     return null;
 end;
 $$;
@@ -262,11 +314,10 @@ begin
     if exists (select 1 from projects where id = new.project_id and paused for share) then
         return null;
     end if;
-    if exists (
-        select 1 from coordination_gates g
-        where g.item_id = new.id and g.opened_at is null
-          and (g.kind = 'depends_on' or (g.kind = 'approval' and new.phase = 'build'))
-    ) then
+    if damascus_gates_hold(new.id, new.phase) then
+        return null;
+    end if;
+    if new.phase = 'review' and not damascus_take_locks(new.id) then
         return null;
     end if;
     select job_attempts into v_attempts from damascus_queue_settings;
@@ -279,6 +330,32 @@ begin
     insert into damascus_jobs (job_id, item_id, phase, attempt)
     values (v_job, new.id, new.phase, new.phase_attempts + 1);
     return null;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_take_locks(p_item bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_gate record;
+begin
+    for v_gate in
+        select g.id, g.lock_name from coordination_gates g
+        where g.item_id = p_item and g.kind = 'lock'
+        order by g.lock_name
+    loop
+        insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
+        on conflict (name) do nothing;
+        if not exists (
+            select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
+        ) then
+            return false;
+        end if;
+        -- The gate shows it (kind lock is not watched by damascus_gate_opened).
+        update coordination_gates set opened_at = now(), opened_by = 'holds the lock'
+        where id = v_gate.id and opened_at is null;
+    end loop;
+    return true;
 end;
 $$;
 
@@ -953,6 +1030,13 @@ CREATE TABLE public.mq_payloads (
     payload_bytes bytea
 );
 
+CREATE TABLE public.named_locks (
+    name text NOT NULL,
+    item_id bigint NOT NULL,
+    acquired_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT named_locks_name_present CHECK ((btrim(name) <> ''::text))
+);
+
 ALTER TABLE public.projects ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.projects_id_seq
     START WITH 1
@@ -1016,6 +1100,9 @@ ALTER TABLE ONLY public.mq_msgs
 ALTER TABLE ONLY public.mq_payloads
     ADD CONSTRAINT mq_payloads_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.named_locks
+    ADD CONSTRAINT named_locks_pkey PRIMARY KEY (name);
+
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_name_key UNIQUE (name);
 
@@ -1028,6 +1115,8 @@ ALTER TABLE ONLY public.work_items
 CREATE INDEX coordination_gates_closed_idx ON public.coordination_gates USING btree (item_id) WHERE (opened_at IS NULL);
 
 CREATE INDEX coordination_gates_depends_on_idx ON public.coordination_gates USING btree (depends_on_item_id) WHERE (kind = 'depends_on'::public.gate_kind);
+
+CREATE INDEX coordination_gates_lock_name_idx ON public.coordination_gates USING btree (lock_name) WHERE (kind = 'lock'::public.gate_kind);
 
 CREATE INDEX cost_ledger_created_idx ON public.cost_ledger USING btree (created_at);
 
@@ -1049,17 +1138,23 @@ CREATE INDEX mq_msgs_channel_name_channel_args_attempt_at_idx ON public.mq_msgs 
 
 CREATE INDEX mq_msgs_channel_name_channel_args_created_at_id_idx ON public.mq_msgs USING btree (channel_name, channel_args, created_at, id) WHERE ((id <> public.uuid_nil()) AND (after_message_id IS NOT NULL));
 
+CREATE INDEX named_locks_item_idx ON public.named_locks USING btree (item_id);
+
 CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) WHERE (phase <> ALL (ARRAY['merged'::public.work_phase, 'cancelled'::public.work_phase]));
 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
 
-CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL))) EXECUTE FUNCTION public.damascus_gate_opened();
+CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL) AND (new.kind <> 'lock'::public.gate_kind))) EXECUTE FUNCTION public.damascus_gate_opened();
 
 CREATE TRIGGER events_outbox_notify AFTER INSERT ON public.events_outbox FOR EACH ROW EXECUTE FUNCTION public.damascus_notify_event();
+
+CREATE TRIGGER named_locks_hand_over AFTER DELETE ON public.named_locks FOR EACH ROW EXECUTE FUNCTION public.damascus_hand_over_lock();
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
 
 CREATE TRIGGER work_items_open_dependents AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'merged'::public.work_phase) AND (old.phase IS DISTINCT FROM 'merged'::public.work_phase))) EXECUTE FUNCTION public.damascus_open_dependents();
+
+CREATE TRIGGER work_items_release_locks AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((old.phase = 'review'::public.work_phase) AND (new.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_release_locks();
 
 CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_spawn_job();
 
@@ -1097,6 +1192,9 @@ ALTER TABLE ONLY public.human_issues
 
 ALTER TABLE ONLY public.mq_msgs
     ADD CONSTRAINT mq_msgs_after_message_id_fkey FOREIGN KEY (after_message_id) REFERENCES public.mq_msgs(id) ON DELETE SET DEFAULT;
+
+ALTER TABLE ONLY public.named_locks
+    ADD CONSTRAINT named_locks_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE RESTRICT;

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use damascus_db::events::Event;
-use damascus_db::items::{CostLine, HumanIssue, WorkItem};
+use damascus_db::items::{CostLine, Gate, HumanIssue, WorkItem};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,6 +89,9 @@ pub struct IngestBody {
     /// Items that must be merged before this one starts.
     #[serde(default)]
     pub depends_on: Vec<i64>,
+    /// Named locks the item holds through its review.
+    #[serde(default)]
+    pub locks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +181,29 @@ impl From<Event> for EventJson {
             kind: e.kind,
             payload: e.payload,
             created_at: e.created_at,
+        }
+    }
+}
+
+/// What holds an item back: `kind` is depends_on, approval or lock; `open` means it
+/// no longer holds (for a lock: the item holds it).
+#[derive(Debug, Serialize)]
+pub struct GateJson {
+    pub kind: String,
+    pub depends_on_item_id: Option<i64>,
+    pub lock: Option<String>,
+    pub open: bool,
+    pub opened_by: Option<String>,
+}
+
+impl From<Gate> for GateJson {
+    fn from(g: Gate) -> GateJson {
+        GateJson {
+            kind: g.kind,
+            depends_on_item_id: g.depends_on_item_id,
+            lock: g.lock_name,
+            open: g.open,
+            opened_by: g.opened_by,
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
-use damascus_core::{HumanIssueStatus, Phase, ProjectName, Story};
+use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, human, migrate, status};
 use serde::Deserialize;
@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::json::{
-    AnswerBody, ApiId, ApiJson, ApiQuery, CostJson, EventJson, HumanIssueJson, IngestBody, ItemJson,
+    AnswerBody, ApiId, ApiJson, ApiQuery, CostJson, EventJson, GateJson, HumanIssueJson,
+    IngestBody, ItemJson,
 };
 use crate::{ApiError, AppState};
 
@@ -137,8 +138,14 @@ pub async fn ingest(
         .map_err(|e| ApiError::unprocessable(format!("project: {e}")))?;
     let story =
         Story::new(&body.title, &body.body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let locks = LockName::parse_all(&body.locks)
+        .map_err(|e| ApiError::unprocessable(format!("locks: {e}")))?;
+    let gates = items::IntakeGates {
+        depends_on: body.depends_on,
+        locks,
+    };
     // An unknown dependency is a field of this request that is wrong: 422, not 404.
-    let item = items::ingest_with(&state.pool, &project, &story, "api", &body.depends_on)
+    let item = items::ingest_with(&state.pool, &project, &story, "api", &gates)
         .await
         .map_err(|e| match e {
             damascus_db::DbError::ItemNotFound(_) => {
@@ -169,6 +176,11 @@ pub async fn get_item(
         .into_iter()
         .map(CostJson::from)
         .collect();
+    let gates: Vec<GateJson> = items::gates_for_item(&state.pool, id)
+        .await?
+        .into_iter()
+        .map(GateJson::from)
+        .collect();
     let attempts: Vec<&EventJson> = timeline
         .iter()
         .filter(|e| e.kind == "item.phase_changed")
@@ -178,6 +190,7 @@ pub async fn get_item(
         "attempts": attempts,
         "costs": costs,
         "events": timeline,
+        "gates": gates,
         "human_issues": issues,
     })))
 }

@@ -12,7 +12,7 @@ pub mod spec;
 pub mod story;
 pub mod verdict;
 
-pub use names::{NameError, ProjectName};
+pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{
     CostSource, ForgeKind, HumanIssueStatus, MergeMethod, Phase, SpecMode, UnknownVariant,
     VerdictKind,

@@ -47,6 +47,50 @@ impl fmt::Display for ProjectName {
     }
 }
 
+/// The name of a lock (a named mutex items share, e.g. `db-schema`): 1-100 characters
+/// of letters, digits, `-`, `_`, `.`, `:` and `/`, so it reads the same in a shell, a
+/// URL and a table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LockName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "lock name {0:?} is not allowed; use 1-100 letters, digits, '-', '_', '.', ':' or '/' (e.g. \"db-schema\" or \"merge:web\")"
+)]
+pub struct LockNameError(pub String);
+
+impl LockName {
+    pub fn parse(raw: &str) -> Result<Self, LockNameError> {
+        let name = raw.trim();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.:/".contains(c);
+        if name.is_empty() || name.len() > 100 || !name.chars().all(allowed) {
+            return Err(LockNameError(raw.to_owned()));
+        }
+        Ok(LockName(name.to_owned()))
+    }
+
+    /// Parses each name; the result is sorted with duplicates removed.
+    pub fn parse_all<S: AsRef<str>>(raw: &[S]) -> Result<Vec<LockName>, LockNameError> {
+        let mut names = raw
+            .iter()
+            .map(|r| LockName::parse(r.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +125,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("lowercase letters"));
+    }
+
+    #[test]
+    fn lock_names() {
+        for ok in [
+            "db-schema",
+            "merge:web",
+            "a",
+            "repo/path.v2",
+            &"x".repeat(100),
+        ] {
+            assert!(LockName::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "  ",
+            "two words",
+            "semi;colon",
+            "$(rm)",
+            "naïve",
+            &"x".repeat(101),
+        ] {
+            let err = LockName::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("e.g."), "{err}");
+        }
+        let all = LockName::parse_all(&["b", " a ", "b"]).unwrap();
+        assert_eq!(
+            all.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }

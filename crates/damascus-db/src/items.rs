@@ -2,7 +2,7 @@
 //! costs. Every change here is one transaction together with its outbox event.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{HumanIssueStatus, Phase, ProjectName, Story, VerdictKind};
+use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story, VerdictKind};
 use serde_json::{json, Value};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
@@ -81,11 +81,20 @@ pub async fn ingest(
     story: &Story,
     source: &str,
 ) -> DbResult<WorkItem> {
-    ingest_with(pool, project, story, source, &[]).await
+    ingest_with(pool, project, story, source, &IntakeGates::default()).await
+}
+
+/// What an item waits for besides its own work: other items to be merged first, and
+/// named locks it must hold for its review (see migration `named_locks`).
+#[derive(Debug, Clone, Default)]
+pub struct IntakeGates {
+    pub depends_on: Vec<i64>,
+    pub locks: Vec<LockName>,
 }
 
 /// Ingests a story whose item waits for other items to be merged first (`depends_on`),
-/// and for a person's approval of its spec when the project requires one. The item is
+/// holds named locks through its review (`locks`), and waits for a person's approval
+/// of its spec when the project requires one. The item is
 /// written in `intake`, its gates beside it, then moved to `spec`, so the spawn trigger
 /// sees the gates: one transaction.
 pub async fn ingest_with(
@@ -93,8 +102,9 @@ pub async fn ingest_with(
     project: &ProjectName,
     story: &Story,
     source: &str,
-    depends_on: &[i64],
+    gates: &IntakeGates,
 ) -> DbResult<WorkItem> {
+    let depends_on = &gates.depends_on;
     let mut tx = pool.begin().await?;
     let project = projects::find_project(&mut *tx, project.as_str()).await?;
     let mut merged_dependencies = Vec::new();
@@ -144,6 +154,15 @@ pub async fn ingest_with(
         .execute(&mut *tx)
         .await?;
     }
+    for lock in &gates.locks {
+        sqlx::query(
+            "insert into coordination_gates (item_id, kind, lock_name) values ($1, 'lock', $2)",
+        )
+        .bind(id)
+        .bind(lock.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
     if project.require_approval {
         sqlx::query("insert into coordination_gates (item_id, kind) values ($1, 'approval')")
             .bind(id)
@@ -162,6 +181,7 @@ pub async fn ingest_with(
         &json!({
             "project": project.name, "title": story.title, "phase": Phase::Spec, "source": source,
             "depends_on": depends_on, "needs_approval": project.require_approval,
+            "locks": gates.locks.iter().map(LockName::as_str).collect::<Vec<_>>(),
         }),
     )
     .await?;
@@ -175,13 +195,14 @@ pub async fn ingest_with(
 pub struct Gate {
     pub kind: String,
     pub depends_on_item_id: Option<i64>,
+    pub lock_name: Option<String>,
     pub open: bool,
     pub opened_by: Option<String>,
 }
 
 pub async fn gates_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<Gate>> {
     let rows = sqlx::query(
-        "select kind::text as kind, depends_on_item_id, opened_at is not null as open, opened_by
+        "select kind::text as kind, depends_on_item_id, lock_name, opened_at is not null as open, opened_by
          from coordination_gates where item_id = $1 order by id",
     )
     .bind(item_id)
@@ -192,6 +213,7 @@ pub async fn gates_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResu
             Ok(Gate {
                 kind: row.try_get("kind")?,
                 depends_on_item_id: row.try_get("depends_on_item_id")?,
+                lock_name: row.try_get("lock_name")?,
                 open: row.try_get("open")?,
                 opened_by: row.try_get("opened_by")?,
             })

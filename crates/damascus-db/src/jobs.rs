@@ -493,8 +493,8 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
          where i.phase in ('spec', 'build', 'review')
            and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
            and not exists (select 1 from projects p where p.id = i.project_id and p.paused)
-           and not exists (select 1 from coordination_gates g where g.item_id = i.id and g.opened_at is null
-                           and (g.kind = 'depends_on' or (g.kind = 'approval' and i.phase = 'build')))",
+           and not damascus_gates_hold(i.id, i.phase)
+           and not (i.phase = 'review' and damascus_locks_taken_by_others(i.id))",
     )
     .execute(pool)
     .await?

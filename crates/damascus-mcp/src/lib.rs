@@ -10,8 +10,8 @@
 //!
 //! Architecture invariant: stdout carries only protocol messages; logs go to stderr.
 
-use damascus_api::json::{CostJson, EventJson, HumanIssueJson, ItemJson};
-use damascus_core::{HumanIssueStatus, Phase, ProjectName, Story};
+use damascus_api::json::{CostJson, EventJson, GateJson, HumanIssueJson, ItemJson};
+use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, human, DbError};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -37,6 +37,11 @@ pub struct IngestStory {
     #[schemars(description = "Ids of items that must be merged before this one starts")]
     #[serde(default)]
     pub depends_on: Vec<i64>,
+    #[schemars(
+        description = "Named locks the item holds through its review: items sharing one never review or merge at the same time (e.g. \"db-schema\")"
+    )]
+    #[serde(default)]
+    pub locks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -159,7 +164,15 @@ impl DamascusMcp {
             Ok(s) => s,
             Err(e) => return refused(e.to_string()),
         };
-        match items::ingest_with(&self.pool, &project, &story, "mcp", &args.depends_on).await {
+        let locks = match LockName::parse_all(&args.locks) {
+            Ok(l) => l,
+            Err(e) => return refused(format!("locks: {e}")),
+        };
+        let gates = items::IntakeGates {
+            depends_on: args.depends_on,
+            locks,
+        };
+        match items::ingest_with(&self.pool, &project, &story, "mcp", &gates).await {
             Ok(item) => answered(json!({ "item": ItemJson::from(item) })),
             Err(e) => from_db(e),
         }
@@ -225,10 +238,11 @@ impl DamascusMcp {
             Ok(item) => item,
             Err(e) => return from_db(e),
         };
-        let (timeline, issues, costs) = match tokio::try_join!(
+        let (timeline, issues, costs, gates) = match tokio::try_join!(
             events::for_item(&self.pool, args.id),
             items::human_issues_for_item(&self.pool, args.id),
             items::costs_for_item(&self.pool, args.id),
+            items::gates_for_item(&self.pool, args.id),
         ) {
             Ok(all) => all,
             Err(e) => return from_db(e),
@@ -238,6 +252,7 @@ impl DamascusMcp {
             "events": timeline.into_iter().map(EventJson::from).collect::<Vec<_>>(),
             "human_issues": issues.into_iter().map(HumanIssueJson::from).collect::<Vec<_>>(),
             "costs": costs.into_iter().map(CostJson::from).collect::<Vec<_>>(),
+            "gates": gates.into_iter().map(GateJson::from).collect::<Vec<_>>(),
         }))
     }
 

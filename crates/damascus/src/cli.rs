@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use damascus_core::{ForgeKind, MergeMethod, Phase, SpecMode};
+use damascus_core::{ForgeKind, LockName, MergeMethod, Phase, SpecMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -351,6 +351,10 @@ pub struct IngestArgs {
     /// Start only after this item is merged (repeatable).
     #[arg(long = "depends-on", value_parser = clap::value_parser!(i64).range(1..))]
     pub depends_on: Vec<i64>,
+    /// Hold this named lock through review: items sharing a lock never review or merge
+    /// at the same time (repeatable; e.g. --lock db-schema).
+    #[arg(long = "lock", value_parser = parse_lock_name)]
+    pub locks: Vec<LockName>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -391,6 +395,10 @@ fn parse_merge_method(s: &str) -> Result<MergeMethod, String> {
 fn parse_phase(s: &str) -> Result<Phase, String> {
     s.parse()
         .map_err(|e: damascus_core::UnknownVariant| e.to_string())
+}
+
+fn parse_lock_name(s: &str) -> Result<LockName, String> {
+    LockName::parse(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

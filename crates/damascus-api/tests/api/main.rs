@@ -268,6 +268,16 @@ async fn bad_requests_get_json_errors_that_say_what_was_wrong() {
             json!({"project": "web", "title": "t", "depends_on": [999]}),
             "depends_on: work item 999 not found",
         ),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"project": "web", "title": "t", "locks": ["db schema"]}),
+            "locks: lock name \"db schema\" is not allowed",
+        ),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"project": "web", "title": "t", "locks": "db"}),
+            "invalid type",
+        ),
     ];
     for (status, body, needle) in cases {
         let (got, answer) = app.post("/v1/items", &body).await;

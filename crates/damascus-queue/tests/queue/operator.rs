@@ -109,12 +109,166 @@ async fn retry_gives_a_blocked_item_a_fresh_budget() {
 }
 
 async fn ingest(db: &damascus_testdb::TestDatabase, title: &str, depends_on: &[i64]) -> i64 {
+    ingest_gated(db, title, depends_on, &[]).await
+}
+
+async fn ingest_gated(
+    db: &damascus_testdb::TestDatabase,
+    title: &str,
+    depends_on: &[i64],
+    locks: &[&str],
+) -> i64 {
     let story = damascus_core::Story::new(title, "").unwrap();
     let project = damascus_core::ProjectName::parse("web").unwrap();
-    damascus_db::items::ingest_with(&db.pool, &project, &story, "test", depends_on)
+    let gates = damascus_db::items::IntakeGates {
+        depends_on: depends_on.to_vec(),
+        locks: damascus_core::LockName::parse_all(locks).unwrap(),
+    };
+    damascus_db::items::ingest_with(&db.pool, &project, &story, "test", &gates)
         .await
         .unwrap()
         .id
+}
+
+async fn jobs_of(db: &damascus_testdb::TestDatabase, id: i64) -> i64 {
+    count(
+        &db.pool,
+        &format!("select count(*) from damascus_jobs where item_id = {id}"),
+    )
+    .await
+}
+
+async fn holder(db: &damascus_testdb::TestDatabase, lock: &str) -> Option<i64> {
+    sqlx::query_scalar("select item_id from named_locks where name = $1")
+        .bind(lock)
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Items that share a lock never review at the same time, even with free slots, and
+/// every one of them merges; an item without the lock is not held back by it.
+#[tokio::test]
+async fn items_sharing_a_lock_never_review_at_the_same_time() {
+    let db = database().await;
+    let mut locked = Vec::new();
+    for n in 0..5 {
+        locked.push(ingest_gated(&db, &format!("schema change {n}"), &[], &["db-schema"]).await);
+    }
+    let other = ingest_gated(&db, "unrelated", &[], &["docs"]).await;
+    let free = ingest(&db, "no lock", &[]).await;
+    run_until_idle(
+        db.pool.clone(),
+        fast_config(4),
+        runner(Script::Pass, Duration::from_millis(40)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from work_items where phase = 'merged'"
+        )
+        .await,
+        7
+    );
+    let ids = locked
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let overlapping = count(
+        &db.pool,
+        &format!(
+            "select count(*) from test_runs a join test_runs b on a.id < b.id
+             where a.phase = 'review' and b.phase = 'review'
+               and a.item_id in ({ids}) and b.item_id in ({ids})
+               and a.started_at < b.ended_at and b.started_at < a.ended_at"
+        ),
+    )
+    .await;
+    assert_eq!(overlapping, 0, "two holders of db-schema reviewed at once");
+    // With four slots and 40 ms phases, the unlocked items' reviews ran beside a locked one.
+    let beside = count(
+        &db.pool,
+        &format!(
+            "select count(*) from test_runs a join test_runs b on a.item_id in ({other}, {free})
+             where a.phase = 'review' and b.phase = 'review' and b.item_id in ({ids})
+               and a.started_at < b.ended_at and b.started_at < a.ended_at"
+        ),
+    )
+    .await;
+    assert!(beside > 0, "the lock held back items that do not share it");
+    assert_eq!(
+        count(&db.pool, "select count(*) from named_locks").await,
+        0,
+        "merged items keep no lock"
+    );
+}
+
+/// Taking and handing over a lock is the database's doing: a plain UPDATE that moves
+/// the holder out of review hands the lock to the item that waited longest, and spawns
+/// its job in that transaction; a waiter of a paused project is passed over.
+#[tokio::test]
+async fn leaving_review_hands_the_lock_to_the_longest_waiter() {
+    let db = database().await;
+    let first = ingest_gated(&db, "first", &[], &["merge:web"]).await;
+    let second = ingest_gated(&db, "second", &[], &["merge:web", "z-other"]).await;
+    let third = ingest_gated(&db, "third", &[], &["merge:web"]).await;
+    for id in [first, second, third] {
+        // Drop the spec job and move the item to review the way a pass would.
+        sqlx::query("delete from damascus_jobs where item_id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("update work_items set phase = 'review' where id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(holder(&db, "merge:web").await, Some(first));
+    assert_eq!(jobs_of(&db, first).await, 1);
+    assert_eq!(jobs_of(&db, second).await, 0, "second waits for merge:web");
+    assert_eq!(jobs_of(&db, third).await, 0);
+    // Ordered acquisition: second did not take z-other while it waits for merge:web.
+    assert_eq!(holder(&db, "z-other").await, None);
+
+    // The holder fails back to build: the lock goes to second, with its job.
+    sqlx::query("delete from damascus_jobs where item_id = $1")
+        .bind(first)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'build' where id = $1")
+        .bind(first)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(holder(&db, "merge:web").await, Some(second));
+    assert_eq!(holder(&db, "z-other").await, Some(second));
+    assert_eq!(jobs_of(&db, second).await, 1);
+    assert_eq!(jobs_of(&db, third).await, 0);
+    let gates = damascus_db::items::gates_for_item(&db.pool, second)
+        .await
+        .unwrap();
+    assert!(
+        gates.iter().all(|g| g.kind == "lock" && g.open),
+        "{gates:?}"
+    );
+
+    // Third's project is paused when second is cancelled: nobody takes the lock, and
+    // resuming gives it to third.
+    operator::pause_project(&db.pool, "web").await.unwrap();
+    operator::cancel(&db.pool, second, "test").await.unwrap();
+    assert_eq!(holder(&db, "merge:web").await, None);
+    assert_eq!(holder(&db, "z-other").await, None);
+    operator::resume_project(&db.pool, "web").await.unwrap();
+    assert_eq!(holder(&db, "merge:web").await, Some(third));
+    assert_eq!(jobs_of(&db, third).await, 1);
+    // First, back in build, takes no lock until it reviews again.
+    assert_eq!(jobs_of(&db, first).await, 1);
 }
 
 /// B depends on A: B gets no job before A merges, and gets it in A's merge
@@ -137,7 +291,10 @@ async fn a_dependent_item_starts_when_its_dependency_merges() {
         &damascus_core::ProjectName::parse("web").unwrap(),
         &damascus_core::Story::new("C", "").unwrap(),
         "test",
-        &[999],
+        &damascus_db::items::IntakeGates {
+            depends_on: vec![999],
+            locks: vec![],
+        },
     )
     .await
     .unwrap_err();

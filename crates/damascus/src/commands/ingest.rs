@@ -29,7 +29,14 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("cannot ingest {}: {e}{hint}", shown(&args.file))
     })?;
     let db = open_migrated(target).await?;
-    let item = items::ingest_with(&db.pool, &project, &story, "cli", &args.depends_on).await?;
+    let mut locks = args.locks;
+    locks.sort();
+    locks.dedup();
+    let gates = items::IntakeGates {
+        depends_on: args.depends_on,
+        locks,
+    };
+    let item = items::ingest_with(&db.pool, &project, &story, "cli", &gates).await?;
     println!(
         "ingested item {} into project {} (phase {}): {}",
         item.id, item.project, item.phase, item.title

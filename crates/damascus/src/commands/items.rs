@@ -101,11 +101,17 @@ pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
     if !gates.is_empty() {
         println!("\ngates");
         for gate in &gates {
-            let what = match gate.depends_on_item_id {
-                Some(other) => format!("depends on item {other}"),
-                None => gate.kind.replace('_', " "),
+            let what = match (gate.depends_on_item_id, &gate.lock_name) {
+                (Some(other), _) => format!("depends on item {other}"),
+                (None, Some(lock)) => format!("lock {lock}"),
+                (None, None) => gate.kind.replace('_', " "),
             };
-            let state = if gate.open { "open" } else { "closed" };
+            let state = match (gate.lock_name.is_some(), gate.open) {
+                (true, true) => "held",
+                (true, false) => "not held",
+                (false, true) => "open",
+                (false, false) => "closed",
+            };
             println!(
                 "  {what}: {state}{}",
                 gate.opened_by

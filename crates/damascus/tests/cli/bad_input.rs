@@ -274,6 +274,15 @@ async fn ingest_refusals() {
             &["title is empty"],
         ),
         (
+            &["ingest", "-p", "web", "--lock", "$(rm -rf /)"],
+            "# T\n",
+            2,
+            &[
+                "invalid value '$(rm -rf /)' for '--lock",
+                "e.g. \"db-schema\"",
+            ],
+        ),
+        (
             &["ingest", "-p", "web"],
             "",
             1,

@@ -86,6 +86,38 @@ async fn ingest_from_file_and_stdin_then_list_and_show() {
     assert!(shown.contains("item.ingested"), "{shown}");
     assert!(shown.contains("test       cargo test"), "{shown}");
 
+    // Gates given on the command line: a dependency and two locks (one repeated).
+    let out = ok(run(
+        &db,
+        &[
+            "ingest",
+            "-p",
+            "web",
+            "--title",
+            "Schema",
+            "--depends-on",
+            "1",
+            "--lock",
+            "db",
+            "--lock",
+            "merge:web",
+            "--lock",
+            "db",
+            "-",
+        ],
+        "Change the schema.\n",
+    ));
+    assert!(out.contains("item 3"), "{out}");
+    let shown = ok(run(&db, &["show", "3"], ""));
+    for gate in [
+        "depends on item 1: closed",
+        "lock db: not held",
+        "lock merge:web: not held",
+    ] {
+        assert!(shown.contains(gate), "{gate}: {shown}");
+    }
+    assert_eq!(shown.matches("lock db:").count(), 1, "{shown}");
+
     let stored: (String, String) =
         sqlx::query_as("select title, body from work_items where id = 2")
             .fetch_one(&db.pool)

@@ -135,6 +135,23 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
         .unwrap();
     assert_eq!(detail["item"]["phase"], "spec");
     assert_eq!(detail["human_issues"][0]["answer"], "PostgreSQL");
+    assert_eq!(detail["gates"], json!([]));
+    let locked = call(
+        "ingest_story",
+        json!({"project": "web", "title": "Schema", "locks": ["db-schema"]}),
+    )
+    .await
+    .unwrap()
+    .structured_content
+    .unwrap();
+    let locked = call("get_item", json!({"id": locked["item"]["id"]}))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    assert_eq!(locked["gates"][0]["kind"], "lock");
+    assert_eq!(locked["gates"][0]["lock"], "db-schema");
+    assert_eq!(locked["gates"][0]["open"], false);
 
     // Bad arguments: each a tool error, or a protocol error, that names the problem;
     // the server keeps serving.
@@ -148,6 +165,11 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
             "ingest_story",
             json!({"project": "web", "title": " "}),
             "title is empty",
+        ),
+        (
+            "ingest_story",
+            json!({"project": "web", "title": "x", "locks": ["two words"]}),
+            "locks: lock name \\\"two words\\\" is not allowed",
         ),
         (
             "answer_question",
@@ -196,7 +218,7 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
         .as_array()
         .unwrap()
         .len() as i64;
-    assert_eq!(still, 1);
+    assert_eq!(still, 2, "the two items ingested above, none refused");
     client.cancel().await.unwrap();
 }
 
