@@ -163,6 +163,23 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_delete_jobs(p_jobs uuid[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    delete from damascus_slots s
+    using damascus_queue_settings q
+    where s.job_id = any (p_jobs) and s.slot > q.concurrency;
+    update damascus_slots
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
+    where job_id = any (p_jobs);
+    -- A worker waiting for a free slot (the cap is reached) wakes at once.
+    perform pg_notify('mq_' || damascus_job_channel(), '');
+    delete from mq_msgs where id = any (p_jobs);
+    delete from mq_payloads where id = any (p_jobs);
+end;
+$$;
+
 CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$

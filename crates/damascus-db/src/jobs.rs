@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::DbResult;
-use crate::transitions::{apply_verdict, block_item, lock_item, record_costs};
+use crate::transitions::{block_item, lock_item, record_costs};
 use crate::{events, parse_opt_enum};
 
 /// A registered worker process.
@@ -285,6 +285,16 @@ async fn lock_for_end(
             return Ok(Ok((target, item)));
         }
     }
+    lock_for_end_by_parts(conn, worker, job).await
+}
+
+/// `lock_for_end` one row at a time: the claim's slot, then its item. For the claims
+/// the one-statement lock did not find (lost, or their item is gone).
+async fn lock_for_end_by_parts(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    job: &ClaimedJob,
+) -> DbResult<Result<(JobTarget, crate::transitions::LockedItem), Ended>> {
     if !lock_claim(conn, worker, job).await? {
         return Ok(Err(Ended::LostClaim));
     }
@@ -307,30 +317,71 @@ pub async fn finish(
     job: &ClaimedJob,
     report: &PhaseReport,
 ) -> DbResult<Ended> {
+    let mut ended = finish_many(pool, worker, &[(job, report)]).await?;
+    Ok(ended.remove(0))
+}
+
+/// Records the verdicts of several claims in one transaction (group commit): each
+/// claim ends exactly as `finish` would end it alone (fenced on its claim token, its
+/// job deleted before its item moves so the trigger spawns the next, its events
+/// written), and the batch only shares the round trips and the commit. All of them
+/// commit, or none. The results come back in the order given.
+pub async fn finish_many(
+    pool: &PgPool,
+    worker: WorkerId,
+    ends: &[(&ClaimedJob, &PhaseReport)],
+) -> DbResult<Vec<Ended>> {
     let mut tx = pool.begin().await?;
-    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
-        Ok(locked) => locked,
-        Err(ended) => {
-            tx.commit().await?;
-            return Ok(ended);
-        }
+    let claims: Vec<(Uuid, Uuid, i64)> = ends
+        .iter()
+        .filter_map(|(job, _)| job.target.map(|t| (job.claim, job.job_id, t.item_id)))
+        .collect();
+    let mut locked = if claims.is_empty() {
+        Default::default()
+    } else {
+        crate::transitions::lock_claimed_items(&mut tx, worker.0, &claims).await?
     };
-    // Order matters: the job goes first, so that the phase change spawns the next one.
-    delete_job(&mut tx, job.job_id).await?;
-    let transition = apply_verdict(&mut tx, &item, target.attempt, &report.verdict).await?;
-    record_costs(
-        &mut tx,
-        item.id,
-        target.phase,
-        target.attempt,
-        &report.costs,
-    )
-    .await?;
+    let mut results: Vec<Option<Ended>> = vec![None; ends.len()];
+    // (index in `ends`, target, locked item) of the claims whose verdict is recorded.
+    let mut recorded = Vec::new();
+    for (n, (job, _)) in ends.iter().enumerate() {
+        let found = job.target.zip(locked.remove(&job.claim));
+        let end = match found {
+            Some((target, item)) if item.phase == target.phase => Ok((target, item)),
+            Some(_) => Err(supersede(&mut tx, job).await?),
+            None => lock_for_end_by_parts(&mut tx, worker, job).await?,
+        };
+        match end {
+            Ok((target, item)) => recorded.push((n, target, item)),
+            Err(ended) => results[n] = Some(ended),
+        }
+    }
+    if !recorded.is_empty() {
+        // Order matters: the jobs go first, so that the phase changes spawn the next.
+        let jobs: Vec<Uuid> = recorded.iter().map(|(n, _, _)| ends[*n].0.job_id).collect();
+        sqlx::query("select damascus_delete_jobs($1)")
+            .bind(&jobs)
+            .execute(&mut *tx)
+            .await?;
+        let runs: Vec<_> = recorded
+            .iter()
+            .map(|(n, target, item)| (*item, target.attempt, &ends[*n].1.verdict))
+            .collect();
+        let transitions = crate::transitions::apply_verdicts(&mut tx, &runs).await?;
+        for ((n, target, item), transition) in recorded.iter().zip(transitions) {
+            let costs = &ends[*n].1.costs;
+            record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+            results[*n] = Some(Ended::Advanced {
+                from: item.phase,
+                to: transition.phase,
+            });
+        }
+    }
     tx.commit().await?;
-    Ok(Ended::Advanced {
-        from: item.phase,
-        to: transition.phase,
-    })
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every end is decided"))
+        .collect())
 }
 
 /// Puts a job that hit a transient error back in the queue after `delay`, or, when it

@@ -59,6 +59,43 @@ pub(crate) async fn lock_claimed_item(
     row.as_ref().map(locked_item_from_row).transpose()
 }
 
+/// Locks the slots of several claims of one worker and their items together, slots in
+/// slot order; returns the locked item of each claim still held, by claim token (a
+/// claim not held, or whose item is gone, is missing).
+pub(crate) async fn lock_claimed_items(
+    conn: &mut PgConnection,
+    worker: i64,
+    claims: &[(uuid::Uuid, uuid::Uuid, i64)],
+) -> DbResult<std::collections::HashMap<uuid::Uuid, LockedItem>> {
+    let (tokens, jobs, items): (Vec<_>, Vec<_>, Vec<_>) = claims.iter().fold(
+        (Vec::new(), Vec::new(), Vec::new()),
+        |(mut t, mut j, mut i), (token, job, item)| {
+            t.push(*token);
+            j.push(*job);
+            i.push(*item);
+            (t, j, i)
+        },
+    );
+    let rows = sqlx::query(
+        "select c.claim, i.id, i.project_id, i.phase::text as phase, i.phase_attempts,
+                i.attempts_total, i.max_attempts_per_phase, i.max_attempts_total
+         from unnest($1::uuid[], $2::uuid[], $3::bigint[]) as c (claim, job, item)
+         join damascus_slots s on s.claim_token = c.claim and s.job_id = c.job and s.worker_id = $4
+         join work_items i on i.id = c.item
+         order by s.slot
+         for update of s, i",
+    )
+    .bind(&tokens)
+    .bind(&jobs)
+    .bind(&items)
+    .bind(worker)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("claim")?, locked_item_from_row(row)?)))
+        .collect()
+}
+
 fn locked_item_from_row(row: &sqlx::postgres::PgRow) -> DbResult<LockedItem> {
     Ok(LockedItem {
         id: row.try_get("id")?,
@@ -110,70 +147,119 @@ pub(crate) async fn record_costs(
     Ok(())
 }
 
-/// Records a counted verdict (pass, fail, needs-human) of a run in `item.phase`.
-pub(crate) async fn apply_verdict(
+/// Records the counted verdicts of runs of distinct items, all locked by the caller:
+/// every item's move and its `item.phase_changed` event in one statement (one round
+/// trip however many), then a human issue for each that blocks. The transitions come
+/// back in the order given.
+pub(crate) async fn apply_verdicts(
     conn: &mut PgConnection,
-    item: &LockedItem,
-    attempt: i32,
-    verdict: &Verdict,
-) -> DbResult<Transition> {
-    let transition = decide(item.phase, item.budget, verdict);
-    let (reason, output) = match verdict {
-        Verdict::Pass(output) => (None, Some(output)),
-        Verdict::Fail { reason, .. } => (Some(reason.as_str()), None),
-        Verdict::NeedsHuman { question, .. } => (Some(question.as_str()), None),
-        Verdict::TransientError { reason } => (Some(reason.as_str()), None),
-    };
-    let log_tail = match verdict {
-        Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
-        _ => None,
-    };
-    let payload = json!({
-        "from": item.phase,
-        "to": transition.phase,
-        "verdict": verdict.kind(),
-        "reason": reason,
-        "log_tail": log_tail,
-        "attempt": attempt,
-        "attempts_total": transition.attempts_total,
-    });
-    // The item's move and its event in one statement: one round trip on the hot path.
+    runs: &[(LockedItem, i32, &Verdict)],
+) -> DbResult<Vec<Transition>> {
+    let transitions: Vec<Transition> = runs
+        .iter()
+        .map(|(item, _, verdict)| decide(item.phase, item.budget, verdict))
+        .collect();
+    let mut rows = VerdictRows::default();
+    for ((item, attempt, verdict), transition) in runs.iter().zip(&transitions) {
+        rows.push(item, *attempt, verdict, transition);
+    }
     sqlx::query(
-        "with moved as (
-            update work_items set phase = $2::work_phase, resume_phase = $3::work_phase,
-                phase_attempts = $4, attempts_total = $5, last_verdict = $6::verdict_kind,
-                last_verdict_reason = $7, spec = coalesce($8, spec),
-                test_command = coalesce($9, test_command), branch = coalesce($10, branch),
-                pr_url = coalesce($11, pr_url)
-            where id = $1
-            returning id, project_id)
+        "with v as (
+            select * from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::int[],
+                $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
+            as v (id, phase, resume_phase, phase_attempts, attempts_total, verdict, reason,
+                  spec, test_command, branch, pr_url, payload)
+         ), moved as (
+            update work_items w set phase = v.phase::work_phase,
+                resume_phase = v.resume_phase::work_phase, phase_attempts = v.phase_attempts,
+                attempts_total = v.attempts_total, last_verdict = v.verdict::verdict_kind,
+                last_verdict_reason = v.reason, spec = coalesce(v.spec, w.spec),
+                test_command = coalesce(v.test_command, w.test_command),
+                branch = coalesce(v.branch, w.branch), pr_url = coalesce(v.pr_url, w.pr_url)
+            from v where w.id = v.id
+            returning w.id, w.project_id, v.payload)
          insert into events_outbox (item_id, project_id, kind, payload)
-         select id, project_id, 'item.phase_changed', $12 from moved",
+         select id, project_id, 'item.phase_changed', payload from moved",
     )
-    .bind(item.id)
-    .bind(transition.phase.as_str())
-    .bind(transition.resume_phase.map(Phase::as_str))
-    .bind(transition.phase_attempts)
-    .bind(transition.attempts_total)
-    .bind(verdict.kind().as_str())
-    .bind(reason)
-    .bind(output.and_then(|o| o.spec.clone()))
-    .bind(output.and_then(|o| o.test_command.clone()))
-    .bind(output.and_then(|o| o.branch.clone()))
-    .bind(output.and_then(|o| o.pr_url.clone()))
-    .bind(&payload)
+    .bind(&rows.id)
+    .bind(&rows.phase)
+    .bind(&rows.resume_phase)
+    .bind(&rows.phase_attempts)
+    .bind(&rows.attempts_total)
+    .bind(&rows.verdict)
+    .bind(&rows.reason)
+    .bind(&rows.spec)
+    .bind(&rows.test_command)
+    .bind(&rows.branch)
+    .bind(&rows.pr_url)
+    .bind(&rows.payload)
     .execute(&mut *conn)
     .await?;
-    if let Some(question) = &transition.question {
-        let context = match verdict {
-            Verdict::NeedsHuman { context, .. } => context.clone(),
-            Verdict::Fail { log_tail, .. } => log_tail.clone(),
-            _ => String::new(),
-        };
-        let resume = transition.resume_phase.unwrap_or(item.phase);
-        open_human_issue(conn, item, resume, question, &context).await?;
+    for ((item, _, verdict), transition) in runs.iter().zip(&transitions) {
+        if let Some(question) = &transition.question {
+            let context = match verdict {
+                Verdict::NeedsHuman { context, .. } => context.clone(),
+                Verdict::Fail { log_tail, .. } => log_tail.clone(),
+                _ => String::new(),
+            };
+            let resume = transition.resume_phase.unwrap_or(item.phase);
+            open_human_issue(conn, item, resume, question, &context).await?;
+        }
     }
-    Ok(transition)
+    Ok(transitions)
+}
+
+/// The columns of `apply_verdicts`' statement, one array per column.
+#[derive(Default)]
+struct VerdictRows {
+    id: Vec<i64>,
+    phase: Vec<&'static str>,
+    resume_phase: Vec<Option<&'static str>>,
+    phase_attempts: Vec<i32>,
+    attempts_total: Vec<i32>,
+    verdict: Vec<&'static str>,
+    reason: Vec<Option<String>>,
+    spec: Vec<Option<serde_json::Value>>,
+    test_command: Vec<Option<String>>,
+    branch: Vec<Option<String>>,
+    pr_url: Vec<Option<String>>,
+    payload: Vec<serde_json::Value>,
+}
+
+impl VerdictRows {
+    fn push(&mut self, item: &LockedItem, attempt: i32, verdict: &Verdict, to: &Transition) {
+        let (reason, output) = match verdict {
+            Verdict::Pass(output) => (None, Some(output)),
+            Verdict::Fail { reason, .. } => (Some(reason.clone()), None),
+            Verdict::NeedsHuman { question, .. } => (Some(question.clone()), None),
+            Verdict::TransientError { reason } => (Some(reason.clone()), None),
+        };
+        let log_tail = match verdict {
+            Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
+            _ => None,
+        };
+        self.payload.push(json!({
+            "from": item.phase,
+            "to": to.phase,
+            "verdict": verdict.kind(),
+            "reason": reason,
+            "log_tail": log_tail,
+            "attempt": attempt,
+            "attempts_total": to.attempts_total,
+        }));
+        self.id.push(item.id);
+        self.phase.push(to.phase.as_str());
+        self.resume_phase.push(to.resume_phase.map(Phase::as_str));
+        self.phase_attempts.push(to.phase_attempts);
+        self.attempts_total.push(to.attempts_total);
+        self.verdict.push(verdict.kind().as_str());
+        self.reason.push(reason);
+        self.spec.push(output.and_then(|o| o.spec.clone()));
+        self.test_command
+            .push(output.and_then(|o| o.test_command.clone()));
+        self.branch.push(output.and_then(|o| o.branch.clone()));
+        self.pr_url.push(output.and_then(|o| o.pr_url.clone()));
+    }
 }
 
 /// Blocks an item that could not finish its phase (a job out of retries, a lost

@@ -16,7 +16,7 @@ use damascus_db::jobs::{self, ClaimedJob, Ended, WorkerId};
 use damascus_db::DbResult;
 use rand::Rng;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -102,7 +102,20 @@ struct Shared {
     wake: Arc<Notify>,
     /// Poked when an item was cancelled: check the claims now, not at the next round.
     check_claims: Arc<Notify>,
+    /// Verdicts waiting to be recorded by the group-commit task.
+    finishes: mpsc::UnboundedSender<FinishRequest>,
 }
+
+/// One verdict for the group-commit task; `reply` gets `None` when its batch could not
+/// be written (the phase then records it alone, with retries).
+struct FinishRequest {
+    job: ClaimedJob,
+    report: PhaseReport,
+    reply: oneshot::Sender<Option<Ended>>,
+}
+
+/// The most verdicts one group commit records.
+const MAX_GROUP: usize = 64;
 
 impl Shared {
     fn stop_running(&self, claim: &Uuid, why: StopReason) {
@@ -155,6 +168,7 @@ impl WorkerPool {
             concurrency = registered.concurrency,
             "worker registered"
         );
+        let (finishes, finish_requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pool,
             config,
@@ -165,9 +179,15 @@ impl WorkerPool {
             running: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             check_claims: Arc::new(Notify::new()),
+            finishes,
         });
         let stop_claiming = CancellationToken::new();
-        let main = tokio::spawn(main_loop(shared, stop_claiming.clone(), exit_when_idle));
+        let main = tokio::spawn(main_loop(
+            shared,
+            finish_requests,
+            stop_claiming.clone(),
+            exit_when_idle,
+        ));
         Ok(WorkerPool {
             worker,
             concurrency: registered.concurrency,
@@ -218,6 +238,7 @@ pub async fn run_until_idle(
 
 async fn main_loop(
     shared: Arc<Shared>,
+    finish_requests: mpsc::UnboundedReceiver<FinishRequest>,
     stop_claiming: CancellationToken,
     exit_when_idle: bool,
 ) -> CycleSummary {
@@ -230,6 +251,11 @@ async fn main_loop(
         background.clone(),
     ));
     helpers.spawn(keep_alive_loop(shared.clone(), background.clone()));
+    helpers.spawn(group_commit_loop(
+        shared.clone(),
+        finish_requests,
+        background.clone(),
+    ));
     helpers.spawn(reaper_loop(shared.clone(), background.clone()));
 
     let mut summary = CycleSummary::default();
@@ -287,7 +313,14 @@ async fn main_loop(
         tokio::select! {
             _ = stop_claiming.cancelled() => break,
             _ = shared.wake.notified() => {}
-            Some(done) = phases.join_next(), if !phases.is_empty() => record_done(&shared, &mut summary, done),
+            Some(done) = phases.join_next(), if !phases.is_empty() => {
+                record_done(&shared, &mut summary, done);
+                // Phases that ended together (one group commit) free their slots
+                // together: claim for all of them at once.
+                while let Some(done) = phases.try_join_next() {
+                    record_done(&shared, &mut summary, done);
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -427,9 +460,67 @@ enum End {
     Release,
 }
 
+/// Records verdicts in groups: whatever verdicts are waiting when a commit starts go
+/// into it together, so under load one commit records many, and alone a verdict waits
+/// for nothing. A group that fails is handed back, and each of its phases records its
+/// verdict alone (`end_claim`'s retries).
+async fn group_commit_loop(
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<FinishRequest>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let ends: Vec<(&ClaimedJob, &PhaseReport)> =
+            group.iter().map(|r| (&r.job, &r.report)).collect();
+        match jobs::finish_many(&shared.pool, shared.worker, &ends).await {
+            Ok(ended) => {
+                for (request, ended) in group.into_iter().zip(ended) {
+                    tracing::debug!(job = %request.job.job_id, ?ended, "claim ended");
+                    let _ = request.reply.send(Some(ended));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
+                for request in group {
+                    let _ = request.reply.send(None);
+                }
+            }
+        }
+    }
+}
+
 /// Writes the end of a claim, retrying while the database is unreachable for up to one
 /// lease (the claim is safe that long); after that the job runs again elsewhere.
+/// Verdicts go to the group commit first.
 async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Option<Ended> {
+    if let End::Report(report) = &end {
+        let (reply, answer) = oneshot::channel();
+        let request = FinishRequest {
+            job: job.clone(),
+            report: report.clone(),
+            reply,
+        };
+        if shared.finishes.send(request).is_ok() {
+            if let Ok(Some(ended)) = answer.await {
+                return Some(ended);
+            }
+        }
+    }
     let deadline = tokio::time::Instant::now() + shared.config.lease;
     let mut backoff = Duration::from_millis(50);
     loop {

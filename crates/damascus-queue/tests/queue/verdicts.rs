@@ -315,3 +315,133 @@ async fn the_reaper_handles_dead_jobs_and_jobless_items() {
         1
     );
 }
+
+/// One group commit ends each claim as it would end alone: a held claim advances, a
+/// lost one changes nothing, a stale one (its item moved) is dropped and its item gets
+/// its new job, and a fail on the last attempt blocks with a human issue; each item's
+/// events are its own, and the freed slots take new work.
+#[tokio::test]
+async fn a_group_commit_ends_each_claim_as_alone() {
+    let db = database().await;
+    let ids = items(&db.pool, 4, 1, 10).await;
+    let worker = test_worker(&db.pool, 1, 4).await;
+    let other = test_worker(&db.pool, 2, 4).await;
+    let mut claimed = jobs::claim(&db.pool, worker, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    claimed.sort_by_key(|j| j.target.unwrap().item_id);
+    assert_eq!(claimed.len(), 4);
+    let item_of = |n: usize| claimed[n].target.unwrap().item_id;
+    // 1: its lease is lost to another worker. 2: moved by hand while it ran.
+    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
+        .bind(claimed[1].claim)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+        .bind(claimed[1].job_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stolen = jobs::claim(&db.pool, other, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(stolen[0].job_id, claimed[1].job_id);
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(item_of(2))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pass = Verdict::pass().into();
+    let fail = damascus_core::PhaseReport::from(Verdict::Fail {
+        reason: "tests failed".into(),
+        log_tail: "1 failed".into(),
+    });
+    let ended = jobs::finish_many(
+        &db.pool,
+        worker,
+        &[
+            (&claimed[0], &pass),
+            (&claimed[1], &pass),
+            (&claimed[2], &pass),
+            (&claimed[3], &fail),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ended,
+        [
+            Ended::Advanced {
+                from: damascus_core::Phase::Spec,
+                to: damascus_core::Phase::Build
+            },
+            Ended::LostClaim,
+            Ended::Superseded,
+            Ended::Advanced {
+                from: damascus_core::Phase::Spec,
+                to: damascus_core::Phase::Blocked
+            },
+        ]
+    );
+    let phases: Vec<(i64, String)> =
+        sqlx::query_as("select id, phase::text from work_items order by id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        phases,
+        [
+            (ids[0], "build".to_owned()),
+            (ids[1], "spec".to_owned()),
+            (ids[2], "review".to_owned()),
+            (ids[3], "blocked".to_owned()),
+        ]
+    );
+    // Each item has exactly the job its state calls for: 0 a build job, 1 the stolen
+    // claim's, 2 a review job, 3 none (blocked).
+    let jobs_by_item: Vec<(i64, String)> =
+        sqlx::query_as("select item_id, phase::text from damascus_jobs order by item_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        jobs_by_item,
+        [
+            (ids[0], "build".to_owned()),
+            (ids[1], "spec".to_owned()),
+            (ids[2], "review".to_owned()),
+        ]
+    );
+    let events: Vec<(i64, String)> = sqlx::query_as(
+        "select item_id, kind from events_outbox where kind in ('item.phase_changed', 'item.blocked') order by item_id, id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            (ids[0], "item.phase_changed".to_owned()),
+            (ids[3], "item.phase_changed".to_owned()),
+            (ids[3], "item.blocked".to_owned()),
+        ]
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from human_issues where status = 'open'"
+        )
+        .await,
+        1
+    );
+    // The three slots this worker held are free again; the stolen claim still holds one.
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        1
+    );
+}

@@ -1,0 +1,21 @@
+-- Group commit of finishes: a worker ends several claims in one transaction, so the
+-- jobs of a batch are deleted in one call. Same meaning as damascus_delete_job for
+-- each of them (free or remove the slot, delete the queue row, its payload and, by
+-- cascade, its damascus_jobs row), with one wake-up for the whole batch. The queue
+-- rows are deleted directly: sqlxmq's mq_delete only adds a NOTIFY for ordered
+-- messages, and Damascus never enqueues ordered ones.
+create function damascus_delete_jobs(p_jobs uuid[]) returns void
+language plpgsql as $$
+begin
+    delete from damascus_slots s
+    using damascus_queue_settings q
+    where s.job_id = any (p_jobs) and s.slot > q.concurrency;
+    update damascus_slots
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
+    where job_id = any (p_jobs);
+    -- A worker waiting for a free slot (the cap is reached) wakes at once.
+    perform pg_notify('mq_' || damascus_job_channel(), '');
+    delete from mq_msgs where id = any (p_jobs);
+    delete from mq_payloads where id = any (p_jobs);
+end;
+$$;
