@@ -1,28 +1,38 @@
 //! The GitHub forge, REST API v3 with a bearer token.
 //!
+//! - find: `GET …/pulls?head=owner:branch&base=…&state=…`: GitHub filters by branch, so
+//!   the answer is short whatever the number of PRs; the highest number wins;
 //! - open: `POST /repos/{owner}/{repo}/pulls`; a 422 "A pull request already exists"
-//!   means the branch has one, which is found (`GET …/pulls?head=owner:branch`) and
-//!   reused;
+//!   means the branch has an open one, which is found and reused. A 422 whose `errors`
+//!   name the field `head` (or `base`) as `invalid` means that branch is missing on
+//!   GitHub; a 404 is asked about with `GET /repos/{owner}/{repo}`, and only a missing
+//!   repository is reported as one;
 //! - merge: `PUT …/pulls/{number}/merge` with `sha` = the tested commit and the merge
-//!   method; 405 (not mergeable) is transient, 409 (head moved) means review again;
+//!   method; the answer's `sha` is the merge commit. 405 reads the PR again: merged
+//!   meanwhile is "already merged", `mergeable: false` with `mergeable_state: "dirty"`
+//!   is a conflict, anything else (`mergeable: null` is "not computed yet", `blocked`,
+//!   `behind`, …) is transient; 409 (head moved) means review again;
 //! - comment: `POST …/issues/{number}/comments`.
 //!
 //! Rate limits are respected: an answer with `x-ratelimit-remaining: 0` (or a 429) is a
-//! transient error that says when the limit resets.
+//! transient error that says when the limit resets. User info in the API URL is dropped
+//! (the token authenticates), so errors and `Debug` name the host only.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::rest::{FoundPull, PullsApi};
+use crate::rest::{self, FoundPull, Listed, PullsApi};
 use crate::{ForgeError, ForgeFuture, MergeOutcome, MergeStyle};
 
 #[derive(Clone)]
 pub struct GithubForge {
     http: reqwest::Client,
-    /// `https://api.github.com`, or a GitHub Enterprise API root.
+    /// `https://api.github.com`, or a GitHub Enterprise API root, without user info.
     api: String,
+    /// `host[:port]`, for messages.
+    host: String,
     owner: String,
     repo: String,
     token: String,
@@ -47,6 +57,13 @@ struct ApiPull {
     #[serde(default)]
     merged_at: Option<String>,
     head: ApiRef,
+    base: ApiBase,
+    /// `null` while GitHub has not computed it yet.
+    #[serde(default)]
+    mergeable: Option<bool>,
+    /// `clean`, `dirty` (conflicts), `blocked`, `behind`, `unstable`, `unknown`, …
+    #[serde(default)]
+    mergeable_state: Option<String>,
 }
 
 impl ApiPull {
@@ -69,6 +86,12 @@ struct ApiRef {
     sha: String,
 }
 
+#[derive(Debug, Deserialize)]
+struct ApiBase {
+    #[serde(rename = "ref")]
+    name: String,
+}
+
 impl GithubForge {
     pub fn new(
         api: &str,
@@ -79,6 +102,7 @@ impl GithubForge {
         let (owner, name) = repo.split_once('/').ok_or_else(|| {
             ForgeError::Other(format!("forge repository {repo:?} is not owner/name"))
         })?;
+        let address = rest::address_without_credentials(api)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent("damascus")
@@ -86,7 +110,8 @@ impl GithubForge {
             .map_err(|e| ForgeError::Other(e.to_string()))?;
         Ok(GithubForge {
             http,
-            api: api.trim_end_matches('/').to_owned(),
+            api: address.as_str().trim_end_matches('/').to_owned(),
+            host: rest::host_of(&address),
             owner: owner.to_owned(),
             repo: name.to_owned(),
             token: token.to_owned(),
@@ -98,13 +123,8 @@ impl GithubForge {
         format!("{}/repos/{}/{}{path}", self.api, self.owner, self.repo)
     }
 
-    fn host(&self) -> String {
-        self.api
-            .split("://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or("github")
-            .to_owned()
+    fn host(&self) -> &str {
+        &self.host
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), ForgeError> {
@@ -143,37 +163,129 @@ impl GithubForge {
         }
     }
 
-    async fn find(&self, branch: &str) -> Result<Option<ApiPull>, ForgeError> {
+    /// The newest PR from `branch` (into `base`, when given) among those `listed`.
+    async fn find(
+        &self,
+        branch: &str,
+        base: Option<&str>,
+        listed: Listed,
+    ) -> Result<Option<ApiPull>, ForgeError> {
         let head = format!("{}:{branch}", self.owner);
+        let mut query = vec![
+            ("state", listed.state()),
+            ("head", head.as_str()),
+            ("per_page", "100"),
+        ];
+        if let Some(base) = base {
+            query.push(("base", base));
+        }
         let (status, body) = self
-            .send(
-                self.http
-                    .get(self.url("/pulls"))
-                    .query(&[("state", "all"), ("head", head.as_str())]),
-            )
+            .send(self.http.get(self.url("/pulls")).query(&query))
             .await?;
-        if status != 200 {
-            return Err(ForgeError::Other(format!(
-                "{} answered {status} listing pull requests",
-                self.host()
-            )));
+        match status {
+            200 => {}
+            // The list is missing only when the repository is.
+            404 => return Err(self.no_repository()),
+            _ => {
+                return Err(ForgeError::Other(format!(
+                    "{} answered {status} listing pull requests ({})",
+                    self.host(),
+                    rest::forge_message(&body)
+                )))
+            }
         }
         let pulls: Vec<ApiPull> = serde_json::from_str(&body)
             .map_err(|e| ForgeError::Other(format!("unexpected pull list: {e}")))?;
         Ok(pulls
             .into_iter()
             .filter(|p| p.head.name == branch)
+            .filter(|p| base.is_none_or(|base| p.base.name == base))
+            .filter(|p| listed.admits(&p.state))
             .max_by_key(|p| p.number))
+    }
+
+    async fn get(&self, number: i64) -> Result<ApiPull, ForgeError> {
+        let (status, body) = self
+            .send(self.http.get(self.url(&format!("/pulls/{number}"))))
+            .await?;
+        if status != 200 {
+            return Err(ForgeError::Other(format!(
+                "{} answered {status} for pull request #{number} ({})",
+                self.host(),
+                rest::forge_message(&body)
+            )));
+        }
+        serde_json::from_str(&body)
+            .map_err(|e| ForgeError::Other(format!("unexpected pull request: {e}")))
+    }
+
+    fn no_repository(&self) -> ForgeError {
+        ForgeError::Other(format!(
+            "{} has no repository {}/{} (404), or the token cannot see it; check the project's --forge-repo",
+            self.host(),
+            self.owner,
+            self.repo
+        ))
+    }
+
+    /// Why opening a PR answered 404: only a missing repository is reported as one.
+    async fn explain_not_found(&self, branch: &str, base: &str, answer: &str) -> ForgeError {
+        match self.send(self.http.get(self.url(""))).await {
+            Ok((404, _)) => self.no_repository(),
+            Ok(_) => ForgeError::Other(format!(
+                "{} answered 404 opening a pull request from {branch} into {base} in {}/{} ({})",
+                self.host(),
+                self.owner,
+                self.repo,
+                rest::forge_message(answer)
+            )),
+            Err(e) => e,
+        }
+    }
+
+    /// A 422 to opening a PR that is not "already exists": a missing branch, or a
+    /// refusal in GitHub's words.
+    fn explain_unprocessable(&self, branch: &str, base: &str, answer: &str) -> ForgeError {
+        let value: serde_json::Value = serde_json::from_str(answer).unwrap_or_default();
+        let invalid = |field: &str| {
+            value["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["field"] == field && e["code"] == "invalid")
+        };
+        if invalid("head") {
+            ForgeError::Other(format!(
+                "the branch {branch} is missing on {} {}/{}, so no pull request can be opened from it; was it pushed?",
+                self.host(),
+                self.owner,
+                self.repo
+            ))
+        } else if invalid("base") {
+            ForgeError::Other(format!(
+                "the base branch {base} is missing on {} {}/{}; check the project's default branch",
+                self.host(),
+                self.owner,
+                self.repo
+            ))
+        } else {
+            ForgeError::Other(format!(
+                "{} refused the pull request from {branch} into {base} (422: {})",
+                self.host(),
+                rest::forge_message(answer)
+            ))
+        }
     }
 
     async fn merge_now(
         &self,
         branch: &str,
+        base: &str,
         expected: &str,
         message: &str,
     ) -> Result<MergeOutcome, ForgeError> {
         let pull = self
-            .find(branch)
+            .find(branch, Some(base), Listed::All)
             .await?
             .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
         if pull.merged_at.is_some() {
@@ -194,29 +306,78 @@ impl GithubForge {
                     .and_then(|v| v["sha"].as_str().map(str::to_owned))
                     .unwrap_or_default(),
             }),
-            405 => Err(ForgeError::Transient(format!(
-                "{} says the pull request is not mergeable yet",
-                self.host()
-            ))),
+            405 => self.refused(pull.number, base, &answer).await,
             409 => Err(ForgeError::HeadMoved {
                 expected: expected.to_owned(),
-                actual: self
-                    .find(branch)
-                    .await?
-                    .map(|p| p.head.sha)
-                    .unwrap_or_default(),
+                actual: self.get(pull.number).await?.head.sha,
             }),
             other => Err(ForgeError::Other(format!(
-                "{} answered {other} to the merge",
-                self.host()
+                "{} answered {other} to the merge of pull request #{} ({})",
+                self.host(),
+                pull.number,
+                rest::forge_message(&answer)
             ))),
         }
+    }
+
+    /// A 405 to a merge: merged meanwhile, a conflict, or not mergeable yet.
+    async fn refused(
+        &self,
+        number: i64,
+        base: &str,
+        answer: &str,
+    ) -> Result<MergeOutcome, ForgeError> {
+        let said = rest::forge_message(answer);
+        let now = self.get(number).await?;
+        if now.merged_at.is_some() {
+            return Ok(MergeOutcome::AlreadyMerged);
+        }
+        let state = now.mergeable_state.as_deref().unwrap_or("unknown");
+        if now.mergeable == Some(false) && state == "dirty" {
+            return Err(ForgeError::Conflict {
+                base: base.to_owned(),
+                detail: format!(
+                    "{} reports pull request #{number} has conflicts (mergeable_state: dirty; it said: {said}); build the branch again on {base}",
+                    self.host()
+                ),
+            });
+        }
+        let mergeable = match now.mergeable {
+            Some(mergeable) => mergeable.to_string(),
+            None => "not computed yet".into(),
+        };
+        Err(ForgeError::Transient(format!(
+            "{} refused to merge pull request #{number} for now (405: {said}; mergeable: {mergeable}, mergeable_state: {state})",
+            self.host()
+        )))
     }
 }
 
 impl PullsApi for GithubForge {
-    fn find_pull<'a>(&'a self, branch: &'a str) -> ForgeFuture<'a, Option<FoundPull>> {
-        Box::pin(async move { Ok(self.find(branch).await?.map(|p| p.found())) })
+    fn find_open_pull<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+    ) -> ForgeFuture<'a, Option<FoundPull>> {
+        Box::pin(async move {
+            Ok(self
+                .find(branch, Some(base), Listed::Open)
+                .await?
+                .map(ApiPull::found))
+        })
+    }
+
+    fn find_pull<'a>(
+        &'a self,
+        branch: &'a str,
+        base: Option<&'a str>,
+    ) -> ForgeFuture<'a, Option<FoundPull>> {
+        Box::pin(async move {
+            Ok(self
+                .find(branch, base, Listed::All)
+                .await?
+                .map(ApiPull::found))
+        })
     }
 
     fn create_pull<'a>(
@@ -237,15 +398,12 @@ impl PullsApi for GithubForge {
                     .map_err(|e| ForgeError::Other(format!("unexpected pull request: {e}"))),
                 // GitHub: "A pull request already exists for owner:branch."
                 422 if answer.contains("already exists") => Ok(None),
-                404 => Err(ForgeError::Other(format!(
-                    "{} has no repository {}/{} (404); check the project's --forge-repo",
-                    self.host(),
-                    self.owner,
-                    self.repo
-                ))),
+                422 => Err(self.explain_unprocessable(branch, base, &answer)),
+                404 => Err(self.explain_not_found(branch, base, &answer).await),
                 other => Err(ForgeError::Other(format!(
-                    "{} answered {other} opening the pull request",
-                    self.host()
+                    "{} answered {other} opening the pull request from {branch} into {base} ({})",
+                    self.host(),
+                    rest::forge_message(&answer)
                 ))),
             }
         })
@@ -254,10 +412,11 @@ impl PullsApi for GithubForge {
     fn merge_pull<'a>(
         &'a self,
         branch: &'a str,
+        base: &'a str,
         expected_head: &'a str,
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome> {
-        Box::pin(self.merge_now(branch, expected_head, message))
+        Box::pin(self.merge_now(branch, base, expected_head, message))
     }
 
     fn comment_pull<'a>(&'a self, number: i64, text: &'a str) -> ForgeFuture<'a, ()> {

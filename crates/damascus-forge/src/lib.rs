@@ -47,6 +47,8 @@ pub enum PrState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeOutcome {
     Merged {
+        /// The commit the merge put on the base branch, as the forge names it (empty
+        /// when a forge names none).
         commit: String,
     },
     /// It was merged before (a second merge is a no-op).

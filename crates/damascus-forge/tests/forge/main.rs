@@ -1,6 +1,7 @@
 //! The GitHub client against a server inside the test that answers like GitHub's REST
-//! API v3: it asserts on what it receives and plays 401, 404, 405, 409, 422, 5xx and a
-//! spent rate limit. The Gitea client's refusals are in `gitea`.
+//! API v3: it asserts on what it receives and plays 401, 404 (a missing repository),
+//! 405 (with the PR's `mergeable` and `mergeable_state`), 409, 422 (a PR exists, a
+//! branch is missing), 5xx and a spent rate limit. The Gitea client is in `gitea`.
 
 mod gitea;
 
@@ -15,9 +16,15 @@ use axum::{Json, Router};
 use damascus_forge::{Forge, ForgeError, GithubForge, MergeOutcome, MergeStyle, PrState};
 use serde_json::{json, Value};
 
+/// What a PR read says about merging: `mergeable` (`null`: not computed yet) and
+/// `mergeable_state`.
+type Mergeability = (Value, &'static str);
+
 #[derive(Clone, Default)]
 struct Fake {
     pulls: Arc<Mutex<Vec<(i64, String, bool)>>>,
+    /// What reads of a PR say about merging it; `null` and "unknown" when unset.
+    mergeability: Arc<Mutex<Option<Mergeability>>>,
     /// Statuses to answer merges with, in order (then 200).
     merge_answers: Arc<Mutex<VecDeque<u16>>>,
     /// A status every request gets (e.g. 401, 503), or 0.
@@ -29,21 +36,41 @@ struct Fake {
 
 const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
 
-fn pull_json(number: i64, branch: &str, merged: bool) -> Value {
+/// Branches GitHub does not have: opening a PR from one is a 422 naming `head`.
+const NOT_PUSHED: &str = "damascus/not-pushed";
+
+fn pull_json(fake: &Fake, number: i64, branch: &str, merged: bool) -> Value {
+    let (mergeable, state) = fake
+        .mergeability
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or((Value::Null, "unknown"));
     json!({
         "number": number,
         "html_url": format!("https://github.test/acme/web/pull/{number}"),
         "state": if merged { "closed" } else { "open" },
         "merged_at": if merged { Value::from("2026-11-25T00:00:00Z") } else { Value::Null },
         "head": { "ref": branch, "sha": HEAD },
+        "base": { "ref": "main", "sha": "1111111111111111111111111111111111111111" },
+        "mergeable": mergeable,
+        "mergeable_state": state,
     })
 }
 
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
+}
+
+type RepoPath = Path<(String, String)>;
+
 fn check(fake: &Fake, headers: &HeaderMap) -> Option<Response> {
-    assert_eq!(
-        headers["authorization"], "Bearer ghp_test",
-        "the token is sent as a bearer token"
-    );
+    let auth: Vec<_> = headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Bearer ghp_test"], "the token, and only the token");
     assert_eq!(headers["accept"], "application/vnd.github+json");
     if *fake.rate_limited.lock().unwrap() {
         return Some(
@@ -70,12 +97,23 @@ fn check(fake: &Fake, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn create(State(f): State<Fake>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn create(
+    State(f): State<Fake>,
+    headers: HeaderMap,
+    Path((owner, repo)): RepoPath,
+    Json(body): Json<Value>,
+) -> Response {
     if let Some(r) = check(&f, &headers) {
         return r;
     }
+    if (owner.as_str(), repo.as_str()) != ("acme", "web") {
+        return not_found();
+    }
     assert_eq!(body["base"], "main");
     let branch = body["head"].as_str().unwrap().to_owned();
+    if branch == NOT_PUSHED {
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "field": "head", "code": "invalid"}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request"}))).into_response();
+    }
     *f.creates.lock().unwrap() += 1;
     let mut pulls = f.pulls.lock().unwrap();
     if pulls.iter().any(|(_, b, merged)| *b == branch && !merged) {
@@ -83,31 +121,71 @@ async fn create(State(f): State<Fake>, headers: HeaderMap, Json(body): Json<Valu
     }
     let number = pulls.len() as i64 + 1;
     pulls.push((number, branch.clone(), false));
-    (StatusCode::CREATED, Json(pull_json(number, &branch, false))).into_response()
+    drop(pulls);
+    (
+        StatusCode::CREATED,
+        Json(pull_json(&f, number, &branch, false)),
+    )
+        .into_response()
 }
 
 async fn list(
     State(f): State<Fake>,
     headers: HeaderMap,
+    Path((owner, repo)): RepoPath,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     if let Some(r) = check(&f, &headers) {
         return r;
     }
+    if (owner.as_str(), repo.as_str()) != ("acme", "web") {
+        return not_found();
+    }
+    assert!(
+        q.get("base").is_none_or(|b| b == "main"),
+        "the base filter names the base: {q:?}"
+    );
     let head = q.get("head").cloned().unwrap_or_default();
     let branch = head
         .strip_prefix("acme:")
         .expect("head is owner:branch")
         .to_owned();
-    let pulls: Vec<Value> = f
-        .pulls
-        .lock()
-        .unwrap()
+    let rows = f.pulls.lock().unwrap().clone();
+    let pulls: Vec<Value> = rows
         .iter()
         .filter(|(_, b, _)| *b == branch)
-        .map(|(n, b, m)| pull_json(*n, b, *m))
+        .map(|(n, b, m)| pull_json(&f, *n, b, *m))
         .collect();
     Json(Value::Array(pulls)).into_response()
+}
+
+async fn one(
+    State(f): State<Fake>,
+    headers: HeaderMap,
+    Path((_, _, n)): Path<(String, String, i64)>,
+) -> Response {
+    if let Some(r) = check(&f, &headers) {
+        return r;
+    }
+    let row = f.pulls.lock().unwrap().iter().find(|p| p.0 == n).cloned();
+    match row {
+        Some((n, b, m)) => Json(pull_json(&f, n, &b, m)).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn repository(
+    State(f): State<Fake>,
+    headers: HeaderMap,
+    Path((owner, repo)): RepoPath,
+) -> Response {
+    if let Some(r) = check(&f, &headers) {
+        return r;
+    }
+    if (owner.as_str(), repo.as_str()) != ("acme", "web") {
+        return not_found();
+    }
+    Json(json!({"full_name": "acme/web"})).into_response()
 }
 
 async fn merge(
@@ -147,26 +225,27 @@ async fn comment(State(f): State<Fake>, headers: HeaderMap) -> Response {
     (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
 }
 
-async fn serve(fake: Fake) -> GithubForge {
+/// Serves the fake; returns its address (`http://127.0.0.1:port`).
+async fn serve_at(fake: Fake) -> String {
     let app = Router::new()
         .route("/repos/{owner}/{repo}/pulls", post(create).get(list))
+        .route("/repos/{owner}/{repo}/pulls/{n}", get(one))
         .route("/repos/{owner}/{repo}/pulls/{n}/merge", put(merge))
         .route("/repos/{owner}/{repo}/issues/{n}/comments", post(comment))
-        .route(
-            "/repos/{owner}/{repo}",
-            get(|| async { StatusCode::NOT_FOUND }),
-        )
+        .route("/repos/{owner}/{repo}", get(repository))
         .with_state(fake);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    GithubForge::new(
-        &format!("http://{addr}"),
-        "acme/web",
-        "ghp_test",
-        MergeStyle::Squash,
-    )
-    .unwrap()
+    format!("http://{addr}")
+}
+
+fn github(address: &str, repo: &str) -> GithubForge {
+    GithubForge::new(address, repo, "ghp_test", MergeStyle::Squash).unwrap()
+}
+
+async fn serve(fake: Fake) -> GithubForge {
+    github(&serve_at(fake).await, "acme/web")
 }
 
 #[tokio::test]
@@ -269,5 +348,83 @@ async fn errors_say_what_to_do() {
     assert_eq!(
         forge.state("nothing", "main").await.unwrap(),
         PrState::Closed
+    );
+}
+
+#[tokio::test]
+async fn a_405_is_a_conflict_only_when_github_says_dirty() {
+    for (mergeable, state, conflict) in [
+        (json!(false), "dirty", true),
+        (Value::Null, "unknown", false),
+        (json!(true), "blocked", false),
+        (json!(false), "blocked", false),
+        (json!(true), "behind", false),
+    ] {
+        let fake = Fake::default();
+        let forge = serve(fake.clone()).await;
+        forge
+            .open_or_find("damascus/web-1", "main", "t", "b")
+            .await
+            .unwrap();
+        *fake.mergeability.lock().unwrap() = Some((mergeable.clone(), state));
+        fake.merge_answers.lock().unwrap().push_back(405);
+        let outcome = forge.merge("damascus/web-1", "main", HEAD, "m").await;
+        match outcome {
+            Err(ForgeError::Conflict { base, detail }) if conflict => {
+                assert_eq!(base, "main");
+                assert!(
+                    detail.contains("#1") && detail.contains("dirty"),
+                    "{detail}"
+                );
+            }
+            Err(ForgeError::Transient(reason)) if !conflict => {
+                assert!(reason.contains(state), "{reason}");
+            }
+            other => panic!("{mergeable} {state}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_branch_or_repository_says_which() {
+    let fake = Fake::default();
+    let address = serve_at(fake.clone()).await;
+    let err = github(&address, "acme/web")
+        .open_or_find(NOT_PUSHED, "main", "t", "b")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("damascus/not-pushed is missing") && text.contains("was it pushed?"),
+        "{text}"
+    );
+    assert!(!text.contains("no repository"), "{text}");
+
+    let err = github(&address, "acme/nope")
+        .open_or_find("damascus/web-1", "main", "t", "b")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("no repository acme/nope") && text.contains("--forge-repo"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_the_api_url_never_reach_an_error() {
+    let fake = Fake::default();
+    *fake.everything.lock().unwrap() = 503;
+    let address = serve_at(fake).await;
+    let forge = github(
+        &address.replace("http://", "http://user:secret@"),
+        "acme/web",
+    );
+    assert!(!format!("{forge:?}").contains("secret"));
+    let err = forge.state("damascus/web-1", "main").await.unwrap_err();
+    let host = address.trim_start_matches("http://");
+    assert!(
+        err.to_string().contains(host) && !err.to_string().contains("secret"),
+        "{err}"
     );
 }
