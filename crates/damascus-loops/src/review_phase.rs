@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use damascus_core::{PhaseReport, Verdict};
-use damascus_forge::{ForgeError, PrState};
+use damascus_forge::{ForgeError, MergeOutcome, PrState};
 
 use crate::process::{self, ProcessEnd, ProcessSpec};
 use crate::workspace::Workspace;
@@ -126,11 +126,19 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
                 .await;
             let _ = lock.release().await;
             match merged {
-                Ok(_) => {
+                Ok(outcome) => {
+                    let merged_as = match outcome {
+                        MergeOutcome::Merged { commit } if !commit.is_empty() => {
+                            format!(" as {commit}")
+                        }
+                        _ => String::new(),
+                    };
                     let _ = forge
                         .comment(
                             &branch,
-                            &format!("damascus: `{test_command}` passed on {head}; merged"),
+                            &format!(
+                                "damascus: `{test_command}` passed on {head}; merged{merged_as}"
+                            ),
                         )
                         .await;
                     Ok(Verdict::pass())

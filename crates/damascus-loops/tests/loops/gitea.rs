@@ -23,6 +23,8 @@ struct Pull {
     head: String,
     base: String,
     merged: bool,
+    /// What Gitea reports as `merge_commit_sha` once merged.
+    merge_commit: Option<String>,
 }
 
 /// One request as the fake forge saw it: method, path, authorization header, body.
@@ -65,6 +67,8 @@ impl FakeGitea {
             "html_url": format!("http://gitea.test/acme/web/pulls/{}", pull.number),
             "state": if pull.merged { "closed" } else { "open" },
             "merged": pull.merged,
+            "merge_commit_sha": pull.merge_commit,
+            "mergeable": !pull.merged,
             "head": { "ref": pull.head, "sha": sha },
             "base": { "ref": pull.base },
         })
@@ -105,6 +109,7 @@ async fn create(
             head,
             base: body["base"].as_str().unwrap_or("main").to_owned(),
             merged: false,
+            merge_commit: None,
         };
         pulls.push(pull.clone());
         pull
@@ -190,14 +195,16 @@ async fn merge(
         .merge(&pull.head, &pull.base, expected, "Merge pull request")
         .await
     {
-        Ok(_) => {
-            g.pulls
-                .lock()
-                .unwrap()
-                .iter_mut()
-                .find(|p| p.number == n)
-                .unwrap()
-                .merged = true;
+        Ok(outcome) => {
+            let merge_commit = match outcome {
+                damascus_forge::MergeOutcome::Merged { commit } => commit,
+                damascus_forge::MergeOutcome::AlreadyMerged => String::new(),
+            };
+            let mut pulls = g.pulls.lock().unwrap();
+            let pull = pulls.iter_mut().find(|p| p.number == n).unwrap();
+            pull.merged = true;
+            pull.merge_commit = Some(merge_commit);
+            // Gitea answers a merge with an empty body.
             StatusCode::OK.into_response()
         }
         Err(e) => (
@@ -308,12 +315,19 @@ async fn ingest_to_merged_through_the_gitea_api() {
         assert_eq!(body["Do"], "squash", "the project's merge method");
         assert_eq!(body["head_commit_id"], tested.as_str());
     }
-    assert!(
-        seen.iter().any(|(_, p, _, _)| p == "/comments"),
-        "verdicts are commented"
-    );
-    // A real merge commit on main of the real repository.
+    // A real merge commit on main of the real repository, named in the last comment.
     let remote = setup.remote_git();
+    let main = remote.resolve("refs/heads/main").await.unwrap().unwrap();
+    let last_comment = seen
+        .iter()
+        .rev()
+        .find(|(_, p, _, _)| p == "/comments")
+        .map(|(_, _, _, body)| body["body"].as_str().unwrap_or_default().to_owned())
+        .expect("verdicts are commented");
+    assert!(
+        last_comment.contains(&format!("merged as {main}")),
+        "{last_comment}"
+    );
     assert_eq!(
         remote.run(&["show", "main:hello.txt"]).await.unwrap(),
         "hello"
