@@ -1094,12 +1094,6 @@ ALTER TABLE ONLY public.damascus_queue_settings
     ADD CONSTRAINT damascus_queue_settings_pkey PRIMARY KEY (singleton);
 
 ALTER TABLE ONLY public.damascus_slots
-    ADD CONSTRAINT damascus_slots_claim_token_key UNIQUE (claim_token);
-
-ALTER TABLE ONLY public.damascus_slots
-    ADD CONSTRAINT damascus_slots_job_id_key UNIQUE (job_id);
-
-ALTER TABLE ONLY public.damascus_slots
     ADD CONSTRAINT damascus_slots_pkey PRIMARY KEY (slot);
 
 ALTER TABLE ONLY public.damascus_worker_processes
@@ -1191,9 +1185,6 @@ ALTER TABLE ONLY public.damascus_jobs
 
 ALTER TABLE ONLY public.damascus_jobs
     ADD CONSTRAINT damascus_jobs_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.mq_msgs(id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.damascus_slots
-    ADD CONSTRAINT damascus_slots_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.mq_msgs(id) ON DELETE SET NULL;
 
 ALTER TABLE ONLY public.damascus_slots
     ADD CONSTRAINT damascus_slots_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.damascus_worker_processes(id) ON DELETE SET NULL;

@@ -19,3 +19,18 @@ begin
     delete from mq_payloads where id = any (p_jobs);
 end;
 $$;
+
+-- Slot rows change on every claim and every end of a claim. With no index on a column
+-- that changes (job_id, claim_token), each change is a HOT update inside the slot
+-- table's few pages: no index entry written, none left behind to vacuum. The table
+-- holds one row per slot of the cap, so finding a claim or a job by scanning it costs
+-- less than keeping an index. That a job or a claim token is held by one slot at most
+-- stays true by construction: damascus_claim takes slots and queue rows FOR UPDATE SKIP
+-- LOCKED and mints each token with gen_random_uuid(). Every path that deletes a queue
+-- row frees its slot first (damascus_delete_job, damascus_delete_jobs) or only deletes
+-- rows no slot names (pausing a project), so the foreign key's ON DELETE SET NULL had
+-- nothing left to do; a slot naming a vanished job is reclaimed when its lease ends.
+alter table damascus_slots
+    drop constraint damascus_slots_claim_token_key,
+    drop constraint damascus_slots_job_id_key,
+    drop constraint damascus_slots_job_id_fkey;

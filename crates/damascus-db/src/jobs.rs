@@ -162,6 +162,17 @@ pub async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
+    let mut conn = pool.acquire().await?;
+    claim_on(&mut conn, worker, max, lease).await
+}
+
+/// `claim` on a connection, inside whatever transaction it has open.
+async fn claim_on(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    max: u32,
+    lease: Duration,
+) -> DbResult<Vec<ClaimedJob>> {
     let rows = sqlx::query(
         "select job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs, attempts_left
          from damascus_claim($1, $2, $3)",
@@ -169,8 +180,39 @@ pub async fn claim(
     .bind(worker.0)
     .bind(max as i32)
     .bind(interval(lease))
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
+    claimed_jobs(&rows)
+}
+
+/// Claims for the slots a group of ends frees, up to this worker's fair share of the
+/// cap (the cap divided by the live workers, less what it runs besides): a process
+/// that finishes phases keeps no more than its share, and the slots it frees beyond
+/// that are left for the others (their NOTIFY wakes them).
+async fn claim_share_on(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    next: &ClaimNext,
+) -> DbResult<Vec<ClaimedJob>> {
+    let rows = sqlx::query(
+        "select job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs, attempts_left
+         from (select ceil(q.concurrency::numeric / greatest(1, (
+                   select count(*) from damascus_worker_processes
+                   where not stopping
+                     and heartbeat_at >= now() - 4 * lease_ms * interval '1 millisecond')))::int as n
+               from damascus_queue_settings q) share,
+              damascus_claim($1, greatest(0, least($2, share.n - $4)), $3)",
+    )
+    .bind(worker.0)
+    .bind(next.max as i32)
+    .bind(interval(next.lease))
+    .bind(next.running_besides as i32)
+    .fetch_all(&mut *conn)
+    .await?;
+    claimed_jobs(&rows)
+}
+
+fn claimed_jobs(rows: &[sqlx::postgres::PgRow]) -> DbResult<Vec<ClaimedJob>> {
     rows.iter()
         .map(|row| {
             let item_id: Option<i64> = row.try_get("item_id")?;
@@ -331,6 +373,37 @@ pub async fn finish_many(
     worker: WorkerId,
     ends: &[(&ClaimedJob, &PhaseReport)],
 ) -> DbResult<Vec<Ended>> {
+    Ok(finish_many_and_claim(pool, worker, ends, None).await?.ended)
+}
+
+/// What `finish_many_and_claim` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// How each claim ended, in the order given.
+    pub ended: Vec<Ended>,
+    /// The jobs claimed in the same transaction.
+    pub claimed: Vec<ClaimedJob>,
+}
+
+/// What to claim in a group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimNext {
+    /// At most this many (the slots the group frees).
+    pub max: u32,
+    /// Phases this worker runs besides the group's.
+    pub running_besides: u32,
+    pub lease: Duration,
+}
+
+/// `finish_many`, then, with `claim_next`, claims ready jobs in the same transaction
+/// (up to the worker's fair share of the cap, see `claim_share_on`): a slot this batch
+/// frees goes straight to the next job, with no transaction of its own in between.
+pub async fn finish_many_and_claim(
+    pool: &PgPool,
+    worker: WorkerId,
+    ends: &[(&ClaimedJob, &PhaseReport)],
+    claim_next: Option<ClaimNext>,
+) -> DbResult<Finished> {
     let mut tx = pool.begin().await?;
     let claims: Vec<(Uuid, Uuid, i64)> = ends
         .iter()
@@ -377,11 +450,18 @@ pub async fn finish_many(
             });
         }
     }
+    let claimed = match claim_next {
+        Some(next) if next.max > 0 => claim_share_on(&mut tx, worker, &next).await?,
+        _ => Vec::new(),
+    };
     tx.commit().await?;
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every end is decided"))
-        .collect())
+    Ok(Finished {
+        ended: results
+            .into_iter()
+            .map(|r| r.expect("every end is decided"))
+            .collect(),
+        claimed,
+    })
 }
 
 /// Puts a job that hit a transient error back in the queue after `delay`, or, when it

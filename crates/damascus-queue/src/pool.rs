@@ -40,6 +40,8 @@ pub struct CycleSummary {
     /// Ends that could not be written (database unreachable); those jobs run again
     /// after their lease.
     pub end_errors: u64,
+    /// Group commits that failed, whose verdicts were then recorded one by one.
+    pub failed_groups: u64,
 }
 
 impl CycleSummary {
@@ -104,6 +106,12 @@ struct Shared {
     check_claims: Arc<Notify>,
     /// Verdicts waiting to be recorded by the group-commit task.
     finishes: mpsc::UnboundedSender<FinishRequest>,
+    /// Jobs the group commit claimed for the slots it freed, for the main loop to run.
+    /// Sent before the verdicts' replies, so they are here when their phases are joined.
+    claimed: mpsc::UnboundedSender<Vec<ClaimedJob>>,
+    /// Cancelled when the pool stops claiming; the group commit then claims no more.
+    stop_claiming: CancellationToken,
+    failed_groups: std::sync::atomic::AtomicU64,
 }
 
 /// One verdict for the group-commit task; `reply` gets `None` when its batch could not
@@ -169,6 +177,8 @@ impl WorkerPool {
             "worker registered"
         );
         let (finishes, finish_requests) = mpsc::unbounded_channel();
+        let (claimed, claimed_jobs) = mpsc::unbounded_channel();
+        let stop_claiming = CancellationToken::new();
         let shared = Arc::new(Shared {
             pool,
             config,
@@ -180,12 +190,14 @@ impl WorkerPool {
             wake: Arc::new(Notify::new()),
             check_claims: Arc::new(Notify::new()),
             finishes,
+            claimed,
+            stop_claiming: stop_claiming.clone(),
+            failed_groups: Default::default(),
         });
-        let stop_claiming = CancellationToken::new();
         let main = tokio::spawn(main_loop(
             shared,
             finish_requests,
-            stop_claiming.clone(),
+            claimed_jobs,
             exit_when_idle,
         ));
         Ok(WorkerPool {
@@ -239,9 +251,10 @@ pub async fn run_until_idle(
 async fn main_loop(
     shared: Arc<Shared>,
     finish_requests: mpsc::UnboundedReceiver<FinishRequest>,
-    stop_claiming: CancellationToken,
+    mut claimed_jobs: mpsc::UnboundedReceiver<Vec<ClaimedJob>>,
     exit_when_idle: bool,
 ) -> CycleSummary {
+    let stop_claiming = shared.stop_claiming.clone();
     let background = CancellationToken::new();
     let mut helpers = JoinSet::new();
     helpers.spawn(listener::listen(
@@ -265,6 +278,10 @@ async fn main_loop(
     loop {
         if stop_claiming.is_cancelled() {
             break;
+        }
+        // Jobs the group commit claimed first: they fill the slots it freed.
+        while let Ok(jobs) = claimed_jobs.try_recv() {
+            spawn_claimed(&shared, &mut phases, &mut summary, jobs);
         }
         let free = shared
             .registered
@@ -313,6 +330,7 @@ async fn main_loop(
         tokio::select! {
             _ = stop_claiming.cancelled() => break,
             _ = shared.wake.notified() => {}
+            Some(jobs) = claimed_jobs.recv() => spawn_claimed(&shared, &mut phases, &mut summary, jobs),
             Some(done) = phases.join_next(), if !phases.is_empty() => {
                 record_done(&shared, &mut summary, done);
                 // Phases that ended together (one group commit) free their slots
@@ -327,8 +345,16 @@ async fn main_loop(
 
     let _ = jobs::mark_stopping(&shared.pool, shared.worker).await;
     let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while let Some(done) = phases.join_next().await {
-            record_done(&shared, &mut summary, done);
+        loop {
+            // A group commit that began before claiming stopped may have claimed: run
+            // those too (they are held, and would otherwise wait for their lease).
+            while let Ok(jobs) = claimed_jobs.try_recv() {
+                spawn_claimed(&shared, &mut phases, &mut summary, jobs);
+            }
+            match phases.join_next().await {
+                Some(done) => record_done(&shared, &mut summary, done),
+                None => break,
+            }
         }
     })
     .await;
@@ -353,6 +379,9 @@ async fn main_loop(
     }
     background.cancel();
     while helpers.join_next().await.is_some() {}
+    summary.failed_groups = shared
+        .failed_groups
+        .load(std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = jobs::deregister_worker(&shared.pool, shared.worker).await {
         tracing::warn!(error = %e, "cannot deregister the worker; the reaper will");
     }
@@ -380,6 +409,18 @@ fn record_done(
             tracing::error!(error = %e, "a phase task panicked; its job runs again after its lease");
             summary.end_errors += 1;
         }
+    }
+}
+
+fn spawn_claimed(
+    shared: &Arc<Shared>,
+    phases: &mut JoinSet<(Uuid, Option<Ended>)>,
+    summary: &mut CycleSummary,
+    jobs: Vec<ClaimedJob>,
+) {
+    summary.claimed += jobs.len() as u64;
+    for job in jobs {
+        spawn_phase(shared, phases, job);
     }
 }
 
@@ -487,14 +528,31 @@ async fn group_commit_loop(
         }
         let ends: Vec<(&ClaimedJob, &PhaseReport)> =
             group.iter().map(|r| (&r.job, &r.report)).collect();
-        match jobs::finish_many(&shared.pool, shared.worker, &ends).await {
-            Ok(ended) => {
-                for (request, ended) in group.into_iter().zip(ended) {
+        // The slots this group frees go to the next jobs in the same transaction, up to
+        // this process's fair share of the cap: the rest are freed, and their NOTIFY
+        // lets the other processes claim them.
+        let claim_next = (!shared.stop_claiming.is_cancelled()).then(|| {
+            let running = shared.running.lock().expect("running map lock").len();
+            jobs::ClaimNext {
+                max: group.len() as u32,
+                running_besides: running.saturating_sub(group.len()) as u32,
+                lease: shared.config.lease,
+            }
+        });
+        match jobs::finish_many_and_claim(&shared.pool, shared.worker, &ends, claim_next).await {
+            Ok(finished) => {
+                if !finished.claimed.is_empty() {
+                    let _ = shared.claimed.send(finished.claimed);
+                }
+                for (request, ended) in group.into_iter().zip(finished.ended) {
                     tracing::debug!(job = %request.job.job_id, ?ended, "claim ended");
                     let _ = request.reply.send(Some(ended));
                 }
             }
             Err(e) => {
+                shared
+                    .failed_groups
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
                 for request in group {
                     let _ = request.reply.send(None);

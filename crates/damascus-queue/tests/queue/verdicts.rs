@@ -22,6 +22,10 @@ async fn passes_take_items_to_merged_with_one_event_per_step() {
     assert_eq!(summary.claimed, 60);
     assert_eq!(summary.advanced(), 60);
     assert_eq!(
+        summary.failed_groups, 0,
+        "every verdict went through a group commit"
+    );
+    assert_eq!(
         count(
             &db.pool,
             "select count(*) from work_items where phase = 'merged'"
@@ -443,5 +447,69 @@ async fn a_group_commit_ends_each_claim_as_alone() {
         )
         .await,
         1
+    );
+}
+
+/// A group commit hands the slots it frees to the next jobs in its own transaction, up
+/// to the worker's fair share of the cap: with two live workers and a cap of 4, a
+/// worker keeps at most 2, and the other slots stay free for the other worker.
+#[tokio::test]
+async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
+    let db = database().await;
+    items(&db.pool, 10, 3, 10).await;
+    let worker = test_worker(&db.pool, 1, 4).await;
+    let claimed = jobs::claim(&db.pool, worker, 4, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    let pass = Verdict::pass().into();
+    let ends: Vec<_> = claimed.iter().map(|job| (job, &pass)).collect();
+    let next = jobs::ClaimNext {
+        max: 4,
+        running_besides: 0,
+        lease: Duration::from_secs(5),
+    };
+    // Alone, the worker takes every slot it freed.
+    let alone = jobs::finish_many_and_claim(&db.pool, worker, &ends, Some(next))
+        .await
+        .unwrap();
+    assert!(alone
+        .ended
+        .iter()
+        .all(|e| matches!(e, Ended::Advanced { .. })));
+    assert_eq!(alone.claimed.len(), 4);
+    assert!(alone
+        .claimed
+        .iter()
+        .all(|j| !claimed.iter().any(|c| c.job_id == j.job_id)));
+    // A second live worker: a fair share is 2 of the 4 slots.
+    let _other = test_worker(&db.pool, 2, 4).await;
+    let ends: Vec<_> = alone.claimed.iter().map(|job| (job, &pass)).collect();
+    let shared = jobs::finish_many_and_claim(&db.pool, worker, &ends, Some(next))
+        .await
+        .unwrap();
+    assert_eq!(shared.claimed.len(), 2);
+    // Running one more besides the group leaves room for one.
+    let ends: Vec<_> = shared.claimed[..1].iter().map(|job| (job, &pass)).collect();
+    let busier = jobs::finish_many_and_claim(
+        &db.pool,
+        worker,
+        &ends,
+        Some(jobs::ClaimNext {
+            max: 1,
+            running_besides: 1,
+            lease: Duration::from_secs(5),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(busier.claimed.len(), 1);
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        2
     );
 }
