@@ -270,15 +270,6 @@ CREATE FUNCTION public.damascus_locks_taken_by_others(p_item bigint) RETURNS boo
     )
 $$;
 
-CREATE FUNCTION public.damascus_notify_event() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-begin
-    perform pg_notify('damascus_events', new.id::text);
-    return null;
-end;
-$$;
-
 CREATE FUNCTION public.damascus_open_dependents() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -1127,6 +1118,8 @@ CREATE INDEX coordination_gates_closed_idx ON public.coordination_gates USING bt
 
 CREATE INDEX coordination_gates_depends_on_idx ON public.coordination_gates USING btree (depends_on_item_id) WHERE (kind = 'depends_on'::public.gate_kind);
 
+CREATE INDEX coordination_gates_item_idx ON public.coordination_gates USING btree (item_id);
+
 CREATE INDEX coordination_gates_lock_name_idx ON public.coordination_gates USING btree (lock_name) WHERE (kind = 'lock'::public.gate_kind);
 
 CREATE INDEX cost_ledger_created_idx ON public.cost_ledger USING btree (created_at);
@@ -1156,8 +1149,6 @@ CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
 
 CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL) AND (new.kind <> 'lock'::public.gate_kind))) EXECUTE FUNCTION public.damascus_gate_opened();
-
-CREATE TRIGGER events_outbox_notify AFTER INSERT ON public.events_outbox FOR EACH ROW EXECUTE FUNCTION public.damascus_notify_event();
 
 CREATE TRIGGER named_locks_hand_over AFTER DELETE ON public.named_locks FOR EACH ROW EXECUTE FUNCTION public.damascus_hand_over_lock();
 

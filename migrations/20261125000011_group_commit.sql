@@ -34,3 +34,14 @@ alter table damascus_slots
     drop constraint damascus_slots_claim_token_key,
     drop constraint damascus_slots_job_id_key,
     drop constraint damascus_slots_job_id_fkey;
+
+-- Nothing listens on damascus_events: the API's event streams read the outbox by id
+-- every 250 ms. A NOTIFY per event only made every transaction that writes an event
+-- take PostgreSQL's cluster-wide notification lock through its commit, which
+-- serialises those commits (and their WAL flushes) across all sessions.
+drop trigger events_outbox_notify on events_outbox;
+drop function damascus_notify_event();
+
+-- Finding an item's gates (releasing its locks, listing them, the cascade when an
+-- item is deleted) reads this index instead of the whole table.
+create index coordination_gates_item_idx on coordination_gates (item_id);

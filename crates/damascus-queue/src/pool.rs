@@ -125,6 +125,10 @@ struct FinishRequest {
 /// The most verdicts one group commit records.
 const MAX_GROUP: usize = 64;
 
+/// How long a group commit waits for the verdicts of this process's other running
+/// phases once one has arrived (a phase lasts seconds to minutes; this is noise to it).
+const GATHER_WINDOW: Duration = Duration::from_millis(1);
+
 impl Shared {
     fn stop_running(&self, claim: &Uuid, why: StopReason) {
         if let Some(running) = self.running.lock().expect("running map lock").get(claim) {
@@ -501,9 +505,9 @@ enum End {
     Release,
 }
 
-/// Records verdicts in groups: whatever verdicts are waiting when a commit starts go
-/// into it together, so under load one commit records many, and alone a verdict waits
-/// for nothing. A group that fails is handed back, and each of its phases records its
+/// Records verdicts in groups: the verdicts waiting when a commit starts, and those of
+/// the process's other running phases that arrive within `GATHER_WINDOW`, go into it
+/// together, so under load one commit records many. A group that fails is handed back, and each of its phases records its
 /// verdict alone (`end_claim`'s retries).
 async fn group_commit_loop(
     shared: Arc<Shared>,
@@ -520,10 +524,22 @@ async fn group_commit_loop(
             _ = stop.cancelled() => return,
         };
         let mut group = vec![first];
+        // Phases that started together end together: wait a moment for the rest of
+        // this process's running phases, so that they share this commit instead of
+        // paying for one of their own right after it.
+        let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
         while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
+            if let Ok(request) = requests.try_recv() {
+                group.push(request);
+                continue;
+            }
+            let running = shared.running.lock().expect("running map lock").len();
+            if group.len() >= running {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, requests.recv()).await {
+                Ok(Some(request)) => group.push(request),
+                _ => break,
             }
         }
         let ends: Vec<(&ClaimedJob, &PhaseReport)> =
