@@ -195,9 +195,7 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
             &spec.summary,
         )
         .await
-        .map_err(|e| Verdict::TransientError {
-            reason: format!("cannot open the pull request: {e}"),
-        })?;
+        .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
     let _ = forge
         .comment(
             &branch,

@@ -212,6 +212,22 @@ async fn load(job: &JobContext) -> Result<PhaseInput, damascus_db::DbError> {
     })
 }
 
+/// The verdict for a forge call that failed (a conflict is the caller's to judge): a
+/// forge that is down or not ready is retried; one that refuses what was asked (a bad
+/// token, no such repository, a branch missing) will refuse again, so a person is asked
+/// at once instead of after every retry.
+pub(crate) fn forge_failure(what: &str, error: damascus_forge::ForgeError) -> Verdict {
+    match error {
+        damascus_forge::ForgeError::Other(detail) => Verdict::NeedsHuman {
+            question: format!("{what}: {detail}. Fix it, then answer to try again"),
+            context: String::new(),
+        },
+        other => Verdict::TransientError {
+            reason: format!("{what}: {other}"),
+        },
+    }
+}
+
 fn merge_style(project: &Project) -> damascus_forge::MergeStyle {
     match project.merge_method {
         damascus_core::MergeMethod::Merge => damascus_forge::MergeStyle::Merge,

@@ -38,11 +38,7 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
             ))
         }
         Ok(PrState::Open { head }) => head,
-        Err(e) => {
-            return Err(Verdict::TransientError {
-                reason: e.to_string(),
-            })
-        }
+        Err(e) => return Err(crate::forge_failure("cannot read the pull request", e)),
     };
     let dir = config
         .data_dir
@@ -144,9 +140,7 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<Verdict, Verdict> {
                     Ok(Verdict::pass())
                 }
                 Err(e @ ForgeError::Conflict { .. }) => Err(fail(e.to_string(), "")),
-                Err(e) => Err(Verdict::TransientError {
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(crate::forge_failure("cannot merge the pull request", e)),
             }
         }
         ProcessEnd::Exited { code, tail, .. } => {

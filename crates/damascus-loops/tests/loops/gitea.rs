@@ -233,6 +233,24 @@ async fn serve(g: FakeGitea) -> String {
             "/api/v1/repos/{owner}/{repo}/issues/{n}/comments",
             post(comment),
         )
+        // Gitea answers 401 to a token it does not know, before any route.
+        .layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let known = request
+                    .headers()
+                    .get("authorization")
+                    .is_some_and(|v| v == "token gitea-secret");
+                if known {
+                    next.run(request).await
+                } else {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({"message": "user does not exist [uid: 0, name: ]"})),
+                    )
+                        .into_response()
+                }
+            },
+        ))
         .with_state(g);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -371,4 +389,48 @@ async fn a_gitea_project_without_a_token_asks_for_one() {
         .await
         .1
         .contains("DAMASCUS_GITEA_TOKEN"));
+}
+
+/// A token Gitea refuses will be refused on every retry: the build asks a person at
+/// once (what was refused and how to fix it), instead of retrying until its attempts
+/// run out.
+#[tokio::test]
+async fn a_refused_gitea_token_asks_a_person_at_once() {
+    let setup = Setup::new().await;
+    let gitea = FakeGitea {
+        remote: setup.remote.clone(),
+        pulls: Arc::default(),
+        seen: Arc::default(),
+        not_mergeable_first: Arc::new(Mutex::new(0)),
+    };
+    let url = serve(gitea.clone()).await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.forge_kind = ForgeKind::Gitea;
+            p.forge_repo = Some("acme/web".into());
+            p.forge_url = Some(url.clone());
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    let mut config = setup.loops_config(None);
+    config.gitea_token = Some("revoked-token".into());
+    setup.cycle_with(config).await;
+    assert_eq!(setup.phase(item).await, "blocked");
+    let question = setup.open_question(item).await.1;
+    assert!(
+        question.contains("cannot open the pull request") && question.contains("refused the token"),
+        "{question}"
+    );
+    assert!(!question.contains("revoked-token"), "{question}");
+    let retried: i64 =
+        sqlx::query_scalar("select count(*) from events_outbox where kind = 'job.retry_scheduled'")
+            .fetch_one(&setup.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(retried, 0, "a refusal is not retried");
+    assert!(gitea.pulls.lock().unwrap().is_empty());
 }
