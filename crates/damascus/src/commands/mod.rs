@@ -68,7 +68,22 @@ pub async fn dispatch(
 
 /// Opens the database for a command that needs the schema in place.
 async fn open_migrated(target: &Target) -> anyhow::Result<Database> {
-    let db = damascus_db::open(target, PoolSettings::default()).await?;
+    open_migrated_with(target, PoolSettings::default()).await
+}
+
+async fn open_migrated_with(target: &Target, settings: PoolSettings) -> anyhow::Result<Database> {
+    let db = damascus_db::open(target, settings).await?;
     damascus_db::migrate::require_current(&db.pool).await?;
     Ok(db)
+}
+
+/// A pool for a worker process: one connection per running phase (a phase reads and
+/// writes its item), plus the worker's own (claims, group commits, keep-alive, reaper)
+/// and `extra` for what else the process serves. Without `--concurrency` the cap in
+/// the database applies; 16 phases are assumed then.
+fn worker_pool_settings(concurrency: Option<u32>, extra: u32) -> PoolSettings {
+    PoolSettings {
+        max_connections: concurrency.unwrap_or(16) + 4 + extra,
+        ..PoolSettings::default()
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use damascus_api::{ApiConfig, AppState};
-use damascus_db::{migrate, PoolSettings, Target};
+use damascus_db::{migrate, Target};
 use damascus_loops::Loops;
 use damascus_queue::WorkerPool;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,10 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
         .cloned()
         .collect();
     let loops = Loops::new(settings::loops_config(&args.loops, data_dir)?)?;
-    let db = damascus_db::open(target, PoolSettings::default()).await?;
+    let queue = settings::queue_config(&args.queue);
+    // Beside the workers: the API's requests and event streams, the relay, retention.
+    let pool_settings = crate::commands::worker_pool_settings(queue.concurrency, 10);
+    let db = damascus_db::open(target, pool_settings).await?;
     if args.no_migrate {
         migrate::require_current(&db.pool).await?;
     } else {
@@ -84,12 +87,7 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
     }
     let listener = bind(&args.serve).await?;
     let stop = stop_signal()?;
-    let workers = WorkerPool::start(
-        db.pool.clone(),
-        settings::queue_config(&args.queue),
-        Arc::new(loops),
-    )
-    .await?;
+    let workers = WorkerPool::start(db.pool.clone(), queue, Arc::new(loops)).await?;
     eprintln!(
         "damascus running: worker {} (global cap {}), API and web UI on http://{}, database {}",
         workers.worker_id().0,
