@@ -227,6 +227,7 @@ begin
           and i.phase = 'review' and i.id <> old.item_id
           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
         order by i.phase_entered_at, i.id
+        for update of i skip locked
     loop
         update work_items set updated_at = now() where id = v_waiter;
         exit when exists (select 1 from named_locks where name = old.name);
@@ -244,10 +245,16 @@ CREATE FUNCTION public.damascus_keep_alive(p_tokens uuid[], p_lease interval) RE
     AS $$
 begin
     return query
-    with held as (
+    with locked as (
+        select s.slot from damascus_slots s
+        where s.claim_token = any (p_tokens)
+        order by s.slot
+        for update
+    ), held as (
         update damascus_slots s
         set lease_until = now() + p_lease
-        where s.claim_token = any (p_tokens)
+        from locked
+        where s.slot = locked.slot
         returning s.job_id, s.claim_token
     ), extended as (
         update mq_msgs m
@@ -352,13 +359,20 @@ begin
         where g.item_id = p_item and g.kind = 'lock'
         order by g.lock_name
     loop
-        insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
-        on conflict (name) do nothing;
-        if not exists (
-            select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
-        ) then
-            return false;
-        end if;
+        loop
+            insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
+            on conflict (name) do nothing;
+            exit when exists (
+                select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
+            );
+            -- Another item holds it. Share-lock the holder's row: a release of it that
+            -- is committing now waits for this transaction, and its hand-over then sees
+            -- this item waiting. If the row is gone, it was released meanwhile: retry.
+            perform 1 from named_locks where name = v_gate.lock_name for key share;
+            if found then
+                return false;
+            end if;
+        end loop;
         -- The gate shows it (kind lock is not watched by damascus_gate_opened).
         update coordination_gates set opened_at = now(), opened_by = 'holds the lock'
         where id = v_gate.id and opened_at is null;

@@ -7,7 +7,9 @@
 -- item holds: two items can never wait for each other. It holds them until it leaves
 -- review in any direction (merged, failed back to build, blocked, cancelled), in the
 -- transaction that moved it. Releasing a lock hands it to the item that has waited
--- longest for it, in the same transaction, and that item's job is spawned there.
+-- longest for it, in the same transaction, and that item's job is spawned there (or,
+-- when that item's row is busy at that instant, by the reaper's next pass). A paused
+-- project's items keep the locks they hold until they leave review.
 --
 -- The holder of a name is one row of named_locks: its primary key is the mutex. An
 -- insert ... on conflict do nothing from two transactions at once makes the second wait
@@ -60,13 +62,20 @@ begin
         where g.item_id = p_item and g.kind = 'lock'
         order by g.lock_name
     loop
-        insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
-        on conflict (name) do nothing;
-        if not exists (
-            select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
-        ) then
-            return false;
-        end if;
+        loop
+            insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
+            on conflict (name) do nothing;
+            exit when exists (
+                select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
+            );
+            -- Another item holds it. Share-lock the holder's row: a release of it that
+            -- is committing now waits for this transaction, and its hand-over then sees
+            -- this item waiting. If the row is gone, it was released meanwhile: retry.
+            perform 1 from named_locks where name = v_gate.lock_name for key share;
+            if found then
+                return false;
+            end if;
+        end loop;
         -- The gate shows it (kind lock is not watched by damascus_gate_opened).
         update coordination_gates set opened_at = now(), opened_by = 'holds the lock'
         where id = v_gate.id and opened_at is null;
@@ -131,7 +140,9 @@ create trigger work_items_release_locks after update of phase on work_items
 -- A released lock goes to the item in review that has waited longest for it: touching
 -- that item runs the spawn trigger, which takes the lock and spawns its job. An item
 -- that cannot take it (an earlier lock of its own is held elsewhere, its project is
--- paused) is passed over for the next.
+-- paused) is passed over for the next. A waiter whose row another transaction holds
+-- right now is skipped rather than waited for (waiting could close a cycle with that
+-- transaction); the reaper's safety net touches it within one reap interval.
 create function damascus_hand_over_lock() returns trigger
 language plpgsql as $$
 declare
@@ -144,6 +155,7 @@ begin
           and i.phase = 'review' and i.id <> old.item_id
           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
         order by i.phase_entered_at, i.id
+        for update of i skip locked
     loop
         update work_items set updated_at = now() where id = v_waiter;
         exit when exists (select 1 from named_locks where name = old.name);

@@ -45,3 +45,34 @@ drop function damascus_notify_event();
 -- Finding an item's gates (releasing its locks, listing them, the cascade when an
 -- item is deleted) reads this index instead of the whole table.
 create index coordination_gates_item_idx on coordination_gates (item_id);
+
+-- As before (migration 3), but the slots are locked in slot order first: a group
+-- commit locks several of a worker's slots in slot order, and a keep-alive that
+-- updated them in the table's physical order (which in-place updates shuffle) could
+-- hold one the group wants while waiting for one the group holds.
+create or replace function damascus_keep_alive(p_tokens uuid[], p_lease interval)
+returns setof uuid
+language plpgsql as $$
+begin
+    return query
+    with locked as (
+        select s.slot from damascus_slots s
+        where s.claim_token = any (p_tokens)
+        order by s.slot
+        for update
+    ), held as (
+        update damascus_slots s
+        set lease_until = now() + p_lease
+        from locked
+        where s.slot = locked.slot
+        returning s.job_id, s.claim_token
+    ), extended as (
+        update mq_msgs m
+        set attempt_at = now() + p_lease
+        from held
+        where m.id = held.job_id
+        returning m.id
+    )
+    select held.claim_token from held join extended on extended.id = held.job_id;
+end;
+$$;

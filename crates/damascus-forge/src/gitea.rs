@@ -23,8 +23,11 @@
 //!   its `merge_commit_sha` is the merge commit (a server that names none gives an empty
 //!   commit and a warning). 405: merged meanwhile is "already merged"; `mergeable: false`
 //!   is a conflict, but only when a second read `RECHECK` later still says so, because
-//!   Gitea also says `false` while it checks a PR again after its base moved; anything
-//!   else is transient. 409 is a moved head or a conflict.
+//!   Gitea also says `false` while it checks a PR again after its base moved; a message
+//!   that the user or the merge style is not allowed is a refusal for good (`Other`, a
+//!   person is asked); anything else is transient. 409 is a moved head, a base that
+//!   moved while Gitea merged ("out of date": transient), a push a hook rejected
+//!   (`Other`), or a conflict.
 //! - comment: `POST …/issues/{index}/comments`.
 //!
 //! The token is sent in a header and never logged. User info in the forge URL
@@ -215,7 +218,14 @@ impl GiteaForge {
             .await
             .map_err(|e| ForgeError::Transient(format!("{}: {}", self.host(), e.without_url())))?;
         let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
+        // A body cut short is the network's doing, not an answer: try again.
+        let body = response.text().await.map_err(|e| {
+            ForgeError::Transient(format!(
+                "{}: reading the answer failed: {}",
+                self.host(),
+                e.without_url()
+            ))
+        })?;
         match status {
             401 | 403 => Err(ForgeError::Other(format!(
                 "{} refused the token ({status}); check the project's Gitea token and its repository permissions",
@@ -469,15 +479,31 @@ impl GiteaForge {
             405 => self.refused(&pull, base, expected, &answer).await,
             409 => {
                 let now = self.get_existing(pull.number).await?;
+                let said = rest::forge_message(&answer);
+                let lower = said.to_lowercase();
                 if now.head.sha != expected {
                     Err(ForgeError::HeadMoved {
                         expected: expected.to_owned(),
                         actual: now.head.sha,
                     })
+                } else if lower.contains("out of date") {
+                    // The base moved while Gitea merged ("merge push out of date").
+                    Err(ForgeError::Transient(format!(
+                        "{} could not push the merge of pull request #{} because {base} moved meanwhile ({said})",
+                        self.host(),
+                        pull.number
+                    )))
+                } else if lower.contains("rejected") {
+                    // A hook on the forge refused the push; it will refuse again.
+                    Err(ForgeError::Other(format!(
+                        "{} rejected the merge of pull request #{} ({said}); check the repository's hooks and branch protection",
+                        self.host(),
+                        pull.number
+                    )))
                 } else {
                     Err(ForgeError::Conflict {
                         base: base.to_owned(),
-                        detail: rest::forge_message(&answer),
+                        detail: said,
                     })
                 }
             }
@@ -524,6 +550,13 @@ impl GiteaForge {
                     pull.number
                 ),
             });
+        }
+        if refuses_for_good(&said) {
+            return Err(ForgeError::Other(format!(
+                "{} will not merge pull request #{} (405: {said}); check the project's --merge-method against the repository's allowed merge styles, and that the token may merge",
+                self.host(),
+                pull.number
+            )));
         }
         Err(ForgeError::Transient(format!(
             "{} refused to merge pull request #{} for now (405: {said})",
@@ -606,4 +639,12 @@ impl PullsApi for GiteaForge {
             }
         })
     }
+}
+
+/// Whether a 405's message is a refusal that a retry cannot change: the user may not
+/// merge, or the repository does not allow this merge style ("User not allowed to
+/// merge PR", "Invalid merge style", "… is not allowed").
+fn refuses_for_good(said: &str) -> bool {
+    let said = said.to_lowercase();
+    said.contains("not allowed") || said.contains("merge style")
 }

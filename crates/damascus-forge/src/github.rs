@@ -10,12 +10,14 @@
 //! - merge: `PUT …/pulls/{number}/merge` with `sha` = the tested commit and the merge
 //!   method; the answer's `sha` is the merge commit. 405 reads the PR again: merged
 //!   meanwhile is "already merged", `mergeable: false` with `mergeable_state: "dirty"`
-//!   is a conflict, anything else (`mergeable: null` is "not computed yet", `blocked`,
-//!   `behind`, …) is transient; 409 (head moved) means review again;
+//!   is a conflict, "… not allowed on this repository" is a refusal for good (`Other`),
+//!   anything else (`mergeable: null` is "not computed yet", `blocked`, `behind`, …) is
+//!   transient; 409 (head moved) means review again;
 //! - comment: `POST …/issues/{number}/comments`.
 //!
 //! Rate limits are respected: an answer with `x-ratelimit-remaining: 0` (or a 429) is a
-//! transient error that says when the limit resets. User info in the API URL is dropped
+//! transient error that says when the limit resets, and so is the secondary rate limit
+//! (a 403 with `retry-after`, or one that says so), which is not a refused token. User info in the API URL is dropped
 //! (the token authenticates), so errors and `Debug` name the host only.
 
 use std::time::Duration;
@@ -145,12 +147,33 @@ impl GithubForge {
         };
         let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
         let reset = header("x-ratelimit-reset");
-        let body = response.text().await.unwrap_or_default();
+        let retry_after = header("retry-after");
+        // A body cut short is the network's doing, not an answer: try again.
+        let body = response.text().await.map_err(|e| {
+            ForgeError::Transient(format!(
+                "{}: reading the answer failed: {}",
+                self.host(),
+                e.without_url()
+            ))
+        })?;
         if status == 429 || (exhausted && status == 403) {
             return Err(ForgeError::Transient(format!(
                 "{} rate limit reached; it resets at unix time {}",
                 self.host(),
                 reset.unwrap_or_else(|| "(unknown)".into())
+            )));
+        }
+        // A secondary rate limit is a 403 with retry-after, or one that says so.
+        if status == 403
+            && (retry_after.is_some()
+                || rest::forge_message(&body)
+                    .to_lowercase()
+                    .contains("secondary rate limit"))
+        {
+            return Err(ForgeError::Transient(format!(
+                "{} secondary rate limit reached; retry after {} s",
+                self.host(),
+                retry_after.unwrap_or_else(|| "60".into())
             )));
         }
         match status {
@@ -341,6 +364,13 @@ impl GithubForge {
                     self.host()
                 ),
             });
+        }
+        if said.to_lowercase().contains("not allowed") {
+            // "Merge commits are not allowed on this repository." and the like.
+            return Err(ForgeError::Other(format!(
+                "{} will not merge pull request #{number} (405: {said}); set the project's --merge-method to one the repository allows",
+                self.host()
+            )));
         }
         let mergeable = match now.mergeable {
             Some(mergeable) => mergeable.to_string(),

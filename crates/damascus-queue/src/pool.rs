@@ -383,6 +383,20 @@ async fn main_loop(
     }
     background.cancel();
     while helpers.join_next().await.is_some() {}
+    // Jobs a group commit claimed after the last phase was stopped (the grace period
+    // ran out while it committed): give them back at once instead of leaving them to
+    // their lease.
+    while let Ok(jobs) = claimed_jobs.try_recv() {
+        for job in jobs {
+            match jobs::release(&shared.pool, shared.worker, &job).await {
+                Ok(ended) => summary.record(&ended),
+                Err(e) => {
+                    tracing::warn!(job = %job.job_id, error = %e, "cannot release a job claimed during shutdown; it runs again after its lease");
+                    summary.end_errors += 1;
+                }
+            }
+        }
+    }
     summary.failed_groups = shared
         .failed_groups
         .load(std::sync::atomic::Ordering::Relaxed);

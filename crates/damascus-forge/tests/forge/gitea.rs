@@ -6,6 +6,7 @@
 //! (Gitea picks one without an order), and the server can play a Gitea without that
 //! endpoint. It also plays 401, 403 and 5xx.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +50,8 @@ struct FakeGitea {
     checking: Arc<Mutex<u32>>,
     /// A status every request gets (401, 503, …), or 0.
     everything: Arc<Mutex<u16>>,
+    /// Answers the next merges get instead of merging: status and Gitea's message.
+    refuse_merge: Arc<Mutex<VecDeque<(u16, &'static str)>>>,
 }
 
 impl FakeGitea {
@@ -66,6 +69,7 @@ impl FakeGitea {
             without_base_head: Arc::default(),
             checking: Arc::default(),
             everything: Arc::default(),
+            refuse_merge: Arc::default(),
         }
     }
 
@@ -317,6 +321,9 @@ async fn merge(
         return not_found();
     };
     g.merges.lock().unwrap().push(body.clone());
+    if let Some((status, text)) = g.refuse_merge.lock().unwrap().pop_front() {
+        return message(status, text);
+    }
     if pull.merged {
         return message(405, "");
     }
@@ -725,4 +732,60 @@ async fn credentials_in_the_forge_url_never_reach_an_error() {
         err.to_string().contains("127.0.0.1:9") && !err.to_string().contains("secret"),
         "{err}"
     );
+}
+
+/// Gitea's refusals that a retry cannot change ask a person; a base that moved while
+/// Gitea merged is retried; only a real conflict sends the work back to build.
+#[tokio::test]
+async fn gitea_merge_refusals_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = FakeGitea::new(dir.path()).await;
+    let clone = clone_of(&g, dir.path()).await;
+    let head = push_change(&clone, BRANCH, "b.txt", "two\n").await;
+    let forge = forge(&serve(g.clone()).await, "acme/web");
+    forge
+        .open_or_find(BRANCH, "main", "Title", "Body")
+        .await
+        .unwrap();
+    g.refuse_merge.lock().unwrap().extend([
+        (405, "Invalid merge style: squash is not allowed"),
+        (405, "User not allowed to merge PR"),
+        (409, "merge push out of date"),
+        (409, "PushRejected: pre-receive hook declined"),
+        (409, "Merge Conflicts"),
+    ]);
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(forge.merge(BRANCH, "main", &head, "m").await.unwrap_err());
+    }
+    assert!(
+        matches!(&outcomes[0], ForgeError::Other(t) if t.contains("--merge-method")),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(&outcomes[1], ForgeError::Other(_)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(&outcomes[2], ForgeError::Transient(t) if t.contains("moved meanwhile")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(&outcomes[3], ForgeError::Other(t) if t.contains("hooks")),
+        "{:?}",
+        outcomes[3]
+    );
+    assert!(
+        matches!(&outcomes[4], ForgeError::Conflict { .. }),
+        "{:?}",
+        outcomes[4]
+    );
+    // And then it merges.
+    assert!(matches!(
+        forge.merge(BRANCH, "main", &head, "m").await,
+        Ok(MergeOutcome::Merged { .. })
+    ));
 }

@@ -30,6 +30,10 @@ struct Fake {
     /// A status every request gets (e.g. 401, 503), or 0.
     everything: Arc<Mutex<u16>>,
     rate_limited: Arc<Mutex<bool>>,
+    /// GitHub's secondary rate limit: a 403 with `retry-after` and no zero remaining.
+    secondary_limited: Arc<Mutex<bool>>,
+    /// The message scripted merge answers carry ("scripted" when unset).
+    merge_message: Arc<Mutex<Option<String>>>,
     merges: Arc<Mutex<Vec<Value>>>,
     creates: Arc<Mutex<u32>>,
 }
@@ -81,6 +85,16 @@ fn check(fake: &Fake, headers: &HeaderMap) -> Option<Response> {
                     ("x-ratelimit-reset", "1790000000"),
                 ],
                 "rate limit",
+            )
+                .into_response(),
+        );
+    }
+    if *fake.secondary_limited.lock().unwrap() {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                [("retry-after", "30")],
+                Json(json!({"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."})),
             )
                 .into_response(),
         );
@@ -199,10 +213,16 @@ async fn merge(
     }
     f.merges.lock().unwrap().push(body);
     let scripted = f.merge_answers.lock().unwrap().pop_front();
+    let message = f
+        .merge_message
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "scripted".into());
     match scripted {
         Some(status) => (
             StatusCode::from_u16(status).unwrap(),
-            Json(json!({"message": "scripted"})),
+            Json(json!({ "message": message })),
         )
             .into_response(),
         None => {
@@ -427,4 +447,36 @@ async fn credentials_in_the_api_url_never_reach_an_error() {
         err.to_string().contains(host) && !err.to_string().contains("secret"),
         "{err}"
     );
+}
+
+/// Refusals a retry cannot change ask a person; limits that pass are retried.
+#[tokio::test]
+async fn github_refusals_that_last_ask_and_limits_that_pass_are_retried() {
+    let fake = Fake::default();
+    let forge = serve(fake.clone()).await;
+    forge
+        .open_or_find("damascus/web-1", "main", "t", "b")
+        .await
+        .unwrap();
+    // 405 "Merge commits are not allowed on this repository.": the method is wrong.
+    *fake.merge_message.lock().unwrap() =
+        Some("Merge commits are not allowed on this repository.".into());
+    fake.merge_answers.lock().unwrap().push_back(405);
+    match forge.merge("damascus/web-1", "main", HEAD, "m").await {
+        Err(ForgeError::Other(text)) => {
+            assert!(text.contains("--merge-method"), "{text}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The secondary rate limit is a 403 too, but not a refused token.
+    *fake.secondary_limited.lock().unwrap() = true;
+    match forge.state("damascus/web-1", "main").await {
+        Err(ForgeError::Transient(text)) => {
+            assert!(
+                text.contains("secondary rate limit") && text.contains("30"),
+                "{text}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -392,3 +392,90 @@ async fn build_waits_for_the_specs_approval() {
         1
     );
 }
+
+/// An item entering review while the holder's release is committing is not missed:
+/// the release waits for the newcomer's transaction, then hands it the lock, and
+/// the newcomer gets its job without waiting for the reaper.
+#[tokio::test]
+async fn a_release_racing_a_newcomer_hands_it_the_lock() {
+    let db = database().await;
+    let holder_id = ingest_gated(&db, "holder", &[], &["db"]).await;
+    let newcomer = ingest_gated(&db, "newcomer", &[], &["db"]).await;
+    sqlx::query("delete from damascus_jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(holder_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from damascus_jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(holder(&db, "db").await, Some(holder_id));
+    // The newcomer enters review and finds the lock held; its transaction stays open.
+    let mut entering = db.pool.begin().await.unwrap();
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(newcomer)
+        .execute(&mut *entering)
+        .await
+        .unwrap();
+    // Meanwhile the holder is merged, in a transaction of its own.
+    let pool = db.pool.clone();
+    let release = tokio::spawn(async move {
+        sqlx::query("update work_items set phase = 'merged' where id = $1")
+            .bind(holder_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    entering.commit().await.unwrap();
+    release.await.unwrap();
+    assert_eq!(holder(&db, "db").await, Some(newcomer));
+    assert_eq!(jobs_of(&db, newcomer).await, 1);
+}
+
+/// Two releases at once, each handing its lock toward one item that needs both: no
+/// deadlock, and the item ends up holding both with its job.
+#[tokio::test]
+async fn two_releases_at_once_toward_one_waiter_do_not_deadlock() {
+    let db = database().await;
+    let x = ingest_gated(&db, "x", &[], &["l"]).await;
+    let z = ingest_gated(&db, "z", &[], &["m"]).await;
+    let w = ingest_gated(&db, "w", &[], &["l", "m"]).await;
+    for id in [x, z, w] {
+        sqlx::query("delete from damascus_jobs where item_id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("update work_items set phase = 'review' where id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(jobs_of(&db, w).await, 0);
+    sqlx::query("delete from damascus_jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let merge = |id: i64| {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            sqlx::query("update work_items set phase = 'merged' where id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+        })
+    };
+    let (a, b) = (merge(x), merge(z));
+    a.await.unwrap().expect("no deadlock");
+    b.await.unwrap().expect("no deadlock");
+    assert_eq!(holder(&db, "l").await, Some(w));
+    assert_eq!(holder(&db, "m").await, Some(w));
+    assert_eq!(jobs_of(&db, w).await, 1);
+}

@@ -78,12 +78,13 @@ async fn open_migrated_with(target: &Target, settings: PoolSettings) -> anyhow::
 }
 
 /// A pool for a worker process: one connection per running phase (a phase reads and
-/// writes its item), plus the worker's own (claims, group commits, keep-alive, reaper)
+/// writes its item), plus the worker's own six (listener, claims, group commits,
+/// keep-alive, reaper, one spare)
 /// and `extra` for what else the process serves. Without `--concurrency` the cap in
 /// the database applies; 16 phases are assumed then.
 fn worker_pool_settings(concurrency: Option<u32>, extra: u32) -> PoolSettings {
     PoolSettings {
-        max_connections: concurrency.unwrap_or(16) + 4 + extra,
+        max_connections: concurrency.unwrap_or(16) + 6 + extra,
         ..PoolSettings::default()
     }
 }
