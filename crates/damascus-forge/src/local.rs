@@ -93,10 +93,23 @@ impl LocalForge {
             {
                 Ok(_) => Ok(wt.run(&["rev-parse", "HEAD"]).await?),
                 Err(GitError::Failed { stderr, .. }) => {
+                    // git names the conflicts on stdout; ask for them plainly.
+                    let files = wt
+                        .run(&["diff", "--name-only", "--diff-filter=U"])
+                        .await
+                        .unwrap_or_default();
                     let _ = wt.run(&["merge", "--abort"]).await;
+                    let detail = if files.is_empty() {
+                        stderr
+                    } else {
+                        format!(
+                            "conflicts in {}",
+                            files.lines().collect::<Vec<_>>().join(", ")
+                        )
+                    };
                     Err(ForgeError::Conflict {
                         base: base.to_owned(),
-                        detail: stderr,
+                        detail,
                     })
                 }
                 Err(e) => Err(e.into()),

@@ -183,11 +183,16 @@ impl Git {
     }
 
     /// Stages everything and commits with `message` (from stdin); `None` when there was
-    /// nothing to commit.
+    /// nothing to commit. A merge in progress is always concluded, even when its result
+    /// leaves the tree as it was (the branch then records that it took the other side).
     pub async fn commit_all(&self, message: &str) -> GitResult<Option<String>> {
         self.run(&["add", "--all"]).await?;
         let staged = self.run(&["status", "--porcelain"]).await?;
-        if staged.is_empty() {
+        let merging = self
+            .run(&["rev-parse", "-q", "--verify", "MERGE_HEAD"])
+            .await
+            .is_ok();
+        if staged.is_empty() && !merging {
             return Ok(None);
         }
         self.run_with_stdin(

@@ -24,6 +24,37 @@ fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ 
     }
 }
 
+/// A branch from an earlier attempt that the default branch has moved past (a review
+/// found it conflicting, or others merged meanwhile) first takes the default branch in,
+/// so this attempt builds on what is there now instead of repeating the conflict. A
+/// clean merge is committed at once; a conflicting one is left in progress and its
+/// files are returned, for the agent to resolve (the build's commit then ends the
+/// merge).
+async fn catch_up_with_base(tree: &damascus_git::Git, base: &str) -> Result<Vec<String>, Verdict> {
+    let current = tree
+        .run(&["merge-base", "--is-ancestor", base, "HEAD"])
+        .await
+        .is_ok();
+    if current {
+        return Ok(Vec::new());
+    }
+    if tree.run(&["merge", "--no-edit", base]).await.is_ok() {
+        return Ok(Vec::new());
+    }
+    let files = tree
+        .run(&["diff", "--name-only", "--diff-filter=U"])
+        .await
+        .map_err(transient("cannot list the merge's conflicts"))?;
+    if files.is_empty() {
+        // The merge failed for another reason than conflicts: start clean.
+        let _ = tree.run(&["merge", "--abort"]).await;
+        return Err(Verdict::TransientError {
+            reason: format!("cannot merge {base} into the branch"),
+        });
+    }
+    Ok(files.lines().map(str::to_owned).collect())
+}
+
 async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict> {
     let config = &inner.config;
     let spec: Spec = input
@@ -69,6 +100,7 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
             .await
             .map_err(transient("cannot prepare the worktree"))?
     };
+    let conflicts = catch_up_with_base(&tree, &base).await?;
 
     let mut prompt = spec.to_prompt(&input.item.title);
     if let Ok(Some((reason, log_tail))) =
@@ -79,6 +111,13 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
         ));
     }
     prompt.push_str(&answers(input).await);
+    if !conflicts.is_empty() {
+        prompt.push_str(&format!(
+            "\n## Conflicts with {default}\n{default} moved since this branch was built. It is merged into the branch now, and these files have conflicts (the <<<<<<< ======= >>>>>>> markers are in them): {files}. Resolve them, keeping what both sides meant, as part of this change.\n",
+            default = project.default_branch,
+            files = conflicts.join(", ")
+        ));
+    }
 
     let argv = project.agent_command.clone().unwrap_or_else(|| {
         vec![
@@ -158,6 +197,34 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
         }
     }
 
+    // A conflict handed to the agent must be resolved, not committed with its markers.
+    let unresolved: Vec<&String> = conflicts
+        .iter()
+        .filter(|file| {
+            std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+                text.lines()
+                    .any(|l| l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> "))
+            })
+        })
+        .collect();
+    if !unresolved.is_empty() {
+        let files = unresolved
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = tree.run(&["merge", "--abort"]).await;
+        return Ok(report(
+            fail(
+                format!(
+                    "the agent left conflict markers in {files}; resolve the conflicts with {}",
+                    project.default_branch
+                ),
+                tail,
+            ),
+            costs,
+        ));
+    }
     let message = format!(
         "{}\n\nDamascus item {}, build attempt {}.",
         input.item.title, input.item.id, input.job.attempt

@@ -377,3 +377,120 @@ async fn merges_of_one_repository_wait_for_the_merge_lock() {
     }
     assert_eq!(setup.phase(item).await, "merged");
 }
+
+/// Two items change the same file: the one merged second conflicts in review, goes
+/// back to build, and the build merges the new main into its branch and hands the
+/// conflict to the agent, whose resolution is merged (no markers reach main).
+#[tokio::test]
+async fn a_conflict_in_review_is_resolved_by_the_next_build() {
+    let setup = Setup::new().await;
+    let prompts = tempfile::tempdir().unwrap();
+    let agent = setup.agent(
+        "agent.sh",
+        &format!(
+            "cat >> '{}'/prompts-$DAMASCUS_ITEM_ID.txt\necho \"from item $DAMASCUS_ITEM_ID\" > shared.txt\necho hello > hello.txt\n{CLAUDE_OK}",
+            prompts.path().display()
+        ),
+    );
+    setup.project(&agent, SpecMode::Passthrough, |_| {}).await;
+    let first = setup.ingest("First", GREETING).await;
+    let second = setup.ingest("Second", GREETING).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(first).await, "merged");
+    assert_eq!(setup.phase(second).await, "merged");
+    let (loser, winner) = if setup.steps(first).await.len() > 3 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(
+        setup.steps(loser).await,
+        [
+            "spec>build",
+            "build>review",
+            "review>build",
+            "build>review",
+            "review>merged"
+        ]
+    );
+    // The loser's second build was told of the conflict; the winner's only build not.
+    let prompts_of = |id: i64| {
+        std::fs::read_to_string(prompts.path().join(format!("prompts-{id}.txt"))).unwrap()
+    };
+    let loser_prompts = prompts_of(loser);
+    assert_eq!(
+        loser_prompts.matches("## Conflicts with main").count(),
+        1,
+        "{loser_prompts}"
+    );
+    assert!(loser_prompts.contains("have conflicts") && loser_prompts.contains("shared.txt"));
+    assert!(!prompts_of(winner).contains("Conflicts with"));
+    // main holds the resolution, without conflict markers, and both items' merges.
+    let remote = setup.remote_git();
+    assert_eq!(
+        remote.run(&["show", "main:shared.txt"]).await.unwrap(),
+        format!("from item {loser}")
+    );
+    assert_eq!(
+        remote
+            .run(&["rev-list", "--count", "--merges", "main"])
+            .await
+            .unwrap(),
+        "3",
+        "two merges into main and the build's merge of main into the branch"
+    );
+}
+
+/// An agent that leaves the conflict markers in place fails its build with a reason
+/// that names the files; nothing with markers is pushed, let alone merged.
+#[tokio::test]
+async fn conflict_markers_left_by_the_agent_fail_the_build() {
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!(
+            "cat > /dev/null\n[ -f shared.txt ] || echo \"from item $DAMASCUS_ITEM_ID\" > shared.txt\necho hello > hello.txt\n{CLAUDE_OK}"
+        ),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| p.max_attempts_total = 6)
+        .await;
+    let first = setup.ingest("First", GREETING).await;
+    let second = setup.ingest("Second", GREETING).await;
+    setup.cycle().await;
+    let phases = [setup.phase(first).await, setup.phase(second).await];
+    assert!(
+        phases.contains(&"merged".to_owned()) && phases.contains(&"blocked".to_owned()),
+        "{phases:?}"
+    );
+    let loser = if phases[0] == "blocked" {
+        first
+    } else {
+        second
+    };
+    let reasons: Vec<Option<String>> = sqlx::query_scalar(
+        "select payload->>'reason' from events_outbox where item_id = $1 and kind = 'item.phase_changed' order by id",
+    )
+    .bind(loser)
+    .fetch_all(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        reasons
+            .iter()
+            .flatten()
+            .any(|r| r.contains("the agent left conflict markers in shared.txt")),
+        "{reasons:?}"
+    );
+    let remote = setup.remote_git();
+    let branch = remote
+        .run(&["show", &format!("damascus/web-{loser}:shared.txt")])
+        .await
+        .unwrap();
+    assert!(!branch.contains("<<<<<<<"), "{branch}");
+    assert!(!remote
+        .run(&["show", "main:shared.txt"])
+        .await
+        .unwrap()
+        .contains("<<<<<<<"));
+}
