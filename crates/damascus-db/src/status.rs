@@ -136,6 +136,37 @@ pub async fn running_jobs(pool: &PgPool) -> DbResult<Vec<RunningJob>> {
         .collect()
 }
 
+/// A named lock an item holds, and how many items in review wait for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldLock {
+    pub name: String,
+    pub item_id: i64,
+    pub acquired_at: chrono::DateTime<chrono::Utc>,
+    pub waiting: i64,
+}
+
+pub async fn held_locks(pool: &PgPool) -> DbResult<Vec<HeldLock>> {
+    let rows = sqlx::query(
+        "select l.name, l.item_id, l.acquired_at,
+                (select count(*) from coordination_gates g join work_items i on i.id = g.item_id
+                 where g.kind = 'lock' and g.lock_name = l.name and g.opened_at is null
+                   and i.phase = 'review') as waiting
+         from named_locks l order by l.name",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(HeldLock {
+                name: row.try_get("name")?,
+                item_id: row.try_get("item_id")?,
+                acquired_at: row.try_get("acquired_at")?,
+                waiting: row.try_get("waiting")?,
+            })
+        })
+        .collect()
+}
+
 /// Jobs per project, phase and state (queued, retry_wait, running, dead).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueGroup {

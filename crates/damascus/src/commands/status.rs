@@ -166,7 +166,29 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
             ))
         );
     }
-    println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items;");
+    let locks = status::held_locks(&db.pool).await?;
+    if !locks.is_empty() {
+        println!("\nnamed locks");
+        let rows: Vec<Vec<String>> = locks
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.item_id.to_string(),
+                    l.acquired_at.format("%H:%M:%S").to_string(),
+                    l.waiting.to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            indent(&table::render(
+                &["LOCK", "HELD BY ITEM", "SINCE", "WAITING"],
+                &rows
+            ))
+        );
+    }
+    println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items; select * from named_locks;");
     Ok(())
 }
 

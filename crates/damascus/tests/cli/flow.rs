@@ -39,6 +39,34 @@ async fn status_reports_schema_and_counts() {
         out.contains("none; start one with: damascus worker"),
         "{out}"
     );
+    assert!(!out.contains("named locks"), "{out}");
+    // Two items with the lock db in review: one holds it, one waits.
+    for _ in 0..2 {
+        ok(run(
+            &db,
+            &[
+                "ingest", "-p", "web", "--lock", "db", "--title", "Schema", "-",
+            ],
+            "Change it.",
+        ));
+    }
+    sqlx::query("delete from damascus_jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'review' where id in (2, 3)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = ok(run(&db, &["status"], ""));
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("db "))
+        .unwrap_or_else(|| panic!("no lock line: {out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[0], "db", "{out}");
+    assert!(cells[1] == "2" || cells[1] == "3", "{out}");
+    assert_eq!(cells.last(), Some(&"1"), "one waits: {out}");
 }
 
 #[tokio::test]
