@@ -3,7 +3,9 @@
 //! - `WebhookRelay` delivers every event of the outbox to the configured webhooks, at
 //!   least once, in batches whose claim and `delivered_at` share one transaction; a
 //!   failed delivery is retried with exponential backoff and, after `max_attempts`,
-//!   parked as dead with its last error.
+//!   parked as dead with its last error. A batch stops at its first failure, so a
+//!   webhook that is down holds the batch's transaction for one timeout, not one per
+//!   event.
 //! - `Retention` prunes delivered (or dead) events of finished items, orphaned queue
 //!   payloads, and log files older than the retention age.
 //!
@@ -111,7 +113,10 @@ impl WebhookRelay {
     }
 }
 
-/// Delivers one batch; returns how many events it handled.
+/// Delivers one batch; returns how many events it handled. The batch stops at the first
+/// failed delivery: the webhook is likely down, and every further try would hold the
+/// batch's transaction open for another timeout. The events after it stay pending,
+/// untouched, for the next batch.
 pub async fn deliver_batch(
     pool: &PgPool,
     http: &reqwest::Client,
@@ -119,6 +124,7 @@ pub async fn deliver_batch(
 ) -> Result<usize, damascus_db::DbError> {
     let mut batch = outbox::claim(pool, config.batch).await?;
     let pending = std::mem::take(&mut batch.events);
+    let mut handled = 0;
     for item in &pending {
         let body = damascus_api::json::EventJson::from(item.event.clone());
         let mut failure = None;
@@ -157,10 +163,15 @@ pub async fn deliver_batch(
                 }
             }
         };
+        let failed = delivery != Delivery::Delivered;
         batch.record(item.event.id, &delivery).await?;
+        handled += 1;
+        if failed {
+            break;
+        }
     }
     batch.commit().await?;
-    Ok(pending.len())
+    Ok(handled)
 }
 
 #[derive(Debug, Clone)]

@@ -15,6 +15,7 @@ use serde_json::Value;
 struct Hook {
     received: Arc<Mutex<Vec<(String, Value)>>>,
     fail: Arc<Mutex<bool>>,
+    requests: Arc<Mutex<u32>>,
 }
 
 async fn serve(hook: Hook) -> String {
@@ -23,6 +24,7 @@ async fn serve(hook: Hook) -> String {
         post(move |headers: HeaderMap, Json(body): Json<Value>| {
             let hook = hook.clone();
             async move {
+                *hook.requests.lock().unwrap() += 1;
                 if *hook.fail.lock().unwrap() {
                     return StatusCode::BAD_GATEWAY;
                 }
@@ -88,6 +90,32 @@ async fn events_are_delivered_once_each_with_their_kind() {
         .await,
         0
     );
+}
+
+/// A webhook that is down costs a batch one try, not one per event: the batch stops at
+/// the first failure, and the other events stay pending, untouched.
+#[tokio::test]
+async fn a_failing_webhook_stops_the_batch_at_its_first_failure() {
+    let db = with_events(3).await;
+    let hook = Hook::default();
+    *hook.fail.lock().unwrap() = true;
+    let url = serve(hook.clone()).await;
+    let http = reqwest::Client::new();
+    let config = RelayConfig::new(vec![url]);
+    assert_eq!(deliver_batch(&db.pool, &http, &config).await.unwrap(), 1);
+    assert_eq!(*hook.requests.lock().unwrap(), 1);
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from events_outbox where delivery_attempts = 0 and delivered_at is null"
+        )
+        .await,
+        2
+    );
+    // Back up: the rest go out with the next batch.
+    *hook.fail.lock().unwrap() = false;
+    assert_eq!(deliver_batch(&db.pool, &http, &config).await.unwrap(), 2);
+    assert_eq!(hook.received.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
