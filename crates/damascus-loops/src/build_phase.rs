@@ -31,10 +31,9 @@ fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ 
 /// files are returned, for the agent to resolve (the build's commit then ends the
 /// merge).
 async fn catch_up_with_base(tree: &damascus_git::Git, base: &str) -> Result<Vec<String>, Verdict> {
-    let current = tree
-        .run(&["merge-base", "--is-ancestor", base, "HEAD"])
-        .await
-        .is_ok();
+    let current = tree.is_ancestor(base, "HEAD").await.map_err(transient(
+        "cannot compare the branch with the default branch",
+    ))?;
     if current {
         return Ok(Vec::new());
     }

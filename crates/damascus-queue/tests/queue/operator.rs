@@ -138,6 +138,29 @@ async fn jobs_of(db: &damascus_testdb::TestDatabase, id: i64) -> i64 {
     .await
 }
 
+/// Moves an item to `phase` the way a verdict would: its job goes, then the phase
+/// changes (and the spawn trigger gives it the job of its new phase, if it may run).
+async fn move_to(db: &damascus_testdb::TestDatabase, id: i64, phase: &str) {
+    sqlx::query("delete from damascus_jobs where item_id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = $2::work_phase where id = $1")
+        .bind(id)
+        .bind(phase)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+async fn drop_jobs(db: &damascus_testdb::TestDatabase) {
+    sqlx::query("delete from damascus_jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 async fn holder(db: &damascus_testdb::TestDatabase, lock: &str) -> Option<i64> {
     sqlx::query_scalar("select item_id from named_locks where name = $1")
         .bind(lock)
@@ -216,17 +239,7 @@ async fn leaving_review_hands_the_lock_to_the_longest_waiter() {
     let second = ingest_gated(&db, "second", &[], &["merge:web", "z-other"]).await;
     let third = ingest_gated(&db, "third", &[], &["merge:web"]).await;
     for id in [first, second, third] {
-        // Drop the spec job and move the item to review the way a pass would.
-        sqlx::query("delete from damascus_jobs where item_id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        sqlx::query("update work_items set phase = 'review' where id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        move_to(&db, id, "review").await;
     }
     assert_eq!(holder(&db, "merge:web").await, Some(first));
     assert_eq!(jobs_of(&db, first).await, 1);
@@ -236,16 +249,7 @@ async fn leaving_review_hands_the_lock_to_the_longest_waiter() {
     assert_eq!(holder(&db, "z-other").await, None);
 
     // The holder fails back to build: the lock goes to second, with its job.
-    sqlx::query("delete from damascus_jobs where item_id = $1")
-        .bind(first)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update work_items set phase = 'build' where id = $1")
-        .bind(first)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    move_to(&db, first, "build").await;
     assert_eq!(holder(&db, "merge:web").await, Some(second));
     assert_eq!(holder(&db, "z-other").await, Some(second));
     assert_eq!(jobs_of(&db, second).await, 1);
@@ -401,19 +405,9 @@ async fn a_release_racing_a_newcomer_hands_it_the_lock() {
     let db = database().await;
     let holder_id = ingest_gated(&db, "holder", &[], &["db"]).await;
     let newcomer = ingest_gated(&db, "newcomer", &[], &["db"]).await;
-    sqlx::query("delete from damascus_jobs")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update work_items set phase = 'review' where id = $1")
-        .bind(holder_id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("delete from damascus_jobs")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    move_to(&db, holder_id, "review").await;
+    // Only the holder's review job would run; the test drives every move itself.
+    drop_jobs(&db).await;
     assert_eq!(holder(&db, "db").await, Some(holder_id));
     // The newcomer enters review and finds the lock held; its transaction stays open.
     let mut entering = db.pool.begin().await.unwrap();
@@ -447,22 +441,10 @@ async fn two_releases_at_once_toward_one_waiter_do_not_deadlock() {
     let z = ingest_gated(&db, "z", &[], &["m"]).await;
     let w = ingest_gated(&db, "w", &[], &["l", "m"]).await;
     for id in [x, z, w] {
-        sqlx::query("delete from damascus_jobs where item_id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        sqlx::query("update work_items set phase = 'review' where id = $1")
-            .bind(id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        move_to(&db, id, "review").await;
     }
     assert_eq!(jobs_of(&db, w).await, 0);
-    sqlx::query("delete from damascus_jobs")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    drop_jobs(&db).await;
     let merge = |id: i64| {
         let pool = db.pool.clone();
         tokio::spawn(async move {
