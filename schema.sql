@@ -65,8 +65,9 @@ CREATE TYPE public.work_phase AS ENUM (
     'cancelled'
 );
 
-CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer)
+CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_slots integer[];
@@ -125,15 +126,14 @@ begin
         if cardinality(v_jobs) = 0 then
             return;
         end if;
+        update damascus_slots s
+        set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
+        where s.job_id = any (v_jobs);
     end if;
     update mq_msgs m
     set attempt_at = now() + p_lease, attempts = m.attempts - 1
     where m.id = any (v_jobs);
     update damascus_jobs dj set runs = dj.runs + 1 where dj.job_id = any (v_jobs);
-    -- Every row this touches is locked by this claim already.
-    update damascus_slots s
-    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-    where s.job_id = any (v_jobs);
     return query
     with pairs as (
         select j.id, s.slot
@@ -147,10 +147,13 @@ begin
         where s.slot = pairs.slot
         returning s.slot, s.job_id, s.claim_token
     )
-    select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt, dj.runs, m.attempts
+    select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt,
+           dj.runs, m.attempts, i.project_id, i.phase, i.phase_attempts, i.attempts_total,
+           i.max_attempts_per_phase, i.max_attempts_total
     from held
     join mq_msgs m on m.id = held.job_id
-    left join damascus_jobs dj on dj.job_id = held.job_id;
+    left join damascus_jobs dj on dj.job_id = held.job_id
+    left join work_items i on i.id = dj.item_id;
 end;
 $$;
 
@@ -177,6 +180,96 @@ begin
     perform pg_notify('mq_' || damascus_job_channel(), '');
     delete from mq_msgs where id = any (p_jobs);
     delete from mq_payloads where id = any (p_jobs);
+end;
+$$;
+
+CREATE FUNCTION public.damascus_end_group(p_worker bigint, p_ends jsonb, p_claim_max integer, p_running_besides integer, p_lease interval) RETURNS TABLE(recorded uuid, job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer)
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+declare
+    v_claims uuid[];
+    v_jobs uuid[];
+    v_share integer;
+    v_claimed integer := 0;
+begin
+    select array_agg(locked.claim), array_agg(locked.job) into v_claims, v_jobs
+    from (
+        select e.claim, e.job
+        from jsonb_to_recordset(p_ends) as e (
+            claim uuid, job uuid, item bigint, from_phase work_phase,
+            from_phase_attempts integer, from_attempts_total integer,
+            from_max_per_phase integer, from_max_total integer)
+        join damascus_slots s
+          on s.claim_token = e.claim and s.job_id = e.job and s.worker_id = p_worker
+        join work_items i on i.id = e.item
+        where i.phase = e.from_phase
+          and i.phase_attempts = e.from_phase_attempts
+          and i.attempts_total = e.from_attempts_total
+          and i.max_attempts_per_phase = e.from_max_per_phase
+          and i.max_attempts_total = e.from_max_total
+        order by s.slot
+        for update of s, i
+    ) locked;
+    if v_jobs is not null then
+        delete from damascus_slots s
+        using damascus_queue_settings q
+        where s.job_id = any (v_jobs) and s.slot > q.concurrency;
+        update damascus_slots s
+        set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
+        where s.job_id = any (v_jobs);
+        delete from mq_msgs m where m.id = any (v_jobs);
+        delete from mq_payloads p where p.id = any (v_jobs);
+        with e as (
+            select * from jsonb_to_recordset(p_ends) as e (
+                claim uuid, item bigint, phase work_phase, resume_phase work_phase,
+                phase_attempts integer, attempts_total integer, verdict verdict_kind,
+                reason text, spec jsonb, test_command text, branch text, pr_url text,
+                payload jsonb, cost_usd numeric)
+            where e.claim = any (v_claims)
+        ), moved as (
+            update work_items w
+            set phase = e.phase, resume_phase = e.resume_phase,
+                phase_attempts = e.phase_attempts, attempts_total = e.attempts_total,
+                last_verdict = e.verdict, last_verdict_reason = e.reason,
+                spec = coalesce(e.spec, w.spec),
+                test_command = coalesce(e.test_command, w.test_command),
+                branch = coalesce(e.branch, w.branch), pr_url = coalesce(e.pr_url, w.pr_url),
+                cost_usd = w.cost_usd + coalesce(e.cost_usd, 0)
+            from e
+            where w.id = e.item
+            returning w.id, w.project_id, e.payload
+        )
+        insert into events_outbox (item_id, project_id, kind, payload)
+        select moved.id, moved.project_id, 'item.phase_changed', moved.payload from moved;
+        insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd)
+        select e.item, e.from_phase, e.attempt, c.source, c.model, c.tokens_in, c.tokens_out, c.usd
+        from jsonb_to_recordset(p_ends) as e (
+                 claim uuid, item bigint, from_phase work_phase, attempt integer, costs jsonb)
+             cross join lateral jsonb_to_recordset(coalesce(e.costs, '[]')) as c (
+                 source cost_source, model text, tokens_in bigint, tokens_out bigint, usd numeric)
+        where e.claim = any (v_claims);
+        return query select c, null::uuid, null::uuid, null::integer, null::bigint,
+            null::work_phase, null::integer, null::integer, null::integer, null::bigint,
+            null::work_phase, null::integer, null::integer, null::integer, null::integer
+        from unnest(v_claims) as c;
+    end if;
+    if p_claim_max > 0 then
+        select ceil(q.concurrency::numeric / greatest(1, (
+               select count(*) from damascus_worker_processes w
+               where not w.stopping
+                 and w.heartbeat_at >= now() - 4 * w.lease_ms * interval '1 millisecond')))::integer
+        into v_share
+        from damascus_queue_settings q;
+        return query select null::uuid, c.*
+        from damascus_claim(p_worker, greatest(0, least(p_claim_max, v_share - p_running_besides)), p_lease) c;
+        get diagnostics v_claimed = row_count;
+    end if;
+    -- Slots freed and not taken again here (beyond this worker's share, or nothing
+    -- was ready): a worker waiting for a free slot (the cap is reached) wakes at once.
+    if coalesce(cardinality(v_jobs), 0) > v_claimed then
+        perform pg_notify('mq_' || damascus_job_channel(), '');
+    end if;
 end;
 $$;
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use damascus_core::{CostEntry, Phase, PhaseReport};
+use damascus_core::{decide, Budget, CostEntry, Phase, PhaseReport, Verdict};
 use serde_json::json;
 use sqlx::postgres::types::PgInterval;
 use sqlx::{PgConnection, PgPool, Row};
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::error::DbResult;
 use crate::transitions::{block_item, lock_item, record_costs};
-use crate::{events, parse_opt_enum};
+use crate::{events, parse_enum, parse_opt_enum};
 
 /// A registered worker process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +38,17 @@ pub struct ClaimedJob {
     pub runs: i32,
     /// Runs left after this one.
     pub attempts_left: i32,
+    /// The item as it was at the claim (`None` when it is gone): what the verdict's
+    /// transition is decided from when the group end records it (`end_group`).
+    pub item: Option<ClaimedItem>,
+}
+
+/// The fields of an item that decide a verdict's transition, as read at the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedItem {
+    pub project_id: i64,
+    pub phase: Phase,
+    pub budget: Budget,
 }
 
 /// What a job advances.
@@ -152,6 +163,13 @@ pub async fn deregister_worker(pool: &PgPool, worker: WorkerId) -> DbResult<()> 
     Ok(())
 }
 
+/// The columns of `damascus_claim` (and of `damascus_end_group`'s claimed rows), enums
+/// as text.
+const CLAIM_COLUMNS: &str =
+    "job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs,
+    attempts_left, item_project_id, item_phase::text as item_phase, item_phase_attempts,
+    item_attempts_total, item_max_attempts_per_phase, item_max_attempts_total";
+
 /// Claims up to `max` ready jobs, each with a free global slot.
 pub async fn claim(
     pool: &PgPool,
@@ -173,40 +191,12 @@ async fn claim_on(
     max: u32,
     lease: Duration,
 ) -> DbResult<Vec<ClaimedJob>> {
-    let rows = sqlx::query(
-        "select job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs, attempts_left
-         from damascus_claim($1, $2, $3)",
-    )
+    let rows = sqlx::query(&format!(
+        "select {CLAIM_COLUMNS} from damascus_claim($1, $2, $3)"
+    ))
     .bind(worker.0)
     .bind(max as i32)
     .bind(interval(lease))
-    .fetch_all(&mut *conn)
-    .await?;
-    claimed_jobs(&rows)
-}
-
-/// Claims for the slots a group of ends frees, up to this worker's fair share of the
-/// cap (the cap divided by the live workers, less what it runs besides): a process
-/// that finishes phases keeps no more than its share, and the slots it frees beyond
-/// that are left for the others (their NOTIFY wakes them).
-async fn claim_share_on(
-    conn: &mut PgConnection,
-    worker: WorkerId,
-    next: &ClaimNext,
-) -> DbResult<Vec<ClaimedJob>> {
-    let rows = sqlx::query(
-        "select job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs, attempts_left
-         from (select ceil(q.concurrency::numeric / greatest(1, (
-                   select count(*) from damascus_worker_processes
-                   where not stopping
-                     and heartbeat_at >= now() - 4 * lease_ms * interval '1 millisecond')))::int as n
-               from damascus_queue_settings q) share,
-              damascus_claim($1, greatest(0, least($2, share.n - $4)), $3)",
-    )
-    .bind(worker.0)
-    .bind(next.max as i32)
-    .bind(interval(next.lease))
-    .bind(next.running_besides as i32)
     .fetch_all(&mut *conn)
     .await?;
     claimed_jobs(&rows)
@@ -232,9 +222,27 @@ fn claimed_jobs(rows: &[sqlx::postgres::PgRow]) -> DbResult<Vec<ClaimedJob>> {
                 },
                 runs: row.try_get::<Option<i32>, _>("runs")?.unwrap_or(1),
                 attempts_left: row.try_get("attempts_left")?,
+                item: claimed_item(row)?,
             })
         })
         .collect()
+}
+
+/// The `item_*` columns of `damascus_claim`'s rows.
+fn claimed_item(row: &sqlx::postgres::PgRow) -> DbResult<Option<ClaimedItem>> {
+    let Some(project_id) = row.try_get::<Option<i64>, _>("item_project_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(ClaimedItem {
+        project_id,
+        phase: parse_enum(row, "item_phase")?,
+        budget: Budget {
+            phase_attempts: row.try_get("item_phase_attempts")?,
+            attempts_total: row.try_get("item_attempts_total")?,
+            max_attempts_per_phase: row.try_get("item_max_attempts_per_phase")?,
+            max_attempts_total: row.try_get("item_max_attempts_total")?,
+        },
+    }))
 }
 
 /// Extends the leases of the claims named by `claims`; returns the claims still held.
@@ -363,47 +371,17 @@ pub async fn finish(
     Ok(ended.remove(0))
 }
 
-/// Records the verdicts of several claims in one transaction (group commit): each
-/// claim ends exactly as `finish` would end it alone (fenced on its claim token, its
-/// job deleted before its item moves so the trigger spawns the next, its events
-/// written), and the batch only shares the round trips and the commit. All of them
-/// commit, or none. The results come back in the order given.
+/// Records the verdicts of several claims in one transaction: each claim ends exactly
+/// as `finish` would end it alone (fenced on its claim token, its job deleted before its
+/// item moves so the trigger spawns the next, its events written), and the batch only
+/// shares the round trips and the commit. All of them commit, or none. The results come
+/// back in the order given. This is the path for every kind of end; `end_group` is the
+/// one-call path for the common kinds.
 pub async fn finish_many(
     pool: &PgPool,
     worker: WorkerId,
     ends: &[(&ClaimedJob, &PhaseReport)],
 ) -> DbResult<Vec<Ended>> {
-    Ok(finish_many_and_claim(pool, worker, ends, None).await?.ended)
-}
-
-/// What `finish_many_and_claim` did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finished {
-    /// How each claim ended, in the order given.
-    pub ended: Vec<Ended>,
-    /// The jobs claimed in the same transaction.
-    pub claimed: Vec<ClaimedJob>,
-}
-
-/// What to claim in a group commit.
-#[derive(Debug, Clone, Copy)]
-pub struct ClaimNext {
-    /// At most this many (the slots the group frees).
-    pub max: u32,
-    /// Phases this worker runs besides the group's.
-    pub running_besides: u32,
-    pub lease: Duration,
-}
-
-/// `finish_many`, then, with `claim_next`, claims ready jobs in the same transaction
-/// (up to the worker's fair share of the cap, see `claim_share_on`): a slot this batch
-/// frees goes straight to the next job, with no transaction of its own in between.
-pub async fn finish_many_and_claim(
-    pool: &PgPool,
-    worker: WorkerId,
-    ends: &[(&ClaimedJob, &PhaseReport)],
-    claim_next: Option<ClaimNext>,
-) -> DbResult<Finished> {
     let mut tx = pool.begin().await?;
     let claims: Vec<(Uuid, Uuid, i64)> = ends
         .iter()
@@ -450,17 +428,119 @@ pub async fn finish_many_and_claim(
             });
         }
     }
-    let claimed = match claim_next {
-        Some(next) if next.max > 0 => claim_share_on(&mut tx, worker, &next).await?,
-        _ => Vec::new(),
-    };
     tx.commit().await?;
-    Ok(Finished {
-        ended: results
-            .into_iter()
-            .map(|r| r.expect("every end is decided"))
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every end is decided"))
+        .collect())
+}
+
+/// What to claim with a group end.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimNext {
+    /// At most this many (the slots the group frees).
+    pub max: u32,
+    /// Phases this worker runs besides the group's.
+    pub running_besides: u32,
+    pub lease: Duration,
+}
+
+/// What `end_group` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupEnded {
+    /// How each claim ended, in the order given; `None` when it was not recorded here
+    /// (its claim is lost, its item changed since the claim, or its verdict blocks the
+    /// item): end those with `finish`, which handles each of these.
+    pub ended: Vec<Option<Ended>>,
+    /// The jobs claimed for the freed slots.
+    pub claimed: Vec<ClaimedJob>,
+}
+
+/// The group commit's hot path, one statement (`damascus_end_group`): records the
+/// verdicts whose item is still as it was at the claim, with the transition decided
+/// here from that snapshot, and claims the next jobs for the slots they free, up to
+/// this worker's fair share of the cap (the cap over the live workers, less
+/// `running_besides`): a process that finishes phases keeps no more than its share,
+/// and the slots it frees beyond that are left for the others (their NOTIFY wakes
+/// them). Each recorded verdict is written exactly as `finish_many` writes it.
+pub async fn end_group(
+    pool: &PgPool,
+    worker: WorkerId,
+    ends: &[(&ClaimedJob, &PhaseReport)],
+    claim_next: Option<ClaimNext>,
+) -> DbResult<GroupEnded> {
+    let mut entries = Vec::new();
+    let mut decided = Vec::with_capacity(ends.len());
+    for (job, report) in ends {
+        let fast = match (job.target, job.item) {
+            (Some(target), Some(item))
+                if item.phase == target.phase
+                    && !matches!(report.verdict, Verdict::TransientError { .. }) =>
+            {
+                let transition = decide(item.phase, item.budget, &report.verdict);
+                transition.question.is_none().then(|| {
+                    let locked = crate::transitions::LockedItem {
+                        id: target.item_id,
+                        project_id: item.project_id,
+                        phase: item.phase,
+                        budget: item.budget,
+                    };
+                    entries.push(crate::transitions::group_end_entry(
+                        (job.claim, job.job_id),
+                        &locked,
+                        target.attempt,
+                        &report.verdict,
+                        &transition,
+                        &report.costs,
+                    ));
+                    Ended::Advanced {
+                        from: item.phase,
+                        to: transition.phase,
+                    }
+                })
+            }
+            _ => None,
+        };
+        decided.push(fast);
+    }
+    let next = claim_next.unwrap_or(ClaimNext {
+        max: 0,
+        running_besides: 0,
+        lease: Duration::ZERO,
+    });
+    if entries.is_empty() && next.max == 0 {
+        return Ok(GroupEnded {
+            ended: vec![None; ends.len()],
+            claimed: Vec::new(),
+        });
+    }
+    let rows = sqlx::query(&format!(
+        "select recorded, {CLAIM_COLUMNS} from damascus_end_group($1, $2, $3, $4, $5)"
+    ))
+    .bind(worker.0)
+    .bind(sqlx::types::Json(&entries))
+    .bind(next.max as i32)
+    .bind(next.running_besides as i32)
+    .bind(interval(next.lease))
+    .fetch_all(pool)
+    .await?;
+    let mut recorded = std::collections::HashSet::new();
+    let mut claimed_rows = Vec::new();
+    for row in rows {
+        match row.try_get::<Option<Uuid>, _>("recorded")? {
+            Some(claim) => {
+                recorded.insert(claim);
+            }
+            None => claimed_rows.push(row),
+        }
+    }
+    Ok(GroupEnded {
+        ended: ends
+            .iter()
+            .zip(decided)
+            .map(|((job, _), ended)| ended.filter(|_| recorded.contains(&job.claim)))
             .collect(),
-        claimed,
+        claimed: claimed_jobs(&claimed_rows)?,
     })
 }
 

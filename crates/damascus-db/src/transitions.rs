@@ -226,27 +226,53 @@ struct VerdictRows {
     payload: Vec<serde_json::Value>,
 }
 
+/// What a verdict writes into its item and its event, beyond the transition itself.
+struct VerdictColumns<'a> {
+    reason: Option<String>,
+    output: Option<&'a damascus_core::PhaseOutput>,
+    payload: serde_json::Value,
+}
+
+fn verdict_columns<'a>(
+    item: &LockedItem,
+    attempt: i32,
+    verdict: &'a Verdict,
+    to: &Transition,
+) -> VerdictColumns<'a> {
+    let (reason, output) = match verdict {
+        Verdict::Pass(output) => (None, Some(output)),
+        Verdict::Fail { reason, .. } => (Some(reason.clone()), None),
+        Verdict::NeedsHuman { question, .. } => (Some(question.clone()), None),
+        Verdict::TransientError { reason } => (Some(reason.clone()), None),
+    };
+    let log_tail = match verdict {
+        Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
+        _ => None,
+    };
+    let payload = json!({
+        "from": item.phase,
+        "to": to.phase,
+        "verdict": verdict.kind(),
+        "reason": reason,
+        "log_tail": log_tail,
+        "attempt": attempt,
+        "attempts_total": to.attempts_total,
+    });
+    VerdictColumns {
+        reason,
+        output,
+        payload,
+    }
+}
+
 impl VerdictRows {
     fn push(&mut self, item: &LockedItem, attempt: i32, verdict: &Verdict, to: &Transition) {
-        let (reason, output) = match verdict {
-            Verdict::Pass(output) => (None, Some(output)),
-            Verdict::Fail { reason, .. } => (Some(reason.clone()), None),
-            Verdict::NeedsHuman { question, .. } => (Some(question.clone()), None),
-            Verdict::TransientError { reason } => (Some(reason.clone()), None),
-        };
-        let log_tail = match verdict {
-            Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),
-            _ => None,
-        };
-        self.payload.push(json!({
-            "from": item.phase,
-            "to": to.phase,
-            "verdict": verdict.kind(),
-            "reason": reason,
-            "log_tail": log_tail,
-            "attempt": attempt,
-            "attempts_total": to.attempts_total,
-        }));
+        let VerdictColumns {
+            reason,
+            output,
+            payload,
+        } = verdict_columns(item, attempt, verdict, to);
+        self.payload.push(payload);
         self.id.push(item.id);
         self.phase.push(to.phase.as_str());
         self.resume_phase.push(to.resume_phase.map(Phase::as_str));
@@ -260,6 +286,61 @@ impl VerdictRows {
         self.branch.push(output.and_then(|o| o.branch.clone()));
         self.pr_url.push(output.and_then(|o| o.pr_url.clone()));
     }
+}
+
+/// One claim's entry in `damascus_end_group`'s `p_ends`: the claim, the item as the
+/// transition was decided from (the fence), what to write (the same columns and event
+/// as `apply_verdicts`), and the run's costs (as `record_costs` writes them).
+pub(crate) fn group_end_entry(
+    claim: (uuid::Uuid, uuid::Uuid),
+    item: &LockedItem,
+    attempt: i32,
+    verdict: &Verdict,
+    to: &Transition,
+    costs: &[CostEntry],
+) -> serde_json::Value {
+    let VerdictColumns {
+        reason,
+        output,
+        payload,
+    } = verdict_columns(item, attempt, verdict, to);
+    let cost_usd: f64 = costs.iter().map(|cost| cost.usd.max(0.0)).sum();
+    let costs: Vec<_> = costs
+        .iter()
+        .map(|cost| {
+            json!({
+                "source": cost.source.as_str(),
+                "model": cost.model,
+                "tokens_in": cost.tokens_in.max(0),
+                "tokens_out": cost.tokens_out.max(0),
+                "usd": cost.usd.max(0.0),
+            })
+        })
+        .collect();
+    json!({
+        "claim": claim.0.to_string(),
+        "job": claim.1.to_string(),
+        "item": item.id,
+        "from_phase": item.phase.as_str(),
+        "from_phase_attempts": item.budget.phase_attempts,
+        "from_attempts_total": item.budget.attempts_total,
+        "from_max_per_phase": item.budget.max_attempts_per_phase,
+        "from_max_total": item.budget.max_attempts_total,
+        "attempt": attempt.max(1),
+        "phase": to.phase.as_str(),
+        "resume_phase": to.resume_phase.map(Phase::as_str),
+        "phase_attempts": to.phase_attempts,
+        "attempts_total": to.attempts_total,
+        "verdict": verdict.kind().as_str(),
+        "reason": reason,
+        "spec": output.and_then(|o| o.spec.clone()),
+        "test_command": output.and_then(|o| o.test_command.clone()),
+        "branch": output.and_then(|o| o.branch.clone()),
+        "pr_url": output.and_then(|o| o.pr_url.clone()),
+        "payload": payload,
+        "cost_usd": cost_usd,
+        "costs": costs,
+    })
 }
 
 /// Blocks an item that could not finish its phase (a job out of retries, a lost

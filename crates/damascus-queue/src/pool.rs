@@ -521,8 +521,10 @@ enum End {
 
 /// Records verdicts in groups: the verdicts waiting when a commit starts, and those of
 /// the process's other running phases that arrive within `GATHER_WINDOW`, go into it
-/// together, so under load one commit records many. A group that fails is handed back, and each of its phases records its
-/// verdict alone (`end_claim`'s retries).
+/// together, so under load one statement records many and claims the next jobs
+/// (`jobs::end_group`). A group that fails is handed back, and each of its phases
+/// records its verdict alone (`end_claim`'s retries); so does each end the group does
+/// not record.
 async fn group_commit_loop(
     shared: Arc<Shared>,
     mut requests: mpsc::UnboundedReceiver<FinishRequest>,
@@ -556,37 +558,44 @@ async fn group_commit_loop(
                 _ => break,
             }
         }
-        let ends: Vec<(&ClaimedJob, &PhaseReport)> =
-            group.iter().map(|r| (&r.job, &r.report)).collect();
-        // The slots this group frees go to the next jobs in the same transaction, up to
-        // this process's fair share of the cap: the rest are freed, and their NOTIFY
-        // lets the other processes claim them.
-        let claim_next = (!shared.stop_claiming.is_cancelled()).then(|| {
-            let running = shared.running.lock().expect("running map lock").len();
-            jobs::ClaimNext {
-                max: group.len() as u32,
-                running_besides: running.saturating_sub(group.len()) as u32,
-                lease: shared.config.lease,
+        record_group(&shared, group).await;
+    }
+}
+
+/// Records one group with `jobs::end_group` and answers each of its phases.
+async fn record_group(shared: &Shared, group: Vec<FinishRequest>) {
+    let ends: Vec<(&ClaimedJob, &PhaseReport)> =
+        group.iter().map(|r| (&r.job, &r.report)).collect();
+    // The slots this group frees go to the next jobs in the same statement, up to
+    // this process's fair share of the cap: the rest are freed, and their NOTIFY
+    // lets the other processes claim them.
+    let claim_next = (!shared.stop_claiming.is_cancelled()).then(|| {
+        let running = shared.running.lock().expect("running map lock").len();
+        jobs::ClaimNext {
+            max: group.len() as u32,
+            running_besides: running.saturating_sub(group.len()) as u32,
+            lease: shared.config.lease,
+        }
+    });
+    match jobs::end_group(&shared.pool, shared.worker, &ends, claim_next).await {
+        Ok(finished) => {
+            if !finished.claimed.is_empty() {
+                let _ = shared.claimed.send(finished.claimed);
             }
-        });
-        match jobs::finish_many_and_claim(&shared.pool, shared.worker, &ends, claim_next).await {
-            Ok(finished) => {
-                if !finished.claimed.is_empty() {
-                    let _ = shared.claimed.send(finished.claimed);
-                }
-                for (request, ended) in group.into_iter().zip(finished.ended) {
-                    tracing::debug!(job = %request.job.job_id, ?ended, "claim ended");
-                    let _ = request.reply.send(Some(ended));
-                }
+            // An end not recorded here (a lost claim, an item changed meanwhile, a
+            // verdict that blocks) is recorded by its phase alone, as `finish`.
+            for (request, ended) in group.into_iter().zip(finished.ended) {
+                tracing::debug!(job = %request.job.job_id, ?ended, "claim ended");
+                let _ = request.reply.send(ended);
             }
-            Err(e) => {
-                shared
-                    .failed_groups
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
-                for request in group {
-                    let _ = request.reply.send(None);
-                }
+        }
+        Err(e) => {
+            shared
+                .failed_groups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
+            for request in group {
+                let _ = request.reply.send(None);
             }
         }
     }

@@ -450,7 +450,191 @@ async fn a_group_commit_ends_each_claim_as_alone() {
     );
 }
 
-/// A group commit hands the slots it frees to the next jobs in its own transaction, up
+/// The one-statement group end records a verdict only when its claim is held and its
+/// item is exactly as it was at the claim, and then writes what `finish` would (the
+/// item, the event, the costs, the next job); every other end is left untouched for
+/// `finish` to end alone: a lost claim, an item moved by hand, an item whose budget was
+/// changed by hand (its transition must be decided anew), and a verdict that blocks.
+#[tokio::test]
+async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_finish() {
+    let db = database().await;
+    let ids = items(&db.pool, 5, 1, 10).await;
+    let worker = test_worker(&db.pool, 1, 5).await;
+    let other = test_worker(&db.pool, 2, 5).await;
+    let mut claimed = jobs::claim(&db.pool, worker, 5, Duration::from_secs(5))
+        .await
+        .unwrap();
+    claimed.sort_by_key(|j| j.target.unwrap().item_id);
+    assert_eq!(claimed.len(), 5);
+    let item = claimed[0].item.expect("the claim reads its item");
+    assert_eq!(item.phase, damascus_core::Phase::Spec);
+    assert_eq!(item.budget.max_attempts_per_phase, 1);
+    let item_of = |n: usize| claimed[n].target.unwrap().item_id;
+    // 1: its lease is lost to another worker.
+    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
+        .bind(claimed[1].claim)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+        .bind(claimed[1].job_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stolen = jobs::claim(&db.pool, other, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(stolen[0].job_id, claimed[1].job_id);
+    // 2: moved by hand while it ran. 4: its budget raised by hand while it ran.
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(item_of(2))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set max_attempts_per_phase = 3 where id = $1")
+        .bind(item_of(4))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let paid = damascus_core::PhaseReport {
+        verdict: Verdict::pass(),
+        costs: vec![damascus_core::CostEntry {
+            source: damascus_core::CostSource::Llm,
+            model: "m1".into(),
+            tokens_in: 120,
+            tokens_out: 30,
+            usd: 0.25,
+        }],
+    };
+    let pass = Verdict::pass().into();
+    let fail = damascus_core::PhaseReport::from(Verdict::Fail {
+        reason: "tests failed".into(),
+        log_tail: "1 failed".into(),
+    });
+    let ends = [
+        (&claimed[0], &paid),
+        (&claimed[1], &pass),
+        (&claimed[2], &pass),
+        (&claimed[3], &fail),
+        (&claimed[4], &fail),
+    ];
+    let grouped = jobs::end_group(&db.pool, worker, &ends, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        grouped.ended,
+        [
+            Some(Ended::Advanced {
+                from: damascus_core::Phase::Spec,
+                to: damascus_core::Phase::Build
+            }),
+            None,
+            None,
+            None,
+            None,
+        ]
+    );
+    assert!(grouped.claimed.is_empty());
+    // Nothing of the others was written: each still holds its slot and its job.
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        4
+    );
+    let mut alone = Vec::new();
+    for (job, report) in &ends[1..] {
+        alone.push(jobs::finish(&db.pool, worker, job, report).await.unwrap());
+    }
+    assert_eq!(
+        alone,
+        [
+            Ended::LostClaim,
+            Ended::Superseded,
+            Ended::Advanced {
+                from: damascus_core::Phase::Spec,
+                to: damascus_core::Phase::Blocked
+            },
+            // Decided from the raised budget: a second try, not a block.
+            Ended::Advanced {
+                from: damascus_core::Phase::Spec,
+                to: damascus_core::Phase::Spec
+            },
+        ]
+    );
+    let phases: Vec<(i64, String)> =
+        sqlx::query_as("select id, phase::text from work_items order by id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        phases,
+        [
+            (ids[0], "build".to_owned()),
+            (ids[1], "spec".to_owned()),
+            (ids[2], "review".to_owned()),
+            (ids[3], "blocked".to_owned()),
+            (ids[4], "spec".to_owned()),
+        ]
+    );
+    let jobs_by_item: Vec<(i64, String, i32)> =
+        sqlx::query_as("select item_id, phase::text, attempt from damascus_jobs order by item_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        jobs_by_item,
+        [
+            (ids[0], "build".to_owned(), 1),
+            (ids[1], "spec".to_owned(), 1),
+            (ids[2], "review".to_owned(), 1),
+            (ids[4], "spec".to_owned(), 2),
+        ]
+    );
+    // The recorded verdict wrote what the one-by-one path writes.
+    let (event, last_verdict, attempts): (serde_json::Value, String, i32) = sqlx::query_as(
+        "select e.payload, i.last_verdict::text, i.attempts_total
+         from events_outbox e join work_items i on i.id = e.item_id
+         where e.item_id = $1 and e.kind = 'item.phase_changed'",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        event,
+        serde_json::json!({
+            "from": "spec", "to": "build", "verdict": "pass", "reason": null,
+            "log_tail": null, "attempt": 1, "attempts_total": 1,
+        })
+    );
+    assert_eq!((last_verdict.as_str(), attempts), ("pass", 1));
+    let (ledger, cost): (String, String) = sqlx::query_as(
+        "select string_agg(phase::text || ' ' || attempt || ' ' || source::text || ' ' || model
+                           || ' ' || tokens_in || '/' || tokens_out || ' ' || usd, ', '),
+                (select cost_usd::text from work_items where id = $1)
+         from cost_ledger where item_id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ledger, "spec 1 llm m1 120/30 0.250000");
+    assert_eq!(cost.parse::<f64>().unwrap(), 0.25);
+    // The held claims' slots are free; the stolen claim still holds one.
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        1
+    );
+}
+
+/// A group end hands the slots it frees to the next jobs in its own statement, up
 /// to the worker's fair share of the cap: with two live workers and a cap of 4, a
 /// worker keeps at most 2, and the other slots stay free for the other worker.
 #[tokio::test]
@@ -470,13 +654,13 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         lease: Duration::from_secs(5),
     };
     // Alone, the worker takes every slot it freed.
-    let alone = jobs::finish_many_and_claim(&db.pool, worker, &ends, Some(next))
+    let alone = jobs::end_group(&db.pool, worker, &ends, Some(next))
         .await
         .unwrap();
     assert!(alone
         .ended
         .iter()
-        .all(|e| matches!(e, Ended::Advanced { .. })));
+        .all(|e| matches!(e, Some(Ended::Advanced { .. }))));
     assert_eq!(alone.claimed.len(), 4);
     assert!(alone
         .claimed
@@ -485,13 +669,13 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
     // A second live worker: a fair share is 2 of the 4 slots.
     let _other = test_worker(&db.pool, 2, 4).await;
     let ends: Vec<_> = alone.claimed.iter().map(|job| (job, &pass)).collect();
-    let shared = jobs::finish_many_and_claim(&db.pool, worker, &ends, Some(next))
+    let shared = jobs::end_group(&db.pool, worker, &ends, Some(next))
         .await
         .unwrap();
     assert_eq!(shared.claimed.len(), 2);
     // Running one more besides the group leaves room for one.
     let ends: Vec<_> = shared.claimed[..1].iter().map(|job| (job, &pass)).collect();
-    let busier = jobs::finish_many_and_claim(
+    let busier = jobs::end_group(
         &db.pool,
         worker,
         &ends,
@@ -511,5 +695,57 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         )
         .await,
         2
+    );
+}
+
+/// A group end wakes the other workers only when it leaves a slot free: one whose
+/// freed slots all went to its next jobs sends no NOTIFY (its own claim took them),
+/// one that frees a slot it does not take again does.
+#[tokio::test]
+async fn a_group_end_notifies_only_for_slots_it_leaves_free() {
+    let db = database().await;
+    // Items in review: a pass merges them, so no new job (whose insert notifies too).
+    sqlx::query(
+        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total)
+         select p.id, 'item ' || g, 'review', 3, 10 from projects p, generate_series(1, 5) g
+         where p.name = 'web'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let worker = test_worker(&db.pool, 1, 2).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    // The queue's channel (sqlxmq's `mq_` and Damascus's job channel).
+    listener.listen("mq_damascus.advance").await.unwrap();
+    let claimed = jobs::claim(&db.pool, worker, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let pass = Verdict::pass().into();
+    let next = jobs::ClaimNext {
+        max: 2,
+        running_besides: 0,
+        lease: Duration::from_secs(5),
+    };
+    // Two freed, two taken.
+    let ends: Vec<_> = claimed.iter().map(|job| (job, &pass)).collect();
+    let taken = jobs::end_group(&db.pool, worker, &ends, Some(next))
+        .await
+        .unwrap();
+    assert_eq!(taken.claimed.len(), 2);
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "no wake-up when every freed slot was taken");
+    // Two freed, none taken.
+    let ends: Vec<_> = taken.claimed.iter().map(|job| (job, &pass)).collect();
+    let left = jobs::end_group(&db.pool, worker, &ends, None)
+        .await
+        .unwrap();
+    assert!(left.claimed.is_empty());
+    let woke = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(
+        matches!(woke, Ok(Ok(_))),
+        "a slot left free wakes the workers"
     );
 }
