@@ -169,10 +169,36 @@ async fn connect_pool(
     .map_err(|_| unreachable(format!("no answer within {:?}", settings.connect_timeout)))?
     .map_err(|e| unreachable(e.to_string()))?;
     probe.close().await?;
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(settings).connect_lazy_with(options))
+}
+
+/// A connection handed back to the pool less than this long ago is handed out again
+/// without a ping: sqlx pinged it when it came back, and no server restarts in less.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
+
+/// The pool's options. sqlx pings a connection when it is released and, by default,
+/// again before handing it out: a round trip before every statement, on the critical
+/// path of every claim and verdict. Here the second ping happens only for a connection
+/// that sat idle for `PING_IF_IDLE_FOR` (one that may have outlived a server restart).
+pub fn pool_options(settings: PoolSettings) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
-        .connect_lazy_with(options))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_IF_IDLE_FOR {
+                    return Ok(true);
+                }
+                match conn.ping().await {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        tracing::info!(error = %e, "dropping a pooled connection that no longer answers");
+                        Ok(false)
+                    }
+                }
+            })
+        })
 }
 
 /// Creates `name` through the maintenance database at `admin_url`. Two processes may

@@ -456,15 +456,16 @@ pub struct GroupEnded {
     pub claimed: Vec<ClaimedJob>,
 }
 
-/// The group commit's hot path, one statement (`damascus_end_group`): records the
-/// verdicts whose item is still as it was at the claim, with the transition decided
-/// here from that snapshot, and claims the next jobs for the slots they free, up to
-/// this worker's fair share of the cap (the cap over the live workers, less
-/// `running_besides`): a process that finishes phases keeps no more than its share,
-/// and the slots it frees beyond that are left for the others (their NOTIFY wakes
-/// them). Each recorded verdict is written exactly as `finish_many` writes it.
+/// The group commit's hot path, one statement (`damascus_end_group`; its own
+/// transaction unless `conn` has one open): records the verdicts whose item is still as
+/// it was at the claim, with the transition decided here from that snapshot, and claims
+/// the next jobs for the slots they free, up to this worker's fair share of the cap
+/// (the cap over the live workers, less `running_besides`): a process that finishes
+/// phases keeps no more than its share, and the slots it frees beyond that are left
+/// for the others (their NOTIFY wakes them). Each recorded verdict is written exactly
+/// as `finish_many` writes it.
 pub async fn end_group(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker: WorkerId,
     ends: &[(&ClaimedJob, &PhaseReport)],
     claim_next: Option<ClaimNext>,
@@ -522,7 +523,7 @@ pub async fn end_group(
     .bind(next.max as i32)
     .bind(next.running_besides as i32)
     .bind(interval(next.lease))
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let mut recorded = std::collections::HashSet::new();
     let mut claimed_rows = Vec::new();

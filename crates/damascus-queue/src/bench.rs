@@ -247,10 +247,12 @@ where
     use sqlx::ConnectOptions;
     let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)?
         .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::ZERO);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(config.concurrency + 4)
-        .connect_with(options)
-        .await?;
+    let pool = connect::pool_options(connect::PoolSettings {
+        max_connections: config.concurrency + 4,
+        ..connect::PoolSettings::default()
+    })
+    .connect_with(options)
+    .await?;
     let result = async {
         damascus_db::migrate::apply(&pool).await?;
         body(pool.clone()).await

@@ -530,6 +530,7 @@ async fn group_commit_loop(
     mut requests: mpsc::UnboundedReceiver<FinishRequest>,
     stop: CancellationToken,
 ) {
+    let mut conn = GroupConnection::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -558,12 +559,47 @@ async fn group_commit_loop(
                 _ => break,
             }
         }
-        record_group(&shared, group).await;
+        record_group(&shared, &mut conn, group).await;
+    }
+}
+
+/// The connection the group commit keeps between groups: taking one from the pool for
+/// each group would cost sqlx's two pings (on release and on acquire), round trips on
+/// the critical path of every cycle. One idle for a while is pinged before use; one
+/// that failed is dropped and replaced.
+#[derive(Default)]
+struct GroupConnection {
+    held: Option<(
+        sqlx::pool::PoolConnection<sqlx::Postgres>,
+        tokio::time::Instant,
+    )>,
+}
+
+impl GroupConnection {
+    async fn get(&mut self, pool: &PgPool) -> Result<&mut sqlx::PgConnection, sqlx::Error> {
+        use sqlx::Connection;
+        if let Some((conn, last_used)) = &mut self.held {
+            if last_used.elapsed() >= damascus_db::connect::PING_IF_IDLE_FOR
+                && conn.ping().await.is_err()
+            {
+                self.held = None;
+            }
+        }
+        if self.held.is_none() {
+            self.held = Some((pool.acquire().await?, tokio::time::Instant::now()));
+        }
+        let (conn, last_used) = self.held.as_mut().expect("held just now");
+        *last_used = tokio::time::Instant::now();
+        Ok(&mut **conn)
+    }
+
+    fn drop_failed(&mut self) {
+        self.held = None;
     }
 }
 
 /// Records one group with `jobs::end_group` and answers each of its phases.
-async fn record_group(shared: &Shared, group: Vec<FinishRequest>) {
+async fn record_group(shared: &Shared, conn: &mut GroupConnection, group: Vec<FinishRequest>) {
     let ends: Vec<(&ClaimedJob, &PhaseReport)> =
         group.iter().map(|r| (&r.job, &r.report)).collect();
     // The slots this group frees go to the next jobs in the same statement, up to
@@ -577,7 +613,14 @@ async fn record_group(shared: &Shared, group: Vec<FinishRequest>) {
             lease: shared.config.lease,
         }
     });
-    match jobs::end_group(&shared.pool, shared.worker, &ends, claim_next).await {
+    let ended = match conn.get(&shared.pool).await {
+        Ok(c) => jobs::end_group(c, shared.worker, &ends, claim_next).await,
+        Err(e) => Err(e.into()),
+    };
+    if ended.is_err() {
+        conn.drop_failed();
+    }
+    match ended {
         Ok(finished) => {
             if !finished.claimed.is_empty() {
                 let _ = shared.claimed.send(finished.claimed);

@@ -80,11 +80,13 @@ impl TestDatabase {
             .expect("create the test database");
         admin.close().await.ok();
         let url = database_url(&server.admin_url, &name);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .expect("connect to the test database");
+        let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
+            max_connections: 8,
+            ..Default::default()
+        })
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
         TestDatabase { pool, url, name }
     }
 }

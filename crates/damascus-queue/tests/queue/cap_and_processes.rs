@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use damascus_db::cluster::{Durability, EmbeddedCluster};
 use damascus_queue::WorkerPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::support::{
     count, database, fast_config, items, runner, wait_for, ProcessSpec, Script, WorkerProcess,
@@ -203,11 +202,14 @@ async fn the_pool_survives_a_postgres_restart() {
         .await
         .unwrap();
     let url = cluster.layout.url("restart");
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
-        .await
-        .unwrap();
+    // The product's pool options: it must reconnect with them.
+    let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
+        max_connections: 8,
+        ..Default::default()
+    })
+    .connect(&url)
+    .await
+    .unwrap();
     damascus_db::migrate::apply(&pool).await.unwrap();
     sqlx::query(
         "create table test_runs (id bigint generated always as identity primary key, item_id bigint not null,

@@ -518,7 +518,7 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         (&claimed[3], &fail),
         (&claimed[4], &fail),
     ];
-    let grouped = jobs::end_group(&db.pool, worker, &ends, None)
+    let grouped = jobs::end_group(&mut db.pool.acquire().await.unwrap(), worker, &ends, None)
         .await
         .unwrap();
     assert_eq!(
@@ -654,9 +654,14 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         lease: Duration::from_secs(5),
     };
     // Alone, the worker takes every slot it freed.
-    let alone = jobs::end_group(&db.pool, worker, &ends, Some(next))
-        .await
-        .unwrap();
+    let alone = jobs::end_group(
+        &mut db.pool.acquire().await.unwrap(),
+        worker,
+        &ends,
+        Some(next),
+    )
+    .await
+    .unwrap();
     assert!(alone
         .ended
         .iter()
@@ -669,14 +674,19 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
     // A second live worker: a fair share is 2 of the 4 slots.
     let _other = test_worker(&db.pool, 2, 4).await;
     let ends: Vec<_> = alone.claimed.iter().map(|job| (job, &pass)).collect();
-    let shared = jobs::end_group(&db.pool, worker, &ends, Some(next))
-        .await
-        .unwrap();
+    let shared = jobs::end_group(
+        &mut db.pool.acquire().await.unwrap(),
+        worker,
+        &ends,
+        Some(next),
+    )
+    .await
+    .unwrap();
     assert_eq!(shared.claimed.len(), 2);
     // Running one more besides the group leaves room for one.
     let ends: Vec<_> = shared.claimed[..1].iter().map(|job| (job, &pass)).collect();
     let busier = jobs::end_group(
-        &db.pool,
+        &mut db.pool.acquire().await.unwrap(),
         worker,
         &ends,
         Some(jobs::ClaimNext {
@@ -731,15 +741,20 @@ async fn a_group_end_notifies_only_for_slots_it_leaves_free() {
     };
     // Two freed, two taken.
     let ends: Vec<_> = claimed.iter().map(|job| (job, &pass)).collect();
-    let taken = jobs::end_group(&db.pool, worker, &ends, Some(next))
-        .await
-        .unwrap();
+    let taken = jobs::end_group(
+        &mut db.pool.acquire().await.unwrap(),
+        worker,
+        &ends,
+        Some(next),
+    )
+    .await
+    .unwrap();
     assert_eq!(taken.claimed.len(), 2);
     let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(quiet.is_err(), "no wake-up when every freed slot was taken");
     // Two freed, none taken.
     let ends: Vec<_> = taken.claimed.iter().map(|job| (job, &pass)).collect();
-    let left = jobs::end_group(&db.pool, worker, &ends, None)
+    let left = jobs::end_group(&mut db.pool.acquire().await.unwrap(), worker, &ends, None)
         .await
         .unwrap();
     assert!(left.claimed.is_empty());
