@@ -126,10 +126,14 @@ begin
         if cardinality(v_jobs) = 0 then
             return;
         end if;
-        update damascus_slots s
-        set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-        where s.job_id = any (v_jobs);
     end if;
+    -- Every slot still naming a job taken here lets go of it: an old slot outside
+    -- v_slots (locked just above), and one among v_slots that the pairing below leaves
+    -- without a job (more free slots than ready jobs). Every row this touches is locked
+    -- by this claim already.
+    update damascus_slots s
+    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
+    where s.job_id = any (v_jobs);
     update mq_msgs m
     set attempt_at = now() + p_lease, attempts = m.attempts - 1
     where m.id = any (v_jobs);
@@ -191,7 +195,8 @@ declare
     v_claims uuid[];
     v_jobs uuid[];
     v_share integer;
-    v_claimed integer := 0;
+    v_recorded integer;
+    v_freed integer[];
 begin
     select array_agg(locked.claim), array_agg(locked.job) into v_claims, v_jobs
     from (
@@ -215,9 +220,14 @@ begin
         delete from damascus_slots s
         using damascus_queue_settings q
         where s.job_id = any (v_jobs) and s.slot > q.concurrency;
-        update damascus_slots s
-        set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-        where s.job_id = any (v_jobs);
+        with freed as (
+            update damascus_slots s
+            set job_id = null, worker_id = null, claim_token = null, claimed_at = null,
+                lease_until = null
+            where s.job_id = any (v_jobs)
+            returning s.slot
+        )
+        select array_agg(freed.slot) into v_freed from freed;
         delete from mq_msgs m where m.id = any (v_jobs);
         delete from mq_payloads p where p.id = any (v_jobs);
         with e as (
@@ -254,20 +264,33 @@ begin
             null::work_phase, null::integer, null::integer, null::integer, null::integer
         from unnest(v_claims) as c;
     end if;
-    if p_claim_max > 0 then
-        select ceil(q.concurrency::numeric / greatest(1, (
+    -- Ends not recorded here keep their slots until they are recorded alone: they
+    -- count as running, and their slots are not there to take.
+    v_recorded := coalesce(cardinality(v_jobs), 0);
+    if v_recorded > 0 and p_claim_max > 0 then
+        -- Rounded down (at least one): a group keeps no more than every live worker
+        -- could keep at once, and what it frees beyond that goes to whichever worker
+        -- claims it first (a worker's own claims take any free slot). Rounded up, two
+        -- of three workers sharing a cap of 4 could each keep 2 for good and starve
+        -- the third.
+        select greatest(1, floor(q.concurrency::numeric / greatest(1, (
                select count(*) from damascus_worker_processes w
                where not w.stopping
-                 and w.heartbeat_at >= now() - 4 * w.lease_ms * interval '1 millisecond')))::integer
+                 and w.heartbeat_at >= now() - 4 * w.lease_ms * interval '1 millisecond'))))::integer
         into v_share
         from damascus_queue_settings q;
         return query select null::uuid, c.*
-        from damascus_claim(p_worker, greatest(0, least(p_claim_max, v_share - p_running_besides)), p_lease) c;
-        get diagnostics v_claimed = row_count;
+        from damascus_claim(
+            p_worker,
+            greatest(0, least(p_claim_max, v_recorded,
+                              v_share - p_running_besides - (p_claim_max - v_recorded))),
+            p_lease) c;
     end if;
-    -- Slots freed and not taken again here (beyond this worker's share, or nothing
+    -- A slot freed here and not taken again (beyond this worker's share, or nothing
     -- was ready): a worker waiting for a free slot (the cap is reached) wakes at once.
-    if coalesce(cardinality(v_jobs), 0) > v_claimed then
+    if v_freed is not null
+       and exists (select 1 from damascus_slots s
+                   where s.slot = any (v_freed) and s.job_id is null) then
         perform pg_notify('mq_' || damascus_job_channel(), '');
     end if;
 end;

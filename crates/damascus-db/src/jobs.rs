@@ -236,12 +236,7 @@ fn claimed_item(row: &sqlx::postgres::PgRow) -> DbResult<Option<ClaimedItem>> {
     Ok(Some(ClaimedItem {
         project_id,
         phase: parse_enum(row, "item_phase")?,
-        budget: Budget {
-            phase_attempts: row.try_get("item_phase_attempts")?,
-            attempts_total: row.try_get("item_attempts_total")?,
-            max_attempts_per_phase: row.try_get("item_max_attempts_per_phase")?,
-            max_attempts_total: row.try_get("item_max_attempts_total")?,
-        },
+        budget: crate::transitions::budget_from_row(row, "item_")?,
     }))
 }
 
@@ -438,7 +433,8 @@ pub async fn finish_many(
 /// What to claim with a group end.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimNext {
-    /// At most this many (the slots the group frees).
+    /// At most this many: the size of the group (the slots it frees when every end is
+    /// recorded; ends left for `finish` keep theirs and count as running).
     pub max: u32,
     /// Phases this worker runs besides the group's.
     pub running_besides: u32,
@@ -460,9 +456,10 @@ pub struct GroupEnded {
 /// transaction unless `conn` has one open): records the verdicts whose item is still as
 /// it was at the claim, with the transition decided here from that snapshot, and claims
 /// the next jobs for the slots they free, up to this worker's fair share of the cap
-/// (the cap over the live workers, less `running_besides`): a process that finishes
-/// phases keeps no more than its share, and the slots it frees beyond that are left
-/// for the others (their NOTIFY wakes them). Each recorded verdict is written exactly
+/// (the cap over the live workers, rounded down but at least one, less
+/// `running_besides` and the ends not recorded): a process that finishes phases keeps
+/// no more than its share, and the slots it frees beyond that are left for the others
+/// (a NOTIFY wakes them). Each recorded verdict is written exactly
 /// as `finish_many` writes it.
 pub async fn end_group(
     conn: &mut PgConnection,

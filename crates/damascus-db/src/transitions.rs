@@ -101,12 +101,19 @@ fn locked_item_from_row(row: &sqlx::postgres::PgRow) -> DbResult<LockedItem> {
         id: row.try_get("id")?,
         project_id: row.try_get("project_id")?,
         phase: parse_enum(row, "phase")?,
-        budget: Budget {
-            phase_attempts: row.try_get("phase_attempts")?,
-            attempts_total: row.try_get("attempts_total")?,
-            max_attempts_per_phase: row.try_get("max_attempts_per_phase")?,
-            max_attempts_total: row.try_get("max_attempts_total")?,
-        },
+        budget: budget_from_row(row, "")?,
+    })
+}
+
+/// An item's budget from a row whose item columns are named `{prefix}phase_attempts`
+/// and so on.
+pub(crate) fn budget_from_row(row: &sqlx::postgres::PgRow, prefix: &str) -> DbResult<Budget> {
+    let column = |name: &str| format!("{prefix}{name}");
+    Ok(Budget {
+        phase_attempts: row.try_get(column("phase_attempts").as_str())?,
+        attempts_total: row.try_get(column("attempts_total").as_str())?,
+        max_attempts_per_phase: row.try_get(column("max_attempts_per_phase").as_str())?,
+        max_attempts_total: row.try_get(column("max_attempts_total").as_str())?,
     })
 }
 

@@ -193,6 +193,72 @@ async fn transient_errors_retry_with_backoff_then_block_never_silently() {
     );
 }
 
+/// A claim that takes more free slots than there are ready jobs still takes a lapsed
+/// job away from the slot that named it, even when that slot is one of the free ones
+/// and ends up with no job: the old claim is gone for good (its keep-alive and its end
+/// are refused), and one slot names the job.
+#[tokio::test]
+async fn a_reclaimed_job_is_named_by_one_slot_only() {
+    let db = database().await;
+    review_items(&db.pool, 3).await;
+    let old = test_worker(&db.pool, 1, 3).await;
+    let new = test_worker(&db.pool, 2, 3).await;
+    let mut held = jobs::claim(&db.pool, old, 3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    held.sort_by_key(|j| j.slot);
+    assert_eq!(held.iter().map(|j| j.slot).collect::<Vec<_>>(), [1, 2, 3]);
+    // Slots 1 and 2 end; slot 3's lease lapses, its job ready again.
+    let pass = Verdict::pass().into();
+    let ends: Vec<_> = held[..2].iter().map(|job| (job, &pass)).collect();
+    jobs::finish_many(&db.pool, old, &ends).await.unwrap();
+    let lapsed = &held[2];
+    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
+        .bind(lapsed.claim)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+        .bind(lapsed.job_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Three slots free (1, 2 and the lapsed 3), one ready job: it goes to slot 1.
+    let taken = jobs::claim(&db.pool, new, 3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!((taken[0].job_id, taken[0].slot), (lapsed.job_id, 1));
+    assert_eq!(
+        count(
+            &db.pool,
+            &format!(
+                "select count(*) from damascus_slots where job_id = '{}'",
+                lapsed.job_id
+            )
+        )
+        .await,
+        1
+    );
+    let kept = jobs::keep_alive(&db.pool, &[lapsed.claim], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(kept.is_empty(), "the old claim is not kept alive");
+    let grouped = jobs::end_group(
+        &mut db.pool.acquire().await.unwrap(),
+        old,
+        &[(lapsed, &pass)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(grouped.ended, [None]);
+    assert_eq!(
+        jobs::finish(&db.pool, old, lapsed, &pass).await.unwrap(),
+        Ended::LostClaim
+    );
+}
+
 /// A worker whose lease ran out cannot record its verdict once another worker holds
 /// the job; the holder's verdict counts, once.
 #[tokio::test]
@@ -320,6 +386,59 @@ async fn the_reaper_handles_dead_jobs_and_jobless_items() {
     );
 }
 
+/// Claims `n` jobs (all of them must be claimable), in item order.
+async fn claim_by_item(
+    pool: &sqlx::PgPool,
+    worker: jobs::WorkerId,
+    n: u32,
+) -> Vec<jobs::ClaimedJob> {
+    let mut claimed = jobs::claim(pool, worker, n, Duration::from_secs(5))
+        .await
+        .unwrap();
+    claimed.sort_by_key(|j| j.target.unwrap().item_id);
+    assert_eq!(claimed.len(), n as usize);
+    claimed
+}
+
+/// `n` items in review (a pass merges them: no next job).
+async fn review_items(pool: &sqlx::PgPool, n: i64) {
+    sqlx::query(
+        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total)
+         select p.id, 'item ' || g, 'review', 3, 10 from projects p, generate_series(1, $1) g
+         where p.name = 'web'",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// (item, phase) of every item, in item order.
+async fn phase_of_each_item(pool: &sqlx::PgPool) -> Vec<(i64, String)> {
+    sqlx::query_as("select id, phase::text from work_items order by id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Lets `job`'s lease run out and has `other` claim it.
+async fn lose_claim_to(pool: &sqlx::PgPool, job: &jobs::ClaimedJob, other: jobs::WorkerId) {
+    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
+        .bind(job.claim)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+        .bind(job.job_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let stolen = jobs::claim(pool, other, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(stolen[0].job_id, job.job_id);
+}
+
 /// One group commit ends each claim as it would end alone: a held claim advances, a
 /// lost one changes nothing, a stale one (its item moved) is dropped and its item gets
 /// its new job, and a fail on the last attempt blocks with a human issue; each item's
@@ -330,27 +449,10 @@ async fn a_group_commit_ends_each_claim_as_alone() {
     let ids = items(&db.pool, 4, 1, 10).await;
     let worker = test_worker(&db.pool, 1, 4).await;
     let other = test_worker(&db.pool, 2, 4).await;
-    let mut claimed = jobs::claim(&db.pool, worker, 4, Duration::from_secs(5))
-        .await
-        .unwrap();
-    claimed.sort_by_key(|j| j.target.unwrap().item_id);
-    assert_eq!(claimed.len(), 4);
+    let claimed = claim_by_item(&db.pool, worker, 4).await;
     let item_of = |n: usize| claimed[n].target.unwrap().item_id;
     // 1: its lease is lost to another worker. 2: moved by hand while it ran.
-    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
-        .bind(claimed[1].claim)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
-        .bind(claimed[1].job_id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let stolen = jobs::claim(&db.pool, other, 1, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(stolen[0].job_id, claimed[1].job_id);
+    lose_claim_to(&db.pool, &claimed[1], other).await;
     sqlx::query("update work_items set phase = 'review' where id = $1")
         .bind(item_of(2))
         .execute(&db.pool)
@@ -388,13 +490,8 @@ async fn a_group_commit_ends_each_claim_as_alone() {
             },
         ]
     );
-    let phases: Vec<(i64, String)> =
-        sqlx::query_as("select id, phase::text from work_items order by id")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        phases,
+        phase_of_each_item(&db.pool).await,
         [
             (ids[0], "build".to_owned()),
             (ids[1], "spec".to_owned()),
@@ -453,45 +550,29 @@ async fn a_group_commit_ends_each_claim_as_alone() {
 /// The one-statement group end records a verdict only when its claim is held and its
 /// item is exactly as it was at the claim, and then writes what `finish` would (the
 /// item, the event, the costs, the next job); every other end is left untouched for
-/// `finish` to end alone: a lost claim, an item moved by hand, an item whose budget was
-/// changed by hand (its transition must be decided anew), and a verdict that blocks.
+/// `finish` to end alone: a lost claim, an item moved by hand, a verdict that blocks,
+/// and an item whose budget was changed by hand (the worker decided a retry from the
+/// claim's snapshot; the lowered budget makes it a block, decided anew).
 #[tokio::test]
 async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_finish() {
     let db = database().await;
-    let ids = items(&db.pool, 5, 1, 10).await;
-    let worker = test_worker(&db.pool, 1, 5).await;
-    let other = test_worker(&db.pool, 2, 5).await;
-    let mut claimed = jobs::claim(&db.pool, worker, 5, Duration::from_secs(5))
-        .await
-        .unwrap();
-    claimed.sort_by_key(|j| j.target.unwrap().item_id);
-    assert_eq!(claimed.len(), 5);
+    let ids = items(&db.pool, 6, 2, 10).await;
+    let worker = test_worker(&db.pool, 1, 6).await;
+    let other = test_worker(&db.pool, 2, 6).await;
+    let claimed = claim_by_item(&db.pool, worker, 6).await;
     let item = claimed[0].item.expect("the claim reads its item");
     assert_eq!(item.phase, damascus_core::Phase::Spec);
-    assert_eq!(item.budget.max_attempts_per_phase, 1);
+    assert_eq!(item.budget.max_attempts_per_phase, 2);
     let item_of = |n: usize| claimed[n].target.unwrap().item_id;
     // 1: its lease is lost to another worker.
-    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
-        .bind(claimed[1].claim)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
-        .bind(claimed[1].job_id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let stolen = jobs::claim(&db.pool, other, 1, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(stolen[0].job_id, claimed[1].job_id);
-    // 2: moved by hand while it ran. 4: its budget raised by hand while it ran.
+    lose_claim_to(&db.pool, &claimed[1], other).await;
+    // 2: moved by hand while it ran. 4: its budget lowered by hand while it ran.
     sqlx::query("update work_items set phase = 'review' where id = $1")
         .bind(item_of(2))
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("update work_items set max_attempts_per_phase = 3 where id = $1")
+    sqlx::query("update work_items set max_attempts_per_phase = 1 where id = $1")
         .bind(item_of(4))
         .execute(&db.pool)
         .await
@@ -507,6 +588,10 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         }],
     };
     let pass = Verdict::pass().into();
+    let ask = damascus_core::PhaseReport::from(Verdict::NeedsHuman {
+        question: "which database?".into(),
+        context: "two are configured".into(),
+    });
     let fail = damascus_core::PhaseReport::from(Verdict::Fail {
         reason: "tests failed".into(),
         log_tail: "1 failed".into(),
@@ -515,23 +600,29 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         (&claimed[0], &paid),
         (&claimed[1], &pass),
         (&claimed[2], &pass),
-        (&claimed[3], &fail),
+        (&claimed[3], &ask),
         (&claimed[4], &fail),
+        (&claimed[5], &fail),
     ];
     let grouped = jobs::end_group(&mut db.pool.acquire().await.unwrap(), worker, &ends, None)
         .await
         .unwrap();
+    let spec_to = |to| {
+        Some(Ended::Advanced {
+            from: damascus_core::Phase::Spec,
+            to,
+        })
+    };
     assert_eq!(
         grouped.ended,
         [
-            Some(Ended::Advanced {
-                from: damascus_core::Phase::Spec,
-                to: damascus_core::Phase::Build
-            }),
+            spec_to(damascus_core::Phase::Build),
             None,
             None,
             None,
             None,
+            // A failed try with one left: spec again, with a new job.
+            spec_to(damascus_core::Phase::Spec),
         ]
     );
     assert!(grouped.claimed.is_empty());
@@ -545,38 +636,30 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         4
     );
     let mut alone = Vec::new();
-    for (job, report) in &ends[1..] {
-        alone.push(jobs::finish(&db.pool, worker, job, report).await.unwrap());
+    for (job, report) in &ends[1..5] {
+        alone.push(Some(
+            jobs::finish(&db.pool, worker, job, report).await.unwrap(),
+        ));
     }
     assert_eq!(
         alone,
         [
-            Ended::LostClaim,
-            Ended::Superseded,
-            Ended::Advanced {
-                from: damascus_core::Phase::Spec,
-                to: damascus_core::Phase::Blocked
-            },
-            // Decided from the raised budget: a second try, not a block.
-            Ended::Advanced {
-                from: damascus_core::Phase::Spec,
-                to: damascus_core::Phase::Spec
-            },
+            Some(Ended::LostClaim),
+            Some(Ended::Superseded),
+            spec_to(damascus_core::Phase::Blocked),
+            // Decided from the lowered budget: out of tries, blocked.
+            spec_to(damascus_core::Phase::Blocked),
         ]
     );
-    let phases: Vec<(i64, String)> =
-        sqlx::query_as("select id, phase::text from work_items order by id")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
     assert_eq!(
-        phases,
+        phase_of_each_item(&db.pool).await,
         [
             (ids[0], "build".to_owned()),
             (ids[1], "spec".to_owned()),
             (ids[2], "review".to_owned()),
             (ids[3], "blocked".to_owned()),
-            (ids[4], "spec".to_owned()),
+            (ids[4], "blocked".to_owned()),
+            (ids[5], "spec".to_owned()),
         ]
     );
     let jobs_by_item: Vec<(i64, String, i32)> =
@@ -590,9 +673,34 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
             (ids[0], "build".to_owned(), 1),
             (ids[1], "spec".to_owned(), 1),
             (ids[2], "review".to_owned(), 1),
-            (ids[4], "spec".to_owned(), 2),
+            (ids[5], "spec".to_owned(), 2),
         ]
     );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from human_issues where status = 'open'"
+        )
+        .await,
+        2
+    );
+    let (fail_event, fail_reason): (serde_json::Value, String) = sqlx::query_as(
+        "select e.payload, i.last_verdict_reason
+         from events_outbox e join work_items i on i.id = e.item_id
+         where e.item_id = $1 and e.kind = 'item.phase_changed'",
+    )
+    .bind(ids[5])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        fail_event,
+        serde_json::json!({
+            "from": "spec", "to": "spec", "verdict": "fail", "reason": "tests failed",
+            "log_tail": "1 failed", "attempt": 1, "attempts_total": 1,
+        })
+    );
+    assert_eq!(fail_reason, "tests failed");
     // The recorded verdict wrote what the one-by-one path writes.
     let (event, last_verdict, attempts): (serde_json::Value, String, i32) = sqlx::query_as(
         "select e.payload, i.last_verdict::text, i.attempts_total
@@ -706,6 +814,28 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         .await,
         2
     );
+    // A third live worker: 4 / 3 rounds down to 1, so a group of two keeps one slot
+    // and leaves the other free for whichever worker claims first.
+    let _third = test_worker(&db.pool, 3, 4).await;
+    let running: Vec<_> = shared.claimed[1..]
+        .iter()
+        .chain(&busier.claimed)
+        .cloned()
+        .collect();
+    let ends: Vec<_> = running.iter().map(|job| (job, &pass)).collect();
+    let third_share = jobs::end_group(
+        &mut db.pool.acquire().await.unwrap(),
+        worker,
+        &ends,
+        Some(jobs::ClaimNext {
+            max: 2,
+            running_besides: 0,
+            lease: Duration::from_secs(5),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(third_share.claimed.len(), 1);
 }
 
 /// A group end wakes the other workers only when it leaves a slot free: one whose
@@ -715,14 +845,7 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
 async fn a_group_end_notifies_only_for_slots_it_leaves_free() {
     let db = database().await;
     // Items in review: a pass merges them, so no new job (whose insert notifies too).
-    sqlx::query(
-        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total)
-         select p.id, 'item ' || g, 'review', 3, 10 from projects p, generate_series(1, 5) g
-         where p.name = 'web'",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    review_items(&db.pool, 5).await;
     let worker = test_worker(&db.pool, 1, 2).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
         .await
