@@ -459,8 +459,8 @@ pub struct GroupEnded {
 /// (the cap over the live workers, rounded down but at least one, less
 /// `running_besides` and the ends not recorded): a process that finishes phases keeps
 /// no more than its share, and the slots it frees beyond that are left for the others
-/// (a NOTIFY wakes them). Each recorded verdict is written exactly
-/// as `finish_many` writes it.
+/// (a NOTIFY wakes them). Each recorded verdict is written exactly as `finish_many`
+/// writes it.
 pub async fn end_group(
     conn: &mut PgConnection,
     worker: WorkerId,
