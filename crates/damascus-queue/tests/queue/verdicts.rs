@@ -57,14 +57,7 @@ async fn passes_take_items_to_merged_with_one_event_per_step() {
         count(&db.pool, "select count(*) from damascus_worker_processes").await,
         0
     );
-    assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from damascus_slots where job_id is not null"
-        )
-        .await,
-        0
-    );
+    assert_eq!(held_slots(&db.pool).await, 0);
 }
 
 #[tokio::test]
@@ -413,6 +406,52 @@ async fn review_items(pool: &sqlx::PgPool, n: i64) {
     .unwrap();
 }
 
+/// Ends `jobs` with a pass in one group end; `next` is (max, running besides) of the
+/// claim that follows.
+async fn pass_group(
+    pool: &sqlx::PgPool,
+    worker: jobs::WorkerId,
+    jobs: &[jobs::ClaimedJob],
+    next: Option<(u32, u32)>,
+) -> jobs::GroupEnded {
+    let pass = Verdict::pass().into();
+    let ends: Vec<_> = jobs.iter().map(|job| (job, &pass)).collect();
+    let next = next.map(|(max, running_besides)| jobs::ClaimNext {
+        max,
+        running_besides,
+        lease: Duration::from_secs(5),
+    });
+    jobs::end_group(&mut pool.acquire().await.unwrap(), worker, &ends, next)
+        .await
+        .unwrap()
+}
+
+/// An item's one `item.phase_changed` event, with the item's last verdict, its reason
+/// and its total attempts.
+async fn last_move(
+    pool: &sqlx::PgPool,
+    item: i64,
+) -> (serde_json::Value, String, Option<String>, i32) {
+    sqlx::query_as(
+        "select e.payload, i.last_verdict::text, i.last_verdict_reason, i.attempts_total
+         from events_outbox e join work_items i on i.id = e.item_id
+         where e.item_id = $1 and e.kind = 'item.phase_changed'",
+    )
+    .bind(item)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// How many slots hold a job.
+async fn held_slots(pool: &sqlx::PgPool) -> i64 {
+    count(
+        pool,
+        "select count(*) from damascus_slots where job_id is not null",
+    )
+    .await
+}
+
 /// (item, phase) of every item, in item order.
 async fn phase_of_each_item(pool: &sqlx::PgPool) -> Vec<(i64, String)> {
     sqlx::query_as("select id, phase::text from work_items order by id")
@@ -537,14 +576,7 @@ async fn a_group_commit_ends_each_claim_as_alone() {
         1
     );
     // The three slots this worker held are free again; the stolen claim still holds one.
-    assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from damascus_slots where job_id is not null"
-        )
-        .await,
-        1
-    );
+    assert_eq!(held_slots(&db.pool).await, 1);
 }
 
 /// The one-statement group end records a verdict only when its claim is held and its
@@ -627,14 +659,7 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
     );
     assert!(grouped.claimed.is_empty());
     // Nothing of the others was written: each still holds its slot and its job.
-    assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from damascus_slots where job_id is not null"
-        )
-        .await,
-        4
-    );
+    assert_eq!(held_slots(&db.pool).await, 4);
     let mut alone = Vec::new();
     for (job, report) in &ends[1..5] {
         alone.push(Some(
@@ -684,15 +709,7 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         .await,
         2
     );
-    let (fail_event, fail_reason): (serde_json::Value, String) = sqlx::query_as(
-        "select e.payload, i.last_verdict_reason
-         from events_outbox e join work_items i on i.id = e.item_id
-         where e.item_id = $1 and e.kind = 'item.phase_changed'",
-    )
-    .bind(ids[5])
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (fail_event, fail_verdict, fail_reason, _) = last_move(&db.pool, ids[5]).await;
     assert_eq!(
         fail_event,
         serde_json::json!({
@@ -700,17 +717,12 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
             "log_tail": "1 failed", "attempt": 1, "attempts_total": 1,
         })
     );
-    assert_eq!(fail_reason, "tests failed");
+    assert_eq!(
+        (fail_verdict.as_str(), fail_reason.as_deref()),
+        ("fail", Some("tests failed"))
+    );
     // The recorded verdict wrote what the one-by-one path writes.
-    let (event, last_verdict, attempts): (serde_json::Value, String, i32) = sqlx::query_as(
-        "select e.payload, i.last_verdict::text, i.attempts_total
-         from events_outbox e join work_items i on i.id = e.item_id
-         where e.item_id = $1 and e.kind = 'item.phase_changed'",
-    )
-    .bind(ids[0])
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (event, last_verdict, _, attempts) = last_move(&db.pool, ids[0]).await;
     assert_eq!(
         event,
         serde_json::json!({
@@ -732,14 +744,7 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
     assert_eq!(ledger, "spec 1 llm m1 120/30 0.250000");
     assert_eq!(cost.parse::<f64>().unwrap(), 0.25);
     // The held claims' slots are free; the stolen claim still holds one.
-    assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from damascus_slots where job_id is not null"
-        )
-        .await,
-        1
-    );
+    assert_eq!(held_slots(&db.pool).await, 1);
 }
 
 /// A group end hands the slots it frees to the next jobs in its own statement, up
@@ -754,22 +759,8 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 4);
-    let pass = Verdict::pass().into();
-    let ends: Vec<_> = claimed.iter().map(|job| (job, &pass)).collect();
-    let next = jobs::ClaimNext {
-        max: 4,
-        running_besides: 0,
-        lease: Duration::from_secs(5),
-    };
     // Alone, the worker takes every slot it freed.
-    let alone = jobs::end_group(
-        &mut db.pool.acquire().await.unwrap(),
-        worker,
-        &ends,
-        Some(next),
-    )
-    .await
-    .unwrap();
+    let alone = pass_group(&db.pool, worker, &claimed, Some((4, 0))).await;
     assert!(alone
         .ended
         .iter()
@@ -781,39 +772,12 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         .all(|j| !claimed.iter().any(|c| c.job_id == j.job_id)));
     // A second live worker: a fair share is 2 of the 4 slots.
     let _other = test_worker(&db.pool, 2, 4).await;
-    let ends: Vec<_> = alone.claimed.iter().map(|job| (job, &pass)).collect();
-    let shared = jobs::end_group(
-        &mut db.pool.acquire().await.unwrap(),
-        worker,
-        &ends,
-        Some(next),
-    )
-    .await
-    .unwrap();
+    let shared = pass_group(&db.pool, worker, &alone.claimed, Some((4, 0))).await;
     assert_eq!(shared.claimed.len(), 2);
     // Running one more besides the group leaves room for one.
-    let ends: Vec<_> = shared.claimed[..1].iter().map(|job| (job, &pass)).collect();
-    let busier = jobs::end_group(
-        &mut db.pool.acquire().await.unwrap(),
-        worker,
-        &ends,
-        Some(jobs::ClaimNext {
-            max: 1,
-            running_besides: 1,
-            lease: Duration::from_secs(5),
-        }),
-    )
-    .await
-    .unwrap();
+    let busier = pass_group(&db.pool, worker, &shared.claimed[..1], Some((1, 1))).await;
     assert_eq!(busier.claimed.len(), 1);
-    assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from damascus_slots where job_id is not null"
-        )
-        .await,
-        2
-    );
+    assert_eq!(held_slots(&db.pool).await, 2);
     // A third live worker: 4 / 3 rounds down to 1, so a group of two keeps one slot
     // and leaves the other free for whichever worker claims first.
     let _third = test_worker(&db.pool, 3, 4).await;
@@ -822,19 +786,7 @@ async fn a_group_commit_claims_the_next_jobs_up_to_a_fair_share() {
         .chain(&busier.claimed)
         .cloned()
         .collect();
-    let ends: Vec<_> = running.iter().map(|job| (job, &pass)).collect();
-    let third_share = jobs::end_group(
-        &mut db.pool.acquire().await.unwrap(),
-        worker,
-        &ends,
-        Some(jobs::ClaimNext {
-            max: 2,
-            running_besides: 0,
-            lease: Duration::from_secs(5),
-        }),
-    )
-    .await
-    .unwrap();
+    let third_share = pass_group(&db.pool, worker, &running, Some((2, 0))).await;
     assert_eq!(third_share.claimed.len(), 1);
 }
 
@@ -856,30 +808,13 @@ async fn a_group_end_notifies_only_for_slots_it_leaves_free() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
-    let pass = Verdict::pass().into();
-    let next = jobs::ClaimNext {
-        max: 2,
-        running_besides: 0,
-        lease: Duration::from_secs(5),
-    };
     // Two freed, two taken.
-    let ends: Vec<_> = claimed.iter().map(|job| (job, &pass)).collect();
-    let taken = jobs::end_group(
-        &mut db.pool.acquire().await.unwrap(),
-        worker,
-        &ends,
-        Some(next),
-    )
-    .await
-    .unwrap();
+    let taken = pass_group(&db.pool, worker, &claimed, Some((2, 0))).await;
     assert_eq!(taken.claimed.len(), 2);
     let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(quiet.is_err(), "no wake-up when every freed slot was taken");
     // Two freed, none taken.
-    let ends: Vec<_> = taken.claimed.iter().map(|job| (job, &pass)).collect();
-    let left = jobs::end_group(&mut db.pool.acquire().await.unwrap(), worker, &ends, None)
-        .await
-        .unwrap();
+    let left = pass_group(&db.pool, worker, &taken.claimed, None).await;
     assert!(left.claimed.is_empty());
     let woke = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
     assert!(
