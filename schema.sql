@@ -1125,6 +1125,13 @@ CREATE VIEW public.damascus_workers AS
           WHERE ((s.worker_id = w.id) AND (s.lease_until >= now()))) AS running
    FROM public.damascus_worker_processes w;
 
+CREATE TABLE public.event_webhook_deliveries (
+    event_id bigint NOT NULL,
+    webhook text NOT NULL,
+    delivered_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT event_webhook_deliveries_webhook_key CHECK ((webhook ~ '^[0-9a-f]{32}$'::text))
+);
+
 CREATE TABLE public.events_outbox (
     id bigint NOT NULL,
     item_id bigint,
@@ -1220,6 +1227,9 @@ ALTER TABLE ONLY public.damascus_slots
 ALTER TABLE ONLY public.damascus_worker_processes
     ADD CONSTRAINT damascus_worker_processes_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.event_webhook_deliveries
+    ADD CONSTRAINT event_webhook_deliveries_pkey PRIMARY KEY (event_id, webhook);
+
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_pkey PRIMARY KEY (id);
 
@@ -1309,6 +1319,9 @@ ALTER TABLE ONLY public.damascus_jobs
 
 ALTER TABLE ONLY public.damascus_slots
     ADD CONSTRAINT damascus_slots_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.damascus_worker_processes(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.event_webhook_deliveries
+    ADD CONSTRAINT event_webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events_outbox(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;

@@ -3,9 +3,14 @@
 //! share the work without sending one event twice at once), delivers them, and records
 //! each outcome before committing. A crash before the commit leaves the events pending:
 //! delivery is at least once.
+//!
+//! Each webhook's success is kept per event (`event_webhook_deliveries`) until the
+//! event reached them all, so a retry after one webhook failed goes only to those
+//! still missing it. Webhooks are named by `webhook_key`, never by their URL.
 
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::error::DbResult;
@@ -17,20 +22,34 @@ pub struct Batch {
     pub events: Vec<PendingEvent>,
 }
 
-/// A claimed event and how many deliveries it had before.
+/// A claimed event, how many deliveries it had before, and the webhooks (by
+/// `webhook_key`) that already took it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingEvent {
     pub event: Event,
     pub attempts: i32,
+    pub delivered_to: Vec<String>,
+}
+
+/// The name under which a webhook's deliveries are kept: the first 16 bytes of the
+/// SHA-256 of its URL, in hex. Stable across restarts, and no token in it.
+pub fn webhook_key(url: &str) -> String {
+    Sha256::digest(url.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub async fn claim(pool: &PgPool, limit: i64) -> DbResult<Batch> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
-        "select id, item_id, kind, payload, created_at, delivery_attempts from events_outbox
-         where delivered_at is null and dead_at is null and next_delivery_at <= now()
-         order by next_delivery_at, id limit $1
-         for update skip locked",
+        "select e.id, e.item_id, e.kind, e.payload, e.created_at, e.delivery_attempts,
+                array(select d.webhook from event_webhook_deliveries d where d.event_id = e.id)
+                    as delivered_to
+         from events_outbox e
+         where e.delivered_at is null and e.dead_at is null and e.next_delivery_at <= now()
+         order by e.next_delivery_at, e.id limit $1
+         for update of e skip locked",
     )
     .bind(limit)
     .fetch_all(&mut *tx)
@@ -41,6 +60,7 @@ pub async fn claim(pool: &PgPool, limit: i64) -> DbResult<Batch> {
             Ok(PendingEvent {
                 event: crate::events::event_from_row(row)?,
                 attempts: row.try_get("delivery_attempts")?,
+                delivered_to: row.try_get("delivered_to")?,
             })
         })
         .collect::<DbResult<Vec<_>>>()?;
@@ -50,12 +70,16 @@ pub async fn claim(pool: &PgPool, limit: i64) -> DbResult<Batch> {
 /// What happened to one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
+    /// Every webhook has it now.
     Delivered,
-    /// Failed; try again after `retry_in`, or park it as dead when `dead`.
+    /// A webhook failed; try again after `retry_in`, or park it as dead when `dead`.
+    /// `delivered_to`: the webhooks (by `webhook_key`) that took it this time, which
+    /// the retry skips.
     Failed {
         error: String,
         retry_in: Duration,
         dead: bool,
+        delivered_to: Vec<String>,
     },
 }
 
@@ -69,14 +93,28 @@ impl Batch {
                         last_delivery_error = null where id = $1",
                 )
                 .bind(event_id)
-                .execute(conn)
+                .execute(&mut *conn)
                 .await?;
+                // Each webhook's own record is no longer needed once all have it.
+                sqlx::query("delete from event_webhook_deliveries where event_id = $1")
+                    .bind(event_id)
+                    .execute(conn)
+                    .await?;
             }
             Delivery::Failed {
                 error,
                 retry_in,
                 dead,
+                delivered_to,
             } => {
+                sqlx::query(
+                    "insert into event_webhook_deliveries (event_id, webhook)
+                     select $1, unnest($2::text[]) on conflict do nothing",
+                )
+                .bind(event_id)
+                .bind(delivered_to)
+                .execute(&mut *conn)
+                .await?;
                 sqlx::query(
                     "update events_outbox set delivery_attempts = delivery_attempts + 1, last_delivery_error = $2,
                         next_delivery_at = now() + make_interval(secs => $3),

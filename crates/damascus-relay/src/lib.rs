@@ -5,7 +5,8 @@
 //!   failed delivery is retried with exponential backoff and, after `max_attempts`,
 //!   parked as dead with its last error. A batch stops at its first failure, so a
 //!   webhook that is down holds the batch's transaction for one timeout, not one per
-//!   event.
+//!   event. A retry goes only to the webhooks that did not take the event yet: one
+//!   webhook that is down does not make the others receive every event again.
 //! - `Retention` prunes delivered (or dead) events of finished items, orphaned queue
 //!   payloads, and log files older than the retention age.
 //!
@@ -128,7 +129,12 @@ pub async fn deliver_batch(
     for item in &pending {
         let body = damascus_api::json::EventJson::from(item.event.clone());
         let mut failure = None;
+        let mut delivered_to = Vec::new();
         for url in &config.webhooks {
+            let key = outbox::webhook_key(url);
+            if item.delivered_to.contains(&key) {
+                continue;
+            }
             let outcome = http
                 .post(url)
                 .header("x-damascus-event", &item.event.kind)
@@ -141,9 +147,12 @@ pub async fn deliver_batch(
                 Ok(r) => Some(format!("{} answered {}", host_of(url), r.status())),
                 Err(e) => Some(format!("{}: {}", host_of(url), e.without_url())),
             };
-            if let Some(error) = error {
-                failure = Some(error);
-                break;
+            match error {
+                None => delivered_to.push(key),
+                Some(error) => {
+                    failure = Some(error);
+                    break;
+                }
             }
         }
         let delivery = match failure {
@@ -160,6 +169,7 @@ pub async fn deliver_batch(
                     error,
                     retry_in: backoff(attempts),
                     dead,
+                    delivered_to,
                 }
             }
         };

@@ -170,6 +170,64 @@ async fn failures_back_off_then_park_the_event_as_dead() {
     );
 }
 
+async fn make_events_due(db: &TestDatabase) {
+    sqlx::query("update events_outbox set next_delivery_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// With two webhooks and one of them down, the other gets each event once: a retry
+/// goes only to the webhooks that have not taken the event yet.
+#[tokio::test]
+async fn a_retry_skips_the_webhooks_that_already_took_the_event() {
+    let db = with_events(1).await;
+    let (up, down) = (Hook::default(), Hook::default());
+    *down.fail.lock().unwrap() = true;
+    let up_url = serve(up.clone()).await;
+    let down_url = serve(down.clone()).await;
+    let http = reqwest::Client::new();
+    let config = RelayConfig::new(vec![up_url.clone(), down_url]);
+    for _ in 0..2 {
+        assert_eq!(deliver_batch(&db.pool, &http, &config).await.unwrap(), 1);
+        make_events_due(&db).await;
+    }
+    assert_eq!(
+        *up.requests.lock().unwrap(),
+        1,
+        "the webhook that took it is skipped"
+    );
+    assert_eq!(*down.requests.lock().unwrap(), 2);
+    let kept: Vec<String> = sqlx::query_scalar("select webhook from event_webhook_deliveries")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![damascus_db::outbox::webhook_key(&up_url)]);
+    assert!(
+        !kept[0].contains("secret-token") && kept[0].len() == 32,
+        "a webhook is kept under a key, not its URL: {}",
+        kept[0]
+    );
+    // Back up: only the missing webhook gets it, and the event is delivered.
+    *down.fail.lock().unwrap() = false;
+    assert_eq!(deliver_batch(&db.pool, &http, &config).await.unwrap(), 1);
+    assert_eq!(up.received.lock().unwrap().len(), 1);
+    assert_eq!(down.received.lock().unwrap().len(), 1);
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from events_outbox where delivered_at is not null"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db, "select count(*) from event_webhook_deliveries").await,
+        0,
+        "per-webhook records go once every webhook has the event"
+    );
+}
+
 #[tokio::test]
 async fn retention_prunes_old_finished_things_and_keeps_live_ones() {
     let db = with_events(2).await;
