@@ -348,6 +348,15 @@ begin
         update work_items set updated_at = now() where id = v_waiter;
         exit when exists (select 1 from named_locks where name = old.name);
     end loop;
+    if not exists (select 1 from named_locks where name = old.name)
+       and exists (
+           select 1 from coordination_gates g
+           join work_items i on i.id = g.item_id
+           where g.kind = 'lock' and g.lock_name = old.name and g.opened_at is null
+             and i.phase = 'review' and i.id <> old.item_id
+             and not exists (select 1 from damascus_jobs j where j.item_id = i.id)) then
+        perform pg_notify('damascus_respawn', old.name);
+    end if;
     return null;
 end;
 $$;

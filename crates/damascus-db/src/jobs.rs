@@ -697,7 +697,20 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
     .execute(pool)
     .await?
     .rows_affected();
-    reaped.respawned = sqlx::query(
+    reaped.respawned = respawn_jobless(pool).await?;
+    Ok(reaped)
+}
+
+/// The channel on which a lock hand-over that passed over a busy waiter asks the
+/// workers for a respawn pass (`respawn_jobless`) now instead of at the next reaper
+/// round.
+pub const RESPAWN_CHANNEL: &str = "damascus_respawn";
+
+/// Gives each item in a working phase that may run and has no job its job (the spawn
+/// trigger does it, on a touch of `updated_at`). Waits for a row another transaction
+/// holds: it runs in a transaction of its own and holds no other lock.
+pub async fn respawn_jobless(pool: &PgPool) -> DbResult<u64> {
+    Ok(sqlx::query(
         "update work_items i set updated_at = now()
          where i.phase in ('spec', 'build', 'review')
            and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
@@ -707,8 +720,7 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
     )
     .execute(pool)
     .await?
-    .rows_affected();
-    Ok(reaped)
+    .rows_affected())
 }
 
 /// Blocks the item of one dead job, in a transaction of its own. Locks in the order

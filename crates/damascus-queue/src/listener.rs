@@ -1,5 +1,5 @@
 //! The LISTEN side of the wake-up: one connection that listens on the queue channel and
-//! pokes the claim loop. After a lost connection it reconnects with capped backoff and
+//! pokes the claim loop (and on the cancel and respawn channels, poking their tasks). After a lost connection it reconnects with capped backoff and
 //! pokes the loop once more, since notifications sent meanwhile are gone.
 
 use std::sync::Arc;
@@ -14,8 +14,15 @@ use tokio_util::sync::CancellationToken;
 pub const QUEUE_CHANNEL: &str = "mq_damascus.advance";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Listens on the queue channel (pokes `wake`) and the cancel channel (pokes `check`).
-pub async fn listen(pool: PgPool, wake: Arc<Notify>, check: Arc<Notify>, stop: CancellationToken) {
+/// Listens on the queue channel (pokes `wake`), the cancel channel (pokes `check`) and
+/// the respawn channel (pokes `respawn`).
+pub async fn listen(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    check: Arc<Notify>,
+    respawn: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         // Register before the claim loop's next query, so no notification is missed.
@@ -38,6 +45,7 @@ pub async fn listen(pool: PgPool, wake: Arc<Notify>, check: Arc<Notify>, stop: C
                 _ = stop.cancelled() => return,
                 received = listener.try_recv() => match received {
                     Ok(Some(n)) if n.channel() == damascus_db::operator::CANCEL_CHANNEL => check.notify_one(),
+                    Ok(Some(n)) if n.channel() == damascus_db::jobs::RESPAWN_CHANNEL => respawn.notify_one(),
                     Ok(Some(_)) => wake.notify_one(),
                     Ok(None) => {
                         tracing::warn!("queue listener lost its connection; reconnecting");
@@ -56,7 +64,11 @@ pub async fn listen(pool: PgPool, wake: Arc<Notify>, check: Arc<Notify>, stop: C
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener
-        .listen_all([QUEUE_CHANNEL, damascus_db::operator::CANCEL_CHANNEL])
+        .listen_all([
+            QUEUE_CHANNEL,
+            damascus_db::operator::CANCEL_CHANNEL,
+            damascus_db::jobs::RESPAWN_CHANNEL,
+        ])
         .await?;
     Ok(listener)
 }

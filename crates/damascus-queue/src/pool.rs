@@ -104,6 +104,8 @@ struct Shared {
     wake: Arc<Notify>,
     /// Poked when an item was cancelled: check the claims now, not at the next round.
     check_claims: Arc<Notify>,
+    /// Poked when a lock hand-over passed over a busy waiter: respawn now.
+    respawn: Arc<Notify>,
     /// Verdicts waiting to be recorded by the group-commit task.
     finishes: mpsc::UnboundedSender<FinishRequest>,
     /// Jobs the group commit claimed for the slots it freed, for the main loop to run.
@@ -193,6 +195,7 @@ impl WorkerPool {
             running: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             check_claims: Arc::new(Notify::new()),
+            respawn: Arc::new(Notify::new()),
             finishes,
             claimed,
             stop_claiming: stop_claiming.clone(),
@@ -265,6 +268,7 @@ async fn main_loop(
         shared.pool.clone(),
         shared.wake.clone(),
         shared.check_claims.clone(),
+        shared.respawn.clone(),
         background.clone(),
     ));
     helpers.spawn(keep_alive_loop(shared.clone(), background.clone()));
@@ -737,16 +741,29 @@ async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// The reaper every `reap_interval`, and its respawn pass alone whenever a lock
+/// hand-over asks for it.
 async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut next_reap = tokio::time::Instant::now();
     loop {
-        match jobs::reap(&shared.pool, shared.config.stale_worker_after()).await {
-            Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reaper failed"),
+        if tokio::time::Instant::now() >= next_reap {
+            match jobs::reap(&shared.pool, shared.config.stale_worker_after()).await {
+                Ok(reaped) if reaped != jobs::Reaped::default() => {
+                    tracing::info!(?reaped, "reaper")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaper failed"),
+            }
+            next_reap = tokio::time::Instant::now() + shared.config.reap_interval;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(shared.config.reap_interval) => {}
+            _ = tokio::time::sleep_until(next_reap) => {}
+            _ = shared.respawn.notified() => match jobs::respawn_jobless(&shared.pool).await {
+                Ok(0) => {}
+                Ok(respawned) => tracing::info!(respawned, "respawned after a lock hand-over"),
+                Err(e) => tracing::warn!(error = %e, "respawn failed"),
+            },
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use damascus_db::operator;
 use damascus_queue::run_until_idle;
 
-use crate::support::{count, database, fast_config, items, runner, Script};
+use crate::support::{count, database, fast_config, items, runner, wait_for, Script};
 
 const JOBS: &str = "select count(*) from damascus_jobs";
 
@@ -460,4 +460,64 @@ async fn two_releases_at_once_toward_one_waiter_do_not_deadlock() {
     assert_eq!(holder(&db, "l").await, Some(w));
     assert_eq!(holder(&db, "m").await, Some(w));
     assert_eq!(jobs_of(&db, w).await, 1);
+}
+
+/// A waiter whose row is busy at the release is passed over (a release never waits for
+/// a waiter's row), and the lock stays free for that moment; the workers hear of it
+/// and hand it the lock as soon as its row is free, not at the reaper's next round.
+#[tokio::test]
+async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
+    let db = database().await;
+    let holder_id = ingest_gated(&db, "holder", &[], &["db"]).await;
+    let waiter = ingest_gated(&db, "waiter", &[], &["db"]).await;
+    move_to(&db, holder_id, "review").await;
+    move_to(&db, waiter, "review").await;
+    assert_eq!(jobs_of(&db, waiter).await, 0, "the waiter waits for db");
+    // The holder's job is the test's to end; the pool runs only what it is given.
+    drop_jobs(&db).await;
+    let config = damascus_queue::QueueConfig {
+        reap_interval: Duration::from_secs(600),
+        shutdown_grace: Duration::from_millis(100),
+        ..fast_config(2)
+    };
+    let pool = damascus_queue::WorkerPool::start(
+        db.pool.clone(),
+        config,
+        runner(Script::HangFirstRun, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let mut busy = db.pool.begin().await.unwrap();
+    sqlx::query("select 1 from work_items where id = $1 for update")
+        .bind(waiter)
+        .execute(&mut *busy)
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'merged' where id = $1")
+        .bind(holder_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder(&db, "db").await,
+        None,
+        "the busy waiter was passed over"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    busy.commit().await.unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select count(*) from named_locks where name = 'db' and item_id = {waiter}"),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    wait_for(
+        &db.pool,
+        &format!("select count(*) from test_runs where item_id = {waiter}"),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    pool.shutdown().await;
 }

@@ -1,0 +1,36 @@
+-- A lock hand-over never waits for a waiter's row (it runs inside the releasing
+-- transaction, and waiting there could deadlock), so a waiter whose row is busy at
+-- that moment is passed over. Until now that waiter got the free lock only at the
+-- reapers' next respawn pass (every 15 s by default). Now the hand-over says so on the
+-- damascus_respawn channel, delivered when the release commits, and each worker runs
+-- its respawn pass at once; that pass may wait for the busy row, since it holds no
+-- other lock.
+create or replace function damascus_hand_over_lock() returns trigger
+language plpgsql as $$
+declare
+    v_waiter bigint;
+begin
+    for v_waiter in
+        select g.item_id from coordination_gates g
+        join work_items i on i.id = g.item_id
+        where g.kind = 'lock' and g.lock_name = old.name and g.opened_at is null
+          and i.phase = 'review' and i.id <> old.item_id
+          and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+        order by i.phase_entered_at, i.id
+        for update of i skip locked
+    loop
+        update work_items set updated_at = now() where id = v_waiter;
+        exit when exists (select 1 from named_locks where name = old.name);
+    end loop;
+    if not exists (select 1 from named_locks where name = old.name)
+       and exists (
+           select 1 from coordination_gates g
+           join work_items i on i.id = g.item_id
+           where g.kind = 'lock' and g.lock_name = old.name and g.opened_at is null
+             and i.phase = 'review' and i.id <> old.item_id
+             and not exists (select 1 from damascus_jobs j where j.item_id = i.id)) then
+        perform pg_notify('damascus_respawn', old.name);
+    end if;
+    return null;
+end;
+$$;
