@@ -2,6 +2,10 @@
 //! (claim, run, finish transaction, trigger), pickup latency on an idle pool, the cost
 //! of one claim and one sqlxmq poll at each backlog, and, against the same server in
 //! the same run, the single-row commit rate that a queue's throughput is compared with.
+//!
+//! A run can have several rounds, each of every backlog followed by the commit rate, so
+//! each round's ratio compares figures measured minutes apart, and the median of the
+//! rounds says more than one run on a machine whose speed drifts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +26,8 @@ pub struct BenchConfig {
     pub payload_bytes: usize,
     pub latency_samples: u32,
     pub commit_duration: Duration,
+    /// How many times to measure every backlog and the commit rate (at least one).
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -184,48 +190,90 @@ pub async fn pickup_latency(pool: &PgPool, config: &BenchConfig) -> DbResult<Lat
     })
 }
 
+/// One round: every backlog, then the commit rate right after them.
+#[derive(Debug, Clone)]
+pub struct Round {
+    pub backlogs: Vec<BacklogResult>,
+    pub commit_rate: f64,
+}
+
+impl Round {
+    /// Backlog `n`'s jobs/s over this round's commit rate.
+    pub fn ratio(&self, n: usize) -> f64 {
+        self.backlogs[n].jobs_per_second() / self.commit_rate
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchReport {
     pub server_version: String,
-    pub backlogs: Vec<BacklogResult>,
+    pub rounds: Vec<Round>,
     pub latency: Latency,
-    pub commit_rate: f64,
+}
+
+impl BenchReport {
+    /// The median of the rounds' commit rates.
+    pub fn commit_rate(&self) -> f64 {
+        median(self.rounds.iter().map(|r| r.commit_rate).collect())
+    }
+
+    /// Backlog `n` in the round with the median ratio (the upper one of an even count).
+    pub fn median_backlog(&self, n: usize) -> (&Round, &BacklogResult) {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.ratio(n).total_cmp(&b.ratio(n)));
+        let round = order[order.len() / 2];
+        (round, &round.backlogs[n])
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 /// Runs the whole bench on the server at `server_url`, each part in a scratch database
 /// that is dropped afterwards.
 pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport> {
-    let mut backlogs = Vec::new();
-    for (n, &jobs) in config.backlogs.iter().enumerate() {
-        let result =
-            with_scratch_database(server_url, &format!("throughput_{n}"), config, |pool| {
+    let mut rounds = Vec::new();
+    for round in 0..config.rounds.max(1) {
+        let mut backlogs = Vec::new();
+        for (n, &jobs) in config.backlogs.iter().enumerate() {
+            let label = format!("throughput_{round}_{n}");
+            let result = with_scratch_database(server_url, &label, config, |pool| {
                 let config = config.clone();
                 async move { throughput(&pool, jobs, &config).await }
             })
             .await?;
-        backlogs.push(result);
-    }
-    let (server_version, latency, commit_rate) =
-        with_scratch_database(server_url, "latency", config, |pool| {
+            backlogs.push(result);
+        }
+        let label = format!("commit_{round}");
+        let commit_rate = with_scratch_database(server_url, &label, config, |pool| {
             let config = config.clone();
             async move {
                 bench::seed_review_items(&pool, 0, 0).await?;
-                let latency = pickup_latency(&pool, &config).await?;
-                let commit_rate = bench::single_row_commit_rate(
-                    &pool,
-                    config.concurrency,
-                    config.commit_duration,
-                )
-                .await?;
-                Ok((bench::server_version(&pool).await?, latency, commit_rate))
+                bench::single_row_commit_rate(&pool, config.concurrency, config.commit_duration)
+                    .await
             }
         })
         .await?;
+        rounds.push(Round {
+            backlogs,
+            commit_rate,
+        });
+    }
+    let (server_version, latency) = with_scratch_database(server_url, "latency", config, |pool| {
+        let config = config.clone();
+        async move {
+            bench::seed_review_items(&pool, 0, 0).await?;
+            let latency = pickup_latency(&pool, &config).await?;
+            Ok((bench::server_version(&pool).await?, latency))
+        }
+    })
+    .await?;
     Ok(BenchReport {
         server_version,
-        backlogs,
+        rounds,
         latency,
-        commit_rate,
     })
 }
 

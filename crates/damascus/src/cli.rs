@@ -131,6 +131,9 @@ pub struct BenchQueueArgs {
     /// Seconds of single-row inserts for the commit-rate baseline.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub commit_seconds: u32,
+    /// Times to measure every backlog and the commit rate; the figures are the medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -26,27 +26,68 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         payload_bytes: args.payload_bytes as usize,
         latency_samples: args.latency_samples,
         commit_duration: Duration::from_secs(u64::from(args.commit_seconds)),
+        rounds: args.rounds,
     };
     println!(
-        "damascus bench queue: backlogs {:?}, concurrency {}, payload {} bytes, on {}",
+        "damascus bench queue: backlogs {:?}, concurrency {}, payload {} bytes, {} round(s), on {}",
         config.backlogs,
         config.concurrency,
         config.payload_bytes,
+        config.rounds,
         db.origin.display_url()
     );
     let report = bench::run(&server_url, &config).await?;
     println!("server            PostgreSQL {}", report.server_version);
+    let several = report.rounds.len() > 1;
+    if several {
+        for (i, round) in report.rounds.iter().enumerate() {
+            let backlogs: Vec<String> = round
+                .backlogs
+                .iter()
+                .enumerate()
+                .map(|(n, b)| {
+                    format!(
+                        "{}: {:.0} jobs/s ({:.1}%)",
+                        b.jobs,
+                        b.jobs_per_second(),
+                        100.0 * round.ratio(n)
+                    )
+                })
+                .collect();
+            println!(
+                "round {:<3}         commit rate {:.0}/s; {}",
+                i + 1,
+                round.commit_rate,
+                backlogs.join("; ")
+            );
+        }
+    }
+    let medians = if several {
+        " (median of the rounds)"
+    } else {
+        ""
+    };
     println!(
-        "commit rate       {:.0} single-row commits/s on {} connections",
-        report.commit_rate, config.concurrency
+        "commit rate       {:.0} single-row commits/s on {} connections{medians}",
+        report.commit_rate(),
+        config.concurrency
     );
-    for backlog in &report.backlogs {
+    for n in 0..config.backlogs.len() {
+        let (round, backlog) = report.median_backlog(n);
+        let spread = if several {
+            let ratios: Vec<f64> = report.rounds.iter().map(|r| 100.0 * r.ratio(n)).collect();
+            let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = ratios.iter().copied().fold(0.0, f64::max);
+            format!(" (the round with the median ratio; all rounds {low:.1}-{high:.1}%)")
+        } else {
+            String::new()
+        };
         println!(
-            "backlog {:>7}   {:.0} jobs/s ({:.1} s), {:.1}% of the commit rate; one claim {:.3} ms, one mq_poll {:.3} ms",
+            "backlog {:>7}   {:.0} jobs/s ({:.1} s), {:.1}% of the commit rate{spread}; one claim {:.3} ms, one mq_poll {:.3} ms",
             backlog.jobs,
             backlog.jobs_per_second(),
             backlog.elapsed.as_secs_f64(),
-            100.0 * backlog.jobs_per_second() / report.commit_rate,
+            100.0 * round.ratio(n),
             backlog.claim_cost.as_secs_f64() * 1000.0,
             backlog.poll_cost.as_secs_f64() * 1000.0,
         );

@@ -266,13 +266,19 @@ async fn bench_queue_reports_every_figure() {
         "5",
         "--commit-seconds",
         "1",
+        "--rounds",
+        "2",
     ];
     let out = ok(run(&db, &args, ""));
     for needle in [
+        "2 round(s)",
+        "round 1",
+        "round 2",
         "commit rate",
+        "(median of the rounds)",
         "backlog      40",
         "backlog      80",
-        "% of the commit rate",
+        "% of the commit rate (the round with the median ratio; all rounds",
         "one claim",
         "pickup latency    p50",
     ] {
@@ -289,5 +295,10 @@ async fn bench_queue_reports_every_figure() {
         run(&db, &["bench", "queue", "--jobs", "0"], ""),
         2,
         &["0 is not in 1..=1000000"],
+    );
+    refused(
+        run(&db, &["bench", "queue", "--rounds", "0"], ""),
+        2,
+        &["--rounds", "0 is not in 1..=100"],
     );
 }
