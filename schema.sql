@@ -1275,9 +1275,13 @@ CREATE INDEX cost_ledger_created_idx ON public.cost_ledger USING btree (created_
 
 CREATE INDEX cost_ledger_item_idx ON public.cost_ledger USING btree (item_id);
 
+CREATE INDEX events_outbox_dead_idx ON public.events_outbox USING btree (dead_at) WHERE (dead_at IS NOT NULL);
+
 CREATE INDEX events_outbox_item_idx ON public.events_outbox USING btree (item_id, id);
 
 CREATE INDEX events_outbox_pending_idx ON public.events_outbox USING btree (next_delivery_at, id) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL));
+
+CREATE INDEX events_outbox_retrying_idx ON public.events_outbox USING btree (next_delivery_at) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL) AND (delivery_attempts > 0));
 
 CREATE UNIQUE INDEX human_issues_one_open_per_item_idx ON public.human_issues USING btree (item_id) WHERE (status = 'open'::public.human_issue_status);
 

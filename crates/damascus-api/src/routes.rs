@@ -221,6 +221,10 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
             "concurrency": s.overview.concurrency,
         },
         "open_human_issues": s.overview.open_human_issues,
+        "events": {
+            "retrying": s.overview.events_retrying,
+            "dead": s.overview.events_dead,
+        },
         "throughput": {
             "transitions_last_hour": s.transitions_last_hour,
             "transitions_last_day": s.transitions_last_day,
@@ -369,6 +373,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "# HELP damascus_human_issues_open Questions waiting for a person.\n# TYPE damascus_human_issues_open gauge\ndamascus_human_issues_open {}\n",
         s.overview.open_human_issues
     ));
+    out.push_str(
+        "# HELP damascus_events_undelivered Events the webhook relay retries or gave up on.\n# TYPE damascus_events_undelivered gauge\n",
+    );
+    for (state, n) in [
+        ("retrying", s.overview.events_retrying),
+        ("dead", s.overview.events_dead),
+    ] {
+        out.push_str(&format!(
+            "damascus_events_undelivered{{state=\"{state}\"}} {n}\n"
+        ));
+    }
     out.push_str(&format!(
         "# HELP damascus_transitions_last_hour Phase transitions in the last hour.\n# TYPE damascus_transitions_last_hour gauge\ndamascus_transitions_last_hour {}\n",
         s.transitions_last_hour

@@ -24,6 +24,10 @@ pub struct Overview {
     /// The global cap on running phases.
     pub concurrency: i32,
     pub open_human_issues: i64,
+    /// Events the webhook relay failed to deliver at least once and retries.
+    pub events_retrying: i64,
+    /// Events the webhook relay gave up on (their last error is in the outbox).
+    pub events_dead: i64,
 }
 
 pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
@@ -48,7 +52,10 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
             count(*) filter (where q.state = 'running') as running,
             count(*) filter (where q.state = 'retry_wait') as retry_wait,
             count(*) filter (where q.state = 'dead') as dead,
-            (select count(*) from human_issues where status = 'open') as open_issues
+            (select count(*) from human_issues where status = 'open') as open_issues,
+            (select count(*) from events_outbox
+             where delivered_at is null and dead_at is null and delivery_attempts > 0) as events_retrying,
+            (select count(*) from events_outbox where dead_at is not null) as events_dead
          from damascus_queue q",
     )
     .fetch_one(pool)
@@ -62,6 +69,8 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
         jobs_dead: row.try_get("dead")?,
         concurrency: row.try_get("concurrency")?,
         open_human_issues: row.try_get("open_issues")?,
+        events_retrying: row.try_get("events_retrying")?,
+        events_dead: row.try_get("events_dead")?,
     })
 }
 

@@ -201,7 +201,18 @@ async fn ingest_list_group_and_show() {
     assert_eq!(detail["events"][0]["kind"], "item.ingested");
     assert!(detail["human_issues"].as_array().unwrap().is_empty());
 
+    // One event the relay keeps retrying, one it gave up on.
+    sqlx::query(
+        "update events_outbox set delivery_attempts = 2, last_delivery_error = 'hooks.example answered 502',
+            dead_at = case when id = (select min(id) from events_outbox) then now() end
+         where id in (select id from events_outbox order by id limit 2)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     let (_, stats) = app.get("/v1/stats").await;
+    assert_eq!(stats["events"]["retrying"], 1);
+    assert_eq!(stats["events"]["dead"], 1);
     assert_eq!(stats["items_per_phase"]["spec"], 3);
     assert_eq!(stats["items_per_project"]["web"]["spec"], 2);
     assert_eq!(stats["queue"]["queued"], 3);
@@ -224,6 +235,14 @@ async fn ingest_list_group_and_show() {
         metrics.contains("damascus_jobs{state=\"queued\"} 3"),
         "{metrics}"
     );
+    for state in ["retrying", "dead"] {
+        assert!(
+            metrics.contains(&format!(
+                "damascus_events_undelivered{{state=\"{state}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
     let (status, openapi) = app.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(openapi["openapi"], "3.0.3");

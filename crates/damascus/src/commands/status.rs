@@ -79,6 +79,16 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
         overview.jobs_dead
     );
     println!("questions  {} open", overview.open_human_issues);
+    println!(
+        "events     {} retrying delivery to webhooks, {} undeliverable{}",
+        overview.events_retrying,
+        overview.events_dead,
+        if overview.events_dead > 0 {
+            " (their last error: select id, kind, last_delivery_error from events_outbox where dead_at is not null)"
+        } else {
+            ""
+        }
+    );
 
     let workers = status::workers(&db.pool).await?;
     println!(

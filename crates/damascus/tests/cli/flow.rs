@@ -36,6 +36,10 @@ async fn status_reports_schema_and_counts() {
         "{out}"
     );
     assert!(
+        out.contains("events     0 retrying delivery to webhooks, 0 undeliverable\n"),
+        "{out}"
+    );
+    assert!(
         out.contains("none; start one with: damascus worker"),
         "{out}"
     );
@@ -67,6 +71,16 @@ async fn status_reports_schema_and_counts() {
     assert_eq!(cells[0], "db", "{out}");
     assert!(cells[1] == "2" || cells[1] == "3", "{out}");
     assert_eq!(cells.last(), Some(&"1"), "one waits: {out}");
+    // An event the relay gave up on is shown, with where to read why.
+    sqlx::query("update events_outbox set dead_at = now(), delivery_attempts = 10 where id = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = ok(run(&db, &["status"], ""));
+    assert!(
+        out.contains("events     0 retrying delivery to webhooks, 1 undeliverable (their last error: select id, kind, last_delivery_error from events_outbox where dead_at is not null)"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
