@@ -4,7 +4,7 @@
 //! the same run, the single-row commit rate that a queue's throughput is compared with.
 //!
 //! A run can have several rounds, each of every backlog followed by the commit rate, so
-//! each round's ratio compares figures measured minutes apart, and the median of the
+//! each round's ratio compares figures measured close together, and the median of the
 //! rounds says more than one run on a machine whose speed drifts.
 
 use std::sync::atomic::{AtomicU64, Ordering};

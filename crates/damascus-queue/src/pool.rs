@@ -742,28 +742,38 @@ async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// The reaper every `reap_interval`, and its respawn pass alone whenever a lock
-/// hand-over asks for it.
+/// hand-over asks for it. A pass can wait for a row another transaction holds (the
+/// respawn is asked for exactly then); stopping does not wait for it.
 async fn reaper_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut next_reap = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_reap {
-            match jobs::reap(&shared.pool, shared.config.stale_worker_after()).await {
-                Ok(reaped) if reaped != jobs::Reaped::default() => {
-                    tracing::info!(?reaped, "reaper")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reaper failed"),
-            }
-            next_reap = tokio::time::Instant::now() + shared.config.reap_interval;
-        }
+        let respawn_only = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next_reap) => false,
+            _ = shared.respawn.notified() => true,
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next_reap) => {}
-            _ = shared.respawn.notified() => match jobs::respawn_jobless(&shared.pool).await {
-                Ok(0) => {}
-                Ok(respawned) => tracing::info!(respawned, "respawned after a lock hand-over"),
-                Err(e) => tracing::warn!(error = %e, "respawn failed"),
-            },
+            _ = reaper_pass(&shared, respawn_only) => {}
         }
+        if !respawn_only {
+            next_reap = tokio::time::Instant::now() + shared.config.reap_interval;
+        }
+    }
+}
+
+async fn reaper_pass(shared: &Shared, respawn_only: bool) {
+    if respawn_only {
+        match jobs::respawn_jobless(&shared.pool).await {
+            Ok(0) => {}
+            Ok(respawned) => tracing::info!(respawned, "respawned after a lock hand-over"),
+            Err(e) => tracing::warn!(error = %e, "respawn failed"),
+        }
+        return;
+    }
+    match jobs::reap(&shared.pool, shared.config.stale_worker_after()).await {
+        Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reaper failed"),
     }
 }

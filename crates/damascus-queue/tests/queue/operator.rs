@@ -462,19 +462,22 @@ async fn two_releases_at_once_toward_one_waiter_do_not_deadlock() {
     assert_eq!(jobs_of(&db, w).await, 1);
 }
 
-/// A waiter whose row is busy at the release is passed over (a release never waits for
-/// a waiter's row), and the lock stays free for that moment; the workers hear of it
-/// and hand it the lock as soon as its row is free, not at the reaper's next round.
-#[tokio::test]
-async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
-    let db = database().await;
-    let holder_id = ingest_gated(&db, "holder", &[], &["db"]).await;
-    let waiter = ingest_gated(&db, "waiter", &[], &["db"]).await;
-    move_to(&db, holder_id, "review").await;
-    move_to(&db, waiter, "review").await;
-    assert_eq!(jobs_of(&db, waiter).await, 0, "the waiter waits for db");
+/// A pool (reaper round ten minutes away) and a lock "db" just released by its holder
+/// while the only waiter's row was held by `busy`: the waiter was passed over.
+async fn waiter_passed_over(
+    db: &damascus_testdb::TestDatabase,
+) -> (
+    i64,
+    damascus_queue::WorkerPool,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    let holder_id = ingest_gated(db, "holder", &[], &["db"]).await;
+    let waiter = ingest_gated(db, "waiter", &[], &["db"]).await;
+    move_to(db, holder_id, "review").await;
+    move_to(db, waiter, "review").await;
+    assert_eq!(jobs_of(db, waiter).await, 0, "the waiter waits for db");
     // The holder's job is the test's to end; the pool runs only what it is given.
-    drop_jobs(&db).await;
+    drop_jobs(db).await;
     let config = damascus_queue::QueueConfig {
         reap_interval: Duration::from_secs(600),
         shutdown_grace: Duration::from_millis(100),
@@ -499,10 +502,20 @@ async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
         .await
         .unwrap();
     assert_eq!(
-        holder(&db, "db").await,
+        holder(db, "db").await,
         None,
         "the busy waiter was passed over"
     );
+    (waiter, pool, busy)
+}
+
+/// A waiter whose row is busy at the release is passed over (a release never waits for
+/// a waiter's row), and the lock stays free for that moment; the workers hear of it
+/// and hand it the lock as soon as its row is free, not at the reaper's next round.
+#[tokio::test]
+async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
+    let db = database().await;
+    let (waiter, pool, busy) = waiter_passed_over(&db).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     busy.commit().await.unwrap();
     wait_for(
@@ -520,4 +533,16 @@ async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
     )
     .await;
     pool.shutdown().await;
+}
+
+/// The respawn pass waits for the busy row; stopping the pool does not wait for it.
+#[tokio::test]
+async fn a_pool_stops_while_its_respawn_waits_for_a_busy_row() {
+    let db = database().await;
+    let (_, pool, busy) = waiter_passed_over(&db).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
+        .await
+        .expect("the pool stopped while the waiter's row was still held");
+    busy.rollback().await.unwrap();
 }
