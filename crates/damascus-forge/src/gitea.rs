@@ -218,14 +218,7 @@ impl GiteaForge {
             .await
             .map_err(|e| ForgeError::Transient(format!("{}: {}", self.host(), e.without_url())))?;
         let status = response.status().as_u16();
-        // A body cut short is the network's doing, not an answer: try again.
-        let body = response.text().await.map_err(|e| {
-            ForgeError::Transient(format!(
-                "{}: reading the answer failed: {}",
-                self.host(),
-                e.without_url()
-            ))
-        })?;
+        let body = rest::read_body(response, self.host()).await?;
         match status {
             401 | 403 => Err(ForgeError::Other(format!(
                 "{} refused the token ({status}); check the project's Gitea token and its repository permissions",

@@ -148,14 +148,7 @@ impl GithubForge {
         let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
         let reset = header("x-ratelimit-reset");
         let retry_after = header("retry-after");
-        // A body cut short is the network's doing, not an answer: try again.
-        let body = response.text().await.map_err(|e| {
-            ForgeError::Transient(format!(
-                "{}: reading the answer failed: {}",
-                self.host(),
-                e.without_url()
-            ))
-        })?;
+        let body = rest::read_body(response, self.host()).await?;
         if status == 429 || (exhausted && status == 403) {
             return Err(ForgeError::Transient(format!(
                 "{} rate limit reached; it resets at unix time {}",

@@ -174,6 +174,20 @@ pub(crate) fn host_of(url: &reqwest::Url) -> String {
     }
 }
 
+/// The whole body of an answer from the forge at `host`. A body cut short is the
+/// network's doing, not an answer: it is transient, to be tried again.
+pub(crate) async fn read_body(
+    response: reqwest::Response,
+    host: &str,
+) -> Result<String, ForgeError> {
+    response.text().await.map_err(|e| {
+        ForgeError::Transient(format!(
+            "{host}: reading the answer failed: {}",
+            e.without_url()
+        ))
+    })
+}
+
 /// What the forge said in an error answer: its JSON `message` (GitHub adds `errors`),
 /// or the start of the body.
 pub(crate) fn forge_message(body: &str) -> String {

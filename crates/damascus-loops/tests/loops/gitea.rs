@@ -258,14 +258,19 @@ async fn serve(g: FakeGitea) -> String {
     format!("http://{addr}")
 }
 
-#[tokio::test]
-async fn ingest_to_merged_through_the_gitea_api() {
-    let setup = Setup::new().await;
+/// A fake Gitea (answering "not mergeable yet" to the first `not_mergeable_first`
+/// merges), a project on it (merging with `merge_method` when given), an agent that writes the
+/// greeting, and the greeting story ingested: the fake and the item.
+async fn greeting_on_fake_gitea(
+    setup: &Setup,
+    not_mergeable_first: u32,
+    merge_method: Option<damascus_core::MergeMethod>,
+) -> (FakeGitea, i64) {
     let gitea = FakeGitea {
         remote: setup.remote.clone(),
         pulls: Arc::default(),
         seen: Arc::default(),
-        not_mergeable_first: Arc::new(Mutex::new(1)),
+        not_mergeable_first: Arc::new(Mutex::new(not_mergeable_first)),
     };
     let url = serve(gitea.clone()).await;
     let agent = setup.agent(
@@ -277,10 +282,20 @@ async fn ingest_to_merged_through_the_gitea_api() {
             p.forge_kind = ForgeKind::Gitea;
             p.forge_repo = Some("acme/web".into());
             p.forge_url = Some(url.clone());
-            p.merge_method = damascus_core::MergeMethod::Squash;
+            if let Some(method) = merge_method {
+                p.merge_method = method;
+            }
         })
         .await;
     let item = setup.ingest("Greeting", GREETING).await;
+    (gitea, item)
+}
+
+#[tokio::test]
+async fn ingest_to_merged_through_the_gitea_api() {
+    let setup = Setup::new().await;
+    let (gitea, item) =
+        greeting_on_fake_gitea(&setup, 1, Some(damascus_core::MergeMethod::Squash)).await;
     // The first merge answer is 405 (not mergeable yet): a transient error, retried.
     for _ in 0..30 {
         setup.cycle().await;
@@ -397,25 +412,7 @@ async fn a_gitea_project_without_a_token_asks_for_one() {
 #[tokio::test]
 async fn a_refused_gitea_token_asks_a_person_at_once() {
     let setup = Setup::new().await;
-    let gitea = FakeGitea {
-        remote: setup.remote.clone(),
-        pulls: Arc::default(),
-        seen: Arc::default(),
-        not_mergeable_first: Arc::new(Mutex::new(0)),
-    };
-    let url = serve(gitea.clone()).await;
-    let agent = setup.agent(
-        "agent.sh",
-        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
-    );
-    setup
-        .project(&agent, SpecMode::Passthrough, |p| {
-            p.forge_kind = ForgeKind::Gitea;
-            p.forge_repo = Some("acme/web".into());
-            p.forge_url = Some(url.clone());
-        })
-        .await;
-    let item = setup.ingest("Greeting", GREETING).await;
+    let (gitea, item) = greeting_on_fake_gitea(&setup, 0, None).await;
     let mut config = setup.loops_config(None);
     config.gitea_token = Some("revoked-token".into());
     setup.cycle_with(config).await;
