@@ -16,6 +16,7 @@ use damascus_db::{bench, jobs, DbResult};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
 
+use crate::machine_cpu::{CpuMeter, CpuUse};
 use crate::{JobContext, PhaseFuture, PhaseRunner, QueueConfig, WorkerPool};
 
 #[derive(Debug, Clone)]
@@ -36,11 +37,23 @@ pub struct BacklogResult {
     pub elapsed: Duration,
     pub claim_cost: Duration,
     pub poll_cost: Duration,
+    /// The machine's CPU use from pool start to the last verdict.
+    pub cpu: Option<CpuUse>,
 }
 
 impl BacklogResult {
     pub fn jobs_per_second(&self) -> f64 {
         self.jobs as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The machine's CPU time per job (server, worker and bench together).
+    pub fn cpu_per_job(&self) -> Option<Duration> {
+        Some(self.cpu?.per_operation(self.jobs as f64))
+    }
+
+    /// Jobs/s the machine could run at this CPU cost per job with every core busy.
+    pub fn cpu_ceiling(&self) -> Option<f64> {
+        Some(self.cpu?.ceiling(self.jobs as f64))
     }
 }
 
@@ -112,6 +125,7 @@ pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbRes
         all_done: Notify::new(),
         started: None,
     });
+    let meter = CpuMeter::start();
     let started = Instant::now();
     let workers = WorkerPool::start(
         pool.clone(),
@@ -123,12 +137,14 @@ pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbRes
     // Shutdown waits for the last verdicts to commit.
     let summary = workers.shutdown().await;
     let elapsed = started.elapsed();
+    let cpu = meter.stop();
     debug_assert_eq!(summary.advanced(), jobs);
     Ok(BacklogResult {
         jobs,
         elapsed,
         claim_cost,
         poll_cost,
+        cpu,
     })
 }
 
@@ -195,12 +211,26 @@ pub async fn pickup_latency(pool: &PgPool, config: &BenchConfig) -> DbResult<Lat
 pub struct Round {
     pub backlogs: Vec<BacklogResult>,
     pub commit_rate: f64,
+    /// The machine's CPU use while the commit rate was measured.
+    pub commit_cpu: Option<CpuUse>,
 }
 
 impl Round {
     /// Backlog `n`'s jobs/s over this round's commit rate.
     pub fn ratio(&self, n: usize) -> f64 {
         self.backlogs[n].jobs_per_second() / self.commit_rate
+    }
+
+    /// The machine's CPU time per single-row commit.
+    pub fn cpu_per_commit(&self) -> Option<Duration> {
+        let cpu = self.commit_cpu?;
+        Some(cpu.per_operation(self.commit_rate * cpu.wall.as_secs_f64()))
+    }
+
+    /// Backlog `n`'s CPU ceiling (jobs/s with every core busy at its CPU cost per job)
+    /// over this round's commit rate: the most this machine could reach at that cost.
+    pub fn ceiling_ratio(&self, n: usize) -> Option<f64> {
+        Some(self.backlogs[n].cpu_ceiling()? / self.commit_rate)
     }
 }
 
@@ -215,6 +245,13 @@ impl BenchReport {
     /// The median of the rounds' commit rates.
     pub fn commit_rate(&self) -> f64 {
         median(self.rounds.iter().map(|r| r.commit_rate).collect())
+    }
+
+    /// The round whose commit rate is the median (the upper one of an even count).
+    pub fn median_commit_round(&self) -> &Round {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.commit_rate.total_cmp(&b.commit_rate));
+        order[order.len() / 2]
     }
 
     /// Backlog `n` in the round with the median ratio (the upper one of an even count).
@@ -247,18 +284,25 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
             backlogs.push(result);
         }
         let label = format!("commit_{round}");
-        let commit_rate = with_scratch_database(server_url, &label, config, |pool| {
+        let (commit_rate, commit_cpu) = with_scratch_database(server_url, &label, config, |pool| {
             let config = config.clone();
             async move {
                 bench::seed_review_items(&pool, 0, 0).await?;
-                bench::single_row_commit_rate(&pool, config.concurrency, config.commit_duration)
-                    .await
+                let meter = CpuMeter::start();
+                let rate = bench::single_row_commit_rate(
+                    &pool,
+                    config.concurrency,
+                    config.commit_duration,
+                )
+                .await?;
+                Ok((rate, meter.stop()))
             }
         })
         .await?;
         rounds.push(Round {
             backlogs,
             commit_rate,
+            commit_cpu,
         });
     }
     let (server_version, latency) = with_scratch_database(server_url, "latency", config, |pool| {

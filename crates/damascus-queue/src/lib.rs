@@ -11,6 +11,7 @@
 pub mod bench;
 mod config;
 mod listener;
+pub mod machine_cpu;
 mod phase;
 mod pool;
 

@@ -72,6 +72,17 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         report.commit_rate(),
         config.concurrency
     );
+    let us = |d: Duration| d.as_secs_f64() * 1_000_000.0;
+    let commit_round = report.median_commit_round();
+    if let (Some(cpu), Some(per_commit)) = (commit_round.commit_cpu, commit_round.cpu_per_commit())
+    {
+        println!(
+            "  machine CPU     {:.0} us per commit (the machine {:.0}% busy over {} cores)",
+            us(per_commit),
+            100.0 * cpu.busy_share,
+            cpu.cores
+        );
+    }
     for n in 0..config.backlogs.len() {
         let (round, backlog) = report.median_backlog(n);
         let spread = if several {
@@ -91,6 +102,21 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
             backlog.claim_cost.as_secs_f64() * 1000.0,
             backlog.poll_cost.as_secs_f64() * 1000.0,
         );
+        if let (Some(cpu), Some(per_job), Some(ceiling), Some(ratio)) = (
+            backlog.cpu,
+            backlog.cpu_per_job(),
+            backlog.cpu_ceiling(),
+            round.ceiling_ratio(n),
+        ) {
+            println!(
+                "  machine CPU     {:.0} us per job (the machine {:.0}% busy over {} cores); at that cost, every core busy would run at most {:.0} jobs/s, {:.1}% of the commit rate",
+                us(per_job),
+                100.0 * cpu.busy_share,
+                cpu.cores,
+                ceiling,
+                100.0 * ratio,
+            );
+        }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(

@@ -284,6 +284,12 @@ async fn bench_queue_reports_every_figure() {
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
+    if std::path::Path::new("/proc/stat").exists() {
+        // What a job and a commit cost the machine, and the ceiling that gives.
+        assert_eq!(out.matches("us per job (the machine").count(), 2, "{out}");
+        assert!(out.contains("us per commit (the machine"), "{out}");
+        assert!(out.contains("every core busy would run at most"), "{out}");
+    }
     let leftovers: i64 = sqlx::query_scalar(
         "select count(*) from pg_database where datname like 'damascus_bench_%'",
     )
