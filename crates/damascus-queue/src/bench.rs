@@ -51,6 +51,11 @@ impl BacklogResult {
         Some(self.cpu?.per_operation(self.jobs as f64))
     }
 
+    /// This process's part of it: the worker pool and the no-op phases.
+    pub fn own_cpu_per_job(&self) -> Option<Duration> {
+        self.cpu?.own_per_operation(self.jobs as f64)
+    }
+
     /// Jobs/s the machine could run at this CPU cost per job with every core busy.
     pub fn cpu_ceiling(&self) -> Option<f64> {
         Some(self.cpu?.ceiling(self.jobs as f64))
@@ -225,6 +230,12 @@ impl Round {
     pub fn cpu_per_commit(&self) -> Option<Duration> {
         let cpu = self.commit_cpu?;
         Some(cpu.per_operation(self.commit_rate * cpu.wall.as_secs_f64()))
+    }
+
+    /// This process's part of it: the client loop.
+    pub fn own_cpu_per_commit(&self) -> Option<Duration> {
+        let cpu = self.commit_cpu?;
+        cpu.own_per_operation(self.commit_rate * cpu.wall.as_secs_f64())
     }
 
     /// Backlog `n`'s CPU ceiling (jobs/s with every core busy at its CPU cost per job)

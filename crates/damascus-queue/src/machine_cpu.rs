@@ -2,7 +2,9 @@
 //! what one job and one commit cost the whole machine (server, worker and bench
 //! together, since they share it) and so how fast the machine could go at that cost
 //! with every core busy. Machine-wide: anything else running at the same time counts
-//! too. Elsewhere than Linux there is no `/proc/stat`, and the figures are left out.
+//! too. This process's own share (`/proc/self/stat`: the bench's client, or its
+//! worker pool) is told apart from the rest (mostly the server). Elsewhere than Linux
+//! there is no `/proc/stat`, and the figures are left out.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,8 @@ pub struct CpuTimes {
     total: u64,
     /// Online cores (`cpuN` lines).
     cores: u32,
+    /// This process's user and system ticks, in the same unit (`USER_HZ`).
+    own: Option<u64>,
 }
 
 /// Parses the text of `/proc/stat`: the aggregate `cpu` line and the count of `cpuN`
@@ -50,7 +54,19 @@ pub fn parse(stat: &str) -> Option<CpuTimes> {
         busy,
         total: busy + idle,
         cores,
+        own: None,
     })
+}
+
+/// This process's user + system ticks from the text of `/proc/self/stat` (fields 14
+/// and 15; the command name in field 2 may hold spaces and parentheses, so fields
+/// are counted from its closing parenthesis).
+pub fn parse_own(self_stat: &str) -> Option<u64> {
+    let after_name = &self_stat[self_stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// What the machine did between two readings.
@@ -58,6 +74,8 @@ pub fn parse(stat: &str) -> Option<CpuTimes> {
 pub struct CpuUse {
     /// Share of all cores' time spent busy, 0..=1.
     pub busy_share: f64,
+    /// Share of all cores' time this process ran, 0..=busy_share.
+    pub own_share: Option<f64>,
     pub cores: u32,
     pub wall: Duration,
 }
@@ -70,10 +88,21 @@ impl CpuUse {
 
     /// Busy CPU time per operation, for `operations` done in the interval.
     pub fn per_operation(&self, operations: f64) -> Duration {
+        self.share_per_operation(self.busy_share, operations)
+    }
+
+    /// This process's CPU time per operation.
+    pub fn own_per_operation(&self, operations: f64) -> Option<Duration> {
+        Some(self.share_per_operation(self.own_share?, operations))
+    }
+
+    fn share_per_operation(&self, share: f64, operations: f64) -> Duration {
         if operations <= 0.0 {
             return Duration::ZERO;
         }
-        self.busy_time().div_f64(operations)
+        self.wall
+            .mul_f64(share * f64::from(self.cores))
+            .div_f64(operations)
     }
 
     /// Operations per second the machine could run at this cost per operation with
@@ -110,7 +139,13 @@ impl CpuMeter {
 }
 
 fn read() -> Option<CpuTimes> {
-    parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|text| parse_own(&text));
+    Some(CpuTimes {
+        own,
+        ..parse(&std::fs::read_to_string("/proc/stat").ok()?)?
+    })
 }
 
 fn between(start: CpuTimes, end: CpuTimes, wall: Duration) -> Option<CpuUse> {
@@ -119,8 +154,15 @@ fn between(start: CpuTimes, end: CpuTimes, wall: Duration) -> Option<CpuUse> {
     if total == 0 {
         return None;
     }
+    let own = match (start.own, end.own) {
+        (Some(start), Some(end)) => end.checked_sub(start),
+        _ => None,
+    };
     Some(CpuUse {
         busy_share: busy as f64 / total as f64,
+        // Ticks of this process land in the machine's busy ticks too; the two are
+        // read a moment apart, so clamp.
+        own_share: own.map(|own| (own as f64 / total as f64).min(busy as f64 / total as f64)),
         cores: end.cores,
         wall,
     })
@@ -159,20 +201,42 @@ mod tests {
             busy: 1_000,
             total: 4_000,
             cores: 2,
+            own: Some(300),
         };
-        // Half of both cores' ticks busy over 10 s: 10 core-seconds.
+        // Half of both cores' ticks busy over 10 s: 10 core-seconds, of which this
+        // process ran a fifth.
         let end = CpuTimes {
             busy: 2_000,
             total: 6_000,
             cores: 2,
+            own: Some(500),
         };
         let used = between(start, end, Duration::from_secs(10)).expect("an interval");
         assert_eq!(used.busy_share, 0.5);
+        assert_eq!(used.own_share, Some(0.1));
         assert_eq!(used.busy_time(), Duration::from_secs(10));
         assert_eq!(used.per_operation(20_000.0), Duration::from_micros(500));
+        assert_eq!(
+            used.own_per_operation(20_000.0),
+            Some(Duration::from_micros(100))
+        );
         assert_eq!(used.ceiling(20_000.0), 4_000.0);
+        let unknown_own = CpuTimes { own: None, ..end };
+        let used = between(start, unknown_own, Duration::from_secs(10)).expect("an interval");
+        assert_eq!(used.own_share, None);
+        assert_eq!(used.own_per_operation(1.0), None);
         assert_eq!(between(end, end, Duration::from_secs(1)), None);
         assert_eq!(between(end, start, Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_process_s_ticks_are_counted_after_its_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        // cmajflt utime stime ...; this command name holds a space and a parenthesis.
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 750 250 0 0 20 0 9 0";
+        assert_eq!(parse_own(stat), Some(1_000));
+        assert_eq!(parse_own("4242 (name) S 1 2"), None);
+        assert_eq!(parse_own("no parenthesis"), None);
     }
 
     #[test]
@@ -180,6 +244,7 @@ mod tests {
         if std::path::Path::new("/proc/stat").exists() {
             let times = read().expect("/proc/stat parses");
             assert!(times.cores >= 1 && times.total >= times.busy);
+            assert!(times.own.is_some(), "/proc/self/stat parses");
         }
     }
 }

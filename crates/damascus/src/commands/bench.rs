@@ -73,14 +73,26 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         config.concurrency
     );
     let us = |d: Duration| d.as_secs_f64() * 1_000_000.0;
+    // This process's part of a cost, and the rest of the machine's (mostly the server).
+    let split = |total: Duration, own: Option<Duration>, what: &str| {
+        match own {
+        Some(own) => format!(
+            "; {what} in this process {:.0} us, the rest of the machine (mostly the server) {:.0} us",
+            us(own),
+            us(total.saturating_sub(own))
+        ),
+        None => String::new(),
+    }
+    };
     let commit_round = report.median_commit_round();
     if let (Some(cpu), Some(per_commit)) = (commit_round.commit_cpu, commit_round.cpu_per_commit())
     {
         println!(
-            "  machine CPU     {:.0} us per commit (the machine {:.0}% busy over {} cores)",
+            "  machine CPU     {:.0} us per commit (the machine {:.0}% busy over {} cores{})",
             us(per_commit),
             100.0 * cpu.busy_share,
-            cpu.cores
+            cpu.cores,
+            split(per_commit, commit_round.own_cpu_per_commit(), "the client")
         );
     }
     for n in 0..config.backlogs.len() {
@@ -109,10 +121,11 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
             round.ceiling_ratio(n),
         ) {
             println!(
-                "  machine CPU     {:.0} us per job (the machine {:.0}% busy over {} cores); at that cost, every core busy would run at most {:.0} jobs/s, {:.1}% of the commit rate",
+                "  machine CPU     {:.0} us per job (the machine {:.0}% busy over {} cores{}); at that cost, every core busy would run at most {:.0} jobs/s, {:.1}% of the commit rate",
                 us(per_job),
                 100.0 * cpu.busy_share,
                 cpu.cores,
+                split(per_job, backlog.own_cpu_per_job(), "the worker pool"),
                 ceiling,
                 100.0 * ratio,
             );

@@ -289,6 +289,8 @@ async fn bench_queue_reports_every_figure() {
         assert_eq!(out.matches("us per job (the machine").count(), 2, "{out}");
         assert!(out.contains("us per commit (the machine"), "{out}");
         assert!(out.contains("every core busy would run at most"), "{out}");
+        assert!(out.contains("the worker pool in this process"), "{out}");
+        assert!(out.contains("the client in this process"), "{out}");
     }
     let leftovers: i64 = sqlx::query_scalar(
         "select count(*) from pg_database where datname like 'damascus_bench_%'",
