@@ -2,7 +2,7 @@
 //! what one job and one commit cost the whole machine (server, worker and bench
 //! together, since they share it) and so how fast the machine could go at that cost
 //! with every core busy. Machine-wide: anything else running at the same time counts
-//! too. This process's own share (`/proc/self/stat`: the bench's client, or its
+//! too, and in a container whose `/proc` is the host's, the figures are the host's. This process's own share (`/proc/self/stat`: the bench's client, or its
 //! worker pool) is told apart from the rest (mostly the server). Elsewhere than Linux
 //! there is no `/proc/stat`, and the figures are left out.
 

@@ -72,27 +72,15 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         report.commit_rate(),
         config.concurrency
     );
-    let us = |d: Duration| d.as_secs_f64() * 1_000_000.0;
-    // This process's part of a cost, and the rest of the machine's (mostly the server).
-    let split = |total: Duration, own: Option<Duration>, what: &str| {
-        match own {
-        Some(own) => format!(
-            "; {what} in this process {:.0} us, the rest of the machine (mostly the server) {:.0} us",
-            us(own),
-            us(total.saturating_sub(own))
-        ),
-        None => String::new(),
-    }
-    };
     let commit_round = report.median_commit_round();
     if let (Some(cpu), Some(per_commit)) = (commit_round.commit_cpu, commit_round.cpu_per_commit())
     {
         println!(
             "  machine CPU     {:.0} us per commit (the machine {:.0}% busy over {} cores{})",
-            us(per_commit),
+            micros(per_commit),
             100.0 * cpu.busy_share,
             cpu.cores,
-            split(per_commit, commit_round.own_cpu_per_commit(), "the client")
+            own_and_rest(per_commit, commit_round.own_cpu_per_commit(), "the client")
         );
     }
     for n in 0..config.backlogs.len() {
@@ -122,10 +110,10 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         ) {
             println!(
                 "  machine CPU     {:.0} us per job (the machine {:.0}% busy over {} cores{}); at that cost, every core busy would run at most {:.0} jobs/s, {:.1}% of the commit rate",
-                us(per_job),
+                micros(per_job),
                 100.0 * cpu.busy_share,
                 cpu.cores,
-                split(per_job, backlog.own_cpu_per_job(), "the worker pool"),
+                own_and_rest(per_job, backlog.own_cpu_per_job(), "the worker pool"),
                 ceiling,
                 100.0 * ratio,
             );
@@ -141,4 +129,21 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
         ms(report.latency.enqueue_p50),
     );
     Ok(())
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000_000.0
+}
+
+/// A machine cost split into this process's part (`what`: the worker pool, or the
+/// commit loop's client) and the rest of the machine's (mostly the server).
+fn own_and_rest(total: Duration, own: Option<Duration>, what: &str) -> String {
+    let Some(own) = own else {
+        return String::new();
+    };
+    format!(
+        "; {what} in this process {:.0} us, the rest of the machine (mostly the server) {:.0} us",
+        micros(own),
+        micros(total.saturating_sub(own))
+    )
 }
