@@ -134,6 +134,57 @@ pub async fn single_row_commit_rate(
     Ok(commits as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A bare queue, for scale: `jobs` rows with a payload of `payload_bytes`, for
+/// `drain_bare_queue`.
+pub async fn seed_bare_queue(pool: &PgPool, jobs: u64, payload_bytes: usize) -> DbResult<()> {
+    sqlx::query("create table if not exists bench_bare_queue (id bigint generated always as identity primary key, payload text not null)")
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "insert into bench_bare_queue (payload) select repeat('x', $2) from generate_series(1, $1)",
+    )
+    .bind(jobs as i64)
+    .bind(payload_bytes as i32)
+    .execute(pool)
+    .await?;
+    sqlx::query("analyze bench_bare_queue")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Drains the bare queue with `connections` connections, one `DELETE … FOR UPDATE SKIP
+/// LOCKED` per job in autocommit: no claim, no lease, no cap, no item, no event.
+/// Returns jobs per second from the first delete to the last.
+pub async fn drain_bare_queue(pool: &PgPool, connections: u32) -> DbResult<f64> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for _ in 0..connections {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut taken = 0u64;
+            while sqlx::query_scalar::<_, i32>(
+                "delete from bench_bare_queue
+                 where id = (select id from bench_bare_queue order by id limit 1 for update skip locked)
+                 returning length(payload)",
+            )
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some()
+            {
+                taken += 1;
+            }
+            DbResult::Ok(taken)
+        });
+    }
+    let mut taken = 0;
+    while let Some(done) = tasks.join_next().await {
+        taken += done.expect("bare queue task does not panic")?;
+    }
+    Ok(taken as f64 / started.elapsed().as_secs_f64())
+}
+
 pub async fn server_version(pool: &PgPool) -> DbResult<String> {
     Ok(
         sqlx::query_scalar("select current_setting('server_version')")

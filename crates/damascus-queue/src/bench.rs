@@ -218,6 +218,24 @@ pub struct Round {
     pub commit_rate: f64,
     /// The machine's CPU use while the commit rate was measured.
     pub commit_cpu: Option<CpuUse>,
+    /// A bare queue on the same server right after, for scale.
+    pub bare_queue: BareQueue,
+}
+
+/// A bare `SKIP LOCKED` queue (one delete per job, nothing else) drained with the same
+/// connections, the largest backlog's number of jobs and the same payload: what a
+/// queue row alone costs on this server, next to a Damascus job.
+#[derive(Debug, Clone)]
+pub struct BareQueue {
+    pub jobs: u64,
+    pub jobs_per_second: f64,
+    pub cpu: Option<CpuUse>,
+}
+
+impl BareQueue {
+    pub fn cpu_per_job(&self) -> Option<Duration> {
+        Some(self.cpu?.per_operation(self.jobs as f64))
+    }
 }
 
 impl Round {
@@ -236,6 +254,11 @@ impl Round {
     pub fn own_cpu_per_commit(&self) -> Option<Duration> {
         let cpu = self.commit_cpu?;
         cpu.own_per_operation(self.commit_rate * cpu.wall.as_secs_f64())
+    }
+
+    /// The bare queue's jobs/s over this round's commit rate.
+    pub fn bare_queue_ratio(&self) -> f64 {
+        self.bare_queue.jobs_per_second / self.commit_rate
     }
 
     /// Backlog `n`'s CPU ceiling (jobs/s with every core busy at its CPU cost per job)
@@ -262,6 +285,13 @@ impl BenchReport {
     pub fn median_commit_round(&self) -> &Round {
         let mut order: Vec<&Round> = self.rounds.iter().collect();
         order.sort_by(|a, b| a.commit_rate.total_cmp(&b.commit_rate));
+        order[order.len() / 2]
+    }
+
+    /// The round whose bare queue's ratio is the median (the upper one of an even count).
+    pub fn median_bare_queue_round(&self) -> &Round {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| a.bare_queue_ratio().total_cmp(&b.bare_queue_ratio()));
         order[order.len() / 2]
     }
 
@@ -310,10 +340,27 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
             }
         })
         .await?;
+        let label = format!("bare_queue_{round}");
+        let bare_jobs = config.backlogs.iter().copied().max().unwrap_or(1);
+        let bare_queue = with_scratch_database(server_url, &label, config, |pool| {
+            let config = config.clone();
+            async move {
+                bench::seed_bare_queue(&pool, bare_jobs, config.payload_bytes).await?;
+                let meter = CpuMeter::start();
+                let rate = bench::drain_bare_queue(&pool, config.concurrency).await?;
+                Ok(BareQueue {
+                    jobs: bare_jobs,
+                    jobs_per_second: rate,
+                    cpu: meter.stop(),
+                })
+            }
+        })
+        .await?;
         rounds.push(Round {
             backlogs,
             commit_rate,
             commit_cpu,
+            bare_queue,
         });
     }
     let (server_version, latency) = with_scratch_database(server_url, "latency", config, |pool| {

@@ -55,10 +55,12 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
                 })
                 .collect();
             println!(
-                "round {:<3}         commit rate {:.0}/s; {}",
+                "round {:<3}         commit rate {:.0}/s; {}; bare queue {:.0} jobs/s ({:.1}%)",
                 i + 1,
                 round.commit_rate,
-                backlogs.join("; ")
+                backlogs.join("; "),
+                round.bare_queue.jobs_per_second,
+                100.0 * round.bare_queue_ratio()
             );
         }
     }
@@ -83,6 +85,17 @@ pub async fn queue(target: &Target, args: BenchQueueArgs) -> anyhow::Result<()> 
             own_and_rest(per_commit, commit_round.own_cpu_per_commit(), "the client")
         );
     }
+    let bare = report.median_bare_queue_round();
+    println!(
+        "bare queue        {:.0} jobs/s, {:.1}% of that round's commit rate{} ({} rows drained with one DELETE ... FOR UPDATE SKIP LOCKED each: no claim, lease, cap, item or event; for scale)",
+        bare.bare_queue.jobs_per_second,
+        100.0 * bare.bare_queue_ratio(),
+        match bare.bare_queue.cpu_per_job() {
+            Some(per_job) => format!(", {:.0} us of machine CPU per job", micros(per_job)),
+            None => String::new(),
+        },
+        bare.bare_queue.jobs,
+    );
     for n in 0..config.backlogs.len() {
         let (round, backlog) = report.median_backlog(n);
         let spread = if several {

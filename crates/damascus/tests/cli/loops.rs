@@ -274,12 +274,15 @@ async fn bench_queue_reports_every_figure() {
         "2 round(s)",
         "round 1",
         "round 2",
+        "%); bare queue ",
         "commit rate",
         "(median of the rounds)",
         "backlog      40",
         "backlog      80",
         "% of the commit rate (the round with the median ratio; all rounds",
         "one claim",
+        "bare queue ",
+        "80 rows drained with one DELETE",
         "pickup latency    p50",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
