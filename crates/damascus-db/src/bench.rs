@@ -1,6 +1,7 @@
 //! The statements `damascus bench queue` times: seeding jobs, one claim or poll in a
-//! rolled-back transaction, and the single-row insert that gives the server's commit
-//! rate. They run in a scratch database, never in the product's.
+//! rolled-back transaction, the single-row insert that gives the server's commit
+//! rate, and a bare queue's seed and delete. They run in a scratch database, never in
+//! the product's.
 
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,12 @@
 //! `damascus bench queue`: end-to-end throughput of no-op phases through the real pool
 //! (claim, run, finish transaction, trigger), pickup latency on an idle pool, the cost
 //! of one claim and one sqlxmq poll at each backlog, and, against the same server in
-//! the same run, the single-row commit rate that a queue's throughput is compared with.
+//! the same run, the single-row commit rate that a queue's throughput is compared with
+//! and a bare `SKIP LOCKED` queue for scale; for each part, what it cost the machine's
+//! CPU (`machine_cpu`).
 //!
-//! A run can have several rounds, each of every backlog followed by the commit rate, so
+//! A run can have several rounds, each of every backlog followed by the commit rate and
+//! the bare queue, so
 //! each round's ratio compares figures measured close together, and the median of the
 //! rounds says more than one run on a machine whose speed drifts.
 
