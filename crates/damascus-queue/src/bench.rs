@@ -249,14 +249,17 @@ impl Round {
 
     /// The machine's CPU time per single-row commit.
     pub fn cpu_per_commit(&self) -> Option<Duration> {
-        let cpu = self.commit_cpu?;
-        Some(cpu.per_operation(self.commit_rate * cpu.wall.as_secs_f64()))
+        Some(self.commit_cpu?.per_operation(self.commits()?))
     }
 
     /// This process's part of it: the client loop.
     pub fn own_cpu_per_commit(&self) -> Option<Duration> {
-        let cpu = self.commit_cpu?;
-        cpu.own_per_operation(self.commit_rate * cpu.wall.as_secs_f64())
+        self.commit_cpu?.own_per_operation(self.commits()?)
+    }
+
+    /// Commits made while the commit rate's CPU was measured.
+    fn commits(&self) -> Option<f64> {
+        Some(self.commit_rate * self.commit_cpu?.wall.as_secs_f64())
     }
 
     /// The bare queue's jobs/s over this round's commit rate.
@@ -286,24 +289,25 @@ impl BenchReport {
 
     /// The round whose commit rate is the median (the upper one of an even count).
     pub fn median_commit_round(&self) -> &Round {
-        let mut order: Vec<&Round> = self.rounds.iter().collect();
-        order.sort_by(|a, b| a.commit_rate.total_cmp(&b.commit_rate));
-        order[order.len() / 2]
+        self.median_round_by(|r| r.commit_rate)
     }
 
     /// The round whose bare queue's ratio is the median (the upper one of an even count).
     pub fn median_bare_queue_round(&self) -> &Round {
-        let mut order: Vec<&Round> = self.rounds.iter().collect();
-        order.sort_by(|a, b| a.bare_queue_ratio().total_cmp(&b.bare_queue_ratio()));
-        order[order.len() / 2]
+        self.median_round_by(Round::bare_queue_ratio)
     }
 
     /// Backlog `n` in the round with the median ratio (the upper one of an even count).
     pub fn median_backlog(&self, n: usize) -> (&Round, &BacklogResult) {
-        let mut order: Vec<&Round> = self.rounds.iter().collect();
-        order.sort_by(|a, b| a.ratio(n).total_cmp(&b.ratio(n)));
-        let round = order[order.len() / 2];
+        let round = self.median_round_by(|r| r.ratio(n));
         (round, &round.backlogs[n])
+    }
+
+    /// The round in the middle when ordered by `key` (the upper one of an even count).
+    fn median_round_by(&self, key: impl Fn(&Round) -> f64) -> &Round {
+        let mut order: Vec<&Round> = self.rounds.iter().collect();
+        order.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        order[order.len() / 2]
     }
 }
 

@@ -83,7 +83,12 @@ pub struct CpuUse {
 impl CpuUse {
     /// Busy CPU time summed over all cores.
     pub fn busy_time(&self) -> Duration {
-        self.wall.mul_f64(self.busy_share * f64::from(self.cores))
+        self.time_of(self.busy_share)
+    }
+
+    /// CPU time summed over all cores for a share of all cores' time.
+    fn time_of(&self, share: f64) -> Duration {
+        self.wall.mul_f64(share * f64::from(self.cores))
     }
 
     /// Busy CPU time per operation, for `operations` done in the interval.
@@ -100,9 +105,7 @@ impl CpuUse {
         if operations <= 0.0 {
             return Duration::ZERO;
         }
-        self.wall
-            .mul_f64(share * f64::from(self.cores))
-            .div_f64(operations)
+        self.time_of(share).div_f64(operations)
     }
 
     /// Operations per second the machine could run at this cost per operation with
