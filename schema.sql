@@ -29,6 +29,13 @@ CREATE TYPE public.human_issue_status AS ENUM (
     'dismissed'
 );
 
+CREATE TYPE public.merge_queue_state AS ENUM (
+    'waiting',
+    'updating',
+    'testing',
+    'merging'
+);
+
 CREATE TYPE public.mq_new_t AS (
 	id uuid,
 	delay interval,
@@ -296,6 +303,36 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_enter_merge_queue() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_repository text;
+    v_branch text;
+    v_lock text;
+begin
+    select repository, default_branch into v_repository, v_branch
+    from projects where id = new.project_id;
+    v_lock := damascus_merge_queue_lock(v_repository, v_branch);
+    insert into merge_queue (item_id, repository, base_branch, lock_name, entered_at)
+    values (new.id, v_repository, v_branch, v_lock, new.phase_entered_at)
+    on conflict (item_id) do nothing;
+    if not exists (
+        select 1 from coordination_gates
+        where item_id = new.id and kind = 'lock' and lock_name = v_lock
+    ) then
+        insert into coordination_gates (item_id, kind, lock_name) values (new.id, 'lock', v_lock);
+    end if;
+    insert into events_outbox (item_id, project_id, kind, payload)
+    values (new.id, new.project_id, 'merge_queue.entered', jsonb_build_object(
+        'repository', v_repository, 'base_branch', v_branch,
+        'position', (select count(*) from merge_queue q
+                     where q.lock_name = v_lock
+                       and (q.entered_at, q.item_id) <= (new.phase_entered_at, new.id))));
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -384,6 +421,28 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_leave_merge_queue() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_position bigint;
+begin
+    select count(*) into v_position from merge_queue q, merge_queue me
+    where me.item_id = new.id and q.lock_name = me.lock_name
+      and (q.entered_at, q.item_id) <= (me.entered_at, me.item_id);
+    delete from merge_queue where item_id = new.id;
+    if found then
+        update merge_queue set state = 'waiting', state_since = now(), batch_head = null,
+            tested_commit = null
+        where batch_head = new.id;
+        insert into events_outbox (item_id, project_id, kind, payload)
+        values (new.id, new.project_id, 'merge_queue.left', jsonb_build_object(
+            'to', new.phase, 'position', v_position));
+    end if;
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_lock_waiters(p_name text, p_released_by bigint) RETURNS SETOF bigint
     LANGUAGE sql STABLE
     AS $$
@@ -402,6 +461,33 @@ CREATE FUNCTION public.damascus_locks_taken_by_others(p_item bigint) RETURNS boo
         join named_locks l on l.name = g.lock_name
         where g.item_id = p_item and g.kind = 'lock' and l.item_id <> p_item
     )
+$$;
+
+CREATE FUNCTION public.damascus_merge_queue_followers(p_head bigint, p_limit integer) RETURNS SETOF bigint
+    LANGUAGE sql STABLE
+    AS $$
+    select q.item_id
+    from merge_queue head
+    join merge_queue q on q.lock_name = head.lock_name
+        and (q.entered_at, q.item_id) > (head.entered_at, head.item_id)
+    join work_items i on i.id = q.item_id
+    join projects p on p.id = i.project_id
+    where head.item_id = p_head
+      and i.phase = 'review' and not p.paused
+      and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+      and not damascus_gates_hold(i.id, 'review')
+      and not exists (
+          select 1 from coordination_gates g
+          where g.item_id = i.id and g.kind = 'lock' and g.lock_name <> q.lock_name
+      )
+    order by q.entered_at, q.item_id
+    limit greatest(p_limit, 0)
+$$;
+
+CREATE FUNCTION public.damascus_merge_queue_lock(p_repository text, p_branch text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select 'merge-queue ' || p_repository || ' ' || p_branch
 $$;
 
 CREATE FUNCTION public.damascus_open_dependents() RETURNS trigger
@@ -484,7 +570,7 @@ begin
     for v_gate in
         select g.id, g.lock_name from coordination_gates g
         where g.item_id = p_item and g.kind = 'lock'
-        order by g.lock_name
+        order by (g.lock_name like 'merge-queue %') desc, g.lock_name
     loop
         loop
             insert into named_locks (name, item_id) values (v_gate.lock_name, p_item)
@@ -492,15 +578,11 @@ begin
             exit when exists (
                 select 1 from named_locks where name = v_gate.lock_name and item_id = p_item
             );
-            -- Another item holds it. Share-lock the holder's row: a release of it that
-            -- is committing now waits for this transaction, and its hand-over then sees
-            -- this item waiting. If the row is gone, it was released meanwhile: retry.
             perform 1 from named_locks where name = v_gate.lock_name for key share;
             if found then
                 return false;
             end if;
         end loop;
-        -- The gate shows it (kind lock is not watched by damascus_gate_opened).
         update coordination_gates set opened_at = now(), opened_by = 'holds the lock'
         where id = v_gate.id and opened_at is null;
     end loop;
@@ -937,8 +1019,11 @@ CREATE TABLE public.projects (
     test_timeout_secs integer DEFAULT 900 NOT NULL,
     merge_method text DEFAULT 'merge'::text NOT NULL,
     require_approval boolean DEFAULT false NOT NULL,
+    merge_batch_size integer DEFAULT 4 NOT NULL,
+    branch_update text DEFAULT 'merge'::text NOT NULL,
     CONSTRAINT projects_agent_command_present CHECK (((cardinality(agent_command) >= 1) AND (btrim(agent_command[1]) <> ''::text))),
     CONSTRAINT projects_agent_timeout_range CHECK (((agent_timeout_secs >= 1) AND (agent_timeout_secs <= 86400))),
+    CONSTRAINT projects_branch_update_known CHECK ((branch_update = ANY (ARRAY['merge'::text, 'rebase'::text]))),
     CONSTRAINT projects_cost_budget_non_negative CHECK ((cost_budget_usd >= (0)::numeric)),
     CONSTRAINT projects_daily_cost_budget_non_negative CHECK ((daily_cost_budget_usd >= (0)::numeric)),
     CONSTRAINT projects_default_branch_present CHECK ((btrim(default_branch) <> ''::text)),
@@ -946,6 +1031,7 @@ CREATE TABLE public.projects (
     CONSTRAINT projects_forge_repo_required CHECK (((forge_kind = 'local'::public.forge_kind) OR (forge_repo IS NOT NULL))),
     CONSTRAINT projects_forge_url_format CHECK ((forge_url ~ '^https?://'::text)),
     CONSTRAINT projects_gitea_url_required CHECK (((forge_kind <> 'gitea'::public.forge_kind) OR (forge_url IS NOT NULL))),
+    CONSTRAINT projects_merge_batch_size_range CHECK (((merge_batch_size >= 1) AND (merge_batch_size <= 32))),
     CONSTRAINT projects_merge_method_known CHECK ((merge_method = ANY (ARRAY['merge'::text, 'squash'::text, 'rebase'::text]))),
     CONSTRAINT projects_name_format CHECK ((name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
     CONSTRAINT projects_phase_budget_range CHECK (((max_attempts_per_phase >= 1) AND (max_attempts_per_phase <= 100))),
@@ -1023,6 +1109,34 @@ CREATE TABLE public.damascus_jobs (
     CONSTRAINT damascus_jobs_runs_non_negative CHECK ((runs >= 0)),
     CONSTRAINT damascus_jobs_working_phase CHECK ((phase = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase])))
 );
+
+CREATE TABLE public.merge_queue (
+    item_id bigint NOT NULL,
+    repository text NOT NULL,
+    base_branch text NOT NULL,
+    lock_name text NOT NULL,
+    entered_at timestamp with time zone NOT NULL,
+    state public.merge_queue_state DEFAULT 'waiting'::public.merge_queue_state NOT NULL,
+    state_since timestamp with time zone DEFAULT now() NOT NULL,
+    batch_head bigint,
+    tested_commit text
+);
+
+CREATE VIEW public.damascus_merge_queue AS
+ SELECT q.repository,
+    q.base_branch,
+    row_number() OVER (PARTITION BY q.lock_name ORDER BY q.entered_at, q.item_id) AS "position",
+    q.item_id,
+    p.name AS project,
+    i.title,
+    q.state,
+    q.state_since,
+    q.batch_head,
+    q.tested_commit,
+    q.entered_at
+   FROM ((public.merge_queue q
+     JOIN public.work_items i ON ((i.id = q.item_id)))
+     JOIN public.projects p ON ((p.id = i.project_id)));
 
 CREATE TABLE public.damascus_slots (
     slot integer NOT NULL,
@@ -1247,6 +1361,9 @@ ALTER TABLE ONLY public.events_outbox
 ALTER TABLE ONLY public.human_issues
     ADD CONSTRAINT human_issues_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.merge_queue
+    ADD CONSTRAINT merge_queue_pkey PRIMARY KEY (item_id);
+
 ALTER TABLE ONLY public.mq_msgs
     ADD CONSTRAINT mq_msgs_pkey PRIMARY KEY (id);
 
@@ -1289,6 +1406,10 @@ CREATE UNIQUE INDEX human_issues_one_open_per_item_idx ON public.human_issues US
 
 CREATE INDEX human_issues_open_idx ON public.human_issues USING btree (created_at) WHERE (status = 'open'::public.human_issue_status);
 
+CREATE INDEX merge_queue_batch_head_idx ON public.merge_queue USING btree (batch_head) WHERE (batch_head IS NOT NULL);
+
+CREATE INDEX merge_queue_order_idx ON public.merge_queue USING btree (lock_name, entered_at, item_id);
+
 CREATE INDEX mq_msgs_after_message_id_idx ON public.mq_msgs USING btree (after_message_id) WHERE (after_message_id IS NOT NULL);
 
 CREATE UNIQUE INDEX mq_msgs_channel_name_channel_args_after_message_id_idx ON public.mq_msgs USING btree (channel_name, channel_args, after_message_id);
@@ -1308,6 +1429,12 @@ CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coo
 CREATE TRIGGER named_locks_hand_over AFTER DELETE ON public.named_locks FOR EACH ROW EXECUTE FUNCTION public.damascus_hand_over_lock();
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
+
+CREATE TRIGGER work_items_enter_merge_queue AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'review'::public.work_phase) AND (old.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_enter_merge_queue();
+
+CREATE TRIGGER work_items_enter_merge_queue_on_insert AFTER INSERT ON public.work_items FOR EACH ROW WHEN ((new.phase = 'review'::public.work_phase)) EXECUTE FUNCTION public.damascus_enter_merge_queue();
+
+CREATE TRIGGER work_items_leave_merge_queue AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((old.phase = 'review'::public.work_phase) AND (new.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_leave_merge_queue();
 
 CREATE TRIGGER work_items_open_dependents AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'merged'::public.work_phase) AND (old.phase IS DISTINCT FROM 'merged'::public.work_phase))) EXECUTE FUNCTION public.damascus_open_dependents();
 
@@ -1346,6 +1473,12 @@ ALTER TABLE ONLY public.events_outbox
 
 ALTER TABLE ONLY public.human_issues
     ADD CONSTRAINT human_issues_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.merge_queue
+    ADD CONSTRAINT merge_queue_batch_head_fkey FOREIGN KEY (batch_head) REFERENCES public.work_items(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.merge_queue
+    ADD CONSTRAINT merge_queue_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.mq_msgs
     ADD CONSTRAINT mq_msgs_after_message_id_fkey FOREIGN KEY (after_message_id) REFERENCES public.mq_msgs(id) ON DELETE SET DEFAULT;

@@ -208,6 +208,37 @@ impl From<Gate> for GateJson {
     }
 }
 
+/// Where an item stands in its repository's merge queue (`null` when it is not queued).
+#[derive(Debug, Serialize)]
+pub struct MergeQueueJson {
+    pub repository: String,
+    pub base_branch: String,
+    /// 1 is the head, the item being updated, tested or merged.
+    pub position: i64,
+    pub length: i64,
+    /// waiting, updating, testing or merging.
+    pub state: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The head whose batch this item is tested in.
+    pub batch_head: Option<i64>,
+    pub tested_commit: Option<String>,
+}
+
+impl From<damascus_db::merge_queue::QueueEntry> for MergeQueueJson {
+    fn from(q: damascus_db::merge_queue::QueueEntry) -> MergeQueueJson {
+        MergeQueueJson {
+            repository: q.repository,
+            base_branch: q.base_branch,
+            position: q.position,
+            length: q.length,
+            state: q.state.to_string(),
+            since: q.state_since,
+            batch_head: q.batch_head,
+            tested_commit: q.tested_commit,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct HumanIssueJson {
     pub id: i64,

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::json::{
     AnswerBody, ApiId, ApiJson, ApiQuery, CostJson, EventJson, GateJson, HumanIssueJson,
-    IngestBody, ItemJson,
+    IngestBody, ItemJson, MergeQueueJson,
 };
 use crate::{ApiError, AppState};
 
@@ -185,8 +185,12 @@ pub async fn get_item(
         .iter()
         .filter(|e| e.kind == "item.phase_changed")
         .collect();
+    let merge_queue = damascus_db::merge_queue::entry(&state.pool, id)
+        .await?
+        .map(MergeQueueJson::from);
     Ok(Json(json!({
         "item": ItemJson::from(item),
+        "merge_queue": merge_queue,
         "attempts": attempts,
         "costs": costs,
         "events": timeline,

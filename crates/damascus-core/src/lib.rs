@@ -14,12 +14,13 @@ pub mod verdict;
 
 pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{
-    CostSource, ForgeKind, HumanIssueStatus, MergeMethod, Phase, SpecMode, UnknownVariant,
-    VerdictKind,
+    BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState, Phase,
+    SpecMode, UnknownVariant, VerdictKind,
 };
 pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};
 pub use story::{Story, StoryError};
 pub use verdict::{
-    decide, next_phase, Budget, CostEntry, PhaseOutput, PhaseReport, Transition, Verdict,
+    decide, next_phase, BatchVerdict, Budget, CostEntry, PhaseOutput, PhaseReport, Transition,
+    Verdict,
 };

@@ -108,6 +108,25 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// How the merge queue brings a branch that fell behind up to date with its base.
+    BranchUpdate, "branch update" {
+        Merge => "merge",
+        Rebase => "rebase",
+    }
+}
+
+sql_enum! {
+    /// Where an item stands in its repository's merge queue: waiting for its turn,
+    /// its branch being brought up to date, its tests running, its merge running.
+    MergeQueueState, "merge queue state" {
+        Waiting => "waiting",
+        Updating => "updating",
+        Testing => "testing",
+        Merging => "merging",
+    }
+}
+
+sql_enum! {
     /// How the spec phase treats a story: refined by a model, or taken as it is.
     SpecMode, "spec mode" {
         Refine => "refine",

@@ -1,7 +1,7 @@
 //! What a project is made of before it is stored, and the checks that keep a bad
 //! configuration from reaching the loops.
 
-use crate::{ForgeKind, MergeMethod, ProjectName, SpecMode};
+use crate::{BranchUpdate, ForgeKind, MergeMethod, ProjectName, SpecMode};
 
 /// The upper bound on attempt budgets: termination is guaranteed, so budgets are finite
 /// and small enough that a runaway item is noticed.
@@ -33,7 +33,15 @@ pub struct NewProject {
     pub merge_method: MergeMethod,
     /// A person approves each spec before its build starts.
     pub require_approval: bool,
+    /// How many queued items the merge queue tests and merges together.
+    pub merge_batch_size: i32,
+    /// How the merge queue brings a branch up to date with the default branch.
+    pub branch_update: BranchUpdate,
 }
+
+/// The largest merge queue batch: past it, a failing batch's bisection costs more test
+/// runs than the batch saves.
+pub const MAX_MERGE_BATCH_SIZE: i32 = 32;
 
 /// The longest a phase's process may run: one day.
 pub const MAX_TIMEOUT_SECS: i32 = 86_400;
@@ -64,6 +72,8 @@ pub enum ProjectError {
     EmptyAgentCommand,
     #[error("{what} must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {given}")]
     BadTimeout { what: &'static str, given: i32 },
+    #[error("the merge batch size must be between 1 (test and merge one item at a time) and {MAX_MERGE_BATCH_SIZE}, got {0}")]
+    BadMergeBatchSize(i32),
 }
 
 impl NewProject {
@@ -88,6 +98,8 @@ impl NewProject {
             daily_cost_budget_usd: None,
             merge_method: MergeMethod::Merge,
             require_approval: false,
+            merge_batch_size: 4,
+            branch_update: BranchUpdate::Merge,
         }
     }
 
@@ -162,6 +174,9 @@ impl NewProject {
             if !(1..=MAX_TIMEOUT_SECS).contains(&given) {
                 return Err(ProjectError::BadTimeout { what, given });
             }
+        }
+        if !(1..=MAX_MERGE_BATCH_SIZE).contains(&self.merge_batch_size) {
+            return Err(ProjectError::BadMergeBatchSize(self.merge_batch_size));
         }
         Ok(())
     }
@@ -279,6 +294,15 @@ mod tests {
             |p| p.agent_command = Some(vec!["./agent.sh".into()]),
             Ok(()),
         );
+        check(
+            |p| p.merge_batch_size = 0,
+            Err(ProjectError::BadMergeBatchSize(0)),
+        );
+        check(
+            |p| p.merge_batch_size = 33,
+            Err(ProjectError::BadMergeBatchSize(33)),
+        );
+        check(|p| p.merge_batch_size = 1, Ok(()));
         check(
             |p| p.test_timeout_secs = 0,
             Err(ProjectError::BadTimeout {

@@ -55,14 +55,33 @@ pub struct CostEntry {
 pub struct PhaseReport {
     pub verdict: Verdict,
     pub costs: Vec<CostEntry>,
+    /// Verdicts this run reached for other items: the followers of a merge-queue batch
+    /// that the run tested (and perhaps merged) together with its own item. They are
+    /// recorded in the transaction that records `verdict`; a follower that is no longer
+    /// waiting in review by then is left as it is.
+    pub batch: Vec<BatchVerdict>,
+}
+
+/// A verdict for an item other than the run's own (see `PhaseReport::batch`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchVerdict {
+    pub item_id: i64,
+    pub verdict: Verdict,
+}
+
+impl PhaseReport {
+    pub fn new(verdict: Verdict, costs: Vec<CostEntry>) -> PhaseReport {
+        PhaseReport {
+            verdict,
+            costs,
+            batch: Vec::new(),
+        }
+    }
 }
 
 impl From<Verdict> for PhaseReport {
     fn from(verdict: Verdict) -> PhaseReport {
-        PhaseReport {
-            verdict,
-            costs: Vec::new(),
-        }
+        PhaseReport::new(verdict, Vec::new())
     }
 }
 

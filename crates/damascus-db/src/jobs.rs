@@ -409,12 +409,37 @@ pub async fn finish_many(
             .bind(&jobs)
             .execute(&mut *tx)
             .await?;
-        let runs: Vec<_> = recorded
+        // The followers a run decided for (a merge-queue batch) move in the same
+        // statement, before their head, so that the head's release of the queue's lock
+        // hands it to an item still waiting, never to one recorded here.
+        let batch: Vec<&damascus_core::BatchVerdict> = recorded
             .iter()
-            .map(|(n, target, item)| (*item, target.attempt, &ends[*n].1.verdict))
+            .flat_map(|(n, _, _)| ends[*n].1.batch.iter())
             .collect();
+        let followers = if batch.is_empty() {
+            Vec::new()
+        } else {
+            let ids: Vec<i64> = batch.iter().map(|b| b.item_id).collect();
+            crate::transitions::lock_waiting_in_review(&mut tx, &ids).await?
+        };
+        let mut runs: Vec<_> = batch
+            .iter()
+            .filter_map(|b| {
+                let item = followers.iter().find(|f| f.id == b.item_id)?;
+                Some((*item, item.budget.phase_attempts + 1, &b.verdict))
+            })
+            .collect();
+        let heads_from = runs.len();
+        runs.extend(
+            recorded
+                .iter()
+                .map(|(n, target, item)| (*item, target.attempt, &ends[*n].1.verdict)),
+        );
         let transitions = crate::transitions::apply_verdicts(&mut tx, &runs).await?;
-        for ((n, target, item), transition) in recorded.iter().zip(transitions) {
+        for ((n, target, item), transition) in recorded
+            .iter()
+            .zip(transitions.into_iter().skip(heads_from))
+        {
             let costs = &ends[*n].1.costs;
             record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
             results[*n] = Some(Ended::Advanced {
@@ -473,6 +498,7 @@ pub async fn end_group(
         let fast = match (job.target, job.item) {
             (Some(target), Some(item))
                 if item.phase == target.phase
+                    && report.batch.is_empty()
                     && !matches!(report.verdict, Verdict::TransientError { .. }) =>
             {
                 let transition = decide(item.phase, item.budget, &report.verdict);

@@ -14,6 +14,7 @@ pub mod events;
 pub mod human;
 pub mod items;
 pub mod jobs;
+pub mod merge_queue;
 pub mod migrate;
 pub mod operator;
 pub mod outbox;

@@ -2,7 +2,7 @@
 //! default budgets.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{ForgeKind, MergeMethod, NewProject, SpecMode};
+use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, SpecMode};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
@@ -30,6 +30,8 @@ pub struct Project {
     pub daily_cost_budget_usd: Option<f64>,
     pub merge_method: MergeMethod,
     pub require_approval: bool,
+    pub merge_batch_size: i32,
+    pub branch_update: BranchUpdate,
     pub paused: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -47,7 +49,8 @@ const PROJECT_COLUMNS: &str =
      p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
      p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, \
-     p.daily_cost_budget_usd::float8 as daily_cost_budget_usd, p.merge_method, p.require_approval, p.paused, p.created_at";
+     p.daily_cost_budget_usd::float8 as daily_cost_budget_usd, p.merge_method, p.require_approval, \
+     p.merge_batch_size, p.branch_update, p.paused, p.created_at";
 
 fn project_from_row(row: &PgRow) -> DbResult<Project> {
     Ok(Project {
@@ -70,6 +73,8 @@ fn project_from_row(row: &PgRow) -> DbResult<Project> {
         daily_cost_budget_usd: row.try_get("daily_cost_budget_usd")?,
         merge_method: parse_enum(row, "merge_method")?,
         require_approval: row.try_get("require_approval")?,
+        merge_batch_size: row.try_get("merge_batch_size")?,
+        branch_update: parse_enum(row, "branch_update")?,
         paused: row.try_get("paused")?,
         created_at: row.try_get("created_at")?,
     })
@@ -81,8 +86,9 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         "with p as (
             insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
                 test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs,
-                agent_command, agent_timeout_secs, test_timeout_secs, daily_cost_budget_usd, merge_method, require_approval)
-            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18)
+                agent_command, agent_timeout_secs, test_timeout_secs, daily_cost_budget_usd, merge_method, require_approval,
+                merge_batch_size, branch_update)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18, $19, $20)
             returning *)
          select {PROJECT_COLUMNS} from p"
     );
@@ -105,6 +111,8 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(new.daily_cost_budget_usd)
         .bind(new.merge_method.as_str())
         .bind(new.require_approval)
+        .bind(new.merge_batch_size)
+        .bind(new.branch_update.as_str())
         .fetch_one(pool)
         .await
         .map_err(

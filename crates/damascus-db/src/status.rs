@@ -160,7 +160,10 @@ pub async fn held_locks(pool: &PgPool) -> DbResult<Vec<HeldLock>> {
                 (select count(*) from coordination_gates g join work_items i on i.id = g.item_id
                  where g.kind = 'lock' and g.lock_name = l.name and g.opened_at is null
                    and i.phase = 'review') as waiting
-         from named_locks l order by l.name",
+         from named_locks l
+         -- A merge queue's lock is shown as its queue (merge_queue::list).
+         where l.name not like 'merge-queue %'
+         order by l.name",
     )
     .fetch_all(pool)
     .await?;

@@ -96,6 +96,28 @@ pub(crate) async fn lock_claimed_items(
         .collect()
 }
 
+/// Locks the items among `ids` that wait in review with no job of their own (merge-queue
+/// followers, whose head's transaction records them), in id order; the others are
+/// left out.
+pub(crate) async fn lock_waiting_in_review(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> DbResult<Vec<LockedItem>> {
+    let rows = sqlx::query(
+        "select i.id, i.project_id, i.phase::text as phase, i.phase_attempts, i.attempts_total,
+                i.max_attempts_per_phase, i.max_attempts_total
+         from work_items i
+         where i.id = any($1) and i.phase = 'review'
+           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+         order by i.id
+         for update of i",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(locked_item_from_row).collect()
+}
+
 fn locked_item_from_row(row: &sqlx::postgres::PgRow) -> DbResult<LockedItem> {
     Ok(LockedItem {
         id: row.try_get("id")?,

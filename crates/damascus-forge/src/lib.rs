@@ -60,6 +60,10 @@ pub enum ForgeError {
     /// The branch moved after the commit was tested; it must be tested again.
     #[error("the branch head is {actual}, not the tested commit {expected}; review again")]
     HeadMoved { expected: String, actual: String },
+    /// The base branch holds changes the tested commit lacks (it moved outside the
+    /// merge queue, or during the merge): merging now would put an untested tree on it.
+    #[error("{base} {detail}; bring the branch up to date with it and test again")]
+    BaseMoved { base: String, detail: String },
     #[error("the change conflicts with {base}: {detail}")]
     Conflict { base: String, detail: String },
     #[error("no pull request for branch {0}")]
@@ -84,7 +88,9 @@ pub trait Forge: Send + Sync {
         body: &'a str,
     ) -> ForgeFuture<'a, PullRequest>;
     fn state<'a>(&'a self, branch: &'a str, base: &'a str) -> ForgeFuture<'a, PrState>;
-    /// Merges the PR only if its head is still `expected_head`.
+    /// Merges the PR only if its head is still `expected_head`. The merge queue calls it
+    /// with a head that contains the base branch, so the base's tree after the merge is
+    /// the head's tree, the one that was tested.
     fn merge<'a>(
         &'a self,
         branch: &'a str,

@@ -1,12 +1,15 @@
 //! The local forge: a bare repository is the remote, a pull request is a branch in it,
-//! merging is a real `--no-ff` merge commit on the base branch, and comments are git
-//! notes (`refs/notes/damascus`) on the branch head.
+//! merging is a merge commit on the base branch (first parent the old base, second the
+//! tested head), and comments are git notes (`refs/notes/damascus`) on the branch head.
 //!
-//! The base branch moves only by a compare-and-swap (`git update-ref NEW OLD`), so two
-//! merges at once cannot lose each other's work, and only when the PR head is still the
-//! commit that was tested.
+//! A merge puts exactly the tested commit's tree on the base branch, or nothing: the
+//! merge's tree is computed (`git merge-tree`) and must equal the tested head's tree
+//! (else the base holds changes the test never saw: `BaseMoved`), and the base branch
+//! moves only by a compare-and-swap (`git update-ref NEW OLD`), so two merges at once
+//! cannot lose each other's work, and only when the PR head is still the commit that
+//! was tested.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use damascus_git::{Git, GitError, Identity};
 
@@ -72,80 +75,72 @@ impl LocalForge {
                 actual: head,
             });
         }
-        let scratch = tempdir_in(&self.remote)?;
-        let worktree = scratch.join("merge");
-        let worktree_arg = worktree.to_string_lossy().into_owned();
-        git.run(&[
-            "worktree",
-            "add",
-            "--quiet",
-            "--detach",
-            &worktree_arg,
-            &old_base,
-        ])
-        .await?;
-        let merged = async {
-            let wt = Git::new(&worktree, self.identity.clone());
-            // An argv element, not a shell line: the message cannot inject anything.
-            match wt
-                .run(&["merge", "--no-ff", "--no-edit", "-m", message, expected])
-                .await
-            {
-                Ok(_) => Ok(wt.run(&["rev-parse", "HEAD"]).await?),
-                Err(GitError::Failed { stderr, .. }) => {
-                    // git names the conflicts on stdout; ask for them plainly.
-                    let files = wt
-                        .run(&["diff", "--name-only", "--diff-filter=U"])
-                        .await
-                        .unwrap_or_default();
-                    let _ = wt.run(&["merge", "--abort"]).await;
-                    let detail = if files.is_empty() {
-                        stderr
-                    } else {
-                        format!(
-                            "conflicts in {}",
-                            files.lines().collect::<Vec<_>>().join(", ")
-                        )
-                    };
-                    Err(ForgeError::Conflict {
-                        base: base.to_owned(),
-                        detail,
-                    })
-                }
-                Err(e) => Err(e.into()),
+        // The merge's tree, computed without a worktree. It must be the tested commit's
+        // own tree: then the base holds exactly what was tested after the merge.
+        let (code, out) = git
+            .run_for_answer(&[
+                "merge-tree",
+                "--write-tree",
+                "--name-only",
+                "--no-messages",
+                &old_base,
+                expected,
+            ])
+            .await?;
+        let mut lines = out.lines();
+        let merged_tree = lines.next().unwrap_or_default().to_owned();
+        match code {
+            Some(0) => {}
+            Some(1) => {
+                let files: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+                return Err(ForgeError::Conflict {
+                    base: base.to_owned(),
+                    detail: format!("conflicts in {}", files.join(", ")),
+                });
+            }
+            _ => {
+                return Err(ForgeError::Other(format!(
+                    "git merge-tree failed in {}: {out}",
+                    self.remote.display()
+                )))
             }
         }
-        .await;
-        let _ = git
-            .run(&["worktree", "remove", "--force", &worktree_arg])
-            .await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        let commit = merged?;
+        let tested_tree = git
+            .run(&["rev-parse", &format!("{expected}^{{tree}}")])
+            .await?;
+        if merged_tree != tested_tree {
+            return Err(ForgeError::BaseMoved {
+                base: base.to_owned(),
+                detail: format!("holds changes that the tested commit {expected} lacks"),
+            });
+        }
+        let commit = git
+            .run_with_stdin(
+                &[
+                    "commit-tree",
+                    &merged_tree,
+                    "-p",
+                    &old_base,
+                    "-p",
+                    expected,
+                    "-F",
+                    "-",
+                ],
+                Some(message),
+            )
+            .await?;
         // Compare-and-swap: fails if the base moved since we read it.
         match git
             .run(&["update-ref", &base_ref, &commit, &old_base])
             .await
         {
             Ok(_) => Ok(MergeOutcome::Merged { commit }),
-            Err(_) => Err(ForgeError::Transient(format!(
-                "{base} moved during the merge; try again"
-            ))),
+            Err(_) => Err(ForgeError::BaseMoved {
+                base: base.to_owned(),
+                detail: "moved during the merge".to_owned(),
+            }),
         }
     }
-}
-
-fn tempdir_in(remote: &Path) -> Result<PathBuf, ForgeError> {
-    let dir = remote.join("damascus-merges").join(format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ForgeError::Other(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
 }
 
 impl Forge for LocalForge {

@@ -141,6 +141,23 @@ impl Git {
         }
     }
 
+    /// Runs `git ARGS` and returns its exit code and its stdout, whatever the code (for
+    /// commands whose non-zero exit is an answer, such as `merge-tree` on a conflict).
+    pub async fn run_for_answer(&self, args: &[&str]) -> GitResult<(Option<i32>, String)> {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(GitError::Spawn)?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ))
+    }
+
     /// Opens the repository with gix, ignoring user and system configuration as the
     /// git command line here does.
     fn open_for_reading(&self) -> GitResult<gix::Repository> {

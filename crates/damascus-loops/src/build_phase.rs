@@ -3,13 +3,10 @@
 //! agent changes nothing but whose branch already holds commits passes again, and the
 //! forge returns the PR already open for the branch instead of opening another.
 
-use std::time::Duration;
-
 use damascus_core::{PhaseOutput, PhaseReport, Spec, Verdict};
 
-use crate::process::{self, ProcessEnd, ProcessSpec};
 use crate::workspace::Workspace;
-use crate::{agent_cost, answers, base_env, fail, forge_for, report, Inner, PhaseInput};
+use crate::{answers, fail, forge_for, report, Inner, PhaseInput};
 
 pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
     match build(inner, input).await {
@@ -24,8 +21,8 @@ fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ 
     }
 }
 
-/// A branch from an earlier attempt that the default branch has moved past (a review
-/// found it conflicting, or others merged meanwhile) first takes the default branch in,
+/// A branch from an earlier attempt that the default branch has moved past (others
+/// merged while it was away from the merge queue) first takes the default branch in,
 /// so this attempt builds on what is there now instead of repeating the conflict. A
 /// clean merge is committed at once; a conflicting one is left in progress and its
 /// files are returned, for the agent to resolve (the build's commit then ends the
@@ -111,112 +108,28 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
     }
     prompt.push_str(&answers(input).await);
     if !conflicts.is_empty() {
-        prompt.push_str(&format!(
-            "\n## Conflicts with {default}\n{default} moved since this branch was built. It is merged into the branch now, and these files have conflicts (the <<<<<<< ======= >>>>>>> markers are in them): {files}. Resolve them, keeping what both sides meant, as part of this change.\n",
-            default = project.default_branch,
-            files = conflicts.join(", ")
+        prompt.push_str(&crate::agent::conflicts_section(
+            &project.default_branch,
+            &conflicts,
         ));
     }
 
-    let argv = project.agent_command.clone().unwrap_or_else(|| {
-        vec![
-            "claude".into(),
-            "-p".into(),
-            "--output-format".into(),
-            "json".into(),
-            "--max-turns".into(),
-            config.claude_max_turns.to_string(),
-            "--permission-mode".into(),
-            "dontAsk".into(),
-            "--allowedTools".into(),
-            "Read,Write,Edit,Bash".into(),
-        ]
-    });
-    let model = argv.first().cloned().unwrap_or_default();
-    let mut env = base_env(&config.agent_env);
-    env.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
-    env.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
-    let log_file = config
-        .data_dir
-        .join("logs")
-        .join(input.item.id.to_string())
-        .join(format!("build-{}.log", input.job.attempt));
-    let end = process::run(
-        ProcessSpec {
-            argv,
-            dir: dir.clone(),
-            env,
-            stdin: Some(prompt),
-            timeout: Duration::from_secs(project.agent_timeout_secs as u64),
-            log_file: log_file.clone(),
-        },
-        &input.job.cancel,
-    )
-    .await
-    .map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
-    let mut costs = Vec::new();
-    let (stdout, tail) = match end {
-        ProcessEnd::Cancelled => {
-            return Err(Verdict::TransientError {
-                reason: "the build was stopped".into(),
-            })
-        }
-        ProcessEnd::TimedOut { tail } => {
-            return Err(fail(
-                format!(
-                    "the agent ran past its {} s limit and was killed",
-                    project.agent_timeout_secs
-                ),
-                tail,
-            ))
-        }
-        ProcessEnd::Exited {
-            code: Some(0),
-            stdout,
-            tail,
-        } => (stdout, tail),
-        ProcessEnd::Exited { code, tail, .. } => {
-            return Err(fail(
-                format!(
-                    "the agent exited with {}; its log is {}",
-                    code.map(|c| c.to_string())
-                        .unwrap_or_else(|| "a signal".into()),
-                    log_file.display()
-                ),
-                tail,
-            ))
-        }
+    let log_name = format!("build-{}", input.job.attempt);
+    let run = match crate::agent::run(inner, input, prompt, &dir, "build", &log_name).await {
+        Ok(run) => run,
+        Err(failure) => return Ok(report(failure.verdict, failure.costs)),
     };
-    if let Some(result) = crate::agent_result::parse(&stdout) {
-        if let Some(usd) = result.total_cost_usd {
-            costs.push(agent_cost(&model, usd));
-        }
-        if let Some(why) = result.failure() {
-            return Ok(report(fail(why, tail), costs));
-        }
-    }
+    let (costs, tail) = (run.costs, run.tail);
 
     // A conflict handed to the agent must be resolved, not committed with its markers.
-    let unresolved: Vec<&String> = conflicts
-        .iter()
-        .filter(|file| {
-            std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
-                text.lines()
-                    .any(|l| l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> "))
-            })
-        })
-        .collect();
+    let unresolved = crate::agent::unresolved(&dir, &conflicts);
     if !unresolved.is_empty() {
-        let files = unresolved
-            .iter()
-            .map(|f| f.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = tree.run(&["merge", "--abort"]).await;
         return Ok(report(
             fail(
                 format!(
-                    "the agent left conflict markers in {files}; resolve the conflicts with {}",
+                    "the agent left conflict markers in {}; resolve the conflicts with {}",
+                    unresolved.join(", "),
                     project.default_branch
                 ),
                 tail,

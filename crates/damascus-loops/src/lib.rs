@@ -5,17 +5,20 @@
 //!   test command, from a model or (passthrough) from the story itself.
 //! - code-builder (`build_phase`): a worktree on `damascus/<project>-<item>`, the coding
 //!   agent run with the spec on stdin, commit, push, open or find the pull request.
-//! - reviewer (`review_phase`): a clean worktree at the PR head, the test command, and
-//!   a merge of exactly the tested commit.
+//! - reviewer (`review_phase`): the head of the repository's merge queue; brings its
+//!   branch up to date (the agent only for a real conflict), tests it with the next
+//!   queued items, and merges exactly the tested commits (bisecting a failed batch).
 //!
 //! Each phase is idempotent, because a lease can run it twice: the builder reuses the
 //! branch it pushed and the PR the forge already has; the reviewer treats a PR that is
 //! already merged as passed, and the forge refuses to merge a head it did not test.
+//! The coding agent's run (`agent`) is shared by the builder and the reviewer.
 //!
 //! Architecture invariants: no SQL (reads go through `damascus-db`); the verdict is
 //! returned, never written here — the queue writes it in one transaction; story text
 //! reaches processes only through stdin or files, never a shell command line.
 
+mod agent;
 mod agent_result;
 mod build_phase;
 pub mod llm;
@@ -312,7 +315,7 @@ pub(crate) async fn answers(input: &PhaseInput) -> String {
 }
 
 pub(crate) fn report(verdict: Verdict, costs: Vec<CostEntry>) -> PhaseReport {
-    PhaseReport { verdict, costs }
+    PhaseReport::new(verdict, costs)
 }
 
 pub(crate) fn agent_cost(model: &str, usd: f64) -> CostEntry {

@@ -10,7 +10,7 @@
 //!
 //! Architecture invariant: stdout carries only protocol messages; logs go to stderr.
 
-use damascus_api::json::{CostJson, EventJson, GateJson, HumanIssueJson, ItemJson};
+use damascus_api::json::{CostJson, EventJson, GateJson, HumanIssueJson, ItemJson, MergeQueueJson};
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, human, DbError};
@@ -238,17 +238,19 @@ impl DamascusMcp {
             Ok(item) => item,
             Err(e) => return from_db(e),
         };
-        let (timeline, issues, costs, gates) = match tokio::try_join!(
+        let (timeline, issues, costs, gates, queued) = match tokio::try_join!(
             events::for_item(&self.pool, args.id),
             items::human_issues_for_item(&self.pool, args.id),
             items::costs_for_item(&self.pool, args.id),
             items::gates_for_item(&self.pool, args.id),
+            damascus_db::merge_queue::entry(&self.pool, args.id),
         ) {
             Ok(all) => all,
             Err(e) => return from_db(e),
         };
         answered(json!({
             "item": ItemJson::from(item),
+            "merge_queue": queued.map(MergeQueueJson::from),
             "events": timeline.into_iter().map(EventJson::from).collect::<Vec<_>>(),
             "human_issues": issues.into_iter().map(HumanIssueJson::from).collect::<Vec<_>>(),
             "costs": costs.into_iter().map(CostJson::from).collect::<Vec<_>>(),

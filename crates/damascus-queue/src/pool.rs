@@ -492,6 +492,8 @@ async fn run_phase(
         Some(PhaseReport {
             verdict: Verdict::TransientError { reason },
             costs,
+            // A batch is decided again when the job runs again.
+            batch: _,
         }) => {
             let runs = u32::try_from(job.runs).unwrap_or(1);
             let delay = shared.config.retry.delay(runs, rand::thread_rng().gen());

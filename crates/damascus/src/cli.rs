@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use damascus_core::{ForgeKind, LockName, MergeMethod, Phase, SpecMode};
+use damascus_core::{BranchUpdate, ForgeKind, LockName, MergeMethod, Phase, SpecMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -322,6 +322,14 @@ pub struct ProjectAddArgs {
     /// A person approves each spec (damascus item approve ID) before its build starts.
     #[arg(long)]
     pub require_approval: bool,
+    /// How many queued items the merge queue tests and merges together (1 to 32); a
+    /// failing batch is bisected to find the item that broke it.
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true)]
+    pub merge_batch_size: i32,
+    /// How the merge queue brings a branch that fell behind up to date: merge (the
+    /// default branch into it) or rebase (it onto the default branch).
+    #[arg(long, default_value = "merge", value_parser = parse_branch_update)]
+    pub branch_update: BranchUpdate,
     /// Stop spending on the project's items past this many USD per UTC day.
     #[arg(long, allow_negative_numbers = true)]
     pub daily_cost_budget_usd: Option<f64>,
@@ -391,6 +399,11 @@ fn parse_spec_mode(s: &str) -> Result<SpecMode, String> {
 }
 
 fn parse_merge_method(s: &str) -> Result<MergeMethod, String> {
+    s.parse()
+        .map_err(|e: damascus_core::UnknownVariant| e.to_string())
+}
+
+fn parse_branch_update(s: &str) -> Result<BranchUpdate, String> {
     s.parse()
         .map_err(|e: damascus_core::UnknownVariant| e.to_string())
 }

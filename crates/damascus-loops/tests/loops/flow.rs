@@ -332,63 +332,19 @@ async fn cancel_kills_a_running_agent_and_leaves_no_orphan() {
     );
 }
 
-/// One merge per repository at a time: while another holds the repository's merge
-/// lock, the reviewer waits (a transient retry) and merges once it is free.
+/// Two items change the same file: the one at the head of the queue second finds its
+/// branch conflicting with main. The conflict is resolved there, by the agent, with
+/// the conflicting files named in its prompt; the item never goes back to build, and
+/// its resolution is what is tested and merged (no markers reach main).
 #[tokio::test]
-async fn merges_of_one_repository_wait_for_the_merge_lock() {
-    use std::time::Duration;
-
-    let setup = Setup::new().await;
-    let agent = setup.agent(
-        "agent.sh",
-        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
-    );
-    setup.project(&agent, SpecMode::Passthrough, |_| {}).await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    let held =
-        damascus_db::operator::try_merge_lock(&setup.db.pool, &setup.remote.to_string_lossy())
-            .await
-            .unwrap()
-            .expect("the lock is free");
-    setup.cycle().await;
-    assert_eq!(setup.phase(item).await, "review");
-    let waited: String = sqlx::query_scalar(
-        "select payload->>'reason' from events_outbox where kind = 'job.retry_scheduled' order by id desc limit 1",
-    )
-    .fetch_one(&setup.db.pool)
-    .await
-    .unwrap();
-    assert!(waited.contains("waits for its lock"), "{waited}");
-    assert!(
-        setup
-            .remote_git()
-            .run(&["show", "main:hello.txt"])
-            .await
-            .is_err(),
-        "nothing merged under the lock"
-    );
-    held.release().await.unwrap();
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        setup.cycle().await;
-        if setup.phase(item).await == "merged" {
-            break;
-        }
-    }
-    assert_eq!(setup.phase(item).await, "merged");
-}
-
-/// Two items change the same file: the one merged second conflicts in review, goes
-/// back to build, and the build merges the new main into its branch and hands the
-/// conflict to the agent, whose resolution is merged (no markers reach main).
-#[tokio::test]
-async fn a_conflict_in_review_is_resolved_by_the_next_build() {
+async fn a_conflict_at_the_head_of_the_queue_is_resolved_there() {
     let setup = Setup::new().await;
     let prompts = tempfile::tempdir().unwrap();
     let agent = setup.agent(
         "agent.sh",
         &format!(
-            "cat >> '{}'/prompts-$DAMASCUS_ITEM_ID.txt\necho \"from item $DAMASCUS_ITEM_ID\" > shared.txt\necho hello > hello.txt\n{CLAUDE_OK}",
+            "cat >> '{}'/prompts-$DAMASCUS_ITEM_ID.txt\necho \"$DAMASCUS_TASK\" >> '{}'/tasks-$DAMASCUS_ITEM_ID.txt\necho \"from item $DAMASCUS_ITEM_ID\" > shared.txt\necho hello > hello.txt\n{CLAUDE_OK}",
+            prompts.path().display(),
             prompts.path().display()
         ),
     );
@@ -398,33 +354,31 @@ async fn a_conflict_in_review_is_resolved_by_the_next_build() {
     setup.cycle().await;
     assert_eq!(setup.phase(first).await, "merged");
     assert_eq!(setup.phase(second).await, "merged");
-    let (loser, winner) = if setup.steps(first).await.len() > 3 {
+    for item in [first, second] {
+        assert_eq!(
+            setup.steps(item).await,
+            ["spec>build", "build>review", "review>merged"]
+        );
+    }
+    let read = |name: &str, id: i64| {
+        std::fs::read_to_string(prompts.path().join(format!("{name}-{id}.txt"))).unwrap_or_default()
+    };
+    let (loser, winner) = if read("tasks", first).lines().count() > 1 {
         (first, second)
     } else {
         (second, first)
     };
-    assert_eq!(
-        setup.steps(loser).await,
-        [
-            "spec>build",
-            "build>review",
-            "review>build",
-            "build>review",
-            "review>merged"
-        ]
-    );
-    // The loser's second build was told of the conflict; the winner's only build not.
-    let prompts_of = |id: i64| {
-        std::fs::read_to_string(prompts.path().join(format!("prompts-{id}.txt"))).unwrap()
-    };
-    let loser_prompts = prompts_of(loser);
+    assert_eq!(read("tasks", loser), "build\nresolve-conflicts\n");
+    assert_eq!(read("tasks", winner), "build\n");
+    let loser_prompts = read("prompts", loser);
     assert_eq!(
         loser_prompts.matches("## Conflicts with main").count(),
         1,
         "{loser_prompts}"
     );
     assert!(loser_prompts.contains("have conflicts") && loser_prompts.contains("shared.txt"));
-    assert!(!prompts_of(winner).contains("Conflicts with"));
+    assert!(loser_prompts.contains("head of the merge queue"));
+    assert!(!read("prompts", winner).contains("Conflicts with"));
     // main holds the resolution, without conflict markers, and both items' merges.
     let remote = setup.remote_git();
     assert_eq!(
@@ -437,8 +391,17 @@ async fn a_conflict_in_review_is_resolved_by_the_next_build() {
             .await
             .unwrap(),
         "3",
-        "two merges into main and the build's merge of main into the branch"
+        "two merges into main and the head's merge of main into the branch"
     );
+    // The agent's cost of resolving is the loser's, in review.
+    let review_cost: f64 = sqlx::query_scalar(
+        "select coalesce(sum(usd), 0)::float8 from cost_ledger where item_id = $1 and phase = 'review'",
+    )
+    .bind(loser)
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!((review_cost - 0.25).abs() < 1e-9, "{review_cost}");
 }
 
 /// An agent that leaves the conflict markers in place fails its build with a reason

@@ -5,5 +5,6 @@
 mod agents;
 mod flow;
 mod gitea;
+mod merge_queue;
 mod model;
 mod support;

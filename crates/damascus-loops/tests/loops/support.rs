@@ -20,10 +20,15 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new() -> Setup {
+        Setup::with_files(&[("README.md", "demo\n")]).await
+    }
+
+    /// A setup whose repository's main holds `files`.
+    pub async fn with_files(files: &[(&str, &str)]) -> Setup {
         let db = TestDatabase::new().await;
         let dir = tempfile::tempdir().unwrap();
         let remote = dir.path().join("remote.git");
-        init_bare_with_files(&remote, &[("README.md", "demo\n")], &Identity::default())
+        init_bare_with_files(&remote, files, &Identity::default())
             .await
             .unwrap();
         Setup { db, dir, remote }
@@ -78,8 +83,13 @@ impl Setup {
     }
 
     pub async fn cycle_with(&self, config: LoopsConfig) -> CycleSummary {
+        self.cycle_at(config, 2).await
+    }
+
+    /// Runs what is runnable with `concurrency` phases at once, until nothing is.
+    pub async fn cycle_at(&self, config: LoopsConfig, concurrency: u32) -> CycleSummary {
         let queue = QueueConfig {
-            concurrency: Some(2),
+            concurrency: Some(concurrency),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
@@ -133,6 +143,63 @@ impl Setup {
 
     pub fn remote_git(&self) -> Git {
         Git::new(&self.remote, Identity::default())
+    }
+
+    /// How many items are in each phase, as `phase=count` sorted by phase.
+    pub async fn phase_counts(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "select phase::text || '=' || count(*) from work_items group by phase order by phase::text",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Checks out every commit of main's first-parent history and runs `test_command`
+    /// on it: main was never red.
+    pub async fn assert_main_history_passes(&self, test_command: &str) -> usize {
+        let remote = self.remote_git();
+        let commits = remote
+            .run(&["rev-list", "--first-parent", "main"])
+            .await
+            .unwrap();
+        let mut checked = 0;
+        for commit in commits.lines() {
+            let tree = tempfile::tempdir().unwrap();
+            let archive = std::process::Command::new("git")
+                .args(["archive", commit])
+                .current_dir(&self.remote)
+                .output()
+                .unwrap();
+            assert!(archive.status.success());
+            let mut untar = std::process::Command::new("tar")
+                .args(["-x", "-C"])
+                .arg(tree.path())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            untar
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(&archive.stdout)
+                .unwrap();
+            assert!(untar.wait().unwrap().success());
+            let run = std::process::Command::new("/bin/sh")
+                .args(["-c", test_command])
+                .current_dir(tree.path())
+                .output()
+                .unwrap();
+            assert!(
+                run.status.success(),
+                "main's commit {commit} fails `{test_command}`: {}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            );
+            checked += 1;
+        }
+        checked
     }
 }
 

@@ -118,8 +118,18 @@ async fn ingest_gated(
     depends_on: &[i64],
     locks: &[&str],
 ) -> i64 {
+    ingest_into(db, "web", title, depends_on, locks).await
+}
+
+async fn ingest_into(
+    db: &damascus_testdb::TestDatabase,
+    project: &str,
+    title: &str,
+    depends_on: &[i64],
+    locks: &[&str],
+) -> i64 {
     let story = damascus_core::Story::new(title, "").unwrap();
-    let project = damascus_core::ProjectName::parse("web").unwrap();
+    let project = damascus_core::ProjectName::parse(project).unwrap();
     let gates = damascus_db::items::IntakeGates {
         depends_on: depends_on.to_vec(),
         locks: damascus_core::LockName::parse_all(locks).unwrap(),
@@ -170,16 +180,27 @@ async fn holder(db: &damascus_testdb::TestDatabase, lock: &str) -> Option<i64> {
 }
 
 /// Items that share a lock never review at the same time, even with free slots, and
-/// every one of them merges; an item without the lock is not held back by it.
+/// every one of them merges; an item without the lock is not held back by it. (The
+/// items of one repository review one at a time anyway, in its merge queue: the
+/// locked items are spread over five repositories, the others over two more.)
 #[tokio::test]
 async fn items_sharing_a_lock_never_review_at_the_same_time() {
     let db = database().await;
+    sqlx::query(
+        "insert into projects (name, repository)
+         select 'repo' || g, '/srv/repo' || g || '.git' from generate_series(1, 7) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let mut locked = Vec::new();
-    for n in 0..5 {
-        locked.push(ingest_gated(&db, &format!("schema change {n}"), &[], &["db-schema"]).await);
+    for n in 1..=5 {
+        let project = format!("repo{n}");
+        let title = format!("schema change {n}");
+        locked.push(ingest_into(&db, &project, &title, &[], &["db-schema"]).await);
     }
-    let other = ingest_gated(&db, "unrelated", &[], &["docs"]).await;
-    let free = ingest(&db, "no lock", &[]).await;
+    let other = ingest_into(&db, "repo6", "unrelated", &[], &["docs"]).await;
+    let free = ingest_into(&db, "repo7", "no lock", &[], &[]).await;
     run_until_idle(
         db.pool.clone(),
         fast_config(4),

@@ -395,10 +395,15 @@ async fn claim_by_item(
 
 /// `n` items in review (a pass merges them: no next job).
 async fn review_items(pool: &sqlx::PgPool, n: i64) {
+    // Each in a repository of its own: the items of one repository review one at a
+    // time, in its merge queue.
     sqlx::query(
-        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total)
-         select p.id, 'item ' || g, 'review', 3, 10 from projects p, generate_series(1, $1) g
-         where p.name = 'web'",
+        "with p as (
+            insert into projects (name, repository)
+            select 'review' || g, '/srv/review' || g || '.git' from generate_series(1, $1) g
+            returning id)
+         insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total)
+         select p.id, 'item ' || p.id, 'review', 3, 10 from p",
     )
     .bind(n)
     .execute(pool)
@@ -618,6 +623,7 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
             tokens_out: 30,
             usd: 0.25,
         }],
+        batch: Vec::new(),
     };
     let pass = Verdict::pass().into();
     let ask = damascus_core::PhaseReport::from(Verdict::NeedsHuman {

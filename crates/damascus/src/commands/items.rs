@@ -56,6 +56,21 @@ pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
             item.phase_entered_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     }
+    if let Some(q) = damascus_db::merge_queue::entry(&db.pool, id).await? {
+        let batch = match q.batch_head {
+            Some(head) if head != id => format!(", in the batch of item {head}"),
+            _ => String::new(),
+        };
+        println!(
+            "queue      {} of {} into {} {}: {} since {}{batch}",
+            q.position,
+            q.length,
+            q.repository,
+            q.base_branch,
+            q.state,
+            q.state_since.format("%H:%M:%S UTC")
+        );
+    }
     println!(
         "attempts   {} in this phase (of {}), {} in all (of {})",
         item.phase_attempts,

@@ -36,6 +36,8 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         daily_cost_budget_usd: args.daily_cost_budget_usd,
         merge_method: args.merge_method,
         require_approval: args.require_approval,
+        merge_batch_size: args.merge_batch_size,
+        branch_update: args.branch_update,
     };
     project.validate()?;
     let db = open_migrated(target).await?;

@@ -176,6 +176,32 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
             ))
         );
     }
+    let queued = damascus_db::merge_queue::list(&db.pool).await?;
+    if !queued.is_empty() {
+        println!("\nmerge queues (position 1 is the head; a batch is named by its head)");
+        let rows: Vec<Vec<String>> = queued
+            .iter()
+            .map(|q| {
+                vec![
+                    format!("{} {}", q.repository, q.base_branch),
+                    format!("{}/{}", q.position, q.length),
+                    q.item_id.to_string(),
+                    q.project.clone(),
+                    q.state.to_string(),
+                    q.state_since.format("%H:%M:%S").to_string(),
+                    q.batch_head.map(|h| h.to_string()).unwrap_or_default(),
+                    q.title.clone(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            indent(&table::render(
+                &["QUEUE", "POS", "ITEM", "PROJECT", "STATE", "SINCE", "BATCH", "TITLE"],
+                &rows
+            ))
+        );
+    }
     let locks = status::held_locks(&db.pool).await?;
     if !locks.is_empty() {
         println!("\nnamed locks");
@@ -198,7 +224,7 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
             ))
         );
     }
-    println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items; select * from named_locks;");
+    println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items; select * from damascus_merge_queue; select * from named_locks;");
     Ok(())
 }
 

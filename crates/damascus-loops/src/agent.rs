@@ -1,0 +1,165 @@
+//! One run of the project's coding agent: the builder's run, and the merge queue's
+//! conflict resolution at the head. The prompt goes on stdin; the process runs under
+//! the agent's time limit with the agent's environment, and its log goes to the item's
+//! log directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use damascus_core::{CostEntry, Verdict};
+
+use crate::process::{self, ProcessEnd, ProcessSpec};
+use crate::{agent_cost, base_env, fail, Inner, PhaseInput};
+
+/// What a run that ended well left behind.
+pub(crate) struct AgentRun {
+    pub costs: Vec<CostEntry>,
+    /// The end of its output, for a verdict that follows.
+    pub tail: String,
+}
+
+/// A run that did not end well: the verdict, and what it spent anyway.
+pub(crate) struct AgentFailure {
+    pub verdict: Verdict,
+    pub costs: Vec<CostEntry>,
+}
+
+impl From<Verdict> for AgentFailure {
+    fn from(verdict: Verdict) -> AgentFailure {
+        AgentFailure {
+            verdict,
+            costs: Vec::new(),
+        }
+    }
+}
+
+/// The agent's argv: the project's, or Claude Code's.
+fn argv(inner: &Inner, input: &PhaseInput) -> Vec<String> {
+    input.project.agent_command.clone().unwrap_or_else(|| {
+        vec![
+            "claude".into(),
+            "-p".into(),
+            "--output-format".into(),
+            "json".into(),
+            "--max-turns".into(),
+            inner.config.claude_max_turns.to_string(),
+            "--permission-mode".into(),
+            "dontAsk".into(),
+            "--allowedTools".into(),
+            "Read,Write,Edit,Bash".into(),
+        ]
+    })
+}
+
+/// The log file of a phase's run: `logs/<item>/<name>.log` under the data dir.
+pub(crate) fn log_file(inner: &Inner, input: &PhaseInput, name: &str) -> PathBuf {
+    inner
+        .config
+        .data_dir
+        .join("logs")
+        .join(input.item.id.to_string())
+        .join(format!("{name}.log"))
+}
+
+/// Runs the agent in `dir` with `prompt` on stdin. `task` tells the agent what it is
+/// for (`DAMASCUS_TASK`: build, or resolve-conflicts).
+pub(crate) async fn run(
+    inner: &Inner,
+    input: &PhaseInput,
+    prompt: String,
+    dir: &Path,
+    task: &str,
+    log_name: &str,
+) -> Result<AgentRun, AgentFailure> {
+    let project = &input.project;
+    let argv = argv(inner, input);
+    let model = argv.first().cloned().unwrap_or_default();
+    let mut env = base_env(&inner.config.agent_env);
+    env.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
+    env.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
+    env.push(("DAMASCUS_TASK".into(), task.to_owned()));
+    let log_file = log_file(inner, input, log_name);
+    let end = process::run(
+        ProcessSpec {
+            argv,
+            dir: dir.to_path_buf(),
+            env,
+            stdin: Some(prompt),
+            timeout: Duration::from_secs(project.agent_timeout_secs as u64),
+            log_file: log_file.clone(),
+        },
+        &input.job.cancel,
+    )
+    .await
+    .map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
+    let (code, stdout, tail) = match end {
+        ProcessEnd::Cancelled => {
+            return Err(Verdict::TransientError {
+                reason: "the agent was stopped".into(),
+            }
+            .into())
+        }
+        ProcessEnd::TimedOut { tail } => {
+            return Err(fail(
+                format!(
+                    "the agent ran past its {} s limit and was killed",
+                    project.agent_timeout_secs
+                ),
+                tail,
+            )
+            .into())
+        }
+        ProcessEnd::Exited { code, stdout, tail } => (code, stdout, tail),
+    };
+    // What the agent reports spending counts whatever its exit code.
+    let result = crate::agent_result::parse(&stdout);
+    let costs: Vec<CostEntry> = result
+        .as_ref()
+        .and_then(|r| r.total_cost_usd)
+        .map(|usd| agent_cost(&model, usd))
+        .into_iter()
+        .collect();
+    if code != Some(0) {
+        return Err(AgentFailure {
+            verdict: fail(
+                format!(
+                    "the agent exited with {}; its log is {}",
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| "a signal".into()),
+                    log_file.display()
+                ),
+                tail,
+            ),
+            costs,
+        });
+    }
+    if let Some(why) = result.as_ref().and_then(|r| r.failure()) {
+        return Err(AgentFailure {
+            verdict: fail(why, tail),
+            costs,
+        });
+    }
+    Ok(AgentRun { costs, tail })
+}
+
+/// The conflicted files among `files` that still hold conflict markers in `dir`.
+pub(crate) fn unresolved(dir: &Path, files: &[String]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|file| {
+            std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+                text.lines()
+                    .any(|l| l.starts_with("<<<<<<< ") || l.starts_with(">>>>>>> "))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// The prompt's section that hands conflicts to the agent.
+pub(crate) fn conflicts_section(default_branch: &str, files: &[String]) -> String {
+    format!(
+        "\n## Conflicts with {default_branch}\n{default_branch} moved since this branch was built. It is merged into the branch now, and these files have conflicts (the <<<<<<< ======= >>>>>>> markers are in them): {files}. Resolve them, keeping what both sides meant, as part of this change.\n",
+        files = files.join(", ")
+    )
+}
