@@ -345,4 +345,46 @@ mod tests {
             Err(ForgeError::Conflict { .. })
         ));
     }
+
+    /// A branch that merges cleanly but was tested without what main gained since is
+    /// refused: the merge would put a tree on main that no test saw.
+    #[tokio::test]
+    async fn a_head_tested_without_the_current_base_is_refused() {
+        let (_dir, forge, clone) = setup().await;
+        let tested = push_change(&clone, "feature", "b.txt", "feature\n").await;
+        let other = push_change(&clone, "other", "c.txt", "other\n").await;
+        forge.merge("other", "main", &other, "m").await.unwrap();
+        let main = forge.git().resolve("refs/heads/main").await.unwrap();
+        match forge.merge("feature", "main", &tested, "m").await {
+            Err(e @ ForgeError::BaseMoved { .. }) => {
+                assert!(e.to_string().contains("lacks"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(forge.git().resolve("refs/heads/main").await.unwrap(), main);
+        // Brought up to date (main merged into it), the same change merges, and main's
+        // tree is exactly the tested one.
+        clone
+            .run(&["checkout", "--quiet", "feature"])
+            .await
+            .unwrap();
+        clone.run(&["fetch", "--quiet", "origin"]).await.unwrap();
+        clone
+            .run(&["merge", "--quiet", "--no-edit", "origin/main"])
+            .await
+            .unwrap();
+        clone
+            .run(&["push", "--quiet", "origin", "HEAD:refs/heads/feature"])
+            .await
+            .unwrap();
+        let updated = clone.run(&["rev-parse", "HEAD"]).await.unwrap();
+        forge.merge("feature", "main", &updated, "m").await.unwrap();
+        let git = forge.git();
+        assert_eq!(
+            git.run(&["rev-parse", "main^{tree}"]).await.unwrap(),
+            git.run(&["rev-parse", &format!("{updated}^{{tree}}")])
+                .await
+                .unwrap()
+        );
+    }
 }

@@ -200,6 +200,7 @@ async fn ingest_list_group_and_show() {
     assert_eq!(detail["item"]["title"], "Add login");
     assert_eq!(detail["events"][0]["kind"], "item.ingested");
     assert!(detail["human_issues"].as_array().unwrap().is_empty());
+    assert!(detail["merge_queue"].is_null(), "not queued before review");
 
     // One event the relay keeps retrying, one it gave up on.
     sqlx::query(
@@ -246,6 +247,34 @@ async fn ingest_list_group_and_show() {
     let (status, openapi) = app.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(openapi["openapi"], "3.0.3");
+}
+
+#[tokio::test]
+async fn an_item_in_review_shows_its_place_in_the_merge_queue() {
+    let app = TestApp::spawn().await;
+    let first = app.ingest("web", "First").await;
+    let second = app.ingest("web", "Second").await;
+    for id in [first, second] {
+        sqlx::query("update work_items set phase = 'review' where id = $1")
+            .bind(id)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+    }
+    let (_, detail) = app.get(&format!("/v1/items/{second}")).await;
+    let queue = &detail["merge_queue"];
+    assert_eq!(queue["repository"], "/srv/web.git");
+    assert_eq!(queue["base_branch"], "main");
+    assert_eq!(queue["position"], 2);
+    assert_eq!(queue["length"], 2);
+    assert_eq!(queue["state"], "waiting");
+    let kinds: Vec<&str> = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"merge_queue.entered"), "{kinds:?}");
 }
 
 #[tokio::test]

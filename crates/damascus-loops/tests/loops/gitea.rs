@@ -266,6 +266,27 @@ async fn greeting_on_fake_gitea(
     not_mergeable_first: u32,
     merge_method: Option<damascus_core::MergeMethod>,
 ) -> (FakeGitea, i64) {
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    let gitea = project_on_fake_gitea(setup, &agent, not_mergeable_first, |p| {
+        if let Some(method) = merge_method {
+            p.merge_method = method;
+        }
+    })
+    .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    (gitea, item)
+}
+
+/// A fake Gitea over the setup's repository, and the project `web` on it.
+async fn project_on_fake_gitea(
+    setup: &Setup,
+    agent: &str,
+    not_mergeable_first: u32,
+    edit: impl FnOnce(&mut damascus_core::NewProject),
+) -> FakeGitea {
     let gitea = FakeGitea {
         remote: setup.remote.clone(),
         pulls: Arc::default(),
@@ -273,22 +294,49 @@ async fn greeting_on_fake_gitea(
         not_mergeable_first: Arc::new(Mutex::new(not_mergeable_first)),
     };
     let url = serve(gitea.clone()).await;
-    let agent = setup.agent(
-        "agent.sh",
-        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
-    );
     setup
-        .project(&agent, SpecMode::Passthrough, |p| {
+        .project(agent, SpecMode::Passthrough, |p| {
             p.forge_kind = ForgeKind::Gitea;
             p.forge_repo = Some("acme/web".into());
             p.forge_url = Some(url.clone());
-            if let Some(method) = merge_method {
-                p.merge_method = method;
-            }
+            edit(p);
         })
         .await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    (gitea, item)
+    gitea
+}
+
+/// The merge queue through the Gitea API: a dozen stories that all add a line to
+/// CHANGELOG.md, four at a time. Every one merges through `POST .../merge` naming the
+/// commit the queue tested (`head_commit_id`), and main was never red.
+#[tokio::test]
+async fn the_changelog_case_through_the_gitea_api() {
+    use crate::merge_queue::{changelog_agent, changelog_case, changelog_setup, CHANGELOG_TEST};
+    let setup = changelog_setup().await;
+    let agent = changelog_agent(&setup);
+    let gitea = project_on_fake_gitea(&setup, &agent, 0, |p| {
+        p.test_command = Some(CHANGELOG_TEST.into());
+    })
+    .await;
+    let items = changelog_case(&setup, 12).await;
+    let seen = gitea.seen.lock().unwrap().clone();
+    let merges: Vec<&Value> = seen
+        .iter()
+        .filter(|(_, p, _, _)| p == "/merge")
+        .map(|(_, _, _, b)| b)
+        .collect();
+    assert_eq!(merges.len(), items.len(), "one merge per story, none refused");
+    let pulls = gitea.pulls.lock().unwrap().clone();
+    assert_eq!(pulls.len(), items.len());
+    assert!(pulls.iter().all(|p| p.merged));
+    // Each merge named its branch's head at that moment: the commit that was tested.
+    let remote = setup.remote_git();
+    for body in merges {
+        let tested = body["head_commit_id"].as_str().unwrap();
+        assert!(
+            remote.is_ancestor(tested, "main").await.unwrap(),
+            "{tested} is on main"
+        );
+    }
 }
 
 #[tokio::test]

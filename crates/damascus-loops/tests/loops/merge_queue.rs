@@ -12,7 +12,7 @@ const STORY: &str =
 /// Every story adds its own file and one line to CHANGELOG.md; the agent resolves a
 /// conflicted CHANGELOG by keeping every line, as a coding agent would. It records
 /// each run (item and task) in `runs.txt` next to the repository.
-fn changelog_agent(setup: &Setup) -> String {
+pub fn changelog_agent(setup: &Setup) -> String {
     let runs = setup.dir.path().join("runs.txt");
     setup.agent(
         "changelog-agent.sh",
@@ -47,7 +47,7 @@ fn agent_runs(setup: &Setup) -> Vec<(i64, String)> {
         .collect()
 }
 
-async fn changelog_case(setup: &Setup, stories: usize) -> Vec<i64> {
+pub async fn changelog_case(setup: &Setup, stories: usize) -> Vec<i64> {
     let mut items = Vec::new();
     for n in 0..stories {
         items.push(setup.ingest(&format!("Change {n}"), STORY).await);
@@ -103,7 +103,7 @@ async fn changelog_case(setup: &Setup, stories: usize) -> Vec<i64> {
     items
 }
 
-async fn changelog_setup() -> Setup {
+pub async fn changelog_setup() -> Setup {
     Setup::with_files(&[("README.md", "demo\n"), ("CHANGELOG.md", "# Changelog\n")]).await
 }
 
@@ -436,4 +436,57 @@ async fn a_push_to_main_from_outside_sends_the_head_back_to_its_update() {
         remote.run(&["show", "main:hello.txt"]).await.unwrap(),
         "hello"
     );
+}
+
+/// A project that rebases: a branch that fell behind is rebased onto main (no merge
+/// commit in it), pushed with a lease, tested and merged, with no agent run.
+#[tokio::test]
+async fn a_rebasing_project_rebases_the_branch_that_fell_behind() {
+    let setup = Setup::new().await;
+    let runs = setup.dir.path().join("agent-runs.txt");
+    let agent = setup.agent(
+        "agent.sh",
+        &format!(
+            "cat > /dev/null\necho run >> '{}'\necho \"$DAMASCUS_ITEM_ID\" > \"change-$DAMASCUS_ITEM_ID.txt\"\n{CLAUDE_OK}",
+            runs.display()
+        ),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.test_command = Some("ls change-*.txt".into());
+            p.branch_update = damascus_core::BranchUpdate::Rebase;
+            p.merge_batch_size = 1;
+        })
+        .await;
+    let holder = setup.ingest("Holds the queue", STORY).await;
+    sqlx::query("update work_items set phase = 'cancelled' where id = $1")
+        .bind(holder)
+        .execute(&setup.db.pool)
+        .await
+        .unwrap();
+    let lock = hold_the_queue(&setup, holder).await;
+    let first = setup.ingest("First", STORY).await;
+    let second = setup.ingest("Second", STORY).await;
+    setup.cycle().await;
+    release_the_queue(&setup, &lock).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase_counts().await, ["cancelled=1", "merged=2"]);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
+    let remote = setup.remote_git();
+    for item in [first, second] {
+        let branch = format!("damascus/web-{item}");
+        let parents = remote
+            .run(&["rev-list", "--parents", "-n1", &branch])
+            .await
+            .unwrap();
+        assert_eq!(
+            parents.split(' ').count(),
+            2,
+            "{branch}'s head is a plain commit, not a merge: {parents}"
+        );
+        assert!(remote
+            .run(&["show", &format!("main:change-{item}.txt")])
+            .await
+            .is_ok());
+    }
 }
