@@ -3,9 +3,10 @@
 //! agent changes nothing but whose branch already holds commits passes again, and the
 //! forge returns the PR already open for the branch instead of opening another.
 
-use damascus_core::{PhaseOutput, PhaseReport, Spec, Verdict};
+use damascus_core::{BranchUpdate, PhaseOutput, PhaseReport, Spec, Verdict};
 
-use crate::workspace::Workspace;
+use crate::branch_update::{update, Update};
+
 use crate::{answers, fail, forge_for, report, Inner, PhaseInput};
 
 pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
@@ -28,27 +29,11 @@ fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ 
 /// files are returned, for the agent to resolve (the build's commit then ends the
 /// merge).
 async fn catch_up_with_base(tree: &damascus_git::Git, base: &str) -> Result<Vec<String>, Verdict> {
-    let current = tree.is_ancestor(base, "HEAD").await.map_err(transient(
-        "cannot compare the branch with the default branch",
-    ))?;
-    if current {
-        return Ok(Vec::new());
+    let message = format!("Merge {base} into the branch");
+    match update(tree, base, BranchUpdate::Merge, &message).await? {
+        Update::Done(_) => Ok(Vec::new()),
+        Update::Conflicts(files) => Ok(files),
     }
-    if tree.run(&["merge", "--no-edit", base]).await.is_ok() {
-        return Ok(Vec::new());
-    }
-    let files = tree
-        .run(&["diff", "--name-only", "--diff-filter=U"])
-        .await
-        .map_err(transient("cannot list the merge's conflicts"))?;
-    if files.is_empty() {
-        // The merge failed for another reason than conflicts: start clean.
-        let _ = tree.run(&["merge", "--abort"]).await;
-        return Err(Verdict::TransientError {
-            reason: format!("cannot merge {base} into the branch"),
-        });
-    }
-    Ok(files.lines().map(str::to_owned).collect())
 }
 
 async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict> {
@@ -71,21 +56,10 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
     let project = &input.project;
     let branch = input.branch();
     let base = format!("origin/{}", project.default_branch);
-    let dir = config
-        .data_dir
-        .join("worktrees")
-        .join(&project.name)
-        .join(input.key());
+    let dir = input.worktree_dir(config, "");
     let tree = {
         // The workspace (and its lock) lives only while the worktree is prepared.
-        let workspace = Workspace::open(
-            &config.data_dir,
-            &project.name,
-            &project.repository,
-            &config.identity,
-        )
-        .await
-        .map_err(transient("cannot fetch the project's repository"))?;
+        let workspace = input.workspace(config).await?;
         let remote_branch = format!("origin/{branch}");
         let start = match workspace.cache().resolve(&remote_branch).await {
             Ok(Some(_)) => remote_branch,

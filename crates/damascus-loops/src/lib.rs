@@ -20,6 +20,7 @@
 
 mod agent;
 mod agent_result;
+mod branch_update;
 mod build_phase;
 pub mod llm;
 mod process;
@@ -118,6 +119,30 @@ impl PhaseInput {
 
     pub fn branch(&self) -> String {
         format!("damascus/{}", self.key())
+    }
+
+    /// The item's worktree for a phase: `worktrees/<project>/<key><suffix>`.
+    pub fn worktree_dir(&self, config: &LoopsConfig, suffix: &str) -> PathBuf {
+        config
+            .data_dir
+            .join("worktrees")
+            .join(&self.project.name)
+            .join(format!("{}{suffix}", self.key()))
+    }
+
+    /// The project's cache clone, fetched from its repository; its lock is held while
+    /// the workspace lives.
+    pub async fn workspace(&self, config: &LoopsConfig) -> Result<workspace::Workspace, Verdict> {
+        workspace::Workspace::open(
+            &config.data_dir,
+            &self.project.name,
+            &self.project.repository,
+            &config.identity,
+        )
+        .await
+        .map_err(|e| Verdict::TransientError {
+            reason: format!("cannot fetch the project's repository: {e}"),
+        })
     }
 
     /// A verdict when a cost budget (the item's, or the project's for today) is spent,

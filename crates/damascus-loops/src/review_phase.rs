@@ -33,8 +33,8 @@ use damascus_db::projects::Project;
 use damascus_forge::{Forge, ForgeError, MergeOutcome, PrState};
 use damascus_git::Git;
 
+use crate::branch_update::{update, Update};
 use crate::process::{self, ProcessEnd, ProcessSpec};
-use crate::workspace::Workspace;
 use crate::{base_env, fail, forge_for, Inner, PhaseInput};
 
 /// How often a run starts over because the default branch moved outside the queue
@@ -280,20 +280,9 @@ impl Run<'_> {
         let project = self.project().clone();
         let config = &self.inner.config;
         self.mark(members, MergeQueueState::Updating, None).await;
-        let dir = config
-            .data_dir
-            .join("worktrees")
-            .join(&project.name)
-            .join(format!("{}-review", self.input.key()));
+        let dir = self.input.worktree_dir(config, "-review");
         let (tree, base) = {
-            let workspace = Workspace::open(
-                &config.data_dir,
-                &project.name,
-                &project.repository,
-                &config.identity,
-            )
-            .await
-            .map_err(transient("cannot fetch the project's repository"))?;
+            let workspace = self.input.workspace(config).await?;
             let base = workspace
                 .cache()
                 .resolve(&format!("origin/{}", project.default_branch))
@@ -545,8 +534,7 @@ impl Run<'_> {
     }
 
     /// Merges `members` in order, each at its commit of `chain`; returns how many were
-    /// merged. The followers' commits are pushed to their branches first (one atomic
-    /// push); the default branch must still be `base` before the first merge.
+    /// merged. The default branch must still be `base` before the first merge.
     async fn merge(
         &self,
         tree: &Git,
@@ -563,18 +551,6 @@ impl Run<'_> {
                 .map(String::as_str),
         )
         .await;
-        let updates: Vec<(&Member, &str)> = members
-            .iter()
-            .zip(chain)
-            .skip(1)
-            .filter(|(m, c)| m.head != **c)
-            .map(|(m, c)| (m, c.as_str()))
-            .collect();
-        if !updates.is_empty() {
-            push(tree, &updates)
-                .await
-                .map_err(transient("cannot push the batch's branches"))?;
-        }
         let now = tree
             .run(&[
                 "ls-remote",
@@ -598,11 +574,25 @@ impl Run<'_> {
             String::new()
         };
         for (n, (member, commit)) in members.iter().zip(chain).enumerate() {
-            let message = format!("Merge {}: {}", member.branch, member.title);
-            let merged = self
-                .forge
-                .merge(&member.branch, &project.default_branch, commit, &message)
-                .await;
+            // A follower's branch takes its tested commit just before its merge (the
+            // head's was pushed when it was brought up to date): a branch is never left
+            // holding the changes of items queued before it that did not merge.
+            let pushed = if n > 0 && member.head != *commit {
+                push(tree, &[(member, commit.as_str())])
+                    .await
+                    .map_err(|e| format!("cannot push {}: {e}", member.branch))
+            } else {
+                Ok(())
+            };
+            let merged = match pushed {
+                Ok(()) => {
+                    let message = format!("Merge {}: {}", member.branch, member.title);
+                    self.forge
+                        .merge(&member.branch, &project.default_branch, commit, &message)
+                        .await
+                }
+                Err(why) => Err(ForgeError::Transient(why)),
+            };
             let stop = match merged {
                 Ok(outcome) => {
                     let merged_as = match outcome {
@@ -666,66 +656,6 @@ fn verdicts(members: &[Member], merged: usize) -> Outcome {
     }
 }
 
-/// How bringing a branch up to date went.
-enum Update {
-    /// The commit to test (the branch head itself when it was up to date).
-    Done(String),
-    /// A merge is in progress in the worktree with conflicts in these files.
-    Conflicts(Vec<String>),
-}
-
-/// Brings the commit checked out in `tree` up to date with `onto`: nothing to do when
-/// it contains `onto`; else a rebase (per project) or a merge. A rebase that conflicts
-/// is given up for a merge, so that a conflict is one merge for the agent to resolve.
-async fn update(
-    tree: &Git,
-    onto: &str,
-    method: BranchUpdate,
-    message: &str,
-) -> Result<Update, Verdict> {
-    let current = tree.is_ancestor(onto, "HEAD").await.map_err(transient(
-        "cannot compare the branch with the default branch",
-    ))?;
-    let head = || async {
-        tree.run(&["rev-parse", "HEAD"])
-            .await
-            .map_err(transient("cannot read the branch head"))
-    };
-    if current {
-        return Ok(Update::Done(head().await?));
-    }
-    if method == BranchUpdate::Rebase {
-        let start = head().await?;
-        if tree.run(&["rebase", "--quiet", onto]).await.is_ok() {
-            return Ok(Update::Done(head().await?));
-        }
-        let _ = tree.run(&["rebase", "--abort"]).await;
-        tree.run(&["checkout", "--quiet", "--force", "--detach", &start])
-            .await
-            .map_err(transient("cannot return to the branch head"))?;
-    }
-    if tree
-        .run(&["merge", "--no-edit", "-m", message, onto])
-        .await
-        .is_ok()
-    {
-        return Ok(Update::Done(head().await?));
-    }
-    let files = tree
-        .run(&["diff", "--name-only", "--diff-filter=U"])
-        .await
-        .map_err(transient("cannot list the merge's conflicts"))?;
-    if files.is_empty() {
-        let _ = tree.run(&["merge", "--abort"]).await;
-        return Err(Verdict::TransientError {
-            reason: format!("cannot merge {onto} into the branch"),
-        });
-    }
-    Ok(Update::Conflicts(
-        files.lines().map(str::to_owned).collect(),
-    ))
-}
-
 /// Stacks a follower on `below`: its branch head brought up to date with it. `None`
 /// when they conflict (the follower then waits for its own turn at the head, where a
 /// conflict is resolved).
@@ -750,6 +680,7 @@ async fn stack(
 
 /// Pushes each member's new commit to its branch, in one atomic push, each with a
 /// lease on the head the run read (a branch that moved meanwhile refuses the push).
+/// A rebased branch is rewritten, so the push may replace what the lease names.
 async fn push(tree: &Git, updates: &[(&Member, &str)]) -> damascus_git::GitResult<()> {
     let mut args = vec![
         "push".to_owned(),

@@ -324,7 +324,11 @@ async fn the_changelog_case_through_the_gitea_api() {
         .filter(|(_, p, _, _)| p == "/merge")
         .map(|(_, _, _, b)| b)
         .collect();
-    assert_eq!(merges.len(), items.len(), "one merge per story, none refused");
+    assert_eq!(
+        merges.len(),
+        items.len(),
+        "one merge per story, none refused"
+    );
     let pulls = gitea.pulls.lock().unwrap().clone();
     assert_eq!(pulls.len(), items.len());
     assert!(pulls.iter().all(|p| p.merged));

@@ -138,9 +138,16 @@ async fn forty_stories_that_all_touch_the_changelog_all_merge() {
     assert_eq!(left, ["merged"]);
 }
 
-/// Holds the queue of the setup's repository: a named lock row in the queue's name, so
-/// that items reaching review wait in it, in the order they arrive.
-async fn hold_the_queue(setup: &Setup, holder: i64) -> String {
+/// Holds the queue of the setup's repository: a named lock row in the queue's name,
+/// held by a cancelled item, so that items reaching review wait in it, in the order
+/// they arrive.
+async fn hold_the_queue(setup: &Setup) -> String {
+    let holder = setup.ingest("Holds the queue", STORY).await;
+    sqlx::query("update work_items set phase = 'cancelled' where id = $1")
+        .bind(holder)
+        .execute(&setup.db.pool)
+        .await
+        .unwrap();
     let name: String = sqlx::query_scalar(
         "select damascus_merge_queue_lock(repository, default_branch) from projects where name = 'web'",
     )
@@ -193,13 +200,7 @@ echo "$DAMASCUS_ITEM_ID" > "change-$DAMASCUS_ITEM_ID.txt"
             p.max_attempts_per_phase = 1;
         })
         .await;
-    let holder = setup.ingest("Holds the queue", STORY).await;
-    sqlx::query("update work_items set phase = 'cancelled' where id = $1")
-        .bind(holder)
-        .execute(&setup.db.pool)
-        .await
-        .unwrap();
-    let lock = hold_the_queue(&setup, holder).await;
+    let lock = hold_the_queue(&setup).await;
     let mut items = Vec::new();
     for title in ["One", "Two", "Break the build", "Four"] {
         let item = setup.ingest(title, STORY).await;
@@ -302,13 +303,7 @@ fi
                 p.merge_batch_size = batch_size;
             })
             .await;
-        let holder = setup.ingest("Holds the queue", STORY).await;
-        sqlx::query("update work_items set phase = 'cancelled' where id = $1")
-            .bind(holder)
-            .execute(&setup.db.pool)
-            .await
-            .unwrap();
-        let lock = hold_the_queue(&setup, holder).await;
+        let lock = hold_the_queue(&setup).await;
         let first = setup.ingest("First", STORY).await;
         let second = setup.ingest("Second", STORY).await;
         setup.cycle().await;
@@ -458,13 +453,7 @@ async fn a_rebasing_project_rebases_the_branch_that_fell_behind() {
             p.merge_batch_size = 1;
         })
         .await;
-    let holder = setup.ingest("Holds the queue", STORY).await;
-    sqlx::query("update work_items set phase = 'cancelled' where id = $1")
-        .bind(holder)
-        .execute(&setup.db.pool)
-        .await
-        .unwrap();
-    let lock = hold_the_queue(&setup, holder).await;
+    let lock = hold_the_queue(&setup).await;
     let first = setup.ingest("First", STORY).await;
     let second = setup.ingest("Second", STORY).await;
     setup.cycle().await;

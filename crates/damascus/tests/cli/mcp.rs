@@ -152,6 +152,20 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
     assert_eq!(locked["gates"][0]["kind"], "lock");
     assert_eq!(locked["gates"][0]["lock"], "db-schema");
     assert_eq!(locked["gates"][0]["open"], false);
+    assert!(locked["merge_queue"].is_null());
+    // In review, it is in its repository's merge queue, and get_item says where.
+    sqlx::query("update work_items set phase = 'review' where id = $1")
+        .bind(locked["item"]["id"].as_i64().unwrap())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let queued = call("get_item", json!({"id": locked["item"]["id"]}))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    assert_eq!(queued["merge_queue"]["position"], 1);
+    assert_eq!(queued["merge_queue"]["base_branch"], "main");
 
     // Bad arguments: each a tool error, or a protocol error, that names the problem;
     // the server keeps serving.
