@@ -479,3 +479,74 @@ async fn a_rebasing_project_rebases_the_branch_that_fell_behind() {
             .is_ok());
     }
 }
+
+/// The agent fails to resolve a conflict at the head (it exits non-zero): the item goes
+/// back to build with that failure and what the agent spent is recorded; the rebuild
+/// takes main in first and resolves the conflict, and the item merges.
+#[tokio::test]
+async fn an_agent_that_fails_at_the_head_sends_the_item_back_to_build() {
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!(
+            r#"cat > /dev/null
+if [ "$DAMASCUS_TASK" = resolve-conflicts ]; then
+  echo '{{"type":"result","subtype":"error_max_turns","is_error":true,"total_cost_usd":0.1,"result":"gave up"}}'
+  exit 1
+fi
+echo "from item $DAMASCUS_ITEM_ID" > shared.txt
+{CLAUDE_OK}"#
+        ),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.test_command = Some("test -f shared.txt".into());
+        })
+        .await;
+    let lock = hold_the_queue(&setup).await;
+    let first = setup.ingest("First", STORY).await;
+    let second = setup.ingest("Second", STORY).await;
+    setup.cycle().await;
+    release_the_queue(&setup, &lock).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(first).await, "merged");
+    assert_eq!(setup.phase(second).await, "merged");
+    let (winner, loser) = if setup.steps(first).await.len() == 3 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(setup.steps(winner).await.len(), 3);
+    assert_eq!(
+        setup.steps(loser).await,
+        [
+            "spec>build",
+            "build>review",
+            "review>build",
+            "build>review",
+            "review>merged"
+        ]
+    );
+    let reason: String = sqlx::query_scalar(
+        "select payload->>'reason' from events_outbox
+         where item_id = $1 and kind = 'item.phase_changed' and payload->>'from' = 'review'
+         order by id limit 1",
+    )
+    .bind(loser)
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!(reason.contains("the agent exited with 1"), "{reason}");
+    let spent: f64 = sqlx::query_scalar(
+        "select coalesce(sum(usd), 0)::float8 from cost_ledger where item_id = $1 and phase = 'review'",
+    )
+    .bind(loser)
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!((spent - 0.1).abs() < 1e-9, "{spent}");
+    assert_eq!(
+        setup.remote_git().run(&["show", "main:shared.txt"]).await.unwrap(),
+        format!("from item {loser}")
+    );
+}
