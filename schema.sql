@@ -373,17 +373,19 @@ CREATE FUNCTION public.damascus_hand_over_lock() RETURNS trigger
 declare
     v_waiter bigint;
 begin
+    if not exists (select 1 from damascus_lock_waiters(old.name, old.item_id)) then
+        return null;
+    end if;
     for v_waiter in
-        select i.id from work_items i
-        where i.id in (select damascus_lock_waiters(old.name, old.item_id))
+        select i.id from damascus_lock_waiters(old.name, old.item_id) w (id)
+        join work_items i on i.id = w.id
         order by i.phase_entered_at, i.id
-        for update skip locked
+        for update of i skip locked
     loop
         update work_items set updated_at = now() where id = v_waiter;
         exit when exists (select 1 from named_locks where name = old.name);
     end loop;
-    if not exists (select 1 from named_locks where name = old.name)
-       and exists (select 1 from damascus_lock_waiters(old.name, old.item_id)) then
+    if not exists (select 1 from named_locks where name = old.name) then
         perform pg_notify('damascus_respawn', old.name);
     end if;
     return null;
@@ -424,20 +426,14 @@ $$;
 CREATE FUNCTION public.damascus_leave_merge_queue() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
-declare
-    v_position bigint;
 begin
-    select count(*) into v_position from merge_queue q, merge_queue me
-    where me.item_id = new.id and q.lock_name = me.lock_name
-      and (q.entered_at, q.item_id) <= (me.entered_at, me.item_id);
     delete from merge_queue where item_id = new.id;
     if found then
         update merge_queue set state = 'waiting', state_since = now(), batch_head = null,
             tested_commit = null
         where batch_head = new.id;
         insert into events_outbox (item_id, project_id, kind, payload)
-        values (new.id, new.project_id, 'merge_queue.left', jsonb_build_object(
-            'to', new.phase, 'position', v_position));
+        values (new.id, new.project_id, 'merge_queue.left', jsonb_build_object('to', new.phase));
     end if;
     return null;
 end;

@@ -89,20 +89,14 @@ create trigger work_items_enter_merge_queue_on_insert after insert on work_items
 -- waiting (its followers not recorded with it stay queued, in their places).
 create function damascus_leave_merge_queue() returns trigger
 language plpgsql as $$
-declare
-    v_position bigint;
 begin
-    select count(*) into v_position from merge_queue q, merge_queue me
-    where me.item_id = new.id and q.lock_name = me.lock_name
-      and (q.entered_at, q.item_id) <= (me.entered_at, me.item_id);
     delete from merge_queue where item_id = new.id;
     if found then
         update merge_queue set state = 'waiting', state_since = now(), batch_head = null,
             tested_commit = null
         where batch_head = new.id;
         insert into events_outbox (item_id, project_id, kind, payload)
-        values (new.id, new.project_id, 'merge_queue.left', jsonb_build_object(
-            'to', new.phase, 'position', v_position));
+        values (new.id, new.project_id, 'merge_queue.left', jsonb_build_object('to', new.phase));
     end if;
     return null;
 end;
@@ -143,6 +137,35 @@ begin
         where id = v_gate.id and opened_at is null;
     end loop;
     return true;
+end;
+$$;
+
+-- As in migration 14, with the common case first: every item that enters review now
+-- takes a lock (its queue's), so every item that leaves review releases one, and most
+-- releases have nobody waiting. That case is one lookup. The waiters are read through
+-- damascus_lock_waiters in FROM, where PostgreSQL inlines it (in a WHERE ... IN, it
+-- read every row of work_items).
+create or replace function damascus_hand_over_lock() returns trigger
+language plpgsql as $$
+declare
+    v_waiter bigint;
+begin
+    if not exists (select 1 from damascus_lock_waiters(old.name, old.item_id)) then
+        return null;
+    end if;
+    for v_waiter in
+        select i.id from damascus_lock_waiters(old.name, old.item_id) w (id)
+        join work_items i on i.id = w.id
+        order by i.phase_entered_at, i.id
+        for update of i skip locked
+    loop
+        update work_items set updated_at = now() where id = v_waiter;
+        exit when exists (select 1 from named_locks where name = old.name);
+    end loop;
+    if not exists (select 1 from named_locks where name = old.name) then
+        perform pg_notify('damascus_respawn', old.name);
+    end if;
+    return null;
 end;
 $$;
 

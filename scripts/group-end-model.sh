@@ -30,10 +30,14 @@ psql "$model_url" -qAt -v ON_ERROR_STOP=1 >/dev/null <<SQL
 select damascus_set_concurrency($group);
 insert into damascus_worker_processes (id, host, pid, concurrency, lease_ms)
     overriding system value values (1, 'model', 0, $group, 30000);
-insert into projects (name, repository) values ('model', '/model.git');
+-- Each item in a repository of its own: the items of one repository run one at a
+-- time, in their merge queue's order.
+with p as (
+    insert into projects (name, repository)
+    select 'model-' || g, '/model-' || g || '.git' from generate_series(1, $items) g
+    returning id, name)
 insert into work_items (project_id, title, body, phase, max_attempts_per_phase, max_attempts_total)
-select p.id, 'item ' || g, repeat('x', 256), 'review', 3, 10
-from projects p, generate_series(1, $items) g;
+select p.id, p.name, repeat('x', 256), 'review', 3, 10 from p;
 vacuum analyze;
 checkpoint;
 SQL

@@ -10,33 +10,41 @@ use sqlx::PgPool;
 use crate::error::DbResult;
 use crate::jobs::WorkerId;
 
-/// Inserts `n` items in phase review with a body of `body_bytes`; the spawn trigger
-/// gives each a job: `n` ready no-op jobs.
+/// Inserts `n` items in phase review with a body of `body_bytes`, each in a project
+/// (and repository) of its own, so that each heads its own merge queue; the spawn
+/// trigger gives each a job: `n` ready no-op jobs. (Items of one repository would run
+/// one at a time, in their queue's order.) Also makes the project `bench` for
+/// `seed_one_review_item`.
 pub async fn seed_review_items(pool: &PgPool, n: u64, body_bytes: usize) -> DbResult<()> {
     sqlx::query("insert into projects (name, repository) values ('bench', '/dev/null') on conflict (name) do nothing")
         .execute(pool)
         .await?;
     // In batches, so that a large backlog does not become one huge transaction.
-    let mut left = n as i64;
-    while left > 0 {
-        let batch = left.min(10_000);
+    let mut done = 0i64;
+    while done < n as i64 {
+        let batch = (n as i64 - done).min(10_000);
         sqlx::query(
-            "insert into work_items (project_id, title, body, phase, max_attempts_per_phase, max_attempts_total, source)
-             select p.id, 'bench ' || g, repeat('x', $2), 'review', 3, 10, 'bench'
-             from projects p, generate_series(1, $1) g where p.name = 'bench'",
+            "with p as (
+                insert into projects (name, repository)
+                select 'bench-' || g, '/dev/null/bench-' || g from generate_series($3 + 1, $3 + $1) g
+                returning id, name)
+             insert into work_items (project_id, title, body, phase, max_attempts_per_phase, max_attempts_total, source)
+             select p.id, p.name, repeat('x', $2), 'review', 3, 10, 'bench' from p",
         )
         .bind(batch)
         .bind(body_bytes as i32)
+        .bind(done)
         .execute(pool)
         .await?;
-        left -= batch;
+        done += batch;
     }
     sqlx::query("analyze").execute(pool).await?;
     Ok(())
 }
 
 /// One item made runnable in its own transaction (for pickup latency). Uses
-/// `seed_review_items`'s project, which must exist.
+/// `seed_review_items`'s project `bench`, which must exist; the probes run one at a
+/// time, so each finds the project's merge queue empty.
 pub async fn seed_one_review_item(pool: &PgPool) -> DbResult<()> {
     sqlx::query(
         "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total, source)
