@@ -1378,13 +1378,13 @@ ALTER TABLE ONLY public.projects
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_pkey PRIMARY KEY (id);
 
-CREATE INDEX coordination_gates_closed_idx ON public.coordination_gates USING btree (item_id) WHERE (opened_at IS NULL);
-
 CREATE INDEX coordination_gates_depends_on_idx ON public.coordination_gates USING btree (depends_on_item_id) WHERE (kind = 'depends_on'::public.gate_kind);
 
 CREATE INDEX coordination_gates_item_idx ON public.coordination_gates USING btree (item_id);
 
 CREATE INDEX coordination_gates_lock_name_idx ON public.coordination_gates USING btree (lock_name) WHERE (kind = 'lock'::public.gate_kind);
+
+CREATE INDEX coordination_gates_lock_waiters_idx ON public.coordination_gates USING btree (lock_name) WHERE ((kind = 'lock'::public.gate_kind) AND (opened_at IS NULL));
 
 CREATE INDEX cost_ledger_created_idx ON public.cost_ledger USING btree (created_at);
 

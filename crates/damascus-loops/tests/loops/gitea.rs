@@ -317,7 +317,7 @@ async fn the_changelog_case_through_the_gitea_api() {
         p.test_command = Some(CHANGELOG_TEST.into());
     })
     .await;
-    let items = changelog_case(&setup, 12).await;
+    let items = changelog_case(&setup, 12, setup.loops_config(None)).await;
     let seen = gitea.seen.lock().unwrap().clone();
     let merges: Vec<&Value> = seen
         .iter()

@@ -5,6 +5,7 @@
 mod agents;
 mod flow;
 mod gitea;
+mod github;
 mod merge_queue;
 mod model;
 mod support;

@@ -2,6 +2,7 @@
 //! will land, no agent run for a branch that merely fell behind, and main never red.
 
 use damascus_core::SpecMode;
+use damascus_loops::LoopsConfig;
 
 use crate::support::{Setup, CLAUDE_OK};
 
@@ -47,13 +48,13 @@ fn agent_runs(setup: &Setup) -> Vec<(i64, String)> {
         .collect()
 }
 
-pub async fn changelog_case(setup: &Setup, stories: usize) -> Vec<i64> {
+pub async fn changelog_case(setup: &Setup, stories: usize, config: LoopsConfig) -> Vec<i64> {
     let mut items = Vec::new();
     for n in 0..stories {
         items.push(setup.ingest(&format!("Change {n}"), STORY).await);
     }
     for _ in 0..5 {
-        setup.cycle_at(setup.loops_config(None), 4).await;
+        setup.cycle_at(config.clone(), 4).await;
         if setup.phase_counts().await == [format!("merged={stories}")] {
             break;
         }
@@ -116,7 +117,7 @@ async fn forty_stories_that_all_touch_the_changelog_all_merge() {
             p.test_command = Some(CHANGELOG_TEST.into());
         })
         .await;
-    changelog_case(&setup, 40).await;
+    changelog_case(&setup, 40, setup.loops_config(None)).await;
     // The queue is empty, and it left a trace in each item's events.
     let queued: i64 = sqlx::query_scalar("select count(*) from merge_queue")
         .fetch_one(&setup.db.pool)
@@ -546,7 +547,11 @@ echo "from item $DAMASCUS_ITEM_ID" > shared.txt
     .unwrap();
     assert!((spent - 0.1).abs() < 1e-9, "{spent}");
     assert_eq!(
-        setup.remote_git().run(&["show", "main:shared.txt"]).await.unwrap(),
+        setup
+            .remote_git()
+            .run(&["show", "main:shared.txt"])
+            .await
+            .unwrap(),
         format!("from item {loser}")
     );
 }

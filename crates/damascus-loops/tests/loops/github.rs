@@ -1,0 +1,234 @@
+//! The merge queue through the GitHub client, against a server inside the test that
+//! speaks GitHub's REST API v3 (pull requests found by `head=owner:branch`, merged with
+//! `PUT …/merge` naming the tested `sha`) over a real bare repository, so each merge is
+//! a real commit.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use damascus_core::ForgeKind;
+use damascus_forge::{Forge, LocalForge};
+use damascus_git::{Git, Identity};
+use serde_json::{json, Value};
+
+use crate::merge_queue::{changelog_agent, changelog_case, changelog_setup, CHANGELOG_TEST};
+
+#[derive(Clone)]
+struct FakeGithub {
+    remote: std::path::PathBuf,
+    /// number, branch, merged
+    pulls: Arc<Mutex<Vec<(i64, String, bool)>>>,
+    /// Every merge request's body.
+    merges: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeGithub {
+    async fn head_of(&self, branch: &str) -> Option<String> {
+        Git::new(&self.remote, Identity::default())
+            .resolve(&format!("refs/heads/{branch}"))
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, number: i64, branch: &str, merged: bool) -> Value {
+        let sha = self.head_of(branch).await.unwrap_or_default();
+        json!({
+            "number": number,
+            "html_url": format!("https://github.test/acme/web/pull/{number}"),
+            "state": if merged { "closed" } else { "open" },
+            "merged_at": if merged { Some("2026-12-02T00:00:00Z") } else { None },
+            "head": { "ref": branch, "sha": sha },
+            "base": { "ref": "main" },
+            "mergeable": !merged,
+            "mergeable_state": "clean",
+        })
+    }
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .is_some_and(|v| v == "Bearer ghp_test")
+}
+
+async fn create(
+    State(g): State<FakeGithub>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let branch = body["head"].as_str().unwrap_or_default().to_owned();
+    if g.head_of(&branch).await.is_none() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"message": "Validation Failed"})),
+        )
+            .into_response();
+    }
+    let number = {
+        let mut pulls = g.pulls.lock().unwrap();
+        if pulls.iter().any(|(_, b, merged)| *b == branch && !merged) {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"message": "Validation Failed", "errors": [{"message": "A pull request already exists for acme:x."}]})),
+            )
+                .into_response();
+        }
+        let number = pulls.len() as i64 + 1;
+        pulls.push((number, branch.clone(), false));
+        number
+    };
+    (
+        StatusCode::CREATED,
+        Json(g.json(number, &branch, false).await),
+    )
+        .into_response()
+}
+
+async fn list(
+    State(g): State<FakeGithub>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let branch = q
+        .get("head")
+        .and_then(|h| h.strip_prefix("acme:"))
+        .unwrap_or_default()
+        .to_owned();
+    let rows = g.pulls.lock().unwrap().clone();
+    let mut out = Vec::new();
+    for (n, b, merged) in rows.iter().filter(|(_, b, _)| *b == branch) {
+        out.push(g.json(*n, b, *merged).await);
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+async fn one(
+    State(g): State<FakeGithub>,
+    headers: HeaderMap,
+    Path((_, _, n)): Path<(String, String, i64)>,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let row = g.pulls.lock().unwrap().iter().find(|p| p.0 == n).cloned();
+    match row {
+        Some((n, b, m)) => Json(g.json(n, &b, m).await).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn merge(
+    State(g): State<FakeGithub>,
+    headers: HeaderMap,
+    Path((_, _, n)): Path<(String, String, i64)>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    g.merges.lock().unwrap().push(body.clone());
+    let Some((_, branch, _)) = g.pulls.lock().unwrap().iter().find(|p| p.0 == n).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let sha = body["sha"].as_str().unwrap_or_default();
+    // GitHub: 409 when the head is not the `sha` named.
+    if g.head_of(&branch).await.as_deref() != Some(sha) {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"message": "Head branch was modified. Review and try the merge again."})),
+        )
+            .into_response();
+    }
+    let message = body["commit_title"].as_str().unwrap_or("Merge");
+    match LocalForge::new(&g.remote, Identity::default())
+        .merge(&branch, "main", sha, message)
+        .await
+    {
+        Ok(outcome) => {
+            g.pulls
+                .lock()
+                .unwrap()
+                .iter_mut()
+                .find(|p| p.0 == n)
+                .unwrap()
+                .2 = true;
+            let sha = match outcome {
+                damascus_forge::MergeOutcome::Merged { commit } => commit,
+                damascus_forge::MergeOutcome::AlreadyMerged => String::new(),
+            };
+            Json(json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Json(json!({"message": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn comment(headers: HeaderMap) -> Response {
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
+}
+
+async fn serve(g: FakeGithub) -> String {
+    let app = Router::new()
+        .route("/repos/{owner}/{repo}/pulls", post(create).get(list))
+        .route("/repos/{owner}/{repo}/pulls/{n}", get(one))
+        .route("/repos/{owner}/{repo}/pulls/{n}/merge", put(merge))
+        .route("/repos/{owner}/{repo}/issues/{n}/comments", post(comment))
+        .with_state(g);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Stories that all add a line to CHANGELOG.md, four at a time, through the GitHub
+/// API: every one merges with a `PUT …/merge` that names the commit the queue tested.
+#[tokio::test]
+async fn the_changelog_case_through_the_github_api() {
+    let setup = changelog_setup().await;
+    let agent = changelog_agent(&setup);
+    let github = FakeGithub {
+        remote: setup.remote.clone(),
+        pulls: Arc::default(),
+        merges: Arc::default(),
+    };
+    let url = serve(github.clone()).await;
+    setup
+        .project(&agent, damascus_core::SpecMode::Passthrough, |p| {
+            p.forge_kind = ForgeKind::Github;
+            p.forge_repo = Some("acme/web".into());
+            p.forge_url = Some(url.clone());
+            p.test_command = Some(CHANGELOG_TEST.into());
+        })
+        .await;
+    let mut config = setup.loops_config(None);
+    config.github_token = Some("ghp_test".into());
+    let items = changelog_case(&setup, 8, config).await;
+    let merges = github.merges.lock().unwrap().clone();
+    assert_eq!(
+        merges.len(),
+        items.len(),
+        "one merge per story, none refused"
+    );
+    let remote = setup.remote_git();
+    for body in &merges {
+        let tested = body["sha"].as_str().unwrap();
+        assert!(remote.is_ancestor(tested, "main").await.unwrap());
+    }
+}
