@@ -71,6 +71,25 @@ async fn status_reports_schema_and_counts() {
     assert_eq!(cells[0], "db", "{out}");
     assert!(cells[1] == "2" || cells[1] == "3", "{out}");
     assert_eq!(cells.last(), Some(&"1"), "one waits: {out}");
+    // Both are in web's merge queue, in the order they entered review.
+    assert!(out.contains("merge queues"), "{out}");
+    let queued: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("/srv/git/web.git main"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(queued.len(), 2, "{out}");
+    assert_eq!(&queued[0][2..5], ["1/2", "2", "web"], "{out}");
+    assert_eq!(&queued[1][2..5], ["2/2", "3", "web"], "{out}");
+    assert!(
+        !out.contains("merge-queue "),
+        "the queue's lock is shown as the queue: {out}"
+    );
+    let shown = ok(run(&db, &["show", "3"], ""));
+    assert!(
+        shown.contains("queue      2 of 2 into /srv/git/web.git main: waiting since"),
+        "{shown}"
+    );
     // An event the relay gave up on is shown, with where to read why.
     sqlx::query("update events_outbox set dead_at = now(), delivery_attempts = 10 where id = 1")
         .execute(&db.pool)
