@@ -392,6 +392,15 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_human_issue_on_answer() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    new.on_answer := coalesce(new.on_answer, new.phase);
+    return new;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_job_channel() RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ select 'damascus.advance'::text $$;
@@ -987,7 +996,9 @@ CREATE TABLE public.human_issues (
     answered_by text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     resolved_at timestamp with time zone,
+    on_answer public.work_phase NOT NULL,
     CONSTRAINT human_issues_answered_has_answer CHECK (((status = 'answered'::public.human_issue_status) = (answer IS NOT NULL))),
+    CONSTRAINT human_issues_on_answer_working CHECK ((on_answer = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase]))),
     CONSTRAINT human_issues_question_present CHECK ((btrim(question) <> ''::text)),
     CONSTRAINT human_issues_resolved_has_time CHECK (((status = 'open'::public.human_issue_status) = (resolved_at IS NULL)))
 );
@@ -1421,6 +1432,8 @@ CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
 
 CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL) AND (new.kind <> 'lock'::public.gate_kind))) EXECUTE FUNCTION public.damascus_gate_opened();
+
+CREATE TRIGGER human_issues_on_answer BEFORE INSERT ON public.human_issues FOR EACH ROW EXECUTE FUNCTION public.damascus_human_issue_on_answer();
 
 CREATE TRIGGER named_locks_hand_over AFTER DELETE ON public.named_locks FOR EACH ROW EXECUTE FUNCTION public.damascus_hand_over_lock();
 

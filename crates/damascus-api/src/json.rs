@@ -243,7 +243,12 @@ impl From<damascus_db::merge_queue::QueueEntry> for MergeQueueJson {
 pub struct HumanIssueJson {
     pub id: i64,
     pub item_id: i64,
+    /// The phase the item left (a retry re-runs it as it is).
     pub phase: String,
+    /// Where an answer resumes the item: build (rebuilt with the answer), spec or review.
+    pub on_answer: String,
+    /// What answering does, and the other ways out (retry, cancel).
+    pub hint: String,
     pub question: String,
     pub context: String,
     pub status: String,
@@ -259,6 +264,8 @@ impl From<HumanIssue> for HumanIssueJson {
             id: h.id,
             item_id: h.item_id,
             phase: h.phase.to_string(),
+            on_answer: h.on_answer.to_string(),
+            hint: damascus_core::answer_hint(h.item_id, h.phase, h.on_answer),
             question: h.question,
             context: h.context,
             status: h.status.to_string(),

@@ -21,6 +21,6 @@ pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};
 pub use story::{Story, StoryError};
 pub use verdict::{
-    decide, next_phase, BatchVerdict, Budget, CostEntry, PhaseOutput, PhaseReport, Transition,
-    Verdict,
+    answer_hint, decide, next_phase, on_answer, runs_to_merge, BatchVerdict, Budget, CostEntry,
+    PhaseOutput, PhaseReport, Transition, Verdict,
 };

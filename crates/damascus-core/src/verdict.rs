@@ -196,6 +196,45 @@ pub fn decide(phase: Phase, budget: Budget, verdict: &Verdict) -> Transition {
     }
 }
 
+/// Where a blocked item resumes when a person answers its question, from why it
+/// stopped: `left` is the phase it would re-run as it is (its `resume_phase`), `verdict`
+/// the verdict that blocked it. A change that failed (its build, or its tests in review)
+/// is rebuilt, with the answer in the agent's prompt: re-running the same tests on the
+/// same commit would fail the same way. Anything else resumes where it left: a question
+/// a phase asked (the spec-refiner's, a forge's refusal), a budget spent after a pass, a
+/// transient failure out of retries.
+pub fn on_answer(left: Phase, verdict: crate::VerdictKind) -> Phase {
+    match (verdict, left) {
+        (crate::VerdictKind::Fail, Phase::Build | Phase::Review) => Phase::Build,
+        _ => left,
+    }
+}
+
+/// The counted runs an item needs at the least from `phase` to merged: one per phase
+/// still ahead of it, this one included. An answer grants at least this many.
+pub fn runs_to_merge(phase: Phase) -> i32 {
+    match phase {
+        Phase::Intake | Phase::Spec => 3,
+        Phase::Build => 2,
+        Phase::Review => 1,
+        _ => 0,
+    }
+}
+
+/// What answering a question does, and the operator's other ways out, in the words the
+/// CLI, the API, MCP and the web UI show with the question.
+pub fn answer_hint(item_id: i64, left: Phase, on_answer: Phase) -> String {
+    let answer = match on_answer {
+        Phase::Build => "answer with guidance to rebuild the change with it",
+        Phase::Spec => "answer with guidance to write the spec again with it",
+        Phase::Review => "answer to send it to the merge queue again",
+        _ => "answer to resume it",
+    };
+    format!(
+        "{answer}; `damascus item retry {item_id}` re-runs {left} as it is; `damascus item cancel {item_id}` stops it"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +326,39 @@ mod tests {
         assert_eq!(t.resume_phase, Some(Phase::Spec));
         assert_eq!(t.question.as_deref(), Some("Which database?"));
         assert_eq!((t.phase_attempts, t.attempts_total), (1, 1));
+    }
+
+    #[test]
+    fn an_answer_resumes_where_the_cause_of_the_block_says() {
+        use crate::VerdictKind::*;
+        let check =
+            |left, verdict, to| assert_eq!(on_answer(left, verdict), to, "{left} {verdict}");
+        // A failure in review or build: rebuild with the answer.
+        check(Phase::Review, Fail, Phase::Build);
+        check(Phase::Build, Fail, Phase::Build);
+        // The spec failed or asked: write it again.
+        check(Phase::Spec, Fail, Phase::Spec);
+        check(Phase::Spec, NeedsHuman, Phase::Spec);
+        // A question a forge or a budget raised: resume where it stopped.
+        check(Phase::Build, NeedsHuman, Phase::Build);
+        check(Phase::Review, NeedsHuman, Phase::Review);
+        // A pass that used the last attempt: go on.
+        check(Phase::Review, Pass, Phase::Review);
+        // A transient failure out of retries: the phase it left.
+        check(Phase::Review, TransientError, Phase::Review);
+        check(Phase::Spec, TransientError, Phase::Spec);
+        assert_eq!(
+            (
+                runs_to_merge(Phase::Spec),
+                runs_to_merge(Phase::Build),
+                runs_to_merge(Phase::Review)
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            answer_hint(7, Phase::Review, Phase::Build),
+            "answer with guidance to rebuild the change with it; `damascus item retry 7` re-runs review as it is; `damascus item cancel 7` stops it"
+        );
     }
 
     /// Termination: any sequence of counted verdicts reaches a final or blocked phase

@@ -1,7 +1,9 @@
-//! Answering a person's question: the issue is answered and its item resumes in the
-//! phase it left, in one transaction; the spawn trigger gives the item its job, so the
-//! next worker picks it up at once. The answer reaches the next prompt through the
-//! item's answered issues.
+//! Answering a person's question: the issue is answered and its item resumes where the
+//! question says an answer takes it (`on_answer`: a failed change is rebuilt, anything
+//! else resumes the phase it left), with a fresh phase budget and enough total attempts
+//! for one round from there to merged, in one transaction; the spawn trigger gives the
+//! item its job, so the next worker picks it up at once. The answer reaches the next
+//! prompt through the item's answered issues.
 
 use damascus_core::Phase;
 use serde_json::json;
@@ -42,11 +44,14 @@ pub async fn answer(
         .bind(item_id)
         .execute(&mut *tx)
         .await?;
-    let status: String =
-        sqlx::query_scalar("select status::text from human_issues where id = $1 for update")
-            .bind(issue_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let asked = sqlx::query(
+        "select status::text as status, on_answer::text as on_answer from human_issues where id = $1 for update",
+    )
+    .bind(issue_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let status: String = asked.try_get("status")?;
+    let on_answer: Phase = parse_enum(&asked, "on_answer")?;
     if status != "open" {
         return Err(DbError::HumanIssueClosed {
             id: issue_id,
@@ -71,14 +76,18 @@ pub async fn answer(
     let phase: Phase = parse_enum(&item, "phase")?;
     let resume: Option<Phase> = parse_opt_enum(&item, "resume_phase")?;
     let resumed_in = match (phase, resume) {
-        (Phase::Blocked, Some(resume)) => {
-            // A fresh per-phase budget: the person changed something.
+        (Phase::Blocked, Some(_)) => {
+            let resume = on_answer;
+            // A fresh per-phase budget, and room for one round from there to merged:
+            // the person changed something.
             sqlx::query(
-                "update work_items set phase = resume_phase, resume_phase = null, phase_attempts = 0,
-                    max_attempts_total = greatest(max_attempts_total, attempts_total + 1)
+                "update work_items set phase = $2::work_phase, resume_phase = null, phase_attempts = 0,
+                    max_attempts_total = greatest(max_attempts_total, attempts_total + $3)
                  where id = $1",
             )
             .bind(item_id)
+            .bind(resume.as_str())
+            .bind(damascus_core::runs_to_merge(resume))
             .execute(&mut *tx)
             .await?;
             events::record(

@@ -264,7 +264,10 @@ pub async fn get_item<'e>(db: impl PgExecutor<'e>, id: i64) -> DbResult<WorkItem
 pub struct HumanIssue {
     pub id: i64,
     pub item_id: i64,
+    /// The phase the item left; a retry re-runs it as it is.
     pub phase: Phase,
+    /// Where an answer resumes the item (`damascus_core::on_answer`).
+    pub on_answer: Phase,
     pub question: String,
     pub context: String,
     pub status: HumanIssueStatus,
@@ -279,6 +282,7 @@ fn human_issue_from_row(row: &PgRow) -> DbResult<HumanIssue> {
         id: row.try_get("id")?,
         item_id: row.try_get("item_id")?,
         phase: parse_enum(row, "phase")?,
+        on_answer: parse_enum(row, "on_answer")?,
         question: row.try_get("question")?,
         context: row.try_get("context")?,
         status: parse_enum(row, "status")?,
@@ -294,7 +298,8 @@ pub async fn human_issues_for_item<'e>(
     item_id: i64,
 ) -> DbResult<Vec<HumanIssue>> {
     let rows = sqlx::query(
-        "select id, item_id, phase::text as phase, question, context, status::text as status, answer,
+        "select id, item_id, phase::text as phase, on_answer::text as on_answer, question, context,
+                status::text as status, answer,
                 answered_by, created_at, resolved_at
          from human_issues where item_id = $1 order by id",
     )
@@ -364,7 +369,8 @@ pub async fn list_human_issues(
     limit: i64,
 ) -> DbResult<Vec<HumanIssue>> {
     let rows = sqlx::query(
-        "select id, item_id, phase::text as phase, question, context, status::text as status, answer,
+        "select id, item_id, phase::text as phase, on_answer::text as on_answer, question, context,
+                status::text as status, answer,
                 answered_by, created_at, resolved_at
          from human_issues where ($1::human_issue_status is null or status = $1::human_issue_status)
          order by id desc limit $2",

@@ -232,7 +232,8 @@ pub(crate) async fn apply_verdicts(
                 _ => String::new(),
             };
             let resume = transition.resume_phase.unwrap_or(item.phase);
-            open_human_issue(conn, item, resume, question, &context).await?;
+            let on_answer = damascus_core::on_answer(resume, verdict.kind());
+            open_human_issue(conn, item, resume, on_answer, question, &context).await?;
         }
     }
     Ok(transitions)
@@ -398,18 +399,24 @@ pub(crate) async fn block_item(
         &json!({ "from": item.phase, "to": Phase::Blocked, "verdict": "transient_error", "reason": question }),
     )
     .await?;
-    open_human_issue(conn, item, item.phase, question, context).await
+    let on_answer =
+        damascus_core::on_answer(item.phase, damascus_core::VerdictKind::TransientError);
+    open_human_issue(conn, item, item.phase, on_answer, question, context).await
 }
 
+/// Opens the item's question: `phase` is the phase it left (re-run as it is by a
+/// retry), `on_answer` where an answer resumes it.
 async fn open_human_issue(
     conn: &mut PgConnection,
     item: &LockedItem,
     phase: Phase,
+    on_answer: Phase,
     question: &str,
     context: &str,
 ) -> DbResult<()> {
     let issue_id: Option<i64> = sqlx::query_scalar(
-        "insert into human_issues (item_id, phase, question, context) values ($1, $2::work_phase, $3, $4)
+        "insert into human_issues (item_id, phase, on_answer, question, context)
+         values ($1, $2::work_phase, $5::work_phase, $3, $4)
          on conflict (item_id) where status = 'open' do nothing
          returning id",
     )
@@ -417,6 +424,7 @@ async fn open_human_issue(
     .bind(phase.as_str())
     .bind(question)
     .bind(context)
+    .bind(on_answer.as_str())
     .fetch_optional(&mut *conn)
     .await?;
     events::record(
@@ -424,7 +432,7 @@ async fn open_human_issue(
         Some(item.id),
         Some(item.project_id),
         "item.blocked",
-        &json!({ "human_issue_id": issue_id, "question": question, "resume_phase": phase }),
+        &json!({ "human_issue_id": issue_id, "question": question, "resume_phase": phase, "on_answer": on_answer }),
     )
     .await?;
     Ok(())

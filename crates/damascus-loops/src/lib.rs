@@ -319,23 +319,41 @@ pub(crate) fn forge_for(
     }
 }
 
-/// What the item's people said so far, for the next prompt.
+/// What the item's people said so far, for the next prompt, oldest first: each question
+/// with the output that led to it and the answer, under a heading of its own.
 pub(crate) async fn answers(input: &PhaseInput) -> String {
     let issues = damascus_db::items::human_issues_for_item(&input.job.pool, input.item.id)
         .await
         .unwrap_or_default();
+    guidance(&issues)
+}
+
+fn guidance(issues: &[damascus_db::items::HumanIssue]) -> String {
     let mut text = String::new();
-    for issue in issues.iter().filter(|i| i.answer.is_some()) {
+    for issue in issues {
+        let Some(answer) = &issue.answer else {
+            continue;
+        };
         text.push_str(&format!(
-            "\nQuestion: {}\nAnswer: {}\n",
-            issue.question,
-            issue.answer.as_deref().unwrap_or_default()
+            "\n### Damascus asked\n{}\n",
+            issue.question.trim()
+        ));
+        if !issue.context.trim().is_empty() {
+            text.push_str(&format!(
+                "\nThe output that led to the question:\n```\n{}\n```\n",
+                issue.context.trim_end()
+            ));
+        }
+        text.push_str(&format!(
+            "\n### {} answered\n{}\n",
+            issue.answered_by.as_deref().unwrap_or("A person"),
+            answer.trim()
         ));
     }
     if text.is_empty() {
         text
     } else {
-        format!("\n## Answers from the people responsible\n{text}")
+        format!("\n## Guidance from the people responsible (follow it)\n{text}")
     }
 }
 

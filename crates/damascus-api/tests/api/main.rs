@@ -415,6 +415,12 @@ async fn answering_resumes_the_item_once() {
         .unwrap();
     let (_, open) = app.get("/v1/human-issues?status=open").await;
     assert_eq!(open["human_issues"][0]["question"], "Which DB?");
+    // A question typed into psql resumes where the item left, and says so.
+    assert_eq!(open["human_issues"][0]["on_answer"], "spec");
+    assert_eq!(
+        open["human_issues"][0]["hint"],
+        format!("answer with guidance to write the spec again with it; `damascus item retry {id}` re-runs spec as it is; `damascus item cancel {id}` stops it")
+    );
 
     let path = format!("/v1/human-issues/{issue}/answer");
     let (status, body) = app.post(&path, &json!({"answer": " "})).await;

@@ -65,60 +65,109 @@ async fn a_story_goes_from_spec_to_a_merged_commit() {
     assert_eq!(ledger, ("build".into(), "agent".into(), 0.25));
 }
 
+/// A review that fails until the budget runs out blocks with a question; the answer
+/// sends the item back to build (not to the same failing test), the agent's prompt
+/// carries the question, the failing output and the answer, and the item merges.
 #[tokio::test]
-async fn failing_tests_bounce_until_the_budget_then_an_answer_resumes() {
+async fn an_answer_to_a_failed_review_rebuilds_with_the_guidance() {
     let setup = Setup::new().await;
+    let prompts = setup.dir.path().join("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    // Writes farewell.txt only when its prompt says so, as an agent that needs to be
+    // told would.
     let agent = setup.agent(
         "agent.sh",
         &format!(
-            "cat > /dev/null\necho goodbye > hello.txt\ndate +%s%N >> attempts.txt\n{CLAUDE_OK}"
+            r#"prompt=$(cat)
+n=$(ls '{dir}' | wc -l)
+printf '%s' "$prompt" > '{dir}'/prompt-$n.txt
+case "$prompt" in
+  *"Write farewell.txt"*) echo goodbye > farewell.txt ;;
+esac
+date +%s%N >> attempts.txt
+{CLAUDE_OK}"#,
+            dir = prompts.display()
         ),
     );
     setup
         .project(&agent, SpecMode::Passthrough, |p| {
             p.max_attempts_per_phase = 2;
-            p.max_attempts_total = 5;
+            p.max_attempts_total = 3;
         })
         .await;
-    let item = setup.ingest("Greeting", GREETING).await;
+    let farewell = "Say goodbye.\n\n## Acceptance criteria\n- farewell.txt says goodbye\n\n## Test command\n`grep -qx goodbye farewell.txt`\n";
+    let item = setup.ingest("Farewell", farewell).await;
     setup.cycle().await;
     assert_eq!(setup.phase(item).await, "blocked");
-    // spec, then build/review pairs until the total budget of 5 runs is used.
+    assert_eq!(
+        setup.steps(item).await,
+        ["spec>build", "build>review", "review>blocked"]
+    );
+    let (issue, question) = setup.open_question(item).await;
+    assert!(
+        question.contains("grep -qx goodbye farewell.txt") && question.contains("total budget"),
+        "{question}"
+    );
+    let asked = damascus_db::items::human_issues_for_item(&setup.db.pool, item)
+        .await
+        .unwrap();
+    assert_eq!(
+        asked[0].phase,
+        damascus_core::Phase::Review,
+        "a retry re-runs review"
+    );
+    assert_eq!(
+        asked[0].on_answer,
+        damascus_core::Phase::Build,
+        "an answer rebuilds"
+    );
+
+    let answered = damascus_db::human::answer(
+        &setup.db.pool,
+        issue,
+        "Write farewell.txt with the single line goodbye.",
+        "ana",
+    )
+    .await
+    .unwrap();
+    assert_eq!(answered.resumed_in, Some(damascus_core::Phase::Build));
+    assert_eq!(setup.phase(item).await, "build");
+    setup.cycle().await;
+    assert_eq!(setup.phase(item).await, "merged");
+    // No review ran between the answer and the build that followed it.
     assert_eq!(
         setup.steps(item).await,
         [
             "spec>build",
             "build>review",
-            "review>build",
+            "review>blocked",
+            "blocked>build",
             "build>review",
-            "review>blocked"
+            "review>merged"
         ]
     );
-    let (issue, question) = setup.open_question(item).await;
-    assert!(
-        question.contains("grep -qx hello hello.txt") && question.contains("total budget"),
-        "{question}"
+    // The rebuild's prompt quoted the question, the failing output and the answer, once.
+    let last = std::fs::read_to_string(prompts.join("prompt-1.txt")).unwrap();
+    assert_eq!(
+        last.matches("Write farewell.txt with the single line goodbye.")
+            .count(),
+        1,
+        "{last}"
     );
-    // Nothing was merged.
-    assert!(setup
-        .remote_git()
-        .run(&["show", "main:hello.txt"])
-        .await
-        .is_err());
-
-    let answered = damascus_db::human::answer(
-        &setup.db.pool,
-        issue,
-        "hello.txt must say hello, not goodbye",
-        "test",
-    )
-    .await
-    .unwrap();
-    assert_eq!(answered.resumed_in, Some(damascus_core::Phase::Review));
-    assert_eq!(setup.phase(item).await, "review");
-    // The answer resumed the item; it fails again (the agent is stubborn) and blocks.
-    setup.cycle().await;
-    assert_eq!(setup.phase(item).await, "blocked");
+    assert!(
+        last.contains("## Guidance from the people responsible"),
+        "{last}"
+    );
+    assert!(last.contains("### ana answered"), "{last}");
+    assert!(last.contains("total budget"), "{last}");
+    assert_eq!(
+        setup
+            .remote_git()
+            .run(&["show", "main:farewell.txt"])
+            .await
+            .unwrap(),
+        "goodbye"
+    );
 }
 
 /// Budgets are checked before each agent call: once the project's daily budget is

@@ -141,6 +141,12 @@ pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
         println!("\nquestions");
         for q in &questions {
             println!("  #{} [{}] ({}) {}", q.id, q.status, q.phase, q.question);
+            if q.status == damascus_core::HumanIssueStatus::Open {
+                println!(
+                    "      {}",
+                    damascus_core::answer_hint(q.item_id, q.phase, q.on_answer)
+                );
+            }
             if let Some(answer) = &q.answer {
                 println!("      answer: {answer}");
             }

@@ -42,7 +42,7 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         "",
     ));
     assert!(
-        answered.contains("the item resumes in review"),
+        answered.contains("the item resumes in build"),
         "{answered}"
     );
     let cycled = ok(damascus()
