@@ -59,14 +59,17 @@ try {
   await page.locator(`tr[data-item="${farewell.id}"]`).click();
   await page.getByText("answer with guidance to rebuild the change with it").waitFor({ timeout: 10000 });
   const answer = page.getByLabel("Your answer");
-  await answer.fill("farewell.txt must hold the word goodbye");
+  await answer.fill("Write farewell.txt with the single line goodbye.");
   await page.screenshot({ path: `${ARTIFACTS}/3-question.png`, fullPage: true });
   await page.getByRole("button", { name: "Answer" }).click();
-  await page.getByText("Answer: farewell.txt must hold the word goodbye").waitFor({ timeout: 10000 });
+  await page.getByText("Answer: Write farewell.txt with the single line goodbye.").waitFor({ timeout: 10000 });
   await page.locator("#drawer-body .timeline", { hasText: "blocked → build" }).waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${ARTIFACTS}/4-answered.png`, fullPage: true });
+  // The answer reached the agent, which followed it: the item merges.
+  await page.locator(`tr[data-item="${farewell.id}"] [data-phase="merged"]`).waitFor({ timeout: 60000 });
   const item = await api(`/v1/items/${farewell.id}`);
   assert.equal(item.human_issues[0].status, "answered");
+  assert.equal(item.item.phase, "merged");
   console.log("browser test passed");
 } finally {
   await browser.close();

@@ -148,3 +148,65 @@ async fn a_model_that_times_out_is_retried_then_blocks() {
         "{question}"
     );
 }
+
+/// A question the spec-refiner raised, answered: the refiner's next request carries the
+/// question and the answer, the model writes the spec, and the item goes on to build
+/// (and here, to merged).
+#[tokio::test]
+async fn an_answered_spec_question_reaches_the_model() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let requests = seen.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let requests = requests.clone();
+            async move {
+                let prompt = body["messages"][1]["content"].as_str().unwrap().to_owned();
+                requests.lock().unwrap().push(prompt.clone());
+                let content = if prompt.contains("Use hello, in lowercase.") {
+                    r#"{"summary":"Write hello.","acceptance_criteria":["hello.txt holds hello"],"test_command":"grep -qx hello hello.txt","questions":[]}"#
+                } else {
+                    r#"{"questions":["Which greeting: hello or hi?"]}"#
+                };
+                Json(json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{CLAUDE_OK}"),
+    );
+    setup.project(&agent, SpecMode::Refine, |_| {}).await;
+    let item = setup.ingest("Greeting", "Greet the reader.").await;
+    let config = setup.loops_config(Some(llm(addr, Duration::from_secs(10))));
+    setup.cycle_with(config.clone()).await;
+    assert_eq!(setup.phase(item).await, "blocked");
+    let (issue, question) = setup.open_question(item).await;
+    assert_eq!(question, "Which greeting: hello or hi?");
+    let answered =
+        damascus_db::human::answer(&setup.db.pool, issue, "Use hello, in lowercase.", "ana")
+            .await
+            .unwrap();
+    assert_eq!(answered.resumed_in, Some(damascus_core::Phase::Spec));
+    setup.cycle_with(config).await;
+    assert_eq!(setup.phase(item).await, "merged");
+    let prompts = seen.lock().unwrap().clone();
+    assert_eq!(prompts.len(), 2);
+    assert!(!prompts[0].contains("Guidance"), "{}", prompts[0]);
+    assert!(
+        prompts[1].contains("### Damascus asked\nWhich greeting: hello or hi?")
+            && prompts[1].contains("### ana answered\nUse hello, in lowercase."),
+        "{}",
+        prompts[1]
+    );
+}

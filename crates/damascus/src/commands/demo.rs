@@ -121,7 +121,11 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         for issue in items::human_issues_for_item(&db.pool, item.id).await? {
             if issue.answer.is_none() {
                 println!("  question #{}: {}", issue.id, issue.question);
-                println!("  answer it with: damascus answer {} \"...\"", issue.id);
+                println!(
+                    "  answer it with: damascus answer {} \"Write farewell.txt with the single line goodbye.\"",
+                    issue.id
+                );
+                println!("  then run it on: damascus cycle");
             }
         }
     }

@@ -34,17 +34,18 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         .unwrap();
     assert_eq!(phases, ["merged", "blocked"]);
 
-    // Answering resumes the blocked item; a cycle runs it (and it fails again: the
-    // scripted agent never writes farewell.txt).
+    // Answering rebuilds the blocked item with the guidance; the scripted agent follows
+    // it, and a cycle merges the item.
     let answered = ok(run(
         &db,
-        &["answer", "1", "write farewell.txt with goodbye"],
+        &[
+            "answer",
+            "1",
+            "Write farewell.txt with the single line goodbye.",
+        ],
         "",
     ));
-    assert!(
-        answered.contains("the item resumes in build"),
-        "{answered}"
-    );
+    assert!(answered.contains("the item resumes in build"), "{answered}");
     let cycled = ok(damascus()
         .env("DATABASE_URL", &db.url)
         .args([
@@ -56,7 +57,8 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         ])
         .output()
         .unwrap());
-    assert!(cycled.contains("review -> blocked: 1"), "{cycled}");
+    assert!(cycled.contains("review -> merged: 1"), "{cycled}");
+    assert!(!cycled.contains("blocked"), "{cycled}");
 
     // The agent's and the tests' output, per item.
     let data = dir.path().to_str().unwrap();
@@ -73,19 +75,32 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         logs.contains("review-") && logs.contains("No such file or directory"),
         "{logs}"
     );
-    // Operator controls.
-    assert!(ok(run(&db, &["item", "retry", "2"], ""))
-        .contains("back in review with a fresh attempt budget"));
+    // Operator controls, on an item blocked by hand in review.
     refused(
         run(&db, &["item", "retry", "2"], ""),
         1,
+        &["merged, not blocked", "only blocked items"],
+    );
+    let blocked: i64 = sqlx::query_scalar(
+        "insert into work_items (project_id, title, phase, resume_phase, max_attempts_per_phase, max_attempts_total)
+         select id, 'Blocked by hand', 'blocked', 'review', 3, 10 from projects where name = 'demo'
+         returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let id = blocked.to_string();
+    assert!(ok(run(&db, &["item", "retry", &id], ""))
+        .contains("back in review with a fresh attempt budget"));
+    refused(
+        run(&db, &["item", "retry", &id], ""),
+        1,
         &["not blocked", "only blocked items"],
     );
-    assert!(
-        ok(run(&db, &["item", "cancel", "2"], "")).contains("item 2 cancelled (it was in review)")
-    );
+    assert!(ok(run(&db, &["item", "cancel", &id], ""))
+        .contains(&format!("item {id} cancelled (it was in review)")));
     refused(
-        run(&db, &["item", "cancel", "2"], ""),
+        run(&db, &["item", "cancel", &id], ""),
         1,
         &["already cancelled"],
     );
