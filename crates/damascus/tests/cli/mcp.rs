@@ -287,3 +287,93 @@ async fn the_python_sdk_client_agrees() {
         seen["protocol_version"]
     );
 }
+
+/// The demo's blocked item answered through MCP: the answer rebuilds it (no review runs
+/// first), the agent follows the guidance in its prompt, and the item merges.
+#[tokio::test]
+async fn an_answer_through_mcp_rebuilds_the_item_and_it_merges() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDatabase::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let demo = crate::ok(
+        crate::damascus()
+            .env("DATABASE_URL", &db.url)
+            .args(["--data-dir", data, "demo"])
+            .output()
+            .unwrap(),
+    );
+    assert!(demo.contains("item 2 (Say goodbye): blocked"), "{demo}");
+    let url = db.url.clone();
+    let transport = TokioChildProcess::new(
+        tokio::process::Command::new(assert_cmd::cargo::cargo_bin("damascus")).configure(|cmd| {
+            cmd.arg("mcp")
+                .env_clear()
+                .env("DATABASE_URL", &url)
+                .env("PATH", std::env::var("PATH").unwrap_or_default());
+        }),
+    )
+    .unwrap();
+    let client = ().serve(transport).await.expect("initialize");
+    let call = |name: &'static str, arguments: Value| {
+        let client = &client;
+        async move {
+            client
+                .call_tool(CallToolRequestParams::new(name).with_arguments(args(arguments)))
+                .await
+                .unwrap()
+                .structured_content
+                .unwrap()
+        }
+    };
+    let open = call("list_human_issues", json!({"status": "open"})).await;
+    assert_eq!(open["human_issues"][0]["on_answer"], "build");
+    assert!(
+        open["human_issues"][0]["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("answer with guidance to rebuild the change with it"),
+        "{open}"
+    );
+    let answered = call(
+        "answer_question",
+        json!({"human_issue_id": 1, "answer": "Write farewell.txt with the single line goodbye."}),
+    )
+    .await;
+    assert_eq!(answered["resumed_in"], "build");
+    crate::ok(
+        crate::damascus()
+            .env("DATABASE_URL", &db.url)
+            .args(["--data-dir", data, "cycle", "--concurrency", "2"])
+            .output()
+            .unwrap(),
+    );
+    let item = call("get_item", json!({"id": 2})).await;
+    assert_eq!(item["item"]["phase"], "merged", "{item}");
+    let steps: Vec<String> = item["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "item.phase_changed")
+        .map(|e| {
+            format!(
+                "{}>{}",
+                e["payload"]["from"].as_str().unwrap(),
+                e["payload"]["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let after: Vec<&str> = steps
+        .iter()
+        .skip_while(|s| s.as_str() != "review>blocked")
+        .skip(1)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        after,
+        ["blocked>build", "build>review", "review>merged"],
+        "{steps:?}"
+    );
+    client.cancel().await.unwrap();
+}
