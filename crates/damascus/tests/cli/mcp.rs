@@ -17,6 +17,21 @@ async fn database() -> TestDatabase {
     db
 }
 
+/// `damascus mcp` on the test's database, with an rmcp client talking to it.
+async fn mcp_client(db: &TestDatabase) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    let url = db.url.clone();
+    let transport = TokioChildProcess::new(
+        tokio::process::Command::new(assert_cmd::cargo::cargo_bin("damascus")).configure(|cmd| {
+            cmd.arg("mcp")
+                .env_clear()
+                .env("DATABASE_URL", &url)
+                .env("PATH", std::env::var("PATH").unwrap_or_default());
+        }),
+    )
+    .unwrap();
+    ().serve(transport).await.expect("initialize")
+}
+
 fn args(value: Value) -> serde_json::Map<String, Value> {
     value.as_object().unwrap().clone()
 }
@@ -28,17 +43,7 @@ fn text_of(result: &rmcp::model::CallToolResult) -> String {
 #[tokio::test]
 async fn the_rmcp_client_feeds_and_unblocks_damascus() {
     let db = database().await;
-    let url = db.url.clone();
-    let transport = TokioChildProcess::new(
-        tokio::process::Command::new(assert_cmd::cargo::cargo_bin("damascus")).configure(|cmd| {
-            cmd.arg("mcp")
-                .env_clear()
-                .env("DATABASE_URL", &url)
-                .env("PATH", std::env::var("PATH").unwrap_or_default());
-        }),
-    )
-    .unwrap();
-    let client = ().serve(transport).await.expect("initialize");
+    let client = mcp_client(&db).await;
     let info = client.peer_info().expect("the server introduced itself");
     assert!(info.capabilities.tools.is_some());
     assert_eq!(
@@ -305,17 +310,7 @@ async fn an_answer_through_mcp_rebuilds_the_item_and_it_merges() {
             .unwrap(),
     );
     assert!(demo.contains("item 2 (Say goodbye): blocked"), "{demo}");
-    let url = db.url.clone();
-    let transport = TokioChildProcess::new(
-        tokio::process::Command::new(assert_cmd::cargo::cargo_bin("damascus")).configure(|cmd| {
-            cmd.arg("mcp")
-                .env_clear()
-                .env("DATABASE_URL", &url)
-                .env("PATH", std::env::var("PATH").unwrap_or_default());
-        }),
-    )
-    .unwrap();
-    let client = ().serve(transport).await.expect("initialize");
+    let client = mcp_client(&db).await;
     let call = |name: &'static str, arguments: Value| {
         let client = &client;
         async move {
