@@ -21,3 +21,9 @@ $$;
 
 create trigger human_issues_on_answer before insert on human_issues
     for each row execute function damascus_human_issue_on_answer();
+
+-- How many full rounds (from the phase an answer resumes in to merged) each answer
+-- grants at the least in total attempts, per project.
+alter table projects
+    add column rounds_per_answer integer not null default 1
+        constraint projects_rounds_per_answer_range check (rounds_per_answer between 1 and 10);

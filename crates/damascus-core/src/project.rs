@@ -37,7 +37,12 @@ pub struct NewProject {
     pub merge_batch_size: i32,
     /// How the merge queue brings a branch up to date with the default branch.
     pub branch_update: BranchUpdate,
+    /// Full rounds (from where an answer resumes to merged) each answer grants at least.
+    pub rounds_per_answer: i32,
 }
+
+/// The most rounds one answer may grant.
+pub const MAX_ROUNDS_PER_ANSWER: i32 = 10;
 
 /// The largest merge queue batch: past it, a failing batch's bisection costs more test
 /// runs than the batch saves.
@@ -74,6 +79,8 @@ pub enum ProjectError {
     BadTimeout { what: &'static str, given: i32 },
     #[error("the merge batch size must be between 1 (test and merge one item at a time) and {MAX_MERGE_BATCH_SIZE}, got {0}")]
     BadMergeBatchSize(i32),
+    #[error("the rounds an answer grants must be between 1 and {MAX_ROUNDS_PER_ANSWER}, got {0}")]
+    BadRoundsPerAnswer(i32),
 }
 
 impl NewProject {
@@ -100,6 +107,7 @@ impl NewProject {
             require_approval: false,
             merge_batch_size: 4,
             branch_update: BranchUpdate::Merge,
+            rounds_per_answer: 1,
         }
     }
 
@@ -177,6 +185,9 @@ impl NewProject {
         }
         if !(1..=MAX_MERGE_BATCH_SIZE).contains(&self.merge_batch_size) {
             return Err(ProjectError::BadMergeBatchSize(self.merge_batch_size));
+        }
+        if !(1..=MAX_ROUNDS_PER_ANSWER).contains(&self.rounds_per_answer) {
+            return Err(ProjectError::BadRoundsPerAnswer(self.rounds_per_answer));
         }
         Ok(())
     }
@@ -303,6 +314,10 @@ mod tests {
             Err(ProjectError::BadMergeBatchSize(33)),
         );
         check(|p| p.merge_batch_size = 1, Ok(()));
+        check(
+            |p| p.rounds_per_answer = 0,
+            Err(ProjectError::BadRoundsPerAnswer(0)),
+        );
         check(
             |p| p.test_timeout_secs = 0,
             Err(ProjectError::BadTimeout {

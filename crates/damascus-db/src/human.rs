@@ -67,19 +67,23 @@ pub async fn answer(
     .execute(&mut *tx)
     .await?;
     let item = sqlx::query(
-        "select project_id, phase::text as phase, resume_phase::text as resume_phase from work_items where id = $1 for update",
+        "select i.project_id, i.phase::text as phase, i.resume_phase::text as resume_phase,
+                p.rounds_per_answer
+         from work_items i join projects p on p.id = i.project_id
+         where i.id = $1 for update of i",
     )
     .bind(item_id)
     .fetch_one(&mut *tx)
     .await?;
     let project_id: i64 = item.try_get("project_id")?;
+    let rounds: i32 = item.try_get("rounds_per_answer")?;
     let phase: Phase = parse_enum(&item, "phase")?;
     let resume: Option<Phase> = parse_opt_enum(&item, "resume_phase")?;
     let resumed_in = match (phase, resume) {
         (Phase::Blocked, Some(_)) => {
             let resume = on_answer;
-            // A fresh per-phase budget, and room for one round from there to merged:
-            // the person changed something.
+            // A fresh per-phase budget, and room for the project's number of rounds
+            // (one by default) from there to merged: the person changed something.
             sqlx::query(
                 "update work_items set phase = $2::work_phase, resume_phase = null, phase_attempts = 0,
                     max_attempts_total = greatest(max_attempts_total, attempts_total + $3)
@@ -87,7 +91,7 @@ pub async fn answer(
             )
             .bind(item_id)
             .bind(resume.as_str())
-            .bind(damascus_core::runs_to_merge(resume))
+            .bind(damascus_core::runs_to_merge(resume) * rounds)
             .execute(&mut *tx)
             .await?;
             events::record(

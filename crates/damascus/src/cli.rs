@@ -330,6 +330,10 @@ pub struct ProjectAddArgs {
     /// default branch into it) or rebase (it onto the default branch).
     #[arg(long, default_value = "merge", value_parser = parse_branch_update)]
     pub branch_update: BranchUpdate,
+    /// Each answer to a question raises the item's total attempt budget, when it must,
+    /// to at least this many full rounds from where it resumes to merged (1 to 10).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub rounds_per_answer: i32,
     /// Stop spending on the project's items past this many USD per UTC day.
     #[arg(long, allow_negative_numbers = true)]
     pub daily_cost_budget_usd: Option<f64>,

@@ -93,6 +93,7 @@ date +%s%N >> attempts.txt
         .project(&agent, SpecMode::Passthrough, |p| {
             p.max_attempts_per_phase = 2;
             p.max_attempts_total = 3;
+            p.rounds_per_answer = 2;
         })
         .await;
     let farewell = "Say goodbye.\n\n## Acceptance criteria\n- farewell.txt says goodbye\n\n## Test command\n`grep -qx goodbye farewell.txt`\n";
@@ -132,6 +133,15 @@ date +%s%N >> attempts.txt
     .unwrap();
     assert_eq!(answered.resumed_in, Some(damascus_core::Phase::Build));
     assert_eq!(setup.phase(item).await, "build");
+    // Three runs used; two rounds of build and review granted.
+    let budget: (i32, i32, i32) = sqlx::query_as(
+        "select attempts_total, max_attempts_total, phase_attempts from work_items where id = $1",
+    )
+    .bind(item)
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(budget, (3, 7, 0));
     setup.cycle().await;
     assert_eq!(setup.phase(item).await, "merged");
     // No review ran between the answer and the build that followed it.
