@@ -9,7 +9,7 @@ use std::time::Duration;
 use damascus_core::{CostEntry, Verdict};
 
 use crate::process::{self, ProcessEnd, ProcessSpec};
-use crate::{agent_cost, base_env, fail, Inner, PhaseInput};
+use crate::{base_env, fail, Inner, PhaseInput};
 
 /// What a run that ended well left behind.
 pub(crate) struct AgentRun {
@@ -111,14 +111,10 @@ pub(crate) async fn run(
         }
         ProcessEnd::Exited { code, stdout, tail } => (code, stdout, tail),
     };
-    // What the agent reports spending counts whatever its exit code.
+    // What the agent reports spending counts whatever its exit code: per model, with
+    // its tokens, when the result says.
     let result = crate::agent_result::parse(&stdout);
-    let costs: Vec<CostEntry> = result
-        .as_ref()
-        .and_then(|r| r.total_cost_usd)
-        .map(|usd| agent_cost(&model, usd))
-        .into_iter()
-        .collect();
+    let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
     if code != Some(0) {
         return Err(AgentFailure {
             verdict: fail(

@@ -12,6 +12,67 @@ pub struct AgentResult {
     pub total_cost_usd: Option<f64>,
     pub permission_denials: Vec<String>,
     pub result: String,
+    /// What each model spent (`modelUsage`), or the whole run's `usage` under no model
+    /// name when the result has no per-model figures.
+    pub usage: Vec<ModelUsage>,
+}
+
+/// One model's share of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelUsage {
+    /// `None` when the result names no model.
+    pub model: Option<String>,
+    /// Input tokens, cached ones (read and written) included.
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    /// `None` when the result gives no cost for it.
+    pub usd: Option<f64>,
+}
+
+/// Reads `modelUsage` (Claude Code's per-model figures, camelCase), else `usage` (the
+/// Messages API's, snake_case).
+fn usage(object: &serde_json::Map<String, Value>) -> Vec<ModelUsage> {
+    let int = |v: &Value, keys: &[&str]| -> i64 {
+        keys.iter()
+            .filter_map(|k| v.get(*k).and_then(Value::as_i64))
+            .sum()
+    };
+    if let Some(models) = object.get("modelUsage").and_then(Value::as_object) {
+        if !models.is_empty() {
+            return models
+                .iter()
+                .map(|(model, u)| ModelUsage {
+                    model: Some(model.clone()),
+                    tokens_in: int(
+                        u,
+                        &[
+                            "inputTokens",
+                            "cacheReadInputTokens",
+                            "cacheCreationInputTokens",
+                        ],
+                    ),
+                    tokens_out: int(u, &["outputTokens"]),
+                    usd: u.get("costUSD").and_then(Value::as_f64),
+                })
+                .collect();
+        }
+    }
+    match object.get("usage") {
+        Some(u) if u.is_object() => vec![ModelUsage {
+            model: None,
+            tokens_in: int(
+                u,
+                &[
+                    "input_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                ],
+            ),
+            tokens_out: int(u, &["output_tokens"]),
+            usd: None,
+        }],
+        _ => Vec::new(),
+    }
 }
 
 /// Finds the result object in the agent's stdout (the whole of it, or its last JSON
@@ -59,10 +120,53 @@ pub fn parse(stdout: &str) -> Option<AgentResult> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned(),
+        usage: usage(object),
     })
 }
 
 impl AgentResult {
+    /// The run's cost rows: one per model when the result has per-model figures (each
+    /// with its cost; the rest of `total_cost_usd`, if any, goes to the first), else one
+    /// row named `program` with the run's tokens and total cost.
+    pub fn costs(&self, program: &str) -> Vec<damascus_core::CostEntry> {
+        let total = self.total_cost_usd.unwrap_or(0.0).max(0.0);
+        let entry =
+            |model: &str, tokens_in: i64, tokens_out: i64, usd: f64| damascus_core::CostEntry {
+                source: damascus_core::CostSource::Agent,
+                model: model.to_owned(),
+                tokens_in,
+                tokens_out,
+                usd,
+            };
+        let per_model: Vec<&ModelUsage> = self.usage.iter().filter(|u| u.model.is_some()).collect();
+        if per_model.is_empty() {
+            let (tokens_in, tokens_out) = self
+                .usage
+                .iter()
+                .fold((0, 0), |(i, o), u| (i + u.tokens_in, o + u.tokens_out));
+            if self.total_cost_usd.is_none() && tokens_in + tokens_out == 0 {
+                return Vec::new();
+            }
+            return vec![entry(program, tokens_in, tokens_out, total)];
+        }
+        let mut rows: Vec<damascus_core::CostEntry> = per_model
+            .iter()
+            .map(|u| {
+                entry(
+                    u.model.as_deref().unwrap_or(program),
+                    u.tokens_in,
+                    u.tokens_out,
+                    u.usd.unwrap_or(0.0).max(0.0),
+                )
+            })
+            .collect();
+        let counted: f64 = rows.iter().map(|r| r.usd).sum();
+        if total > counted + 1e-9 {
+            rows[0].usd += total - counted;
+        }
+        rows
+    }
+
     /// Why this result is a failure, or `None` when it is a success.
     pub fn failure(&self) -> Option<String> {
         if !self.permission_denials.is_empty() {
@@ -120,6 +224,37 @@ mod tests {
             None,
         );
         assert_eq!(parse("plain text"), None);
+        // Per-model figures name the models and their tokens; the total is kept.
+        let capped = parse(r#"{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":0.0128,"usage":{"input_tokens":5,"cache_read_input_tokens":100,"output_tokens":40},"modelUsage":{"claude-sonnet-4-5":{"inputTokens":5,"outputTokens":40,"cacheReadInputTokens":100,"cacheCreationInputTokens":0,"costUSD":0.0120},"claude-haiku-4-5":{"inputTokens":7,"outputTokens":3,"costUSD":0.0008}}}"#).unwrap();
+        let mut costs = capped.costs("claude");
+        costs.sort_by(|a, b| a.model.cmp(&b.model));
+        let rows: Vec<(&str, i64, i64)> = costs
+            .iter()
+            .map(|c| (c.model.as_str(), c.tokens_in, c.tokens_out))
+            .collect();
+        assert_eq!(
+            rows,
+            [("claude-haiku-4-5", 7, 3), ("claude-sonnet-4-5", 105, 40)]
+        );
+        let total: f64 = costs.iter().map(|c| c.usd).sum();
+        assert!((total - 0.0128).abs() < 1e-9, "{total}");
+        // Only `usage`: one row under the program's name.
+        let plain = parse(r#"{"type":"result","subtype":"success","total_cost_usd":0.2,"usage":{"input_tokens":10,"output_tokens":2}}"#).unwrap();
+        let costs = plain.costs("my-agent");
+        assert_eq!(
+            (
+                costs[0].model.as_str(),
+                costs[0].tokens_in,
+                costs[0].tokens_out,
+                costs[0].usd
+            ),
+            ("my-agent", 10, 2, 0.2)
+        );
+        // No figures at all: no row.
+        assert!(parse(r#"{"type":"result","subtype":"success"}"#)
+            .unwrap()
+            .costs("x")
+            .is_empty());
         assert_eq!(parse(r#"{"type":"assistant"}"#), None);
         assert_eq!(
             parse(r#"{"type":"result","subtype":"success","total_cost_usd":0.5}"#)

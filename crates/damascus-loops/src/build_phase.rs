@@ -111,59 +111,60 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
             costs,
         ));
     }
-    let message = format!(
-        "{}\n\nDamascus item {}, build attempt {}.",
-        input.item.title, input.item.id, input.job.attempt
-    );
-    let committed = tree
-        .commit_all(&message)
-        .await
-        .map_err(transient("cannot commit"))?;
-    if committed.is_none() {
-        let ahead = tree
-            .run(&["rev-list", "--count", &format!("{base}..HEAD")])
+    // What the agent spent is recorded whatever happens after it ran.
+    let published = async {
+        let message = format!(
+            "{}\n\nDamascus item {}, build attempt {}.",
+            input.item.title, input.item.id, input.job.attempt
+        );
+        let committed = tree
+            .commit_all(&message)
             .await
-            .map_err(transient("cannot compare with the default branch"))?;
-        if ahead == "0" {
-            return Ok(report(
-                fail("the agent wrote nothing: no file changed", tail),
-                costs,
-            ));
+            .map_err(transient("cannot commit"))?;
+        if committed.is_none() {
+            let ahead = tree
+                .run(&["rev-list", "--count", &format!("{base}..HEAD")])
+                .await
+                .map_err(transient("cannot compare with the default branch"))?;
+            if ahead == "0" {
+                return Err(fail("the agent wrote nothing: no file changed", tail));
+            }
         }
-    }
-    tree.run(&[
-        "push",
-        "--quiet",
-        "--force-with-lease",
-        "origin",
-        &format!("HEAD:refs/heads/{branch}"),
-    ])
-    .await
-    .map_err(transient("cannot push the branch"))?;
-    let pr = forge
-        .open_or_find(
-            &branch,
-            &project.default_branch,
-            &input.item.title,
-            &spec.summary,
-        )
+        tree.run(&[
+            "push",
+            "--quiet",
+            "--force-with-lease",
+            "origin",
+            &format!("HEAD:refs/heads/{branch}"),
+        ])
         .await
-        .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
-    let _ = forge
-        .comment(
-            &branch,
-            &format!(
-                "damascus: build attempt {} pushed {}",
-                input.job.attempt, pr.head
-            ),
-        )
-        .await;
-    Ok(report(
-        Verdict::Pass(PhaseOutput {
+        .map_err(transient("cannot push the branch"))?;
+        let pr = forge
+            .open_or_find(
+                &branch,
+                &project.default_branch,
+                &input.item.title,
+                &spec.summary,
+            )
+            .await
+            .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
+        let _ = forge
+            .comment(
+                &branch,
+                &format!(
+                    "damascus: build attempt {} pushed {}",
+                    input.job.attempt, pr.head
+                ),
+            )
+            .await;
+        Ok(Verdict::Pass(PhaseOutput {
             branch: Some(branch),
             pr_url: Some(pr.url),
             ..PhaseOutput::default()
-        }),
-        costs,
-    ))
+        }))
+    }
+    .await;
+    match published {
+        Ok(verdict) | Err(verdict) => Ok(report(verdict, costs)),
+    }
 }

@@ -31,7 +31,7 @@ mod workspace;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use damascus_core::{CostEntry, CostSource, ForgeKind, Phase, PhaseReport, Verdict};
+use damascus_core::{CostEntry, ForgeKind, Phase, PhaseReport, Verdict};
 use damascus_db::items::WorkItem;
 use damascus_db::projects::Project;
 use damascus_forge::{Forge, LocalForge};
@@ -359,16 +359,6 @@ fn guidance(issues: &[damascus_db::items::HumanIssue]) -> String {
 
 pub(crate) fn report(verdict: Verdict, costs: Vec<CostEntry>) -> PhaseReport {
     PhaseReport::new(verdict, costs)
-}
-
-pub(crate) fn agent_cost(model: &str, usd: f64) -> CostEntry {
-    CostEntry {
-        source: CostSource::Agent,
-        model: model.to_owned(),
-        tokens_in: 0,
-        tokens_out: 0,
-        usd,
-    }
 }
 
 pub(crate) fn fail(reason: impl Into<String>, log_tail: impl Into<String>) -> Verdict {

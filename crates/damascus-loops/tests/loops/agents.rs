@@ -70,3 +70,40 @@ async fn an_agent_that_reports_an_error() {
         "{question}"
     );
 }
+
+/// Claude Code stopped by `--max-budget-usd` exits 1 with a full result: what it spent
+/// is recorded per model, with its tokens, although the build failed.
+#[tokio::test]
+async fn an_agent_stopped_by_its_budget_records_what_it_spent() {
+    let capped = r#"echo '{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":0.0128,"usage":{"input_tokens":5,"output_tokens":40},"modelUsage":{"claude-sonnet-4-5":{"inputTokens":5,"outputTokens":40,"cacheReadInputTokens":100,"costUSD":0.0128}}}'"#;
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\n{capped}\nexit 1"),
+    );
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.max_attempts_per_phase = 1;
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(item).await, "blocked");
+    let ledger: Vec<(String, String, i64, i64, f64)> = sqlx::query_as(
+        "select phase::text, model, tokens_in, tokens_out, usd::float8 from cost_ledger where item_id = $1",
+    )
+    .bind(item)
+    .fetch_all(&setup.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        ledger,
+        [("build".into(), "claude-sonnet-4-5".into(), 105, 40, 0.0128)]
+    );
+    let spent: f64 = sqlx::query_scalar("select cost_usd::float8 from work_items where id = $1")
+        .bind(item)
+        .fetch_one(&setup.db.pool)
+        .await
+        .unwrap();
+    assert!((spent - 0.0128).abs() < 1e-9, "{spent}");
+}

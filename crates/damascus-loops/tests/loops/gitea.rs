@@ -482,4 +482,13 @@ async fn a_refused_gitea_token_asks_a_person_at_once() {
             .unwrap();
     assert_eq!(retried, 0, "a refusal is not retried");
     assert!(gitea.pulls.lock().unwrap().is_empty());
+    // The agent ran before the forge refused: what it spent is recorded.
+    let spent: f64 = sqlx::query_scalar(
+        "select coalesce(sum(usd), 0)::float8 from cost_ledger where item_id = $1 and phase = 'build'",
+    )
+    .bind(item)
+    .fetch_one(&setup.db.pool)
+    .await
+    .unwrap();
+    assert!((spent - 0.25).abs() < 1e-9, "{spent}");
 }
