@@ -5,11 +5,7 @@
 use damascus_core::{BranchUpdate, Verdict};
 use damascus_git::Git;
 
-fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ {
-    move |e| Verdict::TransientError {
-        reason: format!("{what}: {e}"),
-    }
-}
+use crate::transient;
 
 /// How bringing a branch up to date went.
 pub(crate) enum Update {

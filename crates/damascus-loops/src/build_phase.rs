@@ -6,6 +6,7 @@
 use damascus_core::{BranchUpdate, PhaseOutput, PhaseReport, Spec, Verdict};
 
 use crate::branch_update::{update, Update};
+use crate::transient;
 
 use crate::{answers, fail, forge_for, report, Inner, PhaseInput};
 
@@ -13,12 +14,6 @@ pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
     match build(inner, input).await {
         Ok(report) => report,
         Err(verdict) => verdict.into(),
-    }
-}
-
-fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ {
-    move |e| Verdict::TransientError {
-        reason: format!("{what}: {e}"),
     }
 }
 

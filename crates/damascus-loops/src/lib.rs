@@ -361,6 +361,13 @@ pub(crate) fn report(verdict: Verdict, costs: Vec<CostEntry>) -> PhaseReport {
     PhaseReport::new(verdict, costs)
 }
 
+/// The verdict for a git command that failed: worth retrying, with what was being done.
+pub(crate) fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ {
+    move |e| Verdict::TransientError {
+        reason: format!("{what}: {e}"),
+    }
+}
+
 pub(crate) fn fail(reason: impl Into<String>, log_tail: impl Into<String>) -> Verdict {
     Verdict::Fail {
         reason: reason.into(),

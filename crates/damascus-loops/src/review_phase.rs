@@ -35,6 +35,7 @@ use damascus_git::Git;
 
 use crate::branch_update::{update, Update};
 use crate::process::{self, ProcessEnd, ProcessSpec};
+use crate::transient;
 use crate::{base_env, fail, forge_for, Inner, PhaseInput};
 
 /// How often a run starts over because the default branch moved outside the queue
@@ -82,12 +83,6 @@ fn branch_of(project: &Project, item: &WorkItem) -> String {
     item.branch
         .clone()
         .unwrap_or_else(|| format!("damascus/{}-{}", project.name, item.id))
-}
-
-fn transient(what: &str) -> impl FnOnce(damascus_git::GitError) -> Verdict + '_ {
-    move |e| Verdict::TransientError {
-        reason: format!("{what}: {e}"),
-    }
 }
 
 /// What a run decided, before it becomes the report.
