@@ -516,6 +516,75 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_reserve_budget(p_claim uuid, p_item bigint, p_want numeric) RETURNS TABLE(granted numeric, refused text, item_left numeric, project_left numeric)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_project bigint;
+    v_item_budget numeric;
+    v_item_spent numeric;
+    v_daily numeric;
+    v_today_spent numeric;
+    v_item_held numeric;
+    v_project_held numeric;
+    v_item_left numeric;
+    v_project_left numeric;
+    v_grant numeric;
+begin
+    select i.project_id, i.cost_budget_usd, i.cost_usd
+    into v_project, v_item_budget, v_item_spent
+    from work_items i where i.id = p_item;
+    if not found then
+        return query select null::numeric, 'item'::text, null::numeric, null::numeric;
+        return;
+    end if;
+    -- One reservation at a time per project: the check and the hold are one step.
+    select p.daily_cost_budget_usd into v_daily
+    from projects p where p.id = v_project for no key update;
+    if v_item_budget is null and v_daily is null then
+        return query select null::numeric, null::text, null::numeric, null::numeric;
+        return;
+    end if;
+    if not exists (select 1 from damascus_slots s where s.claim_token = p_claim) then
+        return query select null::numeric, 'claim'::text, null::numeric, null::numeric;
+        return;
+    end if;
+    -- Reservations whose claim ended (settled, or its worker died) hold nothing.
+    delete from budget_reservations r
+    where r.project_id = v_project
+      and not exists (select 1 from damascus_slots s where s.claim_token = r.claim_token);
+    select coalesce(sum(r.usd) filter (where r.item_id = p_item), 0), coalesce(sum(r.usd), 0)
+    into v_item_held, v_project_held
+    from budget_reservations r where r.project_id = v_project;
+    if v_item_budget is not null then
+        if v_item_spent >= v_item_budget then
+            return query select null::numeric, 'item'::text, v_item_budget - v_item_spent, null::numeric;
+            return;
+        end if;
+        v_item_left := v_item_budget - v_item_spent - v_item_held;
+    end if;
+    if v_daily is not null then
+        select coalesce(sum(c.usd), 0) into v_today_spent
+        from cost_ledger c join work_items i on i.id = c.item_id
+        where i.project_id = v_project
+          and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc';
+        if v_today_spent >= v_daily then
+            return query select null::numeric, 'project'::text, v_item_left, v_daily - v_today_spent;
+            return;
+        end if;
+        v_project_left := v_daily - v_today_spent - v_project_held;
+    end if;
+    v_grant := least(p_want, v_item_left, v_project_left);
+    if v_grant is null or v_grant <= 0 then
+        return query select null::numeric, 'held'::text, v_item_left, v_project_left;
+        return;
+    end if;
+    insert into budget_reservations (claim_token, item_id, project_id, usd)
+    values (p_claim, p_item, v_project, v_grant);
+    return query select v_grant, null::text, v_item_left, v_project_left;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_set_concurrency(p_concurrency integer) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -936,6 +1005,27 @@ ALTER TABLE public.api_tokens ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.budget_reservations (
+    id bigint NOT NULL,
+    claim_token uuid NOT NULL,
+    item_id bigint NOT NULL,
+    project_id bigint NOT NULL,
+    usd numeric(14,6) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT budget_reservations_usd_positive CHECK ((usd > (0)::numeric))
+);
+
+COMMENT ON TABLE public.budget_reservations IS 'Budget held by running model and agent calls; live while its claim_token holds a slot in damascus_slots.';
+
+ALTER TABLE public.budget_reservations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.budget_reservations_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.coordination_gates (
     id bigint NOT NULL,
     item_id bigint NOT NULL,
@@ -1029,6 +1119,7 @@ CREATE TABLE public.projects (
     merge_batch_size integer DEFAULT 4 NOT NULL,
     branch_update text DEFAULT 'merge'::text NOT NULL,
     rounds_per_answer integer DEFAULT 1 NOT NULL,
+    sandbox text DEFAULT 'none'::text NOT NULL,
     CONSTRAINT projects_agent_command_present CHECK (((cardinality(agent_command) >= 1) AND (btrim(agent_command[1]) <> ''::text))),
     CONSTRAINT projects_agent_timeout_range CHECK (((agent_timeout_secs >= 1) AND (agent_timeout_secs <= 86400))),
     CONSTRAINT projects_branch_update_known CHECK ((branch_update = ANY (ARRAY['merge'::text, 'rebase'::text]))),
@@ -1045,6 +1136,7 @@ CREATE TABLE public.projects (
     CONSTRAINT projects_phase_budget_range CHECK (((max_attempts_per_phase >= 1) AND (max_attempts_per_phase <= 100))),
     CONSTRAINT projects_repository_present CHECK ((btrim(repository) <> ''::text)),
     CONSTRAINT projects_rounds_per_answer_range CHECK (((rounds_per_answer >= 1) AND (rounds_per_answer <= 10))),
+    CONSTRAINT projects_sandbox_known CHECK ((sandbox = ANY (ARRAY['none'::text, 'bwrap'::text]))),
     CONSTRAINT projects_test_command_present CHECK ((btrim(test_command) <> ''::text)),
     CONSTRAINT projects_test_timeout_range CHECK (((test_timeout_secs >= 1) AND (test_timeout_secs <= 86400))),
     CONSTRAINT projects_total_budget_range CHECK (((max_attempts_total >= 1) AND (max_attempts_total <= 100))),
@@ -1105,6 +1197,17 @@ CREATE VIEW public.damascus_items AS
           WHERE ((h.item_id = i.id) AND (h.status = 'open'::public.human_issue_status))) AS open_questions
    FROM (public.work_items i
      JOIN public.projects p ON ((p.id = i.project_id)));
+
+CREATE TABLE public.damascus_job_processes (
+    process_group integer NOT NULL,
+    host text NOT NULL,
+    claim_token uuid NOT NULL,
+    item_id bigint NOT NULL,
+    leader_start_ticks bigint NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+COMMENT ON TABLE public.damascus_job_processes IS 'Process groups of running phases (agents, tests) per host; a row whose claim_token no longer holds a slot is an orphan to kill.';
 
 CREATE TABLE public.damascus_jobs (
     job_id uuid NOT NULL,
@@ -1340,11 +1443,17 @@ ALTER TABLE ONLY public.api_tokens
 ALTER TABLE ONLY public.api_tokens
     ADD CONSTRAINT api_tokens_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.budget_reservations
+    ADD CONSTRAINT budget_reservations_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.coordination_gates
     ADD CONSTRAINT coordination_gates_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.cost_ledger
     ADD CONSTRAINT cost_ledger_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.damascus_job_processes
+    ADD CONSTRAINT damascus_job_processes_pkey PRIMARY KEY (host, process_group);
 
 ALTER TABLE ONLY public.damascus_jobs
     ADD CONSTRAINT damascus_jobs_item_id_key UNIQUE (item_id);
@@ -1390,6 +1499,10 @@ ALTER TABLE ONLY public.projects
 
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_pkey PRIMARY KEY (id);
+
+CREATE INDEX budget_reservations_item_idx ON public.budget_reservations USING btree (item_id);
+
+CREATE INDEX budget_reservations_project_idx ON public.budget_reservations USING btree (project_id);
 
 CREATE INDEX coordination_gates_depends_on_idx ON public.coordination_gates USING btree (depends_on_item_id) WHERE (kind = 'depends_on'::public.gate_kind);
 
@@ -1454,6 +1567,12 @@ CREATE TRIGGER work_items_release_locks AFTER UPDATE OF phase ON public.work_ite
 CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_spawn_job();
 
 CREATE TRIGGER work_items_touch BEFORE UPDATE ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_work_items_touch();
+
+ALTER TABLE ONLY public.budget_reservations
+    ADD CONSTRAINT budget_reservations_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.budget_reservations
+    ADD CONSTRAINT budget_reservations_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.coordination_gates
     ADD CONSTRAINT coordination_gates_depends_on_item_id_fkey FOREIGN KEY (depends_on_item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;

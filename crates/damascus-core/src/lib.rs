@@ -15,7 +15,7 @@ pub mod verdict;
 pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{
     BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState, Phase,
-    SpecMode, UnknownVariant, VerdictKind,
+    Sandbox, SpecMode, UnknownVariant, VerdictKind,
 };
 pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};

@@ -116,6 +116,17 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// Where a project's agent and tests run: as the worker's child processes with an
+    /// allow-listed environment and a HOME of their own (none), or also in a bubblewrap
+    /// namespace where only the worktree and that HOME are writable, the data directory
+    /// is hidden and the worker's processes cannot be seen (bwrap).
+    Sandbox, "sandbox" {
+        None => "none",
+        Bwrap => "bwrap",
+    }
+}
+
+sql_enum! {
     /// Where an item stands in its repository's merge queue: waiting for its turn,
     /// its branch being brought up to date, its tests running, its merge running.
     MergeQueueState, "merge queue state" {

@@ -1,7 +1,7 @@
 //! What a project is made of before it is stored, and the checks that keep a bad
 //! configuration from reaching the loops.
 
-use crate::{BranchUpdate, ForgeKind, MergeMethod, ProjectName, SpecMode};
+use crate::{BranchUpdate, ForgeKind, MergeMethod, ProjectName, Sandbox, SpecMode};
 
 /// The upper bound on attempt budgets: termination is guaranteed, so budgets are finite
 /// and small enough that a runaway item is noticed.
@@ -37,6 +37,8 @@ pub struct NewProject {
     pub merge_batch_size: i32,
     /// How the merge queue brings a branch up to date with the default branch.
     pub branch_update: BranchUpdate,
+    /// Where the agent and the tests run.
+    pub sandbox: Sandbox,
     /// Full rounds (from where an answer resumes to merged) each answer grants at least.
     pub rounds_per_answer: i32,
 }
@@ -107,6 +109,7 @@ impl NewProject {
             require_approval: false,
             merge_batch_size: 4,
             branch_update: BranchUpdate::Merge,
+            sandbox: Sandbox::None,
             rounds_per_answer: 1,
         }
     }

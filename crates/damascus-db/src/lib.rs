@@ -7,6 +7,7 @@
 //! that runs one transaction, and writes its `events_outbox` row in that transaction.
 
 pub mod bench;
+pub mod budget;
 pub mod cluster;
 pub mod connect;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod migrate;
 pub mod operator;
 pub mod outbox;
 pub mod pg_bin;
+pub mod processes;
 pub mod projects;
 pub mod schema_dump;
 pub mod status;

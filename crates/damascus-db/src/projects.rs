@@ -2,7 +2,7 @@
 //! default budgets.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, SpecMode};
+use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, Sandbox, SpecMode};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
@@ -32,6 +32,7 @@ pub struct Project {
     pub require_approval: bool,
     pub merge_batch_size: i32,
     pub branch_update: BranchUpdate,
+    pub sandbox: Sandbox,
     pub rounds_per_answer: i32,
     pub paused: bool,
     pub created_at: DateTime<Utc>,
@@ -51,7 +52,7 @@ const PROJECT_COLUMNS: &str =
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
      p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, \
      p.daily_cost_budget_usd::float8 as daily_cost_budget_usd, p.merge_method, p.require_approval, \
-     p.merge_batch_size, p.branch_update, p.rounds_per_answer, p.paused, p.created_at";
+     p.merge_batch_size, p.branch_update, p.sandbox, p.rounds_per_answer, p.paused, p.created_at";
 
 fn project_from_row(row: &PgRow) -> DbResult<Project> {
     Ok(Project {
@@ -76,6 +77,7 @@ fn project_from_row(row: &PgRow) -> DbResult<Project> {
         require_approval: row.try_get("require_approval")?,
         merge_batch_size: row.try_get("merge_batch_size")?,
         branch_update: parse_enum(row, "branch_update")?,
+        sandbox: parse_enum(row, "sandbox")?,
         rounds_per_answer: row.try_get("rounds_per_answer")?,
         paused: row.try_get("paused")?,
         created_at: row.try_get("created_at")?,
@@ -89,8 +91,8 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
             insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
                 test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs,
                 agent_command, agent_timeout_secs, test_timeout_secs, daily_cost_budget_usd, merge_method, require_approval,
-                merge_batch_size, branch_update, rounds_per_answer)
-            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18, $19, $20, $21)
+                merge_batch_size, branch_update, rounds_per_answer, sandbox)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18, $19, $20, $21, $22)
             returning *)
          select {PROJECT_COLUMNS} from p"
     );
@@ -116,6 +118,7 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(new.merge_batch_size)
         .bind(new.branch_update.as_str())
         .bind(new.rounds_per_answer)
+        .bind(new.sandbox.as_str())
         .fetch_one(pool)
         .await
         .map_err(

@@ -1,7 +1,8 @@
 //! One run of the project's coding agent: the builder's run, and the merge queue's
-//! conflict resolution at the head. The prompt goes on stdin; the process runs under
-//! the agent's time limit with the agent's environment, and its log goes to the item's
-//! log directory.
+//! conflict resolution at the head. Budget is reserved first and handed to the agent
+//! (Claude Code's `--max-budget-usd`, any agent's `DAMASCUS_BUDGET_USD`); the prompt
+//! goes on stdin; the process runs confined (`sandbox`) under the agent's time limit,
+//! and its log goes to the item's log directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use damascus_core::{CostEntry, Verdict};
 
 use crate::process::{self, ProcessEnd, ProcessSpec};
-use crate::{base_env, fail, Inner, PhaseInput};
+use crate::{fail, Inner, PhaseInput};
 
 /// What a run that ended well left behind.
 pub(crate) struct AgentRun {
@@ -33,10 +34,11 @@ impl From<Verdict> for AgentFailure {
     }
 }
 
-/// The agent's argv: the project's, or Claude Code's.
-fn argv(inner: &Inner, input: &PhaseInput) -> Vec<String> {
+/// The agent's argv: the project's, or Claude Code's, which is told the budget
+/// reserved for it.
+fn argv(inner: &Inner, input: &PhaseInput, budget: Option<f64>) -> Vec<String> {
     input.project.agent_command.clone().unwrap_or_else(|| {
-        vec![
+        let mut argv = vec![
             "claude".into(),
             "-p".into(),
             "--output-format".into(),
@@ -47,8 +49,18 @@ fn argv(inner: &Inner, input: &PhaseInput) -> Vec<String> {
             "dontAsk".into(),
             "--allowedTools".into(),
             "Read,Write,Edit,Bash".into(),
-        ]
+        ];
+        if let Some(usd) = budget {
+            argv.extend(["--max-budget-usd".into(), budget_text(usd)]);
+        }
+        argv
     })
+}
+
+/// A budget as the agent is told it: rounded down to 1/10000 USD, so that rounding
+/// never grants more than was reserved.
+fn budget_text(usd: f64) -> String {
+    format!("{:.4}", (usd * 10_000.0).floor() / 10_000.0)
 }
 
 /// The log file of a phase's run: `logs/<item>/<name>.log` under the data dir.
@@ -72,42 +84,68 @@ pub(crate) async fn run(
     log_name: &str,
 ) -> Result<AgentRun, AgentFailure> {
     let project = &input.project;
-    let argv = argv(inner, input);
+    let budget = input.reserve_budget().await?;
+    let argv = argv(inner, input, budget);
     let model = argv.first().cloned().unwrap_or_default();
-    let mut env = base_env(&inner.config.agent_env);
-    env.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
-    env.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
-    env.push(("DAMASCUS_TASK".into(), task.to_owned()));
+    let mut extra = inner.config.agent_env.clone();
+    extra.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
+    extra.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
+    extra.push(("DAMASCUS_TASK".into(), task.to_owned()));
+    if let Some(usd) = budget {
+        extra.push(("DAMASCUS_BUDGET_USD".into(), budget_text(usd)));
+    }
+    let confined = crate::sandbox::confine(inner, input, dir, argv, &extra).await?;
     let log_file = log_file(inner, input, log_name);
     let end = process::run(
         ProcessSpec {
-            argv,
+            argv: confined.argv,
             dir: dir.to_path_buf(),
-            env,
+            env: confined.env,
             stdin: Some(prompt),
             timeout: Duration::from_secs(project.agent_timeout_secs as u64),
             log_file: log_file.clone(),
+            job: Some(input.job.clone()),
         },
         &input.job.cancel,
     )
     .await
     .map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
+    // A run killed before it reported leaves a ledger row that says its spend is unknown.
+    let unreported = |why: &str| CostEntry {
+        source: damascus_core::CostSource::Agent,
+        model: format!("{model} (spend unknown: {why} before it reported)"),
+        tokens_in: 0,
+        tokens_out: 0,
+        usd: 0.0,
+    };
+    let reserved = budget
+        .map(|usd| {
+            format!(
+                "; it may have spent up to the {} USD reserved for it",
+                budget_text(usd)
+            )
+        })
+        .unwrap_or_default();
     let (code, stdout, tail) = match end {
         ProcessEnd::Cancelled => {
-            return Err(Verdict::TransientError {
-                reason: "the agent was stopped".into(),
-            }
-            .into())
+            return Err(AgentFailure {
+                verdict: Verdict::TransientError {
+                    reason: format!("the agent was stopped{reserved}"),
+                },
+                costs: vec![unreported("stopped")],
+            })
         }
         ProcessEnd::TimedOut { tail } => {
-            return Err(fail(
-                format!(
-                    "the agent ran past its {} s limit and was killed",
-                    project.agent_timeout_secs
+            return Err(AgentFailure {
+                verdict: fail(
+                    format!(
+                        "the agent ran past its {} s limit and was killed{reserved}",
+                        project.agent_timeout_secs
+                    ),
+                    tail,
                 ),
-                tail,
-            )
-            .into())
+                costs: vec![unreported("killed at its time limit")],
+            })
         }
         ProcessEnd::Exited { code, stdout, tail } => (code, stdout, tail),
     };

@@ -44,9 +44,6 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
                 "",
             )
         })?;
-    if let Some(verdict) = input.budget_exhausted().await {
-        return Err(verdict);
-    }
     let forge = forge_for(&input.project, config)?;
     let project = &input.project;
     let branch = input.branch();

@@ -25,6 +25,7 @@ mod build_phase;
 pub mod llm;
 mod process;
 mod review_phase;
+mod sandbox;
 mod spec_phase;
 mod workspace;
 
@@ -145,40 +146,73 @@ impl PhaseInput {
         })
     }
 
-    /// A verdict when a cost budget (the item's, or the project's for today) is spent,
-    /// checked before each model or agent call: a call that would start over budget
-    /// does not start.
-    pub async fn budget_exhausted(&self) -> Option<Verdict> {
+    /// Reserves budget for one model or agent call before it starts, in the database,
+    /// against the item's budget and the project's daily budget minus what running
+    /// calls hold: `Ok(None)` when no cap applies, `Ok(Some(usd))` for what the call
+    /// may spend. A budget already spent asks a person; one that running calls hold
+    /// waits for them to settle (up to `BUDGET_WAIT`), then is retried later.
+    pub async fn reserve_budget(&self) -> Result<Option<f64>, Verdict> {
         let ask = |question: String| Verdict::NeedsHuman {
             question,
             context: String::new(),
         };
-        if let Some(budget) = self.item.cost_budget_usd {
-            if self.item.cost_usd >= budget {
-                return Some(ask(format!(
-                    "this item has spent {:.4} USD of its {budget:.4} USD budget, so no further model or agent call starts; raise the budget or cancel the item",
-                    self.item.cost_usd
-                )));
+        let waited_since = tokio::time::Instant::now();
+        loop {
+            let reservation =
+                damascus_db::budget::reserve(&self.job.pool, self.job.claim, self.item.id, None)
+                    .await
+                    .map_err(|e| Verdict::TransientError {
+                        reason: format!("cannot reserve budget for the call: {e}"),
+                    })?;
+            use damascus_db::budget::Reservation;
+            match reservation {
+                Reservation::Unlimited => return Ok(None),
+                Reservation::Granted(usd) => return Ok(Some(usd)),
+                Reservation::ItemSpent { .. } => {
+                    return Err(ask(format!(
+                        "this item has spent {:.4} USD of its {:.4} USD budget, so no further model or agent call starts; raise the budget or cancel the item",
+                        self.item.cost_usd,
+                        self.item.cost_budget_usd.unwrap_or_default()
+                    )))
+                }
+                Reservation::ProjectSpent { .. } => {
+                    return Err(ask(format!(
+                        "project {} has spent its whole daily budget of {:.4} USD today; raise the budget or wait for tomorrow (UTC)",
+                        self.project.name,
+                        self.project.daily_cost_budget_usd.unwrap_or_default()
+                    )))
+                }
+                Reservation::ClaimLost => {
+                    return Err(Verdict::TransientError {
+                        reason: "the job's claim was lost before its call could reserve budget".into(),
+                    })
+                }
+                Reservation::Held { .. } if waited_since.elapsed() >= BUDGET_WAIT => {
+                    return Err(Verdict::TransientError {
+                        reason: format!(
+                            "what is left of the budget has been held by other running calls of project {} for {} s; trying again later",
+                            self.project.name,
+                            BUDGET_WAIT.as_secs()
+                        ),
+                    })
+                }
+                Reservation::Held { .. } => {
+                    tokio::select! {
+                        _ = self.job.cancel.cancelled() => return Err(Verdict::TransientError {
+                            reason: "stopped while waiting for budget".into(),
+                        }),
+                        _ = tokio::time::sleep(BUDGET_POLL) => {}
+                    }
+                }
             }
         }
-        let daily = self.project.daily_cost_budget_usd?;
-        let spent = match damascus_db::projects::spent_today(&self.job.pool, self.project.id).await
-        {
-            Ok(spent) => spent,
-            Err(e) => {
-                return Some(Verdict::TransientError {
-                    reason: format!("cannot read today's spending: {e}"),
-                })
-            }
-        };
-        (spent >= daily).then(|| {
-            ask(format!(
-                "project {} has spent {spent:.4} USD today, its whole daily budget of {daily:.4} USD; raise the budget or wait for tomorrow (UTC)",
-                self.project.name
-            ))
-        })
     }
 }
+
+/// How long a call waits for budget that other running calls hold before its phase is
+/// retried later, and how often it looks again meanwhile.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+const BUDGET_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Loops {
     pub fn new(config: LoopsConfig) -> Result<Loops, llm::LlmError> {
@@ -373,22 +407,4 @@ pub(crate) fn fail(reason: impl Into<String>, log_tail: impl Into<String>) -> Ve
         reason: reason.into(),
         log_tail: log_tail.into(),
     }
-}
-
-/// The environment every phase process gets: a fixed PATH and HOME and nothing from
-/// the worker's own environment unless configured.
-pub(crate) fn base_env(extra: &[(String, String)]) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PATH".to_owned(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        ),
-        (
-            "HOME".to_owned(),
-            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-        ),
-        ("LANG".to_owned(), "C.UTF-8".to_owned()),
-    ];
-    env.extend(extra.iter().cloned());
-    env
 }

@@ -2,7 +2,10 @@
 //! environment, standard input from a string, a time limit, output kept whole in a log
 //! file and its tail in memory. The process runs in a process group of its own, and the
 //! whole group is killed when it ends, times out, or its phase is cancelled (even when
-//! the phase's future is dropped mid-run), so nothing it started outlives it.
+//! the phase's future is dropped mid-run), so nothing it started outlives it. The group's
+//! leader gets SIGKILL when the worker dies, and the group is recorded with the job's
+//! claim (`damascus_db::processes`), so a worker starting on this host kills what a
+//! killed worker left behind.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,6 +25,9 @@ pub struct ProcessSpec {
     pub stdin: Option<String>,
     pub timeout: Duration,
     pub log_file: PathBuf,
+    /// The job the process runs for: its group is recorded under the job's claim, and
+    /// its environment names the claim (`DAMASCUS_CLAIM`).
+    pub job: Option<damascus_queue::JobContext>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +122,11 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         .current_dir(&spec.dir)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(
+            spec.job
+                .as_ref()
+                .map(|job| ("DAMASCUS_CLAIM", job.claim.to_string())),
+        )
         .stdin(if spec.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -125,8 +136,16 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = command.spawn().map_err(spawn_error)?;
     let group = GroupGuard(child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32)));
+    let recorded = record_group(spec.job.as_ref(), child.id()).await;
     if let (Some(text), Some(mut pipe)) = (spec.stdin, child.stdin.take()) {
         tokio::spawn(async move {
             let _ = pipe.write_all(text.as_bytes()).await;
@@ -157,6 +176,12 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
     // Whatever it started dies with it.
     group.kill();
     let _ = child.wait().await;
+    if let (Some(job), Some(process_group)) = (spec.job.as_ref(), recorded) {
+        let host = damascus_queue::orphans::host_name();
+        if let Err(e) = damascus_db::processes::forget(&job.pool, host, process_group).await {
+            tracing::warn!(error = %e, process_group, "cannot forget an ended process group; the next sweep does");
+        }
+    }
     let drain = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
         let abort = task.abort_handle();
         match tokio::time::timeout(std::time::Duration::from_secs(2), task).await {
@@ -200,6 +225,26 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
     }
 }
 
+/// Records the process group led by `pid` under the job's claim; returns the group
+/// when it was recorded.
+async fn record_group(job: Option<&damascus_queue::JobContext>, pid: Option<u32>) -> Option<i32> {
+    let (job, pid) = (job?, pid? as i32);
+    let process = damascus_db::processes::JobProcess {
+        process_group: pid,
+        claim: job.claim,
+        item_id: job.item_id,
+        leader_start_ticks: damascus_queue::orphans::start_ticks(pid).unwrap_or(0),
+    };
+    let host = damascus_queue::orphans::host_name();
+    match damascus_db::processes::record(&job.pool, host, &process).await {
+        Ok(()) => Some(pid),
+        Err(e) => {
+            tracing::warn!(error = %e, process_group = pid, "cannot record a process group; a worker crash would leave it running");
+            None
+        }
+    }
+}
+
 /// The last `TAIL_BYTES` of `text`, cut at a character boundary.
 pub fn tail(text: &str) -> String {
     let text = text.trim_end();
@@ -225,6 +270,7 @@ mod tests {
             stdin: Some("from stdin".into()),
             timeout,
             log_file: dir.join("logs/run.log"),
+            job: None,
         }
     }
 

@@ -36,7 +36,7 @@ use damascus_git::Git;
 use crate::branch_update::{update, Update};
 use crate::process::{self, ProcessEnd, ProcessSpec};
 use crate::transient;
-use crate::{base_env, fail, forge_for, Inner, PhaseInput};
+use crate::{fail, forge_for, Inner, PhaseInput};
 
 /// How often a run starts over because the default branch moved outside the queue
 /// before it gives up with a transient error (retried with backoff).
@@ -406,10 +406,6 @@ impl Run<'_> {
             Update::Done(commit) => return Ok(commit),
             Update::Conflicts(files) => files,
         };
-        if let Some(verdict) = self.input.budget_exhausted().await {
-            let _ = tree.run(&["merge", "--abort"]).await;
-            return Err(verdict.into());
-        }
         let spec: Option<Spec> = self
             .input
             .item
@@ -485,15 +481,19 @@ impl Run<'_> {
         } else {
             format!("review-{}-{}", self.input.job.attempt, self.tests)
         };
-        // The test command runs as written; nothing from the story is put into it.
+        // The test command runs as written, confined like the agent; nothing from the
+        // story is put into it.
+        let argv = vec!["/bin/sh".into(), "-c".into(), self.test_command.clone()];
+        let confined = crate::sandbox::confine(self.inner, self.input, dir, argv, &[]).await?;
         let end = process::run(
             ProcessSpec {
-                argv: vec!["/bin/sh".into(), "-c".into(), self.test_command.clone()],
+                argv: confined.argv,
                 dir: dir.to_path_buf(),
-                env: base_env(&[]),
+                env: confined.env,
                 stdin: None,
                 timeout: Duration::from_secs(project.test_timeout_secs as u64),
                 log_file: crate::agent::log_file(self.inner, self.input, &log_name),
+                job: Some(self.input.job.clone()),
             },
             &self.input.job.cancel,
         )

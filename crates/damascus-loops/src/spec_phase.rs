@@ -45,7 +45,7 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
         }
         .into();
     };
-    if let Some(verdict) = input.budget_exhausted().await {
+    if let Err(verdict) = input.reserve_budget().await {
         return verdict.into();
     }
     let mut prompt = format!("# {}\n\n{}\n", input.item.title, input.item.body);

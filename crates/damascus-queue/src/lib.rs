@@ -12,6 +12,7 @@ pub mod bench;
 mod config;
 mod listener;
 pub mod machine_cpu;
+pub mod orphans;
 mod phase;
 mod pool;
 

@@ -16,6 +16,8 @@ pub type PhaseFuture = Pin<Box<dyn Future<Output = PhaseReport> + Send>>;
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub job_id: Uuid,
+    /// This claim of the job: budget reservations and process groups belong to it.
+    pub claim: Uuid,
     pub item_id: i64,
     pub phase: Phase,
     /// Which run of this phase for this item (1 for the first).

@@ -165,16 +165,14 @@ impl WorkerPool {
         runner: Arc<dyn PhaseRunner>,
         exit_when_idle: bool,
     ) -> DbResult<WorkerPool> {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown".into());
         let info = jobs::WorkerInfo {
-            host,
+            host: crate::orphans::host_name().to_owned(),
             pid: std::process::id(),
             lease: config.lease,
         };
         let registered = jobs::register_worker(&pool, &info, config.concurrency).await?;
+        // What a worker that died on this host left running goes first.
+        crate::orphans::sweep(&pool).await?;
         let worker = registered.id;
         tracing::info!(
             worker = worker.0,
@@ -478,6 +476,7 @@ async fn run_phase(
     let span = tracing::info_span!("phase", job = %job.job_id, item = target.item_id, phase = %target.phase, attempt = target.attempt);
     let context = JobContext {
         job_id: job.job_id,
+        claim: job.claim,
         item_id: target.item_id,
         phase: target.phase,
         attempt: target.attempt,
@@ -777,5 +776,8 @@ async fn reaper_pass(shared: &Shared, respawn_only: bool) {
         Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "reaper failed"),
+    }
+    if let Err(e) = crate::orphans::sweep(&shared.pool).await {
+        tracing::warn!(error = %e, "cannot look for process groups dead workers left running");
     }
 }

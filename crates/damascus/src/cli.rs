@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use damascus_core::{BranchUpdate, ForgeKind, LockName, MergeMethod, Phase, SpecMode};
+use damascus_core::{BranchUpdate, ForgeKind, LockName, MergeMethod, Phase, Sandbox, SpecMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -330,6 +330,12 @@ pub struct ProjectAddArgs {
     /// default branch into it) or rebase (it onto the default branch).
     #[arg(long, default_value = "merge", value_parser = parse_branch_update)]
     pub branch_update: BranchUpdate,
+    /// Where the agent and the tests run: none (child processes with an allow-listed
+    /// environment and a HOME of their own) or bwrap (also in a bubblewrap namespace:
+    /// only the worktree and that HOME writable, the data directory hidden; needs
+    /// bubblewrap, apt-get install bubblewrap).
+    #[arg(long, default_value = "none", value_parser = parse_sandbox)]
+    pub sandbox: Sandbox,
     /// Each answer to a question raises the item's total attempt budget, when it must,
     /// to at least this many full rounds from where it resumes to merged (1 to 10).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
@@ -408,6 +414,11 @@ fn parse_merge_method(s: &str) -> Result<MergeMethod, String> {
 }
 
 fn parse_branch_update(s: &str) -> Result<BranchUpdate, String> {
+    s.parse()
+        .map_err(|e: damascus_core::UnknownVariant| e.to_string())
+}
+
+fn parse_sandbox(s: &str) -> Result<Sandbox, String> {
     s.parse()
         .map_err(|e: damascus_core::UnknownVariant| e.to_string())
 }

@@ -14,6 +14,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Not dumpable: a process of the same user (an agent, a test command) cannot read
+    // this process's environment or memory through /proc or ptrace. Root keeps the
+    // power to (see docs/OPERATIONS.md, "Spend and safety").
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("warning: cannot make this process non-dumpable ({e}); agents of the same user may read its environment");
+    }
     if let Err(err) = config_file::load_before_parsing() {
         eprintln!("error: {err:#}");
         return ExitCode::from(2);

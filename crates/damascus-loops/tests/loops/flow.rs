@@ -243,6 +243,7 @@ async fn a_build_rerun_after_a_lost_worker_reuses_branch_and_pr() {
         let target = job.target.unwrap();
         loops.run(JobContext {
             job_id: job.job_id,
+            claim: job.claim,
             item_id: target.item_id,
             phase: target.phase,
             attempt: target.attempt,

@@ -38,6 +38,7 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         require_approval: args.require_approval,
         merge_batch_size: args.merge_batch_size,
         branch_update: args.branch_update,
+        sandbox: args.sandbox,
         rounds_per_answer: args.rounds_per_answer,
     };
     project.validate()?;
