@@ -1207,7 +1207,7 @@ CREATE TABLE public.damascus_job_processes (
     started_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
-COMMENT ON TABLE public.damascus_job_processes IS 'Process groups of running phases (agents, tests) per host; a row whose claim_token no longer holds a slot is an orphan to kill.';
+COMMENT ON TABLE public.damascus_job_processes IS 'Process groups of running phases (agents, tests) per host; a row whose claim''s lease ran out is an orphan to kill.';
 
 CREATE TABLE public.damascus_jobs (
     job_id uuid NOT NULL,

@@ -114,7 +114,7 @@ create table damascus_job_processes (
 );
 
 comment on table damascus_job_processes is
-    'Process groups of running phases (agents, tests) per host; a row whose claim_token no longer holds a slot is an orphan to kill.';
+    'Process groups of running phases (agents, tests) per host; a row whose claim''s lease ran out is an orphan to kill.';
 
 -- Where a project's agent and tests run: as the worker's processes with an allow-listed
 -- environment (none), or in a bubblewrap namespace where only their worktree and HOME

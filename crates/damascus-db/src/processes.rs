@@ -1,6 +1,6 @@
 //! The process groups running phases started (agents, tests), per host, so that a
 //! worker on the same host can kill the groups a dead worker left behind. A row lives
-//! while its process runs; one whose claim no longer holds a slot is an orphan.
+//! while its process runs; one whose claim's lease ran out is an orphan.
 
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
@@ -46,14 +46,15 @@ pub async fn forget<'e>(db: impl PgExecutor<'e>, host: &str, process_group: i32)
     Ok(())
 }
 
-/// The process groups on `host` whose claim no longer holds a slot: their worker died
-/// (or lost the claim) while they ran.
+/// The process groups on `host` whose claim no longer holds a live lease: their worker
+/// died (or lost the claim, and stops its phases) while they ran.
 pub async fn orphans<'e>(db: impl PgExecutor<'e>, host: &str) -> DbResult<Vec<JobProcess>> {
     let rows = sqlx::query(
         "select p.process_group, p.claim_token, p.item_id, p.leader_start_ticks
          from damascus_job_processes p
          where p.host = $1
-           and not exists (select 1 from damascus_slots s where s.claim_token = p.claim_token)",
+           and not exists (select 1 from damascus_slots s
+                           where s.claim_token = p.claim_token and s.lease_until > now())",
     )
     .bind(host)
     .fetch_all(db)

@@ -88,8 +88,8 @@ const SOCKET_DIRS: [&str; 2] = ["/run/postgresql", "/var/run/postgresql"];
 /// bubblewrap's argv: the whole file system read-only, a fresh /tmp, /dev and /proc
 /// (of a new PID namespace, so the worker cannot be seen), the data directory and the
 /// machine's PostgreSQL socket directories hidden under empty file systems, then the
-/// worktree and HOME writable and the project's cache clone readable (git in the
-/// worktree reads its objects there). The network stays: the agent calls its model.
+/// worktree and HOME writable, the project's cache clone (git in the worktree reads its
+/// objects there) and the agent's own program readable. The network stays: the agent calls its model.
 fn bwrap_argv(
     bwrap: &Path,
     data_dir: &Path,
@@ -111,12 +111,23 @@ fn bwrap_argv(
         "--tmpfs".into(),
         "/tmp".into(),
     ];
-    for dir in SOCKET_DIRS {
-        if Path::new(dir).is_dir() {
-            wrapped.extend(["--tmpfs".into(), dir.into()]);
-        }
+    // One of them is often a link to the other: each real directory once.
+    let mut sockets: Vec<PathBuf> = SOCKET_DIRS
+        .iter()
+        .filter_map(|dir| std::fs::canonicalize(dir).ok())
+        .filter(|dir| dir.is_dir())
+        .collect();
+    sockets.dedup();
+    for dir in sockets {
+        wrapped.extend(["--tmpfs".into(), path(&dir)]);
     }
     wrapped.extend(["--tmpfs".into(), path(data_dir)]);
+    // The agent's own program stays reachable when it lives under a hidden directory.
+    if let Some(program) = argv.first().map(Path::new) {
+        if program.is_absolute() && program.is_file() {
+            wrapped.extend(["--ro-bind".into(), path(program), path(program)]);
+        }
+    }
     if cache.is_dir() {
         wrapped.extend(["--ro-bind".into(), path(cache), path(cache)]);
     }

@@ -8,4 +8,5 @@ mod gitea;
 mod github;
 mod merge_queue;
 mod model;
+mod safety;
 mod support;
