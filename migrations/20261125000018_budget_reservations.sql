@@ -100,7 +100,7 @@ $$;
 
 -- The process groups a running phase started (its agent, its tests), so that a worker
 -- starting on the same host can kill what a dead worker left behind. A row lives while
--- its process runs; one whose claim no longer holds a slot is an orphan.
+-- its process runs; one whose claim's lease ran out is an orphan.
 create table damascus_job_processes (
     process_group integer not null,
     host text not null,

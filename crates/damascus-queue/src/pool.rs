@@ -473,6 +473,13 @@ async fn run_phase(
         // A queue message whose item is gone: drop it.
         return end_claim(shared, &job, End::Report(Verdict::pass().into())).await;
     };
+    if job.runs > 1 {
+        // An earlier run of this job may have died with its worker on this host: what
+        // it left running goes before the job runs again.
+        if let Err(e) = crate::orphans::sweep(&shared.pool).await {
+            tracing::warn!(error = %e, "cannot look for process groups dead workers left running");
+        }
+    }
     let span = tracing::info_span!("phase", job = %job.job_id, item = target.item_id, phase = %target.phase, attempt = target.attempt);
     let context = JobContext {
         job_id: job.job_id,

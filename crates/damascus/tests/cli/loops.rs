@@ -328,3 +328,124 @@ async fn bench_queue_reports_every_figure() {
         &["--rounds", "0 is not in 1..=100"],
     );
 }
+
+/// A `damascus worker` on `db` with a short lease, one phase at a time.
+fn spawn_worker(db: &TestDatabase, data: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("damascus"))
+        .env_remove("DAMASCUS_DATA_DIR")
+        .env("DATABASE_URL", &db.url)
+        .args(["--data-dir", data.to_str().unwrap(), "worker"])
+        .args(["--concurrency", "1", "--lease-secs", "3", "--poll-secs", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn is_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_build_leaves_no_agent_running_and_its_job_runs_again_once() {
+    let db = TestDatabase::new().await;
+    let data = data_dir();
+    let work = tempfile::tempdir().unwrap();
+    let remote = work.path().join("remote.git");
+    damascus_git::init_bare_with_files(
+        &remote,
+        &[("README.md", "demo\n")],
+        &damascus_git::Identity::default(),
+    )
+    .await
+    .unwrap();
+    let runs = work.path().join("runs.txt");
+    let sleeper = work.path().join("sleeper.pid");
+    let agent = work.path().join("agent.sh");
+    // The first run starts a background sleep and then loops until it is killed; the
+    // second does the job.
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho run >> {runs}\nif [ ! -e {sleeper} ]; then\n  sleep 300 &\n  echo $! > {sleeper}\n  while true; do sleep 1; done\nfi\necho hello > hello.txt\necho '{{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,\"total_cost_usd\":0}}'\n",
+            runs = runs.display(),
+            sleeper = sleeper.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(run(
+        &db,
+        &[
+            "project",
+            "add",
+            "web",
+            "--repo",
+            remote.to_str().unwrap(),
+            "--spec-mode",
+            "passthrough",
+            "--agent-command",
+            agent.to_str().unwrap(),
+            "--test-command",
+            "grep -qx hello hello.txt",
+        ],
+        "",
+    ));
+    ok(run(
+        &db,
+        &["ingest", "-p", "web", "--title", "Greeting"],
+        "Greet the reader.\n\n## Acceptance criteria\n- hello.txt holds the word hello\n",
+    ));
+
+    let mut first = spawn_worker(&db, data.path());
+    let started = Instant::now();
+    while !sleeper.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the agent never started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sleep_pid: i32 = std::fs::read_to_string(&sleeper)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!is_gone(sleep_pid), "the agent's child died with the worker");
+
+    let killed_at = Instant::now();
+    let mut second = spawn_worker(&db, data.path());
+    let phase = loop {
+        let phase: String = sqlx::query_scalar("select phase::text from work_items where id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if phase == "merged" || phase == "blocked" {
+            break phase;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(120),
+            "the job did not run again: {phase}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(phase, "merged");
+    assert!(is_gone(sleep_pid), "the dead worker's agent still runs");
+    let orphaned_for = killed_at.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap().lines().count(),
+        2,
+        "the agent ran once before the kill and once after"
+    );
+    eprintln!("merged {orphaned_for:?} after the kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    second.wait().unwrap();
+}
