@@ -57,6 +57,11 @@ pub struct Database {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// The server cancels a statement that runs (or waits for a lock) longer.
+    pub statement_timeout: Duration,
+    /// The server ends a session that sits idle inside a transaction longer, releasing
+    /// its locks (a worker that hung or vanished mid-transaction).
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -64,6 +69,8 @@ impl Default for PoolSettings {
         PoolSettings {
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(60),
+            idle_in_transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -176,14 +183,37 @@ async fn connect_pool(
 /// without a ping: sqlx pinged it when it came back, and no server restarts in less.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
 
-/// The pool's options. sqlx pings a connection when it is released and, by default,
-/// again before handing it out: a round trip before every statement, on the critical
-/// path of every claim and verdict. Here the second ping happens only for a connection
-/// that sat idle for `PING_IF_IDLE_FOR` (one that may have outlived a server restart).
+/// Per-session settings every pooled connection gets: the statement and
+/// idle-in-transaction timeouts, and TCP keepalives the server sends so that a client
+/// that vanished (its machine gone, the network cut) is noticed within about a minute
+/// and its session ended, releasing what it held (Unix-socket sessions ignore them).
+const SESSION_SETTINGS: &str = "select set_config('statement_timeout', $1, false),
+        set_config('idle_in_transaction_session_timeout', $2, false),
+        set_config('tcp_keepalives_idle', '30', false),
+        set_config('tcp_keepalives_interval', '10', false),
+        set_config('tcp_keepalives_count', '3', false)";
+
+/// The pool's options. Every connection gets the settings' statement and
+/// idle-in-transaction timeouts and the server's TCP keepalives. sqlx pings a
+/// connection when it is released and, by default, again before handing it out: a
+/// round trip before every statement, on the critical path of every claim and verdict.
+/// Here the second ping happens only for a connection that sat idle for
+/// `PING_IF_IDLE_FOR` (one that may have outlived a server restart).
 pub fn pool_options(settings: PoolSettings) -> PgPoolOptions {
+    let statement_timeout = settings.statement_timeout.as_millis().to_string();
+    let idle_timeout = settings.idle_in_transaction_timeout.as_millis().to_string();
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.connect_timeout)
+        .after_connect(move |conn, _meta| {
+            let query = sqlx::query(SESSION_SETTINGS)
+                .bind(statement_timeout.clone())
+                .bind(idle_timeout.clone());
+            Box::pin(async move {
+                query.execute(&mut *conn).await?;
+                Ok(())
+            })
+        })
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -85,6 +85,19 @@ pub async fn apply(pool: &PgPool) -> DbResult<usize> {
         SchemaState::Behind { pending, .. } => pending,
         SchemaState::Current { .. } | SchemaState::Ahead { .. } => 0,
     };
-    MIGRATOR.run(pool).await?;
+    // A migration may rewrite a large table: no statement timeout while it runs.
+    let mut conn = pool.acquire().await?;
+    let timeout: String = sqlx::query_scalar("show statement_timeout")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query("set statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let migrated = MIGRATOR.run(&mut *conn).await;
+    sqlx::query("select set_config('statement_timeout', $1, false)")
+        .bind(&timeout)
+        .execute(&mut *conn)
+        .await?;
+    migrated?;
     Ok(before)
 }

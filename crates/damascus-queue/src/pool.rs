@@ -725,7 +725,16 @@ async fn keep_alive_loop(shared: Arc<Shared>, stop: CancellationToken) {
             jobs::heartbeat(&shared.pool, &shared.registered, &shared.info).await?;
             jobs::keep_alive(&shared.pool, &claims, shared.config.lease).await
         };
-        match kept.await {
+        // A keep-alive that hangs (a lock it waits for, a server that stopped answering)
+        // counts as failed once the next one is due, so the check below still runs.
+        let kept = match tokio::time::timeout(shared.config.keep_alive_every(), kept).await {
+            Ok(kept) => kept.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {:?}",
+                shared.config.keep_alive_every()
+            )),
+        };
+        match kept {
             Ok(held) => {
                 last_ok = tokio::time::Instant::now();
                 for claim in claims.iter().filter(|c| !held.contains(c)) {

@@ -5,6 +5,7 @@
 //! `worker_process::entry` then runs a worker pool until it receives SIGTERM.
 
 mod cap_and_processes;
+mod hangs;
 mod operator;
 mod support;
 mod transactional;

@@ -335,7 +335,14 @@ fn spawn_worker(db: &TestDatabase, data: &std::path::Path) -> std::process::Chil
         .env_remove("DAMASCUS_DATA_DIR")
         .env("DATABASE_URL", &db.url)
         .args(["--data-dir", data.to_str().unwrap(), "worker"])
-        .args(["--concurrency", "1", "--lease-secs", "3", "--poll-secs", "1"])
+        .args([
+            "--concurrency",
+            "1",
+            "--lease-secs",
+            "3",
+            "--poll-secs",
+            "1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -343,8 +350,10 @@ fn spawn_worker(db: &TestDatabase, data: &std::path::Path) -> std::process::Chil
 }
 
 fn is_gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[tokio::test]
@@ -415,7 +424,10 @@ async fn a_worker_killed_mid_build_leaves_no_agent_running_and_its_job_runs_agai
         .unwrap();
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(!is_gone(sleep_pid), "the agent's child died with the worker");
+    assert!(
+        !is_gone(sleep_pid),
+        "the agent's child died with the worker"
+    );
 
     let killed_at = Instant::now();
     let mut second = spawn_worker(&db, data.path());
