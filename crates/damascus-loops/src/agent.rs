@@ -98,18 +98,20 @@ pub(crate) async fn run(
     let log_file = log_file(inner, input, log_name);
     let end = process::run(
         ProcessSpec {
-            argv: confined.argv,
+            argv: confined.argv.clone(),
             dir: dir.to_path_buf(),
-            env: confined.env,
+            env: confined.env.clone(),
             stdin: Some(prompt),
             timeout: Duration::from_secs(project.agent_timeout_secs as u64),
             log_file: log_file.clone(),
             job: Some(input.job.clone()),
+            user: confined.user,
         },
         &input.job.cancel,
     )
-    .await
-    .map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
+    .await;
+    confined.release().await;
+    let end = end.map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
     // A run killed before it reported leaves a ledger row that says its spend is unknown.
     let unreported = |why: &str| CostEntry {
         source: damascus_core::CostSource::Agent,

@@ -40,6 +40,7 @@ use damascus_git::Identity;
 use damascus_queue::{JobContext, PhaseFuture, PhaseRunner};
 
 pub use llm::LlmConfig;
+pub use sandbox::AgentUser;
 
 /// What the loops need from the deployment.
 #[derive(Clone)]
@@ -57,6 +58,8 @@ pub struct LoopsConfig {
     pub gitea_token: Option<String>,
     /// The API token for GitHub projects (`DAMASCUS_GITHUB_TOKEN`).
     pub github_token: Option<String>,
+    /// The unprivileged user the agent and the tests run as (`--agent-user`).
+    pub agent_user: Option<AgentUser>,
 }
 
 impl std::fmt::Debug for LoopsConfig {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for LoopsConfig {
             .field("claude_max_turns", &self.claude_max_turns)
             .field("gitea_token", &self.gitea_token.as_ref().map(|_| "***"))
             .field("github_token", &self.github_token.as_ref().map(|_| "***"))
+            .field("agent_user", &self.agent_user)
             .finish()
     }
 }

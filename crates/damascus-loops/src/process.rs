@@ -28,6 +28,8 @@ pub struct ProcessSpec {
     /// The job the process runs for: its group is recorded under the job's claim, and
     /// its environment names the claim (`DAMASCUS_CLAIM`).
     pub job: Option<damascus_queue::JobContext>,
+    /// The user and group to run as, when not the worker's (`--agent-user`).
+    pub user: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +138,9 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.user {
+        command.uid(uid).gid(gid);
+    }
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
     unsafe {
         command.pre_exec(|| {
@@ -271,6 +276,7 @@ mod tests {
             timeout,
             log_file: dir.join("logs/run.log"),
             job: None,
+            user: None,
         }
     }
 

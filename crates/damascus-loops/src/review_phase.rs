@@ -487,18 +487,20 @@ impl Run<'_> {
         let confined = crate::sandbox::confine(self.inner, self.input, dir, argv, &[]).await?;
         let end = process::run(
             ProcessSpec {
-                argv: confined.argv,
+                argv: confined.argv.clone(),
                 dir: dir.to_path_buf(),
-                env: confined.env,
+                env: confined.env.clone(),
                 stdin: None,
                 timeout: Duration::from_secs(project.test_timeout_secs as u64),
                 log_file: crate::agent::log_file(self.inner, self.input, &log_name),
                 job: Some(self.input.job.clone()),
+                user: confined.user,
             },
             &self.input.job.cancel,
         )
-        .await
-        .map_err(|e| Verdict::TransientError {
+        .await;
+        confined.release().await;
+        let end = end.map_err(|e| Verdict::TransientError {
             reason: e.to_string(),
         })?;
         Ok(match end {

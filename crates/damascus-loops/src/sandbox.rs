@@ -3,7 +3,10 @@
 //! the agent), never the worker's; and, for a project with `--sandbox bwrap`, a
 //! bubblewrap namespace where only the worktree and that HOME are writable, the data
 //! directory (the cluster, its socket, the cache clones, the logs, other worktrees) is
-//! hidden, and the worker's processes cannot be seen.
+//! hidden, and the worker's processes cannot be seen. With `--agent-user NAME` they run
+//! as that user: the worktree and HOME are handed to it for the run and taken back
+//! after, and the data directory's other parts (the cluster, the cache clones, the
+//! logs, idle worktrees) are closed to it.
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +14,139 @@ use damascus_core::{Sandbox, Verdict};
 
 use crate::{Inner, PhaseInput};
 
-/// How one process of a phase is confined.
+/// The unprivileged user the agent and the tests run as (`--agent-user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Capabilities a worker needs to run processes as another user and hand directories
+/// to it and back: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_SETGID, CAP_SETUID (root has them).
+const AGENT_USER_CAPABILITIES: [(u32, &str); 4] = [
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+];
+
+impl AgentUser {
+    /// Looks `name` up and checks that this process may run processes as it.
+    pub fn lookup(name: &str) -> Result<AgentUser, String> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("cannot look up the agent user {name:?}: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "there is no user {name:?} on this machine for --agent-user; create it (useradd --system --create-home {name}) or leave --agent-user out"
+                )
+            })?;
+        if user.uid.is_root() {
+            return Err(format!(
+                "--agent-user {name:?} is root, which the agent must not be; name an unprivileged user"
+            ));
+        }
+        if user.uid == nix::unistd::geteuid() {
+            return Err(format!(
+                "--agent-user {name:?} is the user this worker runs as; name another, unprivileged user so the agent cannot read the worker's environment"
+            ));
+        }
+        let missing = missing_capabilities();
+        if !missing.is_empty() {
+            return Err(format!(
+                "--agent-user needs a worker that may switch users and hand directories over ({}); run the worker as root, or give its binary those capabilities (setcap cap_chown,cap_dac_override,cap_setgid,cap_setuid+ep damascus)",
+                missing.join(", ")
+            ));
+        }
+        Ok(AgentUser {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+}
+
+/// The capabilities of `AGENT_USER_CAPABILITIES` this process lacks.
+fn missing_capabilities() -> Vec<&'static str> {
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    AGENT_USER_CAPABILITIES
+        .iter()
+        .filter(|(bit, _)| effective & (1 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// How one process of a phase is confined. `release` takes the worktree and HOME back
+/// from the agent user after the run.
 pub(crate) struct Confinement {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The user and group the process runs as, when not the worker's.
+    pub user: Option<(u32, u32)>,
+    handed_over: Vec<PathBuf>,
+}
+
+impl Confinement {
+    /// Gives the directories handed to the agent user back to the worker, so the worker's
+    /// git sees its own worktree and an idle worktree is closed to the agent user.
+    pub async fn release(self) {
+        let worker = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        for dir in self.handed_over {
+            let shown = dir.display().to_string();
+            let owned = tokio::task::spawn_blocking(move || chown_tree(&dir, worker)).await;
+            if let Ok(Err(e)) | Err(e) = owned.map_err(std::io::Error::other) {
+                tracing::warn!(dir = shown, error = %e, "cannot take a directory back from the agent user");
+            }
+        }
+    }
+}
+
+/// Changes the owner of `dir` and everything under it (links themselves, not what they
+/// point to).
+fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            chown_tree(&entry?.path(), (uid, gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens the way to `worktree` and `home` for the agent user and closes the rest of the
+/// data directory to it: directories on the way may be passed through but not listed;
+/// the cache clones and the logs are the worker's alone.
+fn open_the_way(data_dir: &Path, worktree: &Path, home: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode: u32| match std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(mode),
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    for closed in ["repos", "logs"] {
+        mode(&data_dir.join(closed), 0o700)?;
+    }
+    for dir in [worktree, home] {
+        let mut on_the_way = dir.parent();
+        while let Some(parent) = on_the_way.filter(|p| p.starts_with(data_dir)) {
+            mode(parent, 0o711)?;
+            on_the_way = parent.parent();
+        }
+    }
+    Ok(())
 }
 
 /// The HOME a project's item gets: `homes/<project>-<item>` under the data directory.
@@ -79,7 +211,41 @@ pub(crate) async fn confine(
             )
         }
     };
-    Ok(Confinement { argv, env })
+    let mut handed_over = Vec::new();
+    if let Some(user) = &inner.config.agent_user {
+        handed_over = vec![worktree.to_path_buf(), home.clone()];
+        let (data_dir, dirs) = (inner.config.data_dir.clone(), handed_over.clone());
+        let owner = (user.uid, user.gid);
+        let handed = tokio::task::spawn_blocking(move || {
+            open_the_way(&data_dir, &dirs[0], &dirs[1])?;
+            dirs.iter().try_for_each(|dir| chown_tree(dir, owner))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = handed {
+            Confinement {
+                argv: Vec::new(),
+                env: Vec::new(),
+                user: None,
+                handed_over,
+            }
+            .release()
+            .await;
+            return Err(Verdict::TransientError {
+                reason: format!(
+                    "cannot hand the worktree to the agent user {}: {e}",
+                    user.name
+                ),
+            });
+        }
+    }
+    Ok(Confinement {
+        argv,
+        env,
+        user: inner.config.agent_user.as_ref().map(|u| (u.uid, u.gid)),
+        handed_over,
+    })
 }
 
 /// The socket directories a PostgreSQL server on this machine may listen in.

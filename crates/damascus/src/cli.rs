@@ -180,6 +180,11 @@ pub struct LoopsArgs {
     /// --max-turns for Claude Code, the default agent.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub claude_max_turns: u32,
+    /// Run the agent and the tests as this unprivileged user, who cannot read the
+    /// worker's environment, the cluster or other items' idle worktrees (the worker
+    /// must run as root or hold CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE).
+    #[arg(long, env = "DAMASCUS_AGENT_USER")]
+    pub agent_user: Option<String>,
 }
 
 #[derive(Debug, ClapArgs)]

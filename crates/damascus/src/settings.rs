@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use damascus_db::Target;
 use damascus_git::Identity;
-use damascus_loops::{LlmConfig, LoopsConfig};
+use damascus_loops::{AgentUser, LlmConfig, LoopsConfig};
 use damascus_queue::QueueConfig;
 
 use crate::cli::{DatabaseArgs, LoopsArgs, QueueArgs};
@@ -69,6 +69,13 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         github_token: std::env::var("DAMASCUS_GITHUB_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        agent_user: args
+            .agent_user
+            .as_deref()
+            .filter(|name| !name.trim().is_empty())
+            .map(|name| AgentUser::lookup(name.trim()))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
     })
 }
 

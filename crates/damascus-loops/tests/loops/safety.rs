@@ -2,7 +2,10 @@
 //! a project build at once, and an agent that cannot reach the orchestrator's secrets
 //! or write outside its worktree.
 
+use std::os::unix::fs::PermissionsExt;
+
 use damascus_core::{Sandbox, SpecMode};
+use damascus_loops::AgentUser;
 
 use crate::support::{Setup, GREETING};
 
@@ -120,17 +123,21 @@ check $found "a secret in another process's environment"
 grep -qa damascus-marker-secret "/proc/$worker/environ" 2>/dev/null; check $? "the worker's /proc environ"
 kill -0 "$worker" 2>/dev/null; check $? "signalling the worker"
 psql -h "$socket" -U damascus -d postgres -Atc 'select 1' >/dev/null 2>&1; check $? "the cluster's socket"
-[ -e "$socket" ]; check $? "seeing the socket directory"
+ls "$socket"/.s.PGSQL.* >/dev/null 2>&1; check $? "seeing the cluster's socket"
 ls "$data/repos" >/dev/null 2>&1 && [ -n "$(ls -A "$data/logs" 2>/dev/null)" ]; check $? "the data directory"
 touch /etc/damascus-escaped 2>/dev/null; check $? "writing to /etc"
 # Under a private /tmp these land in a scratch file system; the test looks on the host.
 touch "$outside/escaped" "$remote/escaped" 2>/dev/null
-echo "home=$HOME anthropic=${ANTHROPIC_API_KEY:-unset}"
+echo "home=$HOME anthropic=${ANTHROPIC_API_KEY:-unset} uid=$(id -u)"
 echo hello > hello.txt
 echo '{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0}'"#
 }
 
 async fn hostile_run(sandbox: Sandbox) -> (Setup, String) {
+    hostile_run_as(sandbox, None).await
+}
+
+async fn hostile_run_as(sandbox: Sandbox, user: Option<AgentUser>) -> (Setup, String) {
     // SAFETY: tests of this binary read no variable named so; set before any thread
     // of this test reads the environment.
     unsafe { std::env::set_var("DAMASCUS_TEST_MARKER", "damascus-marker-secret") };
@@ -156,6 +163,11 @@ async fn hostile_run(sandbox: Sandbox) -> (Setup, String) {
         .await;
     let item = setup.ingest("Greeting", GREETING).await;
     let mut config = setup.loops_config(None);
+    if user.is_some() {
+        // The agent user passes through the test's directory to its worktree.
+        std::fs::set_permissions(setup.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    config.agent_user = user;
     config.agent_env = vec![("ANTHROPIC_API_KEY".into(), "sk-for-the-agent".into())];
     setup.cycle_with(config).await;
     let log = std::fs::read_to_string(data.join(format!("logs/{item}/build-1.log")))
@@ -210,4 +222,44 @@ fn damascus_loops_bwrap_missing() -> bool {
         eprintln!("skipped: bubblewrap is not installed (apt-get install bubblewrap)");
     }
     !present
+}
+
+/// The unprivileged user the agent-user test runs its agent as, created when missing;
+/// `None` where this process cannot switch users (not root), which CI's root run can.
+fn test_agent_user() -> Option<AgentUser> {
+    const NAME: &str = "damascus-agent-test";
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running the agent as another user needs root");
+        return None;
+    }
+    if nix::unistd::User::from_name(NAME).unwrap().is_none() {
+        let made = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh", NAME])
+            .status()
+            .expect("useradd runs");
+        // Two tests may race to create it.
+        assert!(
+            made.success() || nix::unistd::User::from_name(NAME).unwrap().is_some(),
+            "cannot create the test's agent user"
+        );
+    }
+    Some(AgentUser::lookup(NAME).unwrap())
+}
+
+#[tokio::test]
+async fn an_agent_run_as_another_user_reaches_no_secret_and_writes_only_its_worktree() {
+    let Some(user) = test_agent_user() else {
+        return;
+    };
+    let uid = user.uid;
+    let (setup, log) = hostile_run_as(Sandbox::None, Some(user)).await;
+    assert!(log.contains(&format!(" uid={uid}\n")), "{log}");
+    assert!(!log.contains("LEAK"), "{log}");
+    assert_eq!(log.matches("held: ").count(), 8, "{log}");
+    assert!(!setup.dir.path().join("escaped").exists());
+    assert!(!setup.remote.join("escaped").exists());
+    // The worktree is the worker's again after the run.
+    let worktree = setup.dir.path().join("data/worktrees/web/web-1");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&worktree).unwrap());
+    assert_eq!(owner, nix::unistd::geteuid().as_raw());
 }

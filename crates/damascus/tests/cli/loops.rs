@@ -253,6 +253,18 @@ fn worker_setting_refusals() {
             1,
             &["DAMASCUS_GIT_AUTHOR", "Name <email>"],
         ),
+        (
+            &["worker", "--agent-user", "no-such-user-here"],
+            &[],
+            1,
+            &["no user \"no-such-user-here\"", "useradd"],
+        ),
+        (
+            &["cycle"],
+            &[("DAMASCUS_AGENT_USER", "root")],
+            1,
+            &["is root", "unprivileged user"],
+        ),
     ];
     for (args, env, code, needles) in cases {
         let mut cmd = damascus();
