@@ -185,6 +185,12 @@ pub struct LoopsArgs {
     /// must run as root or hold CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE).
     #[arg(long, env = "DAMASCUS_AGENT_USER")]
     pub agent_user: Option<String>,
+    /// A variable of the worker's environment the agent and the tests also get
+    /// (repeatable; ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN and
+    /// ANTHROPIC_MODEL always pass). Damascus's own settings (DATABASE_URL, DAMASCUS_*,
+    /// PG*) are refused.
+    #[arg(long = "agent-env", env = "DAMASCUS_AGENT_ENV", value_delimiter = ',')]
+    pub agent_env: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -53,15 +53,7 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         data_dir: data_dir.to_path_buf(),
         llm,
         identity: parse_identity(&args.git_author)?,
-        agent_env: [
-            "ANTHROPIC_BASE_URL",
-            "ANTHROPIC_API_KEY",
-            "ANTHROPIC_AUTH_TOKEN",
-            "ANTHROPIC_MODEL",
-        ]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect(),
+        agent_env: agent_env(&args.agent_env)?,
         claude_max_turns: args.claude_max_turns,
         gitea_token: std::env::var("DAMASCUS_GITEA_TOKEN")
             .ok()
@@ -77,6 +69,39 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
             .transpose()
             .map_err(anyhow::Error::msg)?,
     })
+}
+
+/// The variables the agent always gets from the worker's environment, when set.
+const AGENT_ENV: [&str; 4] = [
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_MODEL",
+];
+
+/// The agent's variables: `AGENT_ENV` and the names given with --agent-env, with their
+/// values from this process's environment (unset ones are left out).
+fn agent_env(extra: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut names: Vec<&str> = AGENT_ENV.to_vec();
+    for name in extra.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            bail!("--agent-env {name:?} is not a variable name (letters, digits and _, not starting with a digit)");
+        }
+        let orchestrators =
+            name == "DATABASE_URL" || name.starts_with("DAMASCUS_") || name.starts_with("PG");
+        if orchestrators {
+            bail!("--agent-env {name}: Damascus's own settings (DATABASE_URL, DAMASCUS_*, PG*) never reach the agent; give the agent a variable of its own instead");
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names
+        .into_iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+        .collect())
 }
 
 fn parse_prices(entries: &[String]) -> anyhow::Result<HashMap<String, (f64, f64)>> {
@@ -132,4 +157,23 @@ pub fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_env_passes_the_named_variables_that_are_set() {
+        // SAFETY: no other test of this binary reads these names.
+        unsafe {
+            std::env::set_var("DAMASCUS_TEST_AGENT_ENV_SET", "x");
+            std::env::set_var("AGENT_ENV_TEST_SET", "yes");
+            std::env::remove_var("AGENT_ENV_TEST_UNSET");
+        }
+        let env = agent_env(&["AGENT_ENV_TEST_SET".into(), "AGENT_ENV_TEST_UNSET".into()]).unwrap();
+        assert!(env.contains(&("AGENT_ENV_TEST_SET".into(), "yes".into())));
+        assert!(!env.iter().any(|(k, _)| k == "AGENT_ENV_TEST_UNSET"));
+        assert!(!env.iter().any(|(k, _)| k.starts_with("DAMASCUS_")));
+    }
 }

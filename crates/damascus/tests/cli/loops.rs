@@ -265,6 +265,24 @@ fn worker_setting_refusals() {
             1,
             &["is root", "unprivileged user"],
         ),
+        (
+            &["cycle", "--agent-env", "DAMASCUS_GITEA_TOKEN"],
+            &[],
+            1,
+            &["never reach the agent"],
+        ),
+        (
+            &["cycle"],
+            &[("DAMASCUS_AGENT_ENV", "CLAUDE_CODE_X,DATABASE_URL")],
+            1,
+            &["--agent-env DATABASE_URL", "never reach the agent"],
+        ),
+        (
+            &["cycle", "--agent-env", "MY VAR"],
+            &[],
+            1,
+            &["is not a variable name"],
+        ),
     ];
     for (args, env, code, needles) in cases {
         let mut cmd = damascus();
