@@ -80,7 +80,15 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
             };
             report(verdict, vec![cost])
         }
-        Err(e @ (LlmError::Timeout(_) | LlmError::Transport(_) | LlmError::Unavailable { .. })) => {
+        // A call that timed out may still be billed: its ledger row says the spend is
+        // unknown.
+        Err(e @ LlmError::Timeout(_)) => report(
+            Verdict::TransientError {
+                reason: e.to_string(),
+            },
+            vec![unknown_spend(llm.model(), "no answer in time")],
+        ),
+        Err(e @ (LlmError::Transport(_) | LlmError::Unavailable { .. })) => {
             Verdict::TransientError {
                 reason: e.to_string(),
             }
@@ -91,7 +99,21 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
             context: String::new(),
         }
         .into(),
-        Err(e @ LlmError::Malformed(_)) => fail(e.to_string(), "").into(),
+        Err(e @ LlmError::Malformed(_)) => report(
+            fail(e.to_string(), ""),
+            vec![unknown_spend(llm.model(), "the reply could not be read")],
+        ),
+    }
+}
+
+/// A ledger row for a model call whose cost is not known.
+fn unknown_spend(model: &str, why: &str) -> CostEntry {
+    CostEntry {
+        source: CostSource::Llm,
+        model: format!("{model} (spend unknown: {why})"),
+        tokens_in: 0,
+        tokens_out: 0,
+        usd: 0.0,
     }
 }
 

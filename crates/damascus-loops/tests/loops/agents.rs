@@ -107,3 +107,39 @@ async fn an_agent_stopped_by_its_budget_records_what_it_spent() {
         .unwrap();
     assert!((spent - 0.0128).abs() < 1e-9, "{spent}");
 }
+
+#[tokio::test]
+async fn an_agent_killed_at_its_limit_leaves_a_ledger_row_that_says_its_spend_is_unknown() {
+    let setup = Setup::new().await;
+    let agent = setup.agent("agent.sh", "cat > /dev/null\nsleep 600");
+    setup
+        .project(&agent, SpecMode::Passthrough, |p| {
+            p.max_attempts_per_phase = 1;
+            p.agent_timeout_secs = 1;
+            p.cost_budget_usd = Some(0.5);
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    setup.cycle().await;
+    let question = setup.open_question(item).await.1;
+    assert!(
+        question.contains("may have spent up to the 0.5000 USD reserved for it"),
+        "{question}"
+    );
+    let rows: Vec<(String, f64)> =
+        sqlx::query_as("select model, usd::float8 from cost_ledger where item_id = $1")
+            .bind(item)
+            .fetch_all(&setup.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [(
+            format!(
+                "{} (spend unknown: killed at its time limit before it reported)",
+                agent
+            ),
+            0.0
+        )]
+    );
+}

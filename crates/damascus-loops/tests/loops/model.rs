@@ -147,6 +147,18 @@ async fn a_model_that_times_out_is_retried_then_blocks() {
         question.contains("did not answer within") && question.contains("2 runs"),
         "{question}"
     );
+    // Each call that timed out may still be billed: the ledger says its spend is unknown.
+    let unknown: Vec<String> = sqlx::query_scalar(
+        "select model from cost_ledger where item_id = $1 and source = 'llm' order by id",
+    )
+    .bind(item)
+    .fetch_all(&setup.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unknown, ["test-model (spend unknown: no answer in time)"; 2],
+        "one row per call"
+    );
 }
 
 /// A question the spec-refiner raised, answered: the refiner's next request carries the
