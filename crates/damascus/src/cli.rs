@@ -180,6 +180,10 @@ pub struct LoopsArgs {
     /// --max-turns for Claude Code, the default agent.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub claude_max_turns: u32,
+    /// The longest one git command (clone, fetch, push) may run before it is killed and
+    /// its phase retried.
+    #[arg(long, env = "DAMASCUS_GIT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub git_timeout_secs: u64,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -69,6 +69,7 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         github_token: std::env::var("DAMASCUS_GITHUB_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        git_timeout: Duration::from_secs(args.git_timeout_secs),
     })
 }
 

@@ -6,6 +6,8 @@ mod agents;
 mod flow;
 mod gitea;
 mod github;
+mod hangs;
 mod merge_queue;
 mod model;
+mod secrets;
 mod support;

@@ -79,6 +79,7 @@ impl Setup {
             claude_max_turns: 5,
             gitea_token: Some("gitea-secret".into()),
             github_token: None,
+            git_timeout: damascus_git::DEFAULT_TIMEOUT,
         }
     }
 

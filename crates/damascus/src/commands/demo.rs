@@ -80,6 +80,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         claude_max_turns: 10,
         gitea_token: None,
         github_token: None,
+        git_timeout: damascus_git::DEFAULT_TIMEOUT,
     })?;
     let queue = QueueConfig {
         concurrency: Some(2),
