@@ -57,6 +57,9 @@ pub const MAX_TIMEOUT_SECS: i32 = 86_400;
 pub enum ProjectError {
     #[error("the repository is empty; give a git URL or a local path")]
     EmptyRepository,
+    /// The URL is given with its credentials masked: the error is printed and logged.
+    #[error("the repository URL {redacted} holds credentials (a password or a token before the @); remove them from the URL and give the token to the worker instead: DAMASCUS_GITEA_TOKEN or DAMASCUS_GITHUB_TOKEN for a Gitea or GitHub project (git gets it through GIT_ASKPASS), or an SSH URL and a key of the worker's user for any other remote")]
+    CredentialsInRepository { redacted: String },
     #[error("default branch {0:?} is not a valid git branch name; use a name such as \"main\"")]
     BadBranch(String),
     #[error("forge kind {0} needs the repository on the forge as owner/name (e.g. \"acme/web\")")]
@@ -117,6 +120,9 @@ impl NewProject {
     pub fn validate(&self) -> Result<(), ProjectError> {
         if self.repository.trim().is_empty() {
             return Err(ProjectError::EmptyRepository);
+        }
+        if let Some(redacted) = credentials_in_url(&self.repository) {
+            return Err(ProjectError::CredentialsInRepository { redacted });
         }
         if !is_branch_name(&self.default_branch) {
             return Err(ProjectError::BadBranch(self.default_branch.clone()));
@@ -196,6 +202,42 @@ impl NewProject {
     }
 }
 
+/// The URL with its user part masked, when that part holds a secret: a password
+/// (`https://user:pass@host/…`) or a user name that looks like a token
+/// (`https://ghp_…@host/…`). A plain user name (`ssh://git@host/…`,
+/// `https://ana@host/…`) and scp-style addresses (`git@host:acme/web.git`) hold none.
+fn credentials_in_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;
+    let secret = match userinfo.split_once(':') {
+        Some(_) => true,
+        None => looks_like_token(userinfo),
+    };
+    secret.then(|| format!("{scheme}://***@{host}{}", &rest[authority_end..]))
+}
+
+/// Forge tokens: GitHub's and GitLab's prefixed ones, and long runs of letters and
+/// digits such as Gitea's 40 hex digits; user names are short and rarely mix both.
+fn looks_like_token(user: &str) -> bool {
+    const PREFIXES: [&str; 7] = [
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+    ];
+    PREFIXES.iter().any(|p| user.starts_with(p))
+        || (user.len() >= 20
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && user.chars().any(|c| c.is_ascii_digit())
+            && user.chars().any(|c| c.is_ascii_alphabetic()))
+}
+
 /// A conservative subset of `git check-ref-format --branch`.
 fn is_branch_name(name: &str) -> bool {
     !name.is_empty()
@@ -233,6 +275,42 @@ mod tests {
             Err(ProjectError::EmptyRepository),
         );
         check(|p| p.default_branch = "feature/x".into(), Ok(()));
+        let credentials = |redacted: &str| {
+            Err(ProjectError::CredentialsInRepository {
+                redacted: redacted.into(),
+            })
+        };
+        for (url, expected) in [
+            (
+                "https://bot:s3cret@gitea.example.com/acme/web.git",
+                credentials("https://***@gitea.example.com/acme/web.git"),
+            ),
+            (
+                "https://x-access-token:ghs_abc@github.com/acme/web",
+                credentials("https://***@github.com/acme/web"),
+            ),
+            (
+                "https://ghp_16C7e42F292c6912E7710c838347Ae178B4a@github.com/a/b.git",
+                credentials("https://***@github.com/a/b.git"),
+            ),
+            (
+                "http://0123456789abcdef0123456789abcdef01234567@gitea:3000/a/b",
+                credentials("http://***@gitea:3000/a/b"),
+            ),
+            (
+                "ssh://git:pw@host/x.git",
+                credentials("ssh://***@host/x.git"),
+            ),
+            ("ssh://git@host/x.git", Ok(())),
+            ("ssh://git@host:2222/acme/web.git", Ok(())),
+            ("git@github.com:acme/web.git", Ok(())),
+            ("https://ana@gitea.example.com/acme/web.git", Ok(())),
+            ("https://github.com/acme/web.git", Ok(())),
+            ("https://github.com/acme/web@v2.git", Ok(())),
+            ("/srv/git/web@2.git", Ok(())),
+        ] {
+            check(|p| p.repository = url.into(), expected);
+        }
         check(
             |p| p.default_branch = "a b".into(),
             Err(ProjectError::BadBranch("a b".into())),

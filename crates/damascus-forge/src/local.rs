@@ -10,6 +10,7 @@
 //! was tested.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use damascus_git::{Git, GitError, Identity};
 
@@ -19,11 +20,16 @@ use crate::{Forge, ForgeError, ForgeFuture, MergeOutcome, PrState, PullRequest};
 pub struct LocalForge {
     remote: PathBuf,
     identity: Identity,
+    git_timeout: Duration,
 }
 
 impl From<GitError> for ForgeError {
     fn from(e: GitError) -> ForgeError {
-        ForgeError::Other(e.to_string())
+        match e {
+            // A git that hung (a stalled disk, a lock held elsewhere) may finish next time.
+            e @ GitError::TimedOut { .. } => ForgeError::Transient(e.to_string()),
+            e => ForgeError::Other(e.to_string()),
+        }
     }
 }
 
@@ -32,11 +38,18 @@ impl LocalForge {
         LocalForge {
             remote: remote.into(),
             identity,
+            git_timeout: damascus_git::DEFAULT_TIMEOUT,
         }
     }
 
+    /// The longest one of its git commands may run.
+    pub fn with_git_timeout(mut self, timeout: Duration) -> LocalForge {
+        self.git_timeout = timeout;
+        self
+    }
+
     fn git(&self) -> Git {
-        Git::new(&self.remote, self.identity.clone())
+        Git::new(&self.remote, self.identity.clone()).with_timeout(self.git_timeout)
     }
 
     fn url(&self, branch: &str) -> String {
@@ -233,6 +246,19 @@ mod tests {
             LocalForge::new(remote, Identity::default()),
             Git::new(clone, Identity::default()),
         )
+    }
+
+    #[test]
+    fn a_git_that_timed_out_is_worth_retrying() {
+        let timed_out = GitError::TimedOut {
+            args: "merge-tree".into(),
+            dir: "/srv/web.git".into(),
+            after: Duration::from_secs(600),
+        };
+        assert!(matches!(
+            ForgeError::from(timed_out),
+            ForgeError::Transient(_)
+        ));
     }
 
     async fn push_change(clone: &Git, branch: &str, file: &str, text: &str) -> String {

@@ -26,11 +26,13 @@ pub mod llm;
 mod process;
 mod review_phase;
 mod sandbox;
+mod scrub;
 mod spec_phase;
 mod workspace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use damascus_core::{CostEntry, ForgeKind, Phase, PhaseReport, Verdict};
 use damascus_db::items::WorkItem;
@@ -60,6 +62,9 @@ pub struct LoopsConfig {
     pub github_token: Option<String>,
     /// The unprivileged user the agent and the tests run as (`--agent-user`).
     pub agent_user: Option<AgentUser>,
+    /// The longest one git command may run (a clone, a fetch, a push) before it is
+    /// killed and the phase ends with a transient error.
+    pub git_timeout: Duration,
 }
 
 impl std::fmt::Debug for LoopsConfig {
@@ -75,6 +80,7 @@ impl std::fmt::Debug for LoopsConfig {
             .field("gitea_token", &self.gitea_token.as_ref().map(|_| "***"))
             .field("github_token", &self.github_token.as_ref().map(|_| "***"))
             .field("agent_user", &self.agent_user)
+            .field("git_timeout", &self.git_timeout)
             .finish()
     }
 }
@@ -138,16 +144,11 @@ impl PhaseInput {
     /// The project's cache clone, fetched from its repository; its lock is held while
     /// the workspace lives.
     pub async fn workspace(&self, config: &LoopsConfig) -> Result<workspace::Workspace, Verdict> {
-        workspace::Workspace::open(
-            &config.data_dir,
-            &self.project.name,
-            &self.project.repository,
-            &config.identity,
-        )
-        .await
-        .map_err(|e| Verdict::TransientError {
-            reason: format!("cannot fetch the project's repository: {e}"),
-        })
+        workspace::Workspace::open(config, &self.project)
+            .await
+            .map_err(|e| Verdict::TransientError {
+                reason: format!("cannot fetch the project's repository: {e}"),
+            })
     }
 
     /// Reserves budget for one model or agent call before it starts, in the database,
@@ -254,7 +255,7 @@ impl PhaseRunner for Loops {
                     .into()
                 }
             };
-            match job.phase {
+            let report = match job.phase {
                 Phase::Spec => spec_phase::run(&inner, &input).await,
                 Phase::Build => build_phase::run(&inner, &input).await,
                 Phase::Review => review_phase::run(&inner, &input).await,
@@ -263,7 +264,9 @@ impl PhaseRunner for Loops {
                     log_tail: String::new(),
                 }
                 .into(),
-            }
+            };
+            // What is stored and sent on never holds a secret of this deployment.
+            scrub::Secrets::from_config(&inner.config).report(report)
         })
     }
 }
@@ -312,10 +315,10 @@ pub(crate) fn forge_for(
         context: String::new(),
     };
     match project.forge_kind {
-        ForgeKind::Local => Ok(Box::new(LocalForge::new(
-            &project.repository,
-            config.identity.clone(),
-        ))),
+        ForgeKind::Local => Ok(Box::new(
+            LocalForge::new(&project.repository, config.identity.clone())
+                .with_git_timeout(config.git_timeout),
+        )),
         ForgeKind::Gitea => {
             let (Some(url), Some(repo)) = (&project.forge_url, &project.forge_repo) else {
                 return Err(ask(format!(

@@ -2,29 +2,58 @@
 //! git worktree per item (build) or per review, all under the data directory. A
 //! second run of the same phase finds its worktree and resets it to the start point,
 //! so a run that was killed halfway leaves nothing behind for the next one.
+//!
+//! Every git command here runs with the deployment's git time limit and, for a Gitea or
+//! GitHub project on an http(s) remote, the forge token as git's credential (through
+//! `GIT_ASKPASS`; never in the remote URL or a git config).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use damascus_git::{Git, GitResult, Identity};
+use damascus_core::ForgeKind;
+use damascus_db::projects::Project;
+use damascus_git::{Credential, Git, GitResult};
+
+use crate::LoopsConfig;
+
+/// git for a project's repository: the identity, the time limit and the credential its
+/// remote needs, in `dir`.
+fn project_git(config: &LoopsConfig, project: &Project, dir: &Path) -> GitResult<Git> {
+    let git = Git::new(dir, config.identity.clone()).with_timeout(config.git_timeout);
+    let http = ["http://", "https://"]
+        .iter()
+        .any(|scheme| project.repository.starts_with(scheme));
+    // GitHub takes an installation or personal token as the password of
+    // `x-access-token`; Gitea takes a token as the password of any user name.
+    let login = match project.forge_kind {
+        ForgeKind::Github => config.github_token.as_ref().map(|t| ("x-access-token", t)),
+        ForgeKind::Gitea => config.gitea_token.as_ref().map(|t| ("damascus", t)),
+        ForgeKind::Local => None,
+    };
+    match login {
+        Some((user, token)) if http => {
+            let credential = Credential::new(&config.data_dir.join("bin"), user, token)?;
+            Ok(git.with_credential(credential))
+        }
+        _ => Ok(git),
+    }
+}
 
 /// Holds the project's lock while it lives: cloning, fetching and adding worktrees to
 /// one cache from several phases (or several worker processes on this machine) at once
 /// would trip over git's own lock files.
 pub struct Workspace {
-    cache: PathBuf,
-    identity: Identity,
+    /// git in the cache clone; worktrees get the same settings.
+    cache: Git,
     _lock: std::fs::File,
 }
 
 impl Workspace {
-    /// Makes sure the project's cache clone exists and is up to date with `remote`.
-    pub async fn open(
-        data_dir: &Path,
-        project: &str,
-        remote: &str,
-        identity: &Identity,
-    ) -> GitResult<Workspace> {
-        let repos = data_dir.join("repos");
+    /// Makes sure the project's cache clone exists and is up to date with its remote.
+    pub async fn open(config: &LoopsConfig, project: &Project) -> GitResult<Workspace> {
+        let remote = project.repository.as_str();
+        let repos = config.data_dir.join("repos");
+        let git = project_git(config, project, &repos)?;
+        let project = project.name.as_str();
         tokio::fs::create_dir_all(&repos)
             .await
             .map_err(damascus_git::GitError::Spawn)?;
@@ -45,20 +74,19 @@ impl Workspace {
         if !cache.join("HEAD").exists() {
             let scratch = repos.join(format!("{project}.git.cloning"));
             let _ = tokio::fs::remove_dir_all(&scratch).await;
-            Git::new(&repos, identity.clone())
-                .run(&[
-                    "clone",
-                    "--quiet",
-                    "--bare",
-                    remote,
-                    &scratch.to_string_lossy(),
-                ])
-                .await?;
+            git.run(&[
+                "clone",
+                "--quiet",
+                "--bare",
+                remote,
+                &scratch.to_string_lossy(),
+            ])
+            .await?;
             tokio::fs::rename(&scratch, &cache)
                 .await
                 .map_err(damascus_git::GitError::Spawn)?;
         }
-        let git = Git::new(&cache, identity.clone());
+        let git = git.at(&cache);
         git.run(&["config", "remote.origin.url", remote]).await?;
         git.run(&[
             "config",
@@ -69,14 +97,13 @@ impl Workspace {
         git.run(&["fetch", "--quiet", "--prune", "origin"]).await?;
         git.run(&["worktree", "prune"]).await?;
         Ok(Workspace {
-            cache,
-            identity: identity.clone(),
+            cache: git,
             _lock: lock,
         })
     }
 
     pub fn cache(&self) -> Git {
-        Git::new(&self.cache, self.identity.clone())
+        self.cache.clone()
     }
 
     /// A worktree at `path` on `branch`, reset to `start`: created the first time,
@@ -91,7 +118,7 @@ impl Workspace {
     }
 
     async fn worktree(&self, path: &Path, mode: &[&str], start: &str) -> GitResult<Git> {
-        let tree = Git::new(path, self.identity.clone());
+        let tree = self.cache.at(path);
         if path.join(".git").exists() {
             let mut args = vec!["checkout", "--quiet", "--force"];
             args.extend_from_slice(mode);

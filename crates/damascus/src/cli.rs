@@ -191,6 +191,10 @@ pub struct LoopsArgs {
     /// PG*) are refused.
     #[arg(long = "agent-env", env = "DAMASCUS_AGENT_ENV", value_delimiter = ',')]
     pub agent_env: Vec<String>,
+    /// The longest one git command (clone, fetch, push) may run before it is killed and
+    /// its phase retried.
+    #[arg(long, env = "DAMASCUS_GIT_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub git_timeout_secs: u64,
 }
 
 #[derive(Debug, ClapArgs)]

@@ -22,6 +22,7 @@ pub struct ConfigFile {
     poll_secs: Option<u64>,
     grace_secs: Option<u64>,
     git_author: Option<String>,
+    git_timeout_secs: Option<u64>,
     retention_days: Option<u32>,
     webhooks: Option<Vec<String>>,
     llm: Option<LlmSection>,
@@ -71,6 +72,7 @@ impl ConfigFile {
     fn validate(&self) -> anyhow::Result<()> {
         range("concurrency", self.concurrency, 1, 1024)?;
         range("lease_secs", self.lease_secs, 3, 3600)?;
+        range("git_timeout_secs", self.git_timeout_secs, 1, 86_400)?;
         range("poll_secs", self.poll_secs, 1, 3600)?;
         range("grace_secs", self.grace_secs, 0, 86_400)?;
         range("retention_days", self.retention_days, 1, 3650)?;
@@ -120,6 +122,10 @@ impl ConfigFile {
             self.grace_secs.map(|v| v.to_string()),
         );
         put("DAMASCUS_GIT_AUTHOR", self.git_author.clone());
+        put(
+            "DAMASCUS_GIT_TIMEOUT_SECS",
+            self.git_timeout_secs.map(|v| v.to_string()),
+        );
         put(
             "DAMASCUS_RETENTION_DAYS",
             self.retention_days.map(|v| v.to_string()),

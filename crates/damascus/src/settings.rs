@@ -68,6 +68,7 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
             .map(|name| AgentUser::lookup(name.trim()))
             .transpose()
             .map_err(anyhow::Error::msg)?,
+        git_timeout: Duration::from_secs(args.git_timeout_secs),
     })
 }
 

@@ -80,6 +80,7 @@ impl Setup {
             gitea_token: Some("gitea-secret".into()),
             github_token: None,
             agent_user: None,
+            git_timeout: damascus_git::DEFAULT_TIMEOUT,
         }
     }
 

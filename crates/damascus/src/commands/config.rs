@@ -99,6 +99,7 @@ pub fn check(
         "git_author",
         format!("{} <{}>", loops.identity.name, loops.identity.email),
     );
+    show("git_timeout_secs", loops.git_timeout.as_secs().to_string());
     let agent_env: Vec<&str> = loops.agent_env.iter().map(|(k, _)| k.as_str()).collect();
     show(
         "agent env",

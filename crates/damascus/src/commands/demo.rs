@@ -81,6 +81,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         gitea_token: None,
         github_token: None,
         agent_user: None,
+        git_timeout: damascus_git::DEFAULT_TIMEOUT,
     })?;
     let queue = QueueConfig {
         concurrency: Some(2),

@@ -74,7 +74,7 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
     };
     let good = file(
         "good.toml",
-        "concurrency = 6\nretention_days = 7\nwebhooks = [\"https://hooks.example.com/T0/secret\"]\n[llm]\nbase_url = \"http://litellm:4000/v1\"\nmodel = \"m\"\napi_key = \"sk-hidden\"\n",
+        "concurrency = 6\nretention_days = 7\ngit_timeout_secs = 30\nwebhooks = [\"https://hooks.example.com/T0/secret\"]\n[llm]\nbase_url = \"http://litellm:4000/v1\"\nmodel = \"m\"\napi_key = \"sk-hidden\"\n",
     );
     let out = crate::ok(
         crate::damascus()
@@ -86,6 +86,7 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
     for needle in [
         "concurrency      6",
         "retention_days   7",
+        "git_timeout_secs 30",
         "llm.api_key      *** (set)",
         "https://hooks.example.com/***",
         "app:***@db",
@@ -118,6 +119,12 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
             "concurrency = 0\n",
             2,
             &["concurrency must be between 1 and 1024"],
+        ),
+        (
+            "git.toml",
+            "git_timeout_secs = 0\n",
+            2,
+            &["git_timeout_secs must be between 1 and 86400"],
         ),
         (
             "listen.toml",

@@ -3,7 +3,7 @@
 
 use damascus_testdb::TestDatabase;
 
-use crate::{damascus, refused, run, with_web_project, write};
+use crate::{damascus, ok, refused, run, with_web_project, write};
 
 async fn count(db: &TestDatabase, table: &str) -> i64 {
     sqlx::query_scalar(&format!("select count(*) from {table}"))
@@ -288,6 +288,53 @@ async fn project_add_refusals() {
         refused(run(&db, args, ""), *code, needles);
     }
     assert_eq!(count(&db, "projects").await, 1);
+}
+
+/// A token in the repository URL would be stored, listed and passed to git on its
+/// command line: refused, without the token in the message.
+#[tokio::test]
+async fn project_add_refuses_credentials_in_the_repository_url() {
+    let db = with_web_project().await;
+    for (repo, redacted) in [
+        (
+            "https://bot:tok-0123456789@gitea.example.com/acme/api.git",
+            "https://***@gitea.example.com/acme/api.git",
+        ),
+        (
+            "https://ghp_16C7e42F292c6912E7710c838347Ae178B4a@github.com/acme/api",
+            "https://***@github.com/acme/api",
+        ),
+    ] {
+        let out = run(&db, &["project", "add", "api", "--repo", repo], "");
+        let err = crate::stderr(&out);
+        refused(
+            out,
+            1,
+            &[
+                redacted,
+                "holds credentials",
+                "remove them from the URL",
+                "DAMASCUS_GITEA_TOKEN",
+                "DAMASCUS_GITHUB_TOKEN",
+            ],
+        );
+        assert!(
+            !err.contains("tok-0123456789") && !err.contains("ghp_16C7e42F"),
+            "{err}"
+        );
+    }
+    ok(run(
+        &db,
+        &[
+            "project",
+            "add",
+            "api",
+            "--repo",
+            "ssh://git@gitea.example.com/acme/api.git",
+        ],
+        "",
+    ));
+    assert_eq!(count(&db, "projects").await, 2);
 }
 
 #[tokio::test]
