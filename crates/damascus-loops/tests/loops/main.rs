@@ -3,6 +3,7 @@
 //! inside the test where a model is needed.
 
 mod agents;
+mod claude_code;
 mod flow;
 mod gitea;
 mod github;

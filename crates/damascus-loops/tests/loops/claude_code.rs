@@ -1,0 +1,388 @@
+//! The real Claude Code CLI as the default agent (`agent_command` unset, so Damascus
+//! builds its argv), against a scripted Anthropic Messages API inside the test. The
+//! version CI installs is in `tests/claude-code.version`. Without `claude` (on PATH, or
+//! at `DAMASCUS_CLAUDE_BIN`) these tests skip, unless `DAMASCUS_REQUIRE_CLAUDE` is set.
+//!
+//! What Claude Code 2.1.197 does here: it sends `HEAD /` once (a reachability check;
+//! a 404 is fine), then one streaming `POST /v1/messages?beta=true` per turn, with
+//! the model of `ANTHROPIC_MODEL` and the key in `x-api-key`. It prices each turn
+//! itself from the usage the server reports, under the model it asked for (not the one
+//! the response names), and checks `--max-budget-usd` after each turn: a turn that
+//! passes the budget is the last, its tool calls are not run. It needs nothing in the
+//! empty HOME Damascus gives it (it writes its own `.claude.json` there), and runs as
+//! root under `--permission-mode dontAsk`. Without `ANTHROPIC_MODEL` it asks for
+//! `claude-opus-4-8` and reports it as `claude-opus-4-8[1m]`; a model it does not know
+//! it prices at 5/25 USD per million tokens in/out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use damascus_core::SpecMode;
+use serde_json::{json, Value};
+
+use crate::support::{Setup, GREETING};
+
+/// The model the agent is told to use and the server answers as; Claude Code knows its
+/// price (3 USD per million input tokens, 15 per million output tokens).
+const MODEL: &str = "claude-sonnet-4-5-20250929";
+const PRICE_IN: f64 = 3.0 / 1e6;
+const PRICE_OUT: f64 = 15.0 / 1e6;
+const OUTPUT_TOKENS: i64 = 50;
+
+/// `claude`'s path, or `None` (after saying so) when it is not installed and not
+/// required.
+fn installed_claude() -> Option<PathBuf> {
+    let found = match std::env::var_os("DAMASCUS_CLAUDE_BIN") {
+        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("claude"))
+                .find(|candidate| candidate.is_file())
+        }),
+    };
+    if found.is_none() {
+        if std::env::var_os("DAMASCUS_REQUIRE_CLAUDE").is_some() {
+            panic!(
+                "claude is not on PATH nor at DAMASCUS_CLAUDE_BIN; install Claude Code: npm install -g @anthropic-ai/claude-code@{}",
+                include_str!("../../../../tests/claude-code.version").trim()
+            );
+        }
+        eprintln!("skipped: claude is not installed (set DAMASCUS_CLAUDE_BIN, or DAMASCUS_REQUIRE_CLAUDE to fail instead)");
+    }
+    found
+}
+
+/// What the scripted model saw.
+#[derive(Default)]
+struct Seen {
+    /// The body of every `POST /v1/messages`.
+    messages: Vec<Value>,
+    /// `x-api-key` of every `POST /v1/messages`.
+    keys: Vec<String>,
+    /// Every other request: method and path.
+    others: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Model {
+    /// Input tokens reported for each turn.
+    input_tokens: i64,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// The directory Claude Code runs in, from its system prompt's environment section.
+fn working_directory(body: &Value) -> Option<String> {
+    let system = body["system"].to_string();
+    let (_, rest) = system.split_once("Primary working directory: ")?;
+    let end = rest.find("\\n")?;
+    Some(rest[..end].to_owned())
+}
+
+/// The scripted turn: a `Write` of hello.txt first; once its result is back, a final
+/// text.
+fn reply(body: &Value) -> (Vec<Value>, &'static str) {
+    let tool_result_back = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .any(|c| c["type"] == "tool_result");
+    if tool_result_back {
+        return (
+            vec![json!({"type": "text", "text": "hello.txt now holds hello."})],
+            "end_turn",
+        );
+    }
+    let dir =
+        working_directory(body).expect("Claude Code's system prompt names its working directory");
+    (
+        vec![json!({
+            "type": "tool_use", "id": "toolu_hello", "name": "Write",
+            "input": {"file_path": format!("{dir}/hello.txt"), "content": "hello\n"},
+        })],
+        "tool_use",
+    )
+}
+
+/// The reply as the Messages API streams it (server-sent events).
+fn stream(model: &str, content: &[Value], stop: &str, input_tokens: i64) -> String {
+    let mut events = vec![(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": "msg_scripted", "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }}),
+    )];
+    for (index, block) in content.iter().enumerate() {
+        let (start, delta) = if block["type"] == "text" {
+            (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": block["text"]}),
+            )
+        } else {
+            (
+                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            )
+        };
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": start}),
+        ));
+        events.push((
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    events.push((
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+               "usage": {"output_tokens": OUTPUT_TOKENS}}),
+    ));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect()
+}
+
+async fn messages(
+    State(model): State<Model>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    {
+        let mut seen = model.seen.lock().unwrap();
+        seen.messages.push(body.clone());
+        seen.keys.push(
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    let name = body["model"].as_str().unwrap_or(MODEL).to_owned();
+    let (content, stop) = reply(&body);
+    if body["stream"] == true {
+        return (
+            [("content-type", "text/event-stream")],
+            stream(&name, &content, stop, model.input_tokens),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "id": "msg_scripted", "type": "message", "role": "assistant", "model": name,
+        "content": content, "stop_reason": stop, "stop_sequence": null,
+        "usage": {"input_tokens": model.input_tokens, "output_tokens": OUTPUT_TOKENS},
+    }))
+    .into_response()
+}
+
+/// Any other request is shown in the test's output, so a new need of Claude Code is
+/// seen; token counting is answered, the rest is not found.
+async fn other(State(model): State<Model>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let shown = format!("{method} {uri}");
+    eprintln!(
+        "scripted model: unexpected request {shown}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    model.seen.lock().unwrap().others.push(shown);
+    if uri.path() == "/v1/messages/count_tokens" {
+        return Json(json!({"input_tokens": model.input_tokens})).into_response();
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+async fn serve(input_tokens: i64) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Router::new()
+        .route("/v1/messages", post(messages))
+        .fallback(other)
+        .with_state(Model {
+            input_tokens,
+            seen: seen.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// A passthrough project on the default agent, and the agent's environment: `claude`
+/// first on PATH (the agent's PATH is the worker's, which an `agent_env` PATH
+/// replaces), the scripted server, and no traffic to anywhere else.
+async fn claude_project(
+    claude: &std::path::Path,
+    addr: SocketAddr,
+    edit: impl FnOnce(&mut damascus_core::NewProject),
+) -> (Setup, damascus_loops::LoopsConfig) {
+    let setup = Setup::new().await;
+    let bin = setup.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(claude, bin.join("claude")).unwrap();
+    setup
+        .project("unused", SpecMode::Passthrough, |p| {
+            p.agent_command = None;
+            edit(p);
+        })
+        .await;
+    let mut config = setup.loops_config(None);
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    config.agent_env = [
+        ("PATH", path.to_string_lossy().as_ref()),
+        ("ANTHROPIC_BASE_URL", &format!("http://{addr}")),
+        ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ("ANTHROPIC_MODEL", MODEL),
+        ("DISABLE_TELEMETRY", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    (setup, config)
+}
+
+async fn ledger(setup: &Setup, item: i64) -> Vec<(String, String, i64, i64, f64)> {
+    sqlx::query_as(
+        "select source::text, model, tokens_in, tokens_out, usd::float8 from cost_ledger where item_id = $1 order by id",
+    )
+    .bind(item)
+    .fetch_all(&setup.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_real_claude_code_builds_a_story_that_merges() {
+    let Some(claude) = installed_claude() else {
+        return;
+    };
+    const INPUT_TOKENS: i64 = 1000;
+    let (addr, seen) = serve(INPUT_TOKENS).await;
+    let (setup, config) = claude_project(&claude, addr, |p| p.max_attempts_per_phase = 1).await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    setup.cycle_with(config).await;
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let phase = setup.phase(item).await;
+    assert_eq!(
+        phase,
+        "merged",
+        "requests: {:?}; others: {:?}",
+        seen.messages.len(),
+        seen.others
+    );
+    // Two turns: the Write, then the answer to its result.
+    assert_eq!(seen.messages.len(), 2, "others: {:?}", seen.others);
+    assert!(
+        seen.keys.iter().all(|k| k == "sk-ant-test"),
+        "{:?}",
+        seen.keys
+    );
+    assert!(seen.messages.iter().all(|m| m["model"] == MODEL));
+    let result = seen.messages[1]["messages"].to_string();
+    assert!(
+        result.contains("tool_result") && result.contains("hello.txt"),
+        "{result}"
+    );
+    let main = setup
+        .remote_git()
+        .run(&["show", "main:hello.txt"])
+        .await
+        .unwrap();
+    assert_eq!(main.trim_end(), "hello");
+
+    // Claude Code's own figures, per model: the server's tokens at its price.
+    let rows = ledger(&setup, item).await;
+    let (source, model, tokens_in, tokens_out, usd) = rows
+        .iter()
+        .find(|r| r.0 == "agent")
+        .cloned()
+        .unwrap_or_else(|| panic!("no agent row in {rows:?}"));
+    assert_eq!(
+        (source.as_str(), model.as_str(), tokens_in, tokens_out),
+        ("agent", MODEL, 2 * INPUT_TOKENS, 2 * OUTPUT_TOKENS)
+    );
+    let priced = 2.0 * (INPUT_TOKENS as f64 * PRICE_IN + OUTPUT_TOKENS as f64 * PRICE_OUT);
+    eprintln!("Claude Code reported {usd} USD for 2 turns (priced {priced})");
+    assert!((usd - priced).abs() < 1e-6, "{usd} vs {priced}");
+}
+
+#[tokio::test]
+async fn the_real_claude_code_stops_at_the_reserved_budget() {
+    let Some(claude) = installed_claude() else {
+        return;
+    };
+    // One turn costs 0.6 USD, six times the item's budget.
+    const INPUT_TOKENS: i64 = 200_000;
+    const BUDGET: f64 = 0.10;
+    let turn = INPUT_TOKENS as f64 * PRICE_IN + OUTPUT_TOKENS as f64 * PRICE_OUT;
+    let (addr, seen) = serve(INPUT_TOKENS).await;
+    let (setup, config) = claude_project(&claude, addr, |p| {
+        p.cost_budget_usd = Some(BUDGET);
+        p.max_attempts_per_phase = 3;
+    })
+    .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    setup.cycle_with(config).await;
+
+    // Claude Code checks the budget after a turn: the first turn passed it, so it
+    // stopped there, without running the Write it was asked for.
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.messages.len(), 1, "others: {:?}", seen.others);
+    let log = std::fs::read_to_string(
+        setup
+            .dir
+            .path()
+            .join(format!("data/logs/{item}/build-1.log")),
+    )
+    .unwrap();
+    assert!(
+        log.contains(r#""subtype":"error_max_budget_usd""#)
+            && log.contains("Reached maximum budget ($0.1)"),
+        "{log}"
+    );
+
+    // What it spent is recorded per model although the run failed.
+    let rows = ledger(&setup, item).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (source, model, tokens_in, tokens_out, usd) = rows[0].clone();
+    assert_eq!(
+        (source.as_str(), model.as_str(), tokens_in, tokens_out),
+        ("agent", MODEL, INPUT_TOKENS, OUTPUT_TOKENS)
+    );
+    eprintln!("Claude Code spent {usd} USD under a {BUDGET} USD budget (one turn: {turn})");
+    assert!((usd - turn).abs() < 1e-6, "{usd} vs {turn}");
+    let spent: f64 = sqlx::query_scalar("select cost_usd::float8 from work_items where id = $1")
+        .bind(item)
+        .fetch_one(&setup.db.pool)
+        .await
+        .unwrap();
+    assert!(spent <= BUDGET + turn + 1e-9, "{spent}");
+
+    // No further run starts: the budget is spent, a person decides.
+    assert_eq!(setup.phase(item).await, "blocked");
+    let question = setup.open_question(item).await.1;
+    assert!(
+        question.contains("has spent 0.6008 USD of its 0.1000 USD budget"),
+        "{question}"
+    );
+}
