@@ -557,7 +557,7 @@ begin
     into v_item_held, v_project_held
     from budget_reservations r where r.project_id = v_project;
     if v_item_budget is not null then
-        if v_item_spent >= v_item_budget then
+        if v_item_budget - v_item_spent < 0.0001 then
             return query select null::numeric, 'item'::text, v_item_budget - v_item_spent, null::numeric;
             return;
         end if;
@@ -568,14 +568,14 @@ begin
         from cost_ledger c join work_items i on i.id = c.item_id
         where i.project_id = v_project
           and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc';
-        if v_today_spent >= v_daily then
+        if v_daily - v_today_spent < 0.0001 then
             return query select null::numeric, 'project'::text, v_item_left, v_daily - v_today_spent;
             return;
         end if;
         v_project_left := v_daily - v_today_spent - v_project_held;
     end if;
     v_grant := least(p_want, v_item_left, v_project_left);
-    if v_grant is null or v_grant <= 0 then
+    if v_grant is null or v_grant < 0.0001 then
         return query select null::numeric, 'held'::text, v_item_left, v_project_left;
         return;
     end if;

@@ -25,7 +25,8 @@ comment on table budget_reservations is
     'Budget held by running model and agent calls; live while its claim_token holds a slot in damascus_slots.';
 
 -- Reserves up to p_want USD (null: as much as the caps allow) for a call of p_item's
--- running claim p_claim. Returns the amount granted (null when no cap applies) and,
+-- running claim p_claim. Budgets are told to agents in 1/10000 USD: less than that left
+-- counts as nothing. Returns the amount granted (null when no cap applies) and,
 -- when nothing could be granted, why: 'item' or 'project' when what is already spent
 -- reached the cap (a person must raise it), 'held' when running calls hold the rest
 -- (wait for them to settle), 'claim' when p_claim no longer holds a slot.
@@ -70,7 +71,7 @@ begin
     into v_item_held, v_project_held
     from budget_reservations r where r.project_id = v_project;
     if v_item_budget is not null then
-        if v_item_spent >= v_item_budget then
+        if v_item_budget - v_item_spent < 0.0001 then
             return query select null::numeric, 'item'::text, v_item_budget - v_item_spent, null::numeric;
             return;
         end if;
@@ -81,14 +82,14 @@ begin
         from cost_ledger c join work_items i on i.id = c.item_id
         where i.project_id = v_project
           and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc';
-        if v_today_spent >= v_daily then
+        if v_daily - v_today_spent < 0.0001 then
             return query select null::numeric, 'project'::text, v_item_left, v_daily - v_today_spent;
             return;
         end if;
         v_project_left := v_daily - v_today_spent - v_project_held;
     end if;
     v_grant := least(p_want, v_item_left, v_project_left);
-    if v_grant is null or v_grant <= 0 then
+    if v_grant is null or v_grant < 0.0001 then
         return query select null::numeric, 'held'::text, v_item_left, v_project_left;
         return;
     end if;
