@@ -140,6 +140,7 @@ mod tests {
             gitea_token: Some("gitea-0123456789".into()),
             github_token: Some("ghp_abcdefghijkl".into()),
             git_timeout: std::time::Duration::from_secs(1),
+            agent_user: None,
         }
     }
 
