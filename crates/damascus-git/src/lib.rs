@@ -621,35 +621,9 @@ mod tests {
         out
     }
 
-    /// An HTTP server that demands Basic authentication of every request (401 with a
-    /// challenge, whatever was sent) and records the `Authorization` headers it got.
-    fn guarded_remote() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        use std::io::{BufRead, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = seen.clone();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                    if let Some(value) = line.strip_prefix("Authorization: ") {
-                        record.lock().unwrap().push(value.trim().to_owned());
-                    }
-                    line.clear();
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            }
-        });
-        (port, seen)
-    }
-
     #[tokio::test]
     async fn credentials_reach_git_through_askpass_only() {
-        let (port, seen) = guarded_remote();
+        let (port, seen) = damascus_testdb::http::basic_auth_remote();
         let dir = tempfile::tempdir().unwrap();
         let token = "tok-5ecret-value";
         let credential = Credential::new(&dir.path().join("bin"), "damascus", token).unwrap();

@@ -10,7 +10,11 @@
 //! The template is named after a hash of the migrations, so editing a migration makes
 //! a new one. Databases of test processes that died are dropped at the next start.
 //!
+//! `http` holds HTTP fixtures that tests of several crates share.
+//!
 //! Architecture invariant: only tests depend on this crate.
+
+pub mod http;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

@@ -1,8 +1,6 @@
 //! The deployment's secrets never reach the database: an agent that prints them leaves
 //! `***` in the stored verdict, the question and every event.
 
-use std::sync::{Arc, Mutex};
-
 use damascus_core::{ForgeKind, SpecMode};
 
 use crate::support::{Setup, GREETING};
@@ -57,29 +55,9 @@ async fn secrets_an_agent_prints_are_masked_before_they_are_stored() {
     }
 }
 
-/// An http(s) remote that demands Basic authentication of every request (401 with a
-/// challenge, whatever was sent), recording the `Authorization` headers it got.
-fn guarded_remote() -> (String, Arc<Mutex<Vec<String>>>) {
-    use std::io::{BufRead, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                if let Some(value) = line.strip_prefix("Authorization: ") {
-                    record.lock().unwrap().push(value.trim().to_owned());
-                }
-                line.clear();
-            }
-            let _ = stream.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"gitea\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
-    });
+/// A Gitea-like http remote that refuses everyone, recording what they sent.
+fn guarded_remote() -> (String, damascus_testdb::http::SeenAuthorizations) {
+    let (port, seen) = damascus_testdb::http::basic_auth_remote();
     (format!("http://127.0.0.1:{port}/acme/web.git"), seen)
 }
 
