@@ -196,15 +196,19 @@ pub(crate) async fn confine(
                     context: String::new(),
                 });
             };
-            let cache = inner
-                .config
-                .data_dir
-                .join("repos")
-                .join(format!("{}.git", input.project.name));
+            // The agent user may not read the cache clones, so bubblewrap, which runs as
+            // that user, cannot bind them: git in the worktree then reads nothing.
+            let cache = inner.config.agent_user.is_none().then(|| {
+                inner
+                    .config
+                    .data_dir
+                    .join("repos")
+                    .join(format!("{}.git", input.project.name))
+            });
             bwrap_argv(
                 &bwrap,
                 &inner.config.data_dir,
-                &cache,
+                cache.as_deref(),
                 worktree,
                 &home,
                 argv,
@@ -259,7 +263,7 @@ const SOCKET_DIRS: [&str; 2] = ["/run/postgresql", "/var/run/postgresql"];
 fn bwrap_argv(
     bwrap: &Path,
     data_dir: &Path,
-    cache: &Path,
+    cache: Option<&Path>,
     worktree: &Path,
     home: &Path,
     argv: Vec<String>,
@@ -294,7 +298,7 @@ fn bwrap_argv(
             wrapped.extend(["--ro-bind".into(), path(program), path(program)]);
         }
     }
-    if cache.is_dir() {
+    if let Some(cache) = cache.filter(|cache| cache.is_dir()) {
         wrapped.extend(["--ro-bind".into(), path(cache), path(cache)]);
     }
     wrapped.extend([
@@ -344,7 +348,7 @@ mod tests {
         let argv = bwrap_argv(
             Path::new("/usr/bin/bwrap"),
             Path::new("/data"),
-            Path::new("/nonexistent/cache.git"),
+            Some(Path::new("/nonexistent/cache.git")),
             Path::new("/data/worktrees/web/web-1"),
             Path::new("/data/homes/web-1"),
             vec!["claude".into(), "-p".into()],

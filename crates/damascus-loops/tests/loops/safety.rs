@@ -263,3 +263,19 @@ async fn an_agent_run_as_another_user_reaches_no_secret_and_writes_only_its_work
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&worktree).unwrap());
     assert_eq!(owner, nix::unistd::geteuid().as_raw());
 }
+
+#[tokio::test]
+async fn an_agent_as_another_user_under_bubblewrap_reaches_no_secret() {
+    if damascus_loops_bwrap_missing() {
+        return;
+    }
+    let Some(user) = test_agent_user() else {
+        return;
+    };
+    let uid = user.uid;
+    let (setup, log) = hostile_run_as(Sandbox::Bwrap, Some(user)).await;
+    assert!(log.contains(&format!(" uid={uid}\n")), "{log}");
+    assert!(!log.contains("LEAK"), "{log}");
+    assert_eq!(log.matches("held: ").count(), 8, "{log}");
+    assert!(!setup.dir.path().join("escaped").exists());
+}
