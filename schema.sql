@@ -333,6 +333,56 @@ begin
 end;
 $$;
 
+CREATE TABLE public.events_outbox (
+    id bigint NOT NULL,
+    item_id bigint,
+    project_id bigint,
+    kind text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivered_at timestamp with time zone,
+    delivery_attempts integer DEFAULT 0 NOT NULL,
+    next_delivery_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_delivery_error text,
+    dead_at timestamp with time zone,
+    txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    CONSTRAINT events_outbox_delivered_or_dead CHECK (((delivered_at IS NULL) OR (dead_at IS NULL))),
+    CONSTRAINT events_outbox_delivery_attempts_non_negative CHECK ((delivery_attempts >= 0)),
+    CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z_]+(\.[a-z_]+)+$'::text)),
+    CONSTRAINT events_outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
+);
+
+COMMENT ON COLUMN public.events_outbox.txid IS 'The transaction that wrote the event: streams read in (txid, id) order, up to the oldest transaction still running.';
+
+CREATE FUNCTION public.damascus_events_after(p_after bigint, p_limit integer) RETURNS SETOF public.events_outbox
+    LANGUAGE sql STABLE
+    AS $$
+    with settled as (select pg_snapshot_xmin(pg_current_snapshot()) as below),
+         cursor as (
+             select coalesce(
+                 (select e.txid from events_outbox e where e.id = p_after),
+                 -- A cursor that is gone: everything settled after its id.
+                 '0'::xid8
+             ) as txid
+         )
+    select e.* from events_outbox e, settled, cursor
+    where e.txid < settled.below
+      and (e.txid, e.id) > (cursor.txid, p_after)
+      and (cursor.txid <> '0'::xid8 or e.id > p_after)
+    order by e.txid, e.id
+    limit p_limit
+$$;
+
+CREATE FUNCTION public.damascus_events_head() RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(
+        (select e.id from events_outbox e
+         where e.txid < pg_snapshot_xmin(pg_current_snapshot())
+         order by e.txid desc, e.id desc limit 1),
+        0)
+$$;
+
 CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -1369,24 +1419,6 @@ CREATE TABLE public.event_webhook_deliveries (
     CONSTRAINT event_webhook_deliveries_webhook_key CHECK ((webhook ~ '^[0-9a-f]{32}$'::text))
 );
 
-CREATE TABLE public.events_outbox (
-    id bigint NOT NULL,
-    item_id bigint,
-    project_id bigint,
-    kind text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    delivered_at timestamp with time zone,
-    delivery_attempts integer DEFAULT 0 NOT NULL,
-    next_delivery_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_delivery_error text,
-    dead_at timestamp with time zone,
-    CONSTRAINT events_outbox_delivered_or_dead CHECK (((delivered_at IS NULL) OR (dead_at IS NULL))),
-    CONSTRAINT events_outbox_delivery_attempts_non_negative CHECK ((delivery_attempts >= 0)),
-    CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z_]+(\.[a-z_]+)+$'::text)),
-    CONSTRAINT events_outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
-);
-
 ALTER TABLE public.events_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.events_outbox_id_seq
     START WITH 1
@@ -1523,6 +1555,8 @@ CREATE INDEX events_outbox_item_idx ON public.events_outbox USING btree (item_id
 CREATE INDEX events_outbox_pending_idx ON public.events_outbox USING btree (next_delivery_at, id) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL));
 
 CREATE INDEX events_outbox_retrying_idx ON public.events_outbox USING btree (next_delivery_at) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL) AND (delivery_attempts > 0));
+
+CREATE INDEX events_outbox_txid_idx ON public.events_outbox USING btree (txid, id);
 
 CREATE UNIQUE INDEX human_issues_one_open_per_item_idx ON public.human_issues USING btree (item_id) WHERE (status = 'open'::public.human_issue_status);
 

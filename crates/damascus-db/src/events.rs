@@ -59,10 +59,13 @@ pub async fn for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec
     rows.iter().map(event_from_row).collect()
 }
 
-/// Events after `after_id`, oldest first (for following a run as it happens).
+/// Events after the event `after_id` (0: from the start), for following what happens.
+/// The order has no gaps: an event is handed out only once every transaction older
+/// than its own has ended, in the order of the transactions that wrote them (then of
+/// their ids), so an event that commits late still comes after the cursor.
 pub async fn after<'e>(db: impl PgExecutor<'e>, after_id: i64, limit: i64) -> DbResult<Vec<Event>> {
     let rows = sqlx::query(
-        "select id, item_id, kind, payload, created_at from events_outbox where id > $1 order by id limit $2",
+        "select id, item_id, kind, payload, created_at from damascus_events_after($1, $2::int)",
     )
     .bind(after_id)
     .bind(limit)
@@ -71,11 +74,10 @@ pub async fn after<'e>(db: impl PgExecutor<'e>, after_id: i64, limit: i64) -> Db
     rows.iter().map(event_from_row).collect()
 }
 
-/// The newest event id (0 when there is none).
+/// The cursor for reading only what happens from now on with `after` (0 when there is
+/// no event).
 pub async fn latest_id<'e>(db: impl PgExecutor<'e>) -> DbResult<i64> {
-    Ok(
-        sqlx::query_scalar("select coalesce(max(id), 0) from events_outbox")
-            .fetch_one(db)
-            .await?,
-    )
+    Ok(sqlx::query_scalar("select damascus_events_head()")
+        .fetch_one(db)
+        .await?)
 }

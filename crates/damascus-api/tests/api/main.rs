@@ -519,3 +519,41 @@ async fn the_event_stream_is_live_and_resumable() {
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
+
+/// An event whose transaction commits after a later event was written still reaches a
+/// reader that is following the stream, before that later event.
+#[tokio::test]
+async fn an_event_that_commits_late_is_still_streamed() {
+    let app = TestApp::spawn().await;
+    let stream = app
+        .http
+        .get(app.url("/v1/events"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    let insert = "insert into events_outbox (kind, payload) values ($1, '{}') returning id";
+    let mut slow = app.db.pool.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(insert)
+        .bind("test.early")
+        .fetch_one(&mut *slow)
+        .await
+        .unwrap();
+    let later: i64 = sqlx::query_scalar(insert)
+        .bind("test.later")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(early < later);
+    // The stream polls several times while the early event is still uncommitted.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    slow.commit().await.unwrap();
+    let got = read_events(stream, 2).await;
+    assert_eq!(
+        got,
+        [
+            (early, "test.early".to_owned()),
+            (later, "test.later".to_owned())
+        ]
+    );
+}
