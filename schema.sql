@@ -62,6 +62,13 @@ CREATE TYPE public.verdict_kind AS ENUM (
     'transient_error'
 );
 
+CREATE TYPE public.webhook_delivery_state AS ENUM (
+    'pending',
+    'retrying',
+    'delivered',
+    'dead'
+);
+
 CREATE TYPE public.work_phase AS ENUM (
     'intake',
     'spec',
@@ -340,14 +347,7 @@ CREATE TABLE public.events_outbox (
     kind text NOT NULL,
     payload jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    delivered_at timestamp with time zone,
-    delivery_attempts integer DEFAULT 0 NOT NULL,
-    next_delivery_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_delivery_error text,
-    dead_at timestamp with time zone,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
-    CONSTRAINT events_outbox_delivered_or_dead CHECK (((delivered_at IS NULL) OR (dead_at IS NULL))),
-    CONSTRAINT events_outbox_delivery_attempts_non_negative CHECK ((delivery_attempts >= 0)),
     CONSTRAINT events_outbox_kind_format CHECK ((kind ~ '^[a-z_]+(\.[a-z_]+)+$'::text)),
     CONSTRAINT events_outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text))
 );
@@ -371,6 +371,17 @@ CREATE FUNCTION public.damascus_events_after(p_after bigint, p_limit integer) RE
       and (cursor.txid <> '0'::xid8 or e.id > p_after)
     order by e.txid, e.id
     limit p_limit
+$$;
+
+CREATE FUNCTION public.damascus_events_fan_out() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    insert into webhook_deliveries (webhook_id, event_id)
+    select w.id, e.id
+    from inserted e join webhooks w on w.event_kinds is null or e.kind = any (w.event_kinds);
+    return null;
+end;
 $$;
 
 CREATE FUNCTION public.damascus_events_head() RETURNS bigint
@@ -553,6 +564,21 @@ begin
     where kind = 'depends_on' and depends_on_item_id = new.id and opened_at is null;
     return null;
 end;
+$$;
+
+CREATE FUNCTION public.damascus_prune_events(p_age interval) RETURNS bigint
+    LANGUAGE sql
+    AS $$
+    with gone as (
+        delete from events_outbox e
+        where e.created_at < now() - p_age
+          and not exists (select 1 from work_items i
+                          where i.id = e.item_id and i.phase not in ('merged', 'cancelled'))
+          and not exists (select 1 from webhook_deliveries d
+                          where d.event_id = e.id and d.state in ('pending', 'retrying'))
+        returning 1
+    )
+    select count(*) from gone
 $$;
 
 CREATE FUNCTION public.damascus_release_locks() RETURNS trigger
@@ -1389,6 +1415,18 @@ CREATE TABLE public.damascus_queue_settings (
     CONSTRAINT damascus_queue_settings_one_row CHECK (singleton)
 );
 
+CREATE VIEW public.damascus_webhooks AS
+SELECT
+    NULL::text AS name,
+    NULL::text[] AS event_kinds,
+    NULL::integer AS max_attempts,
+    NULL::bigint AS pending,
+    NULL::bigint AS retrying,
+    NULL::bigint AS dead,
+    NULL::bigint AS delivered,
+    NULL::interval AS oldest_undelivered_age,
+    NULL::text AS last_error;
+
 ALTER TABLE public.damascus_worker_processes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.damascus_worker_processes_id_seq
     START WITH 1
@@ -1411,13 +1449,6 @@ CREATE VIEW public.damascus_workers AS
            FROM public.damascus_slots s
           WHERE ((s.worker_id = w.id) AND (s.lease_until >= now()))) AS running
    FROM public.damascus_worker_processes w;
-
-CREATE TABLE public.event_webhook_deliveries (
-    event_id bigint NOT NULL,
-    webhook text NOT NULL,
-    delivered_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT event_webhook_deliveries_webhook_key CHECK ((webhook ~ '^[0-9a-f]{32}$'::text))
-);
 
 ALTER TABLE public.events_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.events_outbox_id_seq
@@ -1453,6 +1484,45 @@ CREATE TABLE public.named_locks (
 
 ALTER TABLE public.projects ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.projects_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.webhook_deliveries (
+    webhook_id bigint NOT NULL,
+    event_id bigint NOT NULL,
+    state public.webhook_delivery_state DEFAULT 'pending'::public.webhook_delivery_state NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_status integer,
+    last_error text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_deliveries_attempts_non_negative CHECK ((attempts >= 0))
+);
+
+COMMENT ON TABLE public.webhook_deliveries IS 'One row per (webhook, event): pending, retrying (attempts, next_attempt_at, last_status, last_error), delivered or dead.';
+
+CREATE TABLE public.webhooks (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    url text NOT NULL,
+    secret text NOT NULL,
+    event_kinds text[],
+    max_attempts integer DEFAULT 10 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhooks_max_attempts_range CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT webhooks_name_shape CHECK ((name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'::text)),
+    CONSTRAINT webhooks_secret_shape CHECK ((secret ~ '^whsec_[A-Za-z0-9+/=]+$'::text)),
+    CONSTRAINT webhooks_url_http CHECK ((url ~ '^https?://'::text))
+);
+
+COMMENT ON TABLE public.webhooks IS 'Where events are delivered (signed, Standard Webhooks); damascus webhook add|list|remove|test|redrive.';
+
+ALTER TABLE public.webhooks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhooks_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1502,9 +1572,6 @@ ALTER TABLE ONLY public.damascus_slots
 ALTER TABLE ONLY public.damascus_worker_processes
     ADD CONSTRAINT damascus_worker_processes_pkey PRIMARY KEY (id);
 
-ALTER TABLE ONLY public.event_webhook_deliveries
-    ADD CONSTRAINT event_webhook_deliveries_pkey PRIMARY KEY (event_id, webhook);
-
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_pkey PRIMARY KEY (id);
 
@@ -1529,6 +1596,15 @@ ALTER TABLE ONLY public.projects
 ALTER TABLE ONLY public.projects
     ADD CONSTRAINT projects_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (webhook_id, event_id);
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_name_key UNIQUE (name);
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_pkey PRIMARY KEY (id);
 
@@ -1548,13 +1624,7 @@ CREATE INDEX cost_ledger_created_idx ON public.cost_ledger USING btree (created_
 
 CREATE INDEX cost_ledger_item_idx ON public.cost_ledger USING btree (item_id);
 
-CREATE INDEX events_outbox_dead_idx ON public.events_outbox USING btree (dead_at) WHERE (dead_at IS NOT NULL);
-
 CREATE INDEX events_outbox_item_idx ON public.events_outbox USING btree (item_id, id);
-
-CREATE INDEX events_outbox_pending_idx ON public.events_outbox USING btree (next_delivery_at, id) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL));
-
-CREATE INDEX events_outbox_retrying_idx ON public.events_outbox USING btree (next_delivery_at) WHERE ((delivered_at IS NULL) AND (dead_at IS NULL) AND (delivery_attempts > 0));
 
 CREATE INDEX events_outbox_txid_idx ON public.events_outbox USING btree (txid, id);
 
@@ -1576,11 +1646,33 @@ CREATE INDEX mq_msgs_channel_name_channel_args_created_at_id_idx ON public.mq_ms
 
 CREATE INDEX named_locks_item_idx ON public.named_locks USING btree (item_id);
 
+CREATE INDEX webhook_deliveries_event_idx ON public.webhook_deliveries USING btree (event_id);
+
+CREATE INDEX webhook_deliveries_undelivered_idx ON public.webhook_deliveries USING btree (webhook_id, event_id) WHERE (state = ANY (ARRAY['pending'::public.webhook_delivery_state, 'retrying'::public.webhook_delivery_state]));
+
 CREATE INDEX work_items_live_phase_idx ON public.work_items USING btree (phase) WHERE (phase <> ALL (ARRAY['merged'::public.work_phase, 'cancelled'::public.work_phase]));
 
 CREATE INDEX work_items_project_phase_idx ON public.work_items USING btree (project_id, phase);
 
+CREATE OR REPLACE VIEW public.damascus_webhooks AS
+ SELECT w.name,
+    w.event_kinds,
+    w.max_attempts,
+    count(*) FILTER (WHERE (d.state = 'pending'::public.webhook_delivery_state)) AS pending,
+    count(*) FILTER (WHERE (d.state = 'retrying'::public.webhook_delivery_state)) AS retrying,
+    count(*) FILTER (WHERE (d.state = 'dead'::public.webhook_delivery_state)) AS dead,
+    count(*) FILTER (WHERE (d.state = 'delivered'::public.webhook_delivery_state)) AS delivered,
+    (now() - min(e.created_at) FILTER (WHERE (d.state = ANY (ARRAY['pending'::public.webhook_delivery_state, 'retrying'::public.webhook_delivery_state])))) AS oldest_undelivered_age,
+    (array_agg(d.last_error ORDER BY d.updated_at DESC) FILTER (WHERE (d.state = ANY (ARRAY['retrying'::public.webhook_delivery_state, 'dead'::public.webhook_delivery_state]))))[1] AS last_error
+   FROM ((public.webhooks w
+     LEFT JOIN public.webhook_deliveries d ON ((d.webhook_id = w.id)))
+     LEFT JOIN public.events_outbox e ON ((e.id = d.event_id)))
+  GROUP BY w.id
+  ORDER BY w.name;
+
 CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL) AND (new.kind <> 'lock'::public.gate_kind))) EXECUTE FUNCTION public.damascus_gate_opened();
+
+CREATE TRIGGER events_outbox_fan_out AFTER INSERT ON public.events_outbox REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION public.damascus_events_fan_out();
 
 CREATE TRIGGER human_issues_on_answer BEFORE INSERT ON public.human_issues FOR EACH ROW EXECUTE FUNCTION public.damascus_human_issue_on_answer();
 
@@ -1626,9 +1718,6 @@ ALTER TABLE ONLY public.damascus_jobs
 ALTER TABLE ONLY public.damascus_slots
     ADD CONSTRAINT damascus_slots_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.damascus_worker_processes(id) ON DELETE SET NULL;
 
-ALTER TABLE ONLY public.event_webhook_deliveries
-    ADD CONSTRAINT event_webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events_outbox(id) ON DELETE CASCADE;
-
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
 
@@ -1649,6 +1738,12 @@ ALTER TABLE ONLY public.mq_msgs
 
 ALTER TABLE ONLY public.named_locks
     ADD CONSTRAINT named_locks_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events_outbox(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE RESTRICT;

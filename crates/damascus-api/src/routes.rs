@@ -214,6 +214,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .iter()
         .map(|(p, n)| (p.to_string(), *n))
         .collect();
+    let hooks = damascus_db::webhooks::list(&state.pool).await?;
     Ok(Json(json!({
         "items_per_phase": per_phase,
         "items_per_project": per_project,
@@ -229,6 +230,14 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
             "retrying": s.overview.events_retrying,
             "dead": s.overview.events_dead,
         },
+        "webhooks": hooks.iter().map(|w| json!({
+            "name": w.webhook.name,
+            "pending": w.pending,
+            "retrying": w.retrying,
+            "dead": w.dead,
+            "delivered": w.delivered,
+            "oldest_undelivered_seconds": w.oldest_undelivered_secs,
+        })).collect::<Vec<_>>(),
         "throughput": {
             "transitions_last_hour": s.transitions_last_hour,
             "transitions_last_day": s.transitions_last_day,
@@ -378,7 +387,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         s.overview.open_human_issues
     ));
     out.push_str(
-        "# HELP damascus_events_undelivered Events the webhook relay retries or gave up on.\n# TYPE damascus_events_undelivered gauge\n",
+        "# HELP damascus_events_undelivered Deliveries to webhooks that are retrying or given up on.\n# TYPE damascus_events_undelivered gauge\n",
     );
     for (state, n) in [
         ("retrying", s.overview.events_retrying),
@@ -386,6 +395,32 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     ] {
         out.push_str(&format!(
             "damascus_events_undelivered{{state=\"{state}\"}} {n}\n"
+        ));
+    }
+    let hooks = damascus_db::webhooks::list(&state.pool).await?;
+    out.push_str(
+        "# HELP damascus_webhook_deliveries Deliveries per webhook and state.\n# TYPE damascus_webhook_deliveries gauge\n",
+    );
+    for w in &hooks {
+        for (state, n) in [
+            ("pending", w.pending),
+            ("retrying", w.retrying),
+            ("dead", w.dead),
+        ] {
+            out.push_str(&format!(
+                "damascus_webhook_deliveries{{webhook=\"{}\",state=\"{state}\"}} {n}\n",
+                w.webhook.name
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP damascus_webhook_oldest_undelivered_seconds Age of the oldest event a webhook has not taken yet (0: none).\n# TYPE damascus_webhook_oldest_undelivered_seconds gauge\n",
+    );
+    for w in &hooks {
+        out.push_str(&format!(
+            "damascus_webhook_oldest_undelivered_seconds{{webhook=\"{}\"}} {}\n",
+            w.webhook.name,
+            w.oldest_undelivered_secs.unwrap_or(0.0)
         ));
     }
     out.push_str(&format!(

@@ -40,6 +40,12 @@ pub enum DbError {
     TokenExists(String),
     #[error("no active token named {0:?}; list them with: damascus token list")]
     TokenNotFound(String),
+    #[error("a webhook named {0:?} exists already; pick another name or remove it with: damascus webhook remove NAME")]
+    WebhookExists(String),
+    #[error("no webhook named {0:?}; list them with: damascus webhook list")]
+    WebhookNotFound(String),
+    #[error("event {0} not found (pruned, or never written); list recent events with: damascus show ITEM")]
+    EventNotFound(i64),
     #[error("{0}")]
     Conflict(String),
     #[error("the database refused the change: {0}")]

@@ -26,6 +26,7 @@ pub mod schema_dump;
 pub mod status;
 pub mod tokens;
 mod transitions;
+pub mod webhooks;
 
 pub use connect::{open, Database, Origin, PoolSettings, Target};
 pub use error::{DbError, DbResult};

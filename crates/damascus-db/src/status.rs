@@ -53,9 +53,8 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
             count(*) filter (where q.state = 'retry_wait') as retry_wait,
             count(*) filter (where q.state = 'dead') as dead,
             (select count(*) from human_issues where status = 'open') as open_issues,
-            (select count(*) from events_outbox
-             where delivered_at is null and dead_at is null and delivery_attempts > 0) as events_retrying,
-            (select count(*) from events_outbox where dead_at is not null) as events_dead
+            (select count(*) from webhook_deliveries where state = 'retrying') as events_retrying,
+            (select count(*) from webhook_deliveries where state = 'dead') as events_dead
          from damascus_queue q",
     )
     .fetch_one(pool)

@@ -1,25 +1,29 @@
 //! damascus-relay: the maintenance services `damascus run` starts beside the workers.
 //!
-//! - `WebhookRelay` delivers every event of the outbox to the configured webhooks, at
-//!   least once, in batches whose claim and `delivered_at` share one transaction; a
-//!   failed delivery is retried with exponential backoff and, after `max_attempts`,
-//!   parked as dead with its last error. A batch stops at its first failure, so a
-//!   webhook that is down holds the batch's transaction for one timeout, not one per
-//!   event. A retry goes only to the webhooks that did not take the event yet: one
-//!   webhook that is down does not make the others receive every event again.
-//! - `Retention` prunes delivered (or dead) events of finished items, orphaned queue
-//!   payloads, and log files older than the retention age.
+//! - `WebhookRelay` delivers the outbox's events to the registered webhooks (rows of
+//!   `webhooks`), signed the Standard Webhooks way (`signature`), at least once. Each
+//!   webhook has its own deliveries and its own batch, all webhooks at once, so one
+//!   that is down delays only itself; within a webhook events go in order, and a
+//!   failed delivery holds the ones after it until its retry (exponential backoff
+//!   with jitter) succeeds or, after the webhook's `max_attempts`, it is dead until a
+//!   redrive.
+//! - `Retention` prunes what `damascus_prune_events` allows (old events of finished
+//!   items that every webhook is done with), orphaned queue payloads, and log files
+//!   older than the retention age.
 //!
 //! Both are small named services with the same lifecycle: `start` spawns, `stop` stops
 //! and waits (safe to call once the service has stopped).
 //!
-//! Architecture invariants: no SQL (statements are in `damascus-db::outbox`); webhook
-//! URLs can hold tokens, so they are never logged beyond their host.
+//! Architecture invariants: no SQL (statements are in `damascus-db::webhooks` and
+//! `outbox`); webhook URLs can hold tokens, so they are never logged beyond their host.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use damascus_db::outbox::{self, Delivery};
+pub mod signature;
+
+use damascus_db::outbox;
+use damascus_db::webhooks::{self, Outcome};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,27 +52,24 @@ impl Service {
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    pub webhooks: Vec<String>,
     pub interval: Duration,
     pub timeout: Duration,
-    pub max_attempts: i32,
+    /// Deliveries one webhook's batch takes at most.
     pub batch: i64,
 }
 
-impl RelayConfig {
-    pub fn new(webhooks: Vec<String>) -> RelayConfig {
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
         RelayConfig {
-            webhooks,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
-            max_attempts: 10,
             batch: 100,
         }
     }
 }
 
 /// The host of a URL, for logs and errors (paths and queries can hold tokens).
-fn host_of(url: &str) -> String {
+pub fn host_of(url: &str) -> String {
     url.split_once("://")
         .map(|(_, rest)| {
             rest.split(['/', '?'])
@@ -82,9 +83,12 @@ fn host_of(url: &str) -> String {
         .unwrap_or_else(|| "(webhook)".into())
 }
 
-/// The delay before delivery attempt `attempts + 1`: 2 s doubling, at most an hour.
+/// The delay before the attempt after `attempts` failed ones: 2 s doubling, at most an
+/// hour, with up to a fifth taken off at random so that deliveries that failed together
+/// do not all come back at once.
 fn backoff(attempts: i32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(attempts.clamp(1, 12) as u32).min(3600))
+    let full = 2u64.saturating_pow(attempts.clamp(1, 12) as u32).min(3600) as f64;
+    Duration::from_secs_f64(full * (1.0 - rand::random::<f64>() * 0.2))
 }
 
 pub struct WebhookRelay;
@@ -100,7 +104,7 @@ impl WebhookRelay {
                 }
             };
             loop {
-                match deliver_batch(&pool, &http, &config).await {
+                match deliver_round(&pool, &http, &config).await {
                     Ok(n) if n > 0 => continue,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "the webhook relay failed; retrying"),
@@ -114,74 +118,117 @@ impl WebhookRelay {
     }
 }
 
-/// Delivers one batch; returns how many events it handled. The batch stops at the first
-/// failed delivery: the webhook is likely down, and every further try would hold the
-/// batch's transaction open for another timeout. The events after it stay pending,
-/// untouched, for the next batch.
-pub async fn deliver_batch(
+/// One round: every webhook with deliveries to make gets one batch, all at once, so a
+/// webhook that is down delays only itself. Returns how many deliveries succeeded.
+pub async fn deliver_round(
     pool: &PgPool,
     http: &reqwest::Client,
     config: &RelayConfig,
 ) -> Result<usize, damascus_db::DbError> {
-    let mut batch = outbox::claim(pool, config.batch).await?;
-    let pending = std::mem::take(&mut batch.events);
-    let mut handled = 0;
-    for item in &pending {
-        let body = damascus_api::json::EventJson::from(item.event.clone());
-        let mut failure = None;
-        let mut delivered_to = Vec::new();
-        for url in &config.webhooks {
-            let key = outbox::webhook_key(url);
-            if item.delivered_to.contains(&key) {
-                continue;
-            }
-            let outcome = http
-                .post(url)
-                .header("x-damascus-event", &item.event.kind)
-                .header("x-damascus-event-id", item.event.id.to_string())
-                .json(&body)
-                .send()
-                .await;
-            let error = match outcome {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("{} answered {}", host_of(url), r.status())),
-                Err(e) => Some(format!("{}: {}", host_of(url), e.without_url())),
-            };
-            match error {
-                None => delivered_to.push(key),
-                Some(error) => {
-                    failure = Some(error);
-                    break;
-                }
+    let mut rounds = tokio::task::JoinSet::new();
+    for webhook in webhooks::with_undelivered(pool).await? {
+        let (pool, http, batch) = (pool.clone(), http.clone(), config.batch);
+        rounds.spawn(async move { deliver_webhook(&pool, &http, webhook, batch).await });
+    }
+    let mut delivered = 0;
+    let mut failure = None;
+    while let Some(done) = rounds.join_next().await {
+        match done {
+            Ok(Ok(n)) => delivered += n,
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => tracing::error!(error = %e, "a webhook's delivery task failed"),
+        }
+    }
+    match failure {
+        Some(e) if delivered == 0 => Err(e),
+        _ => Ok(delivered),
+    }
+}
+
+/// Delivers one webhook's batch in order, signed; stops at the first delivery not due
+/// yet or failing, so the webhook receives its events in order. Returns how many it
+/// took.
+pub async fn deliver_webhook(
+    pool: &PgPool,
+    http: &reqwest::Client,
+    webhook_id: i64,
+    limit: i64,
+) -> Result<usize, damascus_db::DbError> {
+    let Some(mut batch) = webhooks::claim(pool, webhook_id, limit).await? else {
+        return Ok(0);
+    };
+    let key = match signature::parse_secret(&batch.webhook.secret) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(webhook = batch.webhook.name, error = %e, "cannot sign this webhook's deliveries; replace it");
+            return Ok(0);
+        }
+    };
+    let pending = std::mem::take(&mut batch.deliveries);
+    let mut delivered = 0;
+    for delivery in pending.iter().take_while(|d| d.due) {
+        let retry_in = backoff(delivery.attempts + 1);
+        let outcome = post(http, &batch.webhook, &key, &delivery.event, retry_in).await;
+        let failed = !matches!(outcome, Outcome::Delivered { .. });
+        let dead = batch.record(delivery.event.id, &outcome).await?;
+        if let Outcome::Failed { error, .. } = &outcome {
+            if dead {
+                tracing::error!(webhook = batch.webhook.name, event = delivery.event.id, %error, "delivery given up; redrive it with: damascus webhook redrive NAME");
+            } else {
+                tracing::warn!(webhook = batch.webhook.name, event = delivery.event.id, %error, attempts = delivery.attempts + 1, "delivery failed; retrying later");
             }
         }
-        let delivery = match failure {
-            None => Delivery::Delivered,
-            Some(error) => {
-                let attempts = item.attempts + 1;
-                let dead = attempts >= config.max_attempts;
-                if dead {
-                    tracing::error!(event = item.event.id, %error, "event undeliverable; parked as dead");
-                } else {
-                    tracing::warn!(event = item.event.id, %error, attempts, "event delivery failed; retrying later");
-                }
-                Delivery::Failed {
-                    error,
-                    retry_in: backoff(attempts),
-                    dead,
-                    delivered_to,
-                }
-            }
-        };
-        let failed = delivery != Delivery::Delivered;
-        batch.record(item.event.id, &delivery).await?;
-        handled += 1;
         if failed {
             break;
         }
+        delivered += 1;
     }
     batch.commit().await?;
-    Ok(handled)
+    Ok(delivered)
+}
+
+/// One signed POST of `event` to `webhook` (Standard Webhooks: `webhook-id` is the
+/// event id, which doubles as the receiver's idempotency key); a failure is tried again
+/// after `retry_in`.
+pub async fn post(
+    http: &reqwest::Client,
+    webhook: &webhooks::Webhook,
+    key: &[u8],
+    event: &damascus_db::events::Event,
+    retry_in: Duration,
+) -> Outcome {
+    let body =
+        serde_json::to_vec(&damascus_api::json::EventJson::from(event.clone())).unwrap_or_default();
+    let msg_id = format!("msg_{}", event.id);
+    let signed = signature::sign(key, &msg_id, chrono::Utc::now().timestamp(), &body);
+    let sent = http
+        .post(&webhook.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &signed.id)
+        .header("webhook-timestamp", signed.timestamp.to_string())
+        .header("webhook-signature", &signed.signature)
+        .header("x-damascus-event", &event.kind)
+        .body(body)
+        .send()
+        .await;
+    let failed = |status: Option<u16>, error: String| Outcome::Failed {
+        status,
+        error,
+        retry_in,
+    };
+    match sent {
+        Ok(r) if r.status().is_success() => Outcome::Delivered {
+            status: r.status().as_u16(),
+        },
+        Ok(r) => failed(
+            Some(r.status().as_u16()),
+            format!("{} answered {}", host_of(&webhook.url), r.status()),
+        ),
+        Err(e) => failed(
+            None,
+            format!("{}: {}", host_of(&webhook.url), e.without_url()),
+        ),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,8 +237,6 @@ pub struct RetentionConfig {
     pub interval: Duration,
     /// Where the agents' and tests' logs are (`<data-dir>/logs`).
     pub logs_dir: PathBuf,
-    /// Whether a relay delivers events (if not, every old event of a finished item goes).
-    pub relay_enabled: bool,
 }
 
 pub struct Retention;
@@ -221,7 +266,7 @@ pub async fn prune_once(
     pool: &PgPool,
     config: &RetentionConfig,
 ) -> Result<(outbox::Pruned, usize), damascus_db::DbError> {
-    let pruned = outbox::prune(pool, config.age, config.relay_enabled).await?;
+    let pruned = outbox::prune(pool, config.age).await?;
     let dir = config.logs_dir.clone();
     let age = config.age;
     let files = tokio::task::spawn_blocking(move || prune_files(&dir, age))
@@ -272,9 +317,13 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(40), Duration::from_secs(3600));
+    fn backoff_grows_with_jitter_and_caps() {
+        let within = |attempts: i32, full: f64| {
+            let got = backoff(attempts).as_secs_f64();
+            assert!(got <= full && got >= full * 0.8, "{attempts}: {got}");
+        };
+        within(1, 2.0);
+        within(3, 8.0);
+        within(40, 3600.0);
     }
 }

@@ -84,6 +84,9 @@ pub enum Command {
     /// Manage API bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Register webhooks, see their deliveries, send again what failed.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Run the worker pool: claim jobs and run phases until SIGTERM or Ctrl-C.
     Worker(Box<WorkerArgs>),
     /// Run every job that is runnable now (and what they make runnable), then exit.
@@ -267,6 +270,47 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by name.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register a webhook: every event (or those of --event) is POSTed to URL, signed
+    /// (Standard Webhooks), by every process that runs `damascus run`.
+    Add {
+        /// Lowercase letters, digits, '.', '_' and '-' (e.g. chat).
+        name: String,
+        /// http:// or https:// URL.
+        url: String,
+        /// The signing secret, whsec_ and base64 (default: a new random one).
+        #[arg(long)]
+        secret: Option<String>,
+        /// Only events of this kind (repeatable; e.g. item.blocked).
+        #[arg(long = "event")]
+        events: Vec<String>,
+        /// Attempts per event before its delivery is dead (1 to 100).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..=100))]
+        max_attempts: i32,
+    },
+    /// Each webhook with its deliveries: pending, retrying, dead, delivered.
+    List,
+    /// A webhook's URL and signing secret.
+    Show { name: String },
+    /// Remove a webhook and its deliveries.
+    Remove { name: String },
+    /// Send a signed `webhook.test` event to a webhook now and print its answer.
+    Test { name: String },
+    /// Send a webhook's dead deliveries again (or, with --since or --event, delivered
+    /// ones too, and events it never had).
+    Redrive {
+        name: String,
+        /// Every event written at or after this time (RFC 3339, e.g.
+        /// 2026-12-01T00:00:00Z).
+        #[arg(long, conflicts_with = "event")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// This event.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        event: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -202,11 +202,13 @@ async fn ingest_list_group_and_show() {
     assert!(detail["human_issues"].as_array().unwrap().is_empty());
     assert!(detail["merge_queue"].is_null(), "not queued before review");
 
-    // One event the relay keeps retrying, one it gave up on.
+    // One delivery the relay keeps retrying, one it gave up on.
     sqlx::query(
-        "update events_outbox set delivery_attempts = 2, last_delivery_error = 'hooks.example answered 502',
-            dead_at = case when id = (select min(id) from events_outbox) then now() end
-         where id in (select id from events_outbox order by id limit 2)",
+        "with w as (insert into webhooks (name, url, secret) values ('chat', 'http://hooks.example/x', 'whsec_AAAA') returning id)
+         insert into webhook_deliveries (webhook_id, event_id, state, attempts, last_error)
+         select w.id, e.id, case when e.id = (select min(id) from events_outbox) then 'dead' else 'retrying' end::webhook_delivery_state,
+                2, 'hooks.example answered 502'
+         from w, (select id from events_outbox order by id limit 2) e",
     )
     .execute(&app.db.pool)
     .await
@@ -214,6 +216,15 @@ async fn ingest_list_group_and_show() {
     let (_, stats) = app.get("/v1/stats").await;
     assert_eq!(stats["events"]["retrying"], 1);
     assert_eq!(stats["events"]["dead"], 1);
+    assert_eq!(stats["webhooks"][0]["name"], "chat");
+    assert_eq!(stats["webhooks"][0]["retrying"], 1);
+    assert_eq!(stats["webhooks"][0]["dead"], 1);
+    assert!(
+        stats["webhooks"][0]["oldest_undelivered_seconds"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
     assert_eq!(stats["items_per_phase"]["spec"], 3);
     assert_eq!(stats["items_per_project"]["web"]["spec"], 2);
     assert_eq!(stats["queue"]["queued"], 3);
@@ -243,7 +254,17 @@ async fn ingest_list_group_and_show() {
             )),
             "{metrics}"
         );
+        assert!(
+            metrics.contains(&format!(
+                "damascus_webhook_deliveries{{webhook=\"chat\",state=\"{state}\"}} 1"
+            )),
+            "{metrics}"
+        );
     }
+    assert!(
+        metrics.contains("damascus_webhook_oldest_undelivered_seconds{webhook=\"chat\"}"),
+        "{metrics}"
+    );
     let (status, openapi) = app.get("/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(openapi["openapi"], "3.0.3");

@@ -15,6 +15,7 @@ mod project;
 mod serve;
 mod status;
 mod token;
+pub mod webhook;
 mod worker;
 
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub async fn dispatch(
         Command::Logs { id, follow } => logs::run(&target, &data_dir, id, follow).await,
         Command::Mcp => mcp::run(&target).await,
         Command::Serve(args) => serve::serve(&target, args).await,
+        Command::Webhook(command) => webhook::run(&target, command).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,
         Command::Token(TokenCommand::List) => token::list(&target).await,
         Command::Token(TokenCommand::Revoke { name }) => token::revoke(&target, &name).await,

@@ -85,6 +85,17 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
             eprintln!("applied {applied} migrations");
         }
     }
+    // Webhooks given in the environment are registered once, like `damascus webhook add`.
+    for url in &webhooks {
+        let name = crate::commands::webhook::env_name(url);
+        let secret = damascus_relay::signature::new_secret();
+        if damascus_db::webhooks::ensure_url(&db.pool, &name, url, &secret).await? {
+            eprintln!(
+                "registered webhook {name} ({}) from DAMASCUS_WEBHOOKS; its signing secret: damascus webhook show {name}",
+                damascus_relay::host_of(url)
+            );
+        }
+    }
     let listener = bind(&args.serve).await?;
     let stop = stop_signal()?;
     let workers = WorkerPool::start(db.pool.clone(), queue, Arc::new(loops)).await?;
@@ -103,27 +114,22 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
     let api = tokio::spawn(damascus_api::serve(listener, state, async move {
         api_stop.cancelled().await
     }));
-    let relay = (!webhooks.is_empty()).then(|| {
-        damascus_relay::WebhookRelay::start(
-            db.pool.clone(),
-            damascus_relay::RelayConfig::new(webhooks.clone()),
-        )
-    });
+    let relay = damascus_relay::WebhookRelay::start(
+        db.pool.clone(),
+        damascus_relay::RelayConfig::default(),
+    );
     let retention = damascus_relay::Retention::start(
         db.pool.clone(),
         damascus_relay::RetentionConfig {
             age: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
             interval: std::time::Duration::from_secs(3600),
             logs_dir: data_dir.join("logs"),
-            relay_enabled: relay.is_some(),
         },
     );
     stop.cancelled().await;
     eprintln!("stopping: no new claims; running phases get their grace period");
     let summary = workers.shutdown().await;
-    if let Some(relay) = relay {
-        relay.stop().await;
-    }
+    relay.stop().await;
     retention.stop().await;
     api.await??;
     println!("{summary}");

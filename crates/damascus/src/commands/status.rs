@@ -80,15 +80,27 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
     );
     println!("questions  {} open", overview.open_human_issues);
     println!(
-        "events     {} retrying delivery to webhooks, {} undeliverable{}",
+        "events     {} deliveries to webhooks retrying, {} dead{}",
         overview.events_retrying,
         overview.events_dead,
         if overview.events_dead > 0 {
-            " (their last error: select id, kind, last_delivery_error from events_outbox where dead_at is not null)"
+            " (see damascus webhook list; send them again with: damascus webhook redrive NAME)"
         } else {
             ""
         }
     );
+    for w in damascus_db::webhooks::list(&db.pool).await? {
+        println!(
+            "  webhook {}: {} pending, {} retrying, {} dead{}",
+            w.webhook.name,
+            w.pending,
+            w.retrying,
+            w.dead,
+            w.oldest_undelivered_secs
+                .map(|s| format!(", oldest undelivered {s:.0} s"))
+                .unwrap_or_default()
+        );
+    }
 
     let workers = status::workers(&db.pool).await?;
     println!(

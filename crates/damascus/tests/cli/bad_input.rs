@@ -504,3 +504,111 @@ fn help_never_shows_the_database_url() {
     assert!(out.status.success());
     assert!(!crate::stdout(&out).contains("hunter2"));
 }
+
+#[tokio::test]
+async fn webhook_commands_and_their_refusals() {
+    let db = with_web_project().await;
+    let secret = ok(run(
+        &db,
+        &[
+            "webhook",
+            "add",
+            "chat",
+            "https://chat.example/hooks/T0/secret-path",
+            "--event",
+            "item.blocked",
+        ],
+        "",
+    ));
+    assert!(secret.trim().starts_with("whsec_"), "{secret}");
+    let listed = ok(run(&db, &["webhook", "list"], ""));
+    assert!(
+        listed.contains("chat") && listed.contains("chat.example"),
+        "{listed}"
+    );
+    assert!(listed.contains("item.blocked"), "{listed}");
+    assert!(
+        !listed.contains("secret-path"),
+        "the URL's path stays out: {listed}"
+    );
+    let shown = ok(run(&db, &["webhook", "show", "chat"], ""));
+    assert!(shown.contains(secret.trim()), "{shown}");
+    // (arguments, exit code, what stderr says)
+    type Case<'a> = (&'a [&'a str], i32, &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &["webhook", "add", "chat", "https://other.example/x"],
+            1,
+            &["a webhook named \"chat\" exists already"],
+        ),
+        (
+            &["webhook", "add", "Chat Room", "https://x.example/"],
+            1,
+            &["must be 1 to 63 lowercase letters"],
+        ),
+        (
+            &["webhook", "add", "ftp", "ftp://x.example/hook?token=abc"],
+            1,
+            &["must start with http:// or https://"],
+        ),
+        (
+            &[
+                "webhook",
+                "add",
+                "s",
+                "https://x.example/",
+                "--secret",
+                "hunter2",
+            ],
+            1,
+            &["whsec_"],
+        ),
+        (
+            &[
+                "webhook",
+                "add",
+                "m",
+                "https://x.example/",
+                "--max-attempts",
+                "0",
+            ],
+            2,
+            &["0 is not in 1..=100"],
+        ),
+        (
+            &["webhook", "redrive", "nope"],
+            1,
+            &["no webhook named \"nope\"", "damascus webhook list"],
+        ),
+        (
+            &["webhook", "redrive", "chat", "--event", "999999"],
+            1,
+            &["event 999999 not found"],
+        ),
+        (
+            &["webhook", "redrive", "chat", "--since", "yesterday"],
+            2,
+            &["--since"],
+        ),
+        (
+            &["webhook", "remove", "nope"],
+            1,
+            &["no webhook named \"nope\""],
+        ),
+        (
+            &["webhook", "test", "chat"],
+            1,
+            &["did not take the test event", "chat.example"],
+        ),
+    ];
+    for (args, code, needles) in cases {
+        let out = run(&db, args, "");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("token=abc"),
+            "a URL's query is never echoed"
+        );
+        refused(out, *code, needles);
+    }
+    ok(run(&db, &["webhook", "remove", "chat"], ""));
+    assert!(ok(run(&db, &["webhook", "list"], "")).contains("no webhooks yet"));
+}

@@ -36,7 +36,7 @@ async fn status_reports_schema_and_counts() {
         "{out}"
     );
     assert!(
-        out.contains("events     0 retrying delivery to webhooks, 0 undeliverable\n"),
+        out.contains("events     0 deliveries to webhooks retrying, 0 dead\n"),
         "{out}"
     );
     assert!(
@@ -90,14 +90,26 @@ async fn status_reports_schema_and_counts() {
         shown.contains("queue      2 of 2 into /srv/git/web.git main: waiting since"),
         "{shown}"
     );
-    // An event the relay gave up on is shown, with where to read why.
-    sqlx::query("update events_outbox set dead_at = now(), delivery_attempts = 10 where id = 1")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    // A delivery the relay gave up on is shown per webhook, with what to do.
+    ok(run(
+        &db,
+        &["webhook", "add", "chat", "http://127.0.0.1:9/hook"],
+        "",
+    ));
+    sqlx::query(
+        "insert into webhook_deliveries (webhook_id, event_id, state, attempts)
+         select w.id, 1, 'dead', 10 from webhooks w",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let out = ok(run(&db, &["status"], ""));
     assert!(
-        out.contains("events     0 retrying delivery to webhooks, 1 undeliverable (their last error: select id, kind, last_delivery_error from events_outbox where dead_at is not null)"),
+        out.contains("events     0 deliveries to webhooks retrying, 1 dead (see damascus webhook list; send them again with: damascus webhook redrive NAME)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  webhook chat: 0 pending, 0 retrying, 1 dead"),
         "{out}"
     );
 }
