@@ -8,6 +8,7 @@ mod embedded;
 mod flow;
 mod loops;
 mod mcp;
+mod webhooks;
 
 use std::path::Path;
 use std::process::Output;
