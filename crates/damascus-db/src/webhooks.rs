@@ -245,9 +245,12 @@ pub async fn with_undelivered(pool: &PgPool) -> DbResult<Vec<i64>> {
     .await?)
 }
 
-/// Claims up to `limit` of webhook `webhook_id`'s undelivered events, oldest first,
-/// among those whose transaction is older than every one still running (so none can
-/// appear before them later). `None` when another relay holds the webhook.
+/// Claims up to `limit` of webhook `webhook_id`'s undelivered events, in the order of
+/// the transactions that wrote them. Each delivery is a row of its own, so an event
+/// whose transaction commits late is still delivered, just after later ones: unlike
+/// the event stream, the relay does not wait for older transactions (which may be
+/// another application's, anywhere on the server). `None` when another relay holds
+/// the webhook.
 pub async fn claim(pool: &PgPool, webhook_id: i64, limit: i64) -> DbResult<Option<Batch>> {
     let mut tx = pool.begin().await?;
     let Some(row) = sqlx::query(&format!(
@@ -265,7 +268,6 @@ pub async fn claim(pool: &PgPool, webhook_id: i64, limit: i64) -> DbResult<Optio
                 d.next_attempt_at <= now() as due
          from webhook_deliveries d join events_outbox e on e.id = d.event_id
          where d.webhook_id = $1 and d.state in ('pending', 'retrying')
-           and e.txid < pg_snapshot_xmin(pg_current_snapshot())
          order by e.txid, e.id
          limit $2",
     )
