@@ -534,7 +534,7 @@ async fn the_event_stream_is_live_and_resumable() {
     // (another test's, here) may come first, so the earlier one may be sent too.
     let got = read_events_until(stream, live_event).await;
     assert!(got.len() <= 2, "{got:?}");
-    let live = vec![got.last().unwrap().clone()];
+    let live = [got.last().unwrap().clone()];
     assert_eq!(live[0].1, "item.ingested");
     // Resuming from the first event replays exactly what came after it.
     let first_event: i64 =
