@@ -28,22 +28,15 @@ pub enum Reservation {
     ClaimLost,
 }
 
-/// Reserves up to `want` USD (`None`: all the caps allow) for a call of `item`'s
-/// running claim `claim`.
-pub async fn reserve<'e>(
-    db: impl PgExecutor<'e>,
-    claim: Uuid,
-    item: i64,
-    want: Option<f64>,
-) -> DbResult<Reservation> {
+/// Reserves all the caps allow for a call of `item`'s running claim `claim`.
+pub async fn reserve<'e>(db: impl PgExecutor<'e>, claim: Uuid, item: i64) -> DbResult<Reservation> {
     let row = sqlx::query(
         "select granted::float8 as granted, refused, item_left::float8 as item_left,
                 project_left::float8 as project_left
-         from damascus_reserve_budget($1, $2, $3::float8::numeric)",
+         from damascus_reserve_budget($1, $2, null)",
     )
     .bind(claim)
     .bind(item)
-    .bind(want)
     .fetch_one(db)
     .await?;
     let granted: Option<f64> = row.try_get("granted")?;
@@ -65,16 +58,4 @@ pub async fn reserve<'e>(
             project_left,
         },
     })
-}
-
-/// What running calls of `project_id` hold now.
-pub async fn held<'e>(db: impl PgExecutor<'e>, project_id: i64) -> DbResult<f64> {
-    Ok(sqlx::query_scalar(
-        "select coalesce(sum(r.usd), 0)::float8 from budget_reservations r
-         join damascus_slots s on s.claim_token = r.claim_token
-         where r.project_id = $1",
-    )
-    .bind(project_id)
-    .fetch_one(db)
-    .await?)
 }

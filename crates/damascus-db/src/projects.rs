@@ -169,15 +169,3 @@ pub async fn list_projects(pool: &PgPool) -> DbResult<Vec<ProjectSummary>> {
         })
         .collect()
 }
-
-/// What the project's items have spent since the start of the current UTC day.
-pub async fn spent_today<'e>(db: impl PgExecutor<'e>, project_id: i64) -> DbResult<f64> {
-    Ok(sqlx::query_scalar(
-        "select coalesce(sum(c.usd), 0)::float8 from cost_ledger c
-         join work_items i on i.id = c.item_id
-         where i.project_id = $1 and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc'",
-    )
-    .bind(project_id)
-    .fetch_one(db)
-    .await?)
-}

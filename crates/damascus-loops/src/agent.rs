@@ -98,9 +98,9 @@ pub(crate) async fn run(
     let log_file = log_file(inner, input, log_name);
     let end = process::run(
         ProcessSpec {
-            argv: confined.argv.clone(),
+            argv: confined.argv,
             dir: dir.to_path_buf(),
-            env: confined.env.clone(),
+            env: confined.env,
             stdin: Some(prompt),
             timeout: Duration::from_secs(project.agent_timeout_secs as u64),
             log_file: log_file.clone(),
@@ -110,7 +110,7 @@ pub(crate) async fn run(
         &input.job.cancel,
     )
     .await;
-    confined.release().await;
+    confined.handed.release().await;
     let end = end.map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
     // A run killed before it reported leaves a ledger row that says its spend is unknown.
     let unreported = |why: &str| CostEntry {

@@ -164,7 +164,7 @@ impl PhaseInput {
         let waited_since = tokio::time::Instant::now();
         loop {
             let reservation =
-                damascus_db::budget::reserve(&self.job.pool, self.job.claim, self.item.id, None)
+                damascus_db::budget::reserve(&self.job.pool, self.job.claim, self.item.id)
                     .await
                     .map_err(|e| Verdict::TransientError {
                         reason: format!("cannot reserve budget for the call: {e}"),

@@ -487,9 +487,9 @@ impl Run<'_> {
         let confined = crate::sandbox::confine(self.inner, self.input, dir, argv, &[]).await?;
         let end = process::run(
             ProcessSpec {
-                argv: confined.argv.clone(),
+                argv: confined.argv,
                 dir: dir.to_path_buf(),
-                env: confined.env.clone(),
+                env: confined.env,
                 stdin: None,
                 timeout: Duration::from_secs(project.test_timeout_secs as u64),
                 log_file: crate::agent::log_file(self.inner, self.input, &log_name),
@@ -499,7 +499,7 @@ impl Run<'_> {
             &self.input.job.cancel,
         )
         .await;
-        confined.release().await;
+        confined.handed.release().await;
         let end = end.map_err(|e| Verdict::TransientError {
             reason: e.to_string(),
         })?;

@@ -84,17 +84,20 @@ fn missing_capabilities() -> Vec<&'static str> {
         .collect()
 }
 
-/// How one process of a phase is confined. `release` takes the worktree and HOME back
-/// from the agent user after the run.
+/// How one process of a phase is confined. `handed.release()` takes the worktree and
+/// HOME back from the agent user after the run.
 pub(crate) struct Confinement {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     /// The user and group the process runs as, when not the worker's.
     pub user: Option<(u32, u32)>,
-    handed_over: Vec<PathBuf>,
+    pub handed: HandedOver,
 }
 
-impl Confinement {
+/// The directories handed to the agent user for a run.
+pub(crate) struct HandedOver(Vec<PathBuf>);
+
+impl HandedOver {
     /// Gives the directories handed to the agent user back to the worker, so the worker's
     /// git sees its own worktree and an idle worktree is closed to the agent user.
     pub async fn release(self) {
@@ -102,7 +105,7 @@ impl Confinement {
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         );
-        for dir in self.handed_over {
+        for dir in self.0 {
             let shown = dir.display().to_string();
             let owned = tokio::task::spawn_blocking(move || chown_tree(&dir, worker)).await;
             if let Ok(Err(e)) | Err(e) = owned.map_err(std::io::Error::other) {
@@ -228,14 +231,7 @@ pub(crate) async fn confine(
         .map_err(std::io::Error::other)
         .and_then(|r| r);
         if let Err(e) = handed {
-            Confinement {
-                argv: Vec::new(),
-                env: Vec::new(),
-                user: None,
-                handed_over,
-            }
-            .release()
-            .await;
+            HandedOver(handed_over).release().await;
             return Err(Verdict::TransientError {
                 reason: format!(
                     "cannot hand the worktree to the agent user {}: {e}",
@@ -248,7 +244,7 @@ pub(crate) async fn confine(
         argv,
         env,
         user: inner.config.agent_user.as_ref().map(|u| (u.uid, u.gid)),
-        handed_over,
+        handed: HandedOver(handed_over),
     })
 }
 
