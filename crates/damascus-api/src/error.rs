@@ -55,14 +55,16 @@ impl IntoResponse for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> ApiError {
         match &e {
-            DbError::ItemNotFound(_) | DbError::HumanIssueNotFound(_) => {
-                ApiError::not_found(e.to_string())
-            }
+            DbError::ItemNotFound(_)
+            | DbError::HumanIssueNotFound(_)
+            | DbError::WebhookNotFound(_) => ApiError::not_found(e.to_string()),
             DbError::ProjectNotFound(_) => ApiError::unprocessable(e.to_string()),
-            DbError::HumanIssueClosed { .. } | DbError::Conflict(_) => {
+            DbError::HumanIssueClosed { .. } | DbError::Conflict(_) | DbError::WebhookExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            DbError::Constraint(_) => ApiError::unprocessable(e.to_string()),
+            DbError::Constraint(_) | DbError::EventNotFound(_) => {
+                ApiError::unprocessable(e.to_string())
+            }
             _ => {
                 tracing::error!(error = %format!("{e:#}"), "request failed");
                 ApiError::new(

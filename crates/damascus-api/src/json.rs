@@ -79,6 +79,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiId {
     }
 }
 
+/// A name in the path (a webhook's); one that is not registered is the handler's 404.
+pub struct ApiName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::bad_request(r.body_text()))?;
+        Ok(ApiName(raw))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestBody {
@@ -164,26 +178,9 @@ impl From<WorkItem> for ItemJson {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct EventJson {
-    pub id: i64,
-    pub item_id: Option<i64>,
-    pub kind: String,
-    pub payload: Value,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<Event> for EventJson {
-    fn from(e: Event) -> EventJson {
-        EventJson {
-            id: e.id,
-            item_id: e.item_id,
-            kind: e.kind,
-            payload: e.payload,
-            created_at: e.created_at,
-        }
-    }
-}
+/// The Event JSON: `damascus_db::events::Event`'s own serde form, which webhook
+/// deliveries use too.
+pub type EventJson = Event;
 
 /// What holds an item back: `kind` is depends_on, approval or lock; `open` means it
 /// no longer holds (for a lock: the item holds it).

@@ -1,5 +1,5 @@
 //! damascus-api: the HTTP interface. JSON over axum for items, stats, human issues and
-//! live events (SSE), Prometheus metrics, bearer-token auth, and the web UI served from
+//! live events (SSE), webhooks (add, list, remove, redrive, test), Prometheus metrics, bearer-token auth, and the web UI served from
 //! assets embedded in the binary.
 //!
 //! Architecture invariants: the only crate that knows HTTP and JSON shapes (documented
@@ -11,6 +11,7 @@ mod auth;
 mod error;
 pub mod json;
 mod routes;
+mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -58,6 +59,13 @@ pub fn router(state: AppState) -> Router {
         .route("/human-issues", get(routes::list_human_issues))
         .route("/human-issues/{id}/answer", post(routes::answer))
         .route("/events", get(routes::events))
+        .route("/webhooks", get(webhooks::list).post(webhooks::add))
+        .route(
+            "/webhooks/{name}",
+            get(webhooks::show).delete(webhooks::remove),
+        )
+        .route("/webhooks/{name}/redrive", post(webhooks::redrive))
+        .route("/webhooks/{name}/test", post(webhooks::test))
         .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .route_layer(middleware::from_fn_with_state(

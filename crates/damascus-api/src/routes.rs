@@ -161,11 +161,7 @@ pub async fn get_item(
     ApiId(id): ApiId,
 ) -> Result<Json<Value>, ApiError> {
     let item = items::get_item(&state.pool, id).await?;
-    let timeline: Vec<EventJson> = events::for_item(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(EventJson::from)
-        .collect();
+    let timeline: Vec<EventJson> = events::for_item(&state.pool, id).await?;
     let issues: Vec<HumanIssueJson> = items::human_issues_for_item(&state.pool, id)
         .await?
         .into_iter()
@@ -335,8 +331,7 @@ pub async fn events(
                         last = event.id;
                         let id = event.id.to_string();
                         let kind = event.kind.clone();
-                        let data =
-                            serde_json::to_string(&EventJson::from(event)).unwrap_or_default();
+                        let data = serde_json::to_string(&event).unwrap_or_default();
                         let sse = SseEvent::default().id(id).event(kind).data(data);
                         if sender.send(Ok(sse)).await.is_err() {
                             return;

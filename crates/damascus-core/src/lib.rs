@@ -11,6 +11,7 @@ pub mod project;
 pub mod spec;
 pub mod story;
 pub mod verdict;
+pub mod webhook;
 
 pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{

@@ -7,7 +7,9 @@ use sqlx::{PgConnection, PgExecutor, Row};
 
 use crate::error::DbResult;
 
-#[derive(Debug, Clone, PartialEq)]
+/// An outbox event; its serde form is the Event JSON of the API, the SSE stream and
+/// webhook deliveries (one serializer for all three).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {
     pub id: i64,
     pub item_id: Option<i64>,
@@ -80,4 +82,49 @@ pub async fn latest_id<'e>(db: impl PgExecutor<'e>) -> DbResult<i64> {
     Ok(sqlx::query_scalar("select damascus_events_head()")
         .fetch_one(db)
         .await?)
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    /// Every event kind the code or the migrations write is in the vocabulary webhooks
+    /// filter on, so a filter can name it.
+    #[test]
+    fn every_kind_written_is_in_the_vocabulary() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let families = [
+            "item",
+            "job",
+            "human_issue",
+            "merge_queue",
+            "project",
+            "webhook",
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for dir in ["migrations", "crates/damascus-db/src"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                for quote in ['"', '\''] {
+                    for family in families {
+                        let opening = format!("{quote}{family}.");
+                        for (at, _) in text.match_indices(&opening) {
+                            let rest = &text[at + opening.len()..];
+                            let end = rest
+                                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                                .unwrap_or(rest.len());
+                            if end > 0 && rest[end..].starts_with(quote) {
+                                seen.insert(format!("{family}.{}", &rest[..end]));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen.contains("item.phase_changed"), "{seen:?}");
+        for kind in &seen {
+            assert!(
+                damascus_core::webhook::EVENT_KINDS.contains(&kind.as_str()),
+                "{kind} is written but missing from damascus_core::webhook::EVENT_KINDS"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //!
 //! Architecture invariant: stdout carries only protocol messages; logs go to stderr.
 
-use damascus_api::json::{CostJson, EventJson, GateJson, HumanIssueJson, ItemJson, MergeQueueJson};
+use damascus_api::json::{CostJson, GateJson, HumanIssueJson, ItemJson, MergeQueueJson};
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, human, DbError};
@@ -251,7 +251,7 @@ impl DamascusMcp {
         answered(json!({
             "item": ItemJson::from(item),
             "merge_queue": queued.map(MergeQueueJson::from),
-            "events": timeline.into_iter().map(EventJson::from).collect::<Vec<_>>(),
+            "events": timeline,
             "human_issues": issues.into_iter().map(HumanIssueJson::from).collect::<Vec<_>>(),
             "costs": costs.into_iter().map(CostJson::from).collect::<Vec<_>>(),
             "gates": gates.into_iter().map(GateJson::from).collect::<Vec<_>>(),

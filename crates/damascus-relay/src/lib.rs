@@ -20,6 +20,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod register;
 pub mod signature;
 
 use damascus_db::outbox;
@@ -197,8 +198,7 @@ pub async fn post(
     event: &damascus_db::events::Event,
     retry_in: Duration,
 ) -> Outcome {
-    let body =
-        serde_json::to_vec(&damascus_api::json::EventJson::from(event.clone())).unwrap_or_default();
+    let body = serde_json::to_vec(event).unwrap_or_default();
     let msg_id = format!("msg_{}", event.id);
     let signed = signature::sign(key, &msg_id, chrono::Utc::now().timestamp(), &body);
     let sent = http

@@ -33,15 +33,15 @@ const SIGNATURE_VERSION: &str = "v1";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
     #[error(
-        "the webhook secret does not start with whsec_; a webhook secret is whsec_ followed by base64; make one with `damascus webhook add` or leave --secret out"
+        "the webhook secret does not start with whsec_; a webhook secret is whsec_ followed by base64; leave the secret out and one is made for you (`damascus webhook add` without --secret)"
     )]
     MissingPrefix,
     #[error(
-        "the part of the webhook secret after whsec_ is not base64 (standard alphabet, '=' padding, no spaces); make one with `damascus webhook add` or leave --secret out"
+        "the part of the webhook secret after whsec_ is not base64 (standard alphabet, '=' padding, no spaces); leave the secret out and one is made for you (`damascus webhook add` without --secret)"
     )]
     NotBase64,
     #[error(
-        "the webhook secret's key is {0} bytes; it must be 24 to 64 bytes (32 to 88 base64 characters after whsec_); make one with `damascus webhook add` or leave --secret out"
+        "the webhook secret's key is {0} bytes; it must be 24 to 64 bytes (32 to 88 base64 characters after whsec_); leave the secret out and one is made for you (`damascus webhook add` without --secret)"
     )]
     KeyLength(usize),
 }

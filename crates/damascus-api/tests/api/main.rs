@@ -9,7 +9,7 @@ use damascus_testdb::TestDatabase;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-struct TestApp {
+pub(crate) struct TestApp {
     db: TestDatabase,
     addr: SocketAddr,
     token: String,
@@ -97,6 +97,8 @@ impl TestApp {
     }
 }
 
+mod webhooks;
+
 fn message(body: &Value) -> String {
     body["error"]["message"]
         .as_str()
@@ -114,6 +116,8 @@ async fn every_protected_route_needs_a_valid_token() {
         "/v1/human-issues",
         "/v1/events",
         "/v1/openapi.json",
+        "/v1/webhooks",
+        "/v1/webhooks/chat",
         "/metrics",
     ];
     for route in routes {
@@ -146,6 +150,13 @@ async fn every_protected_route_needs_a_valid_token() {
         .await
         .unwrap();
     assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+    let delete = app
+        .http
+        .delete(app.url("/v1/webhooks/chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::UNAUTHORIZED);
     // A revoked token stops working.
     damascus_db::tokens::revoke(&app.db.pool, "test")
         .await

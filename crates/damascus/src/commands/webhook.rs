@@ -1,9 +1,10 @@
 //! `damascus webhook add|list|show|remove|test|redrive`: webhooks are rows every
 //! process delivers to; their deliveries are kept per event.
 
-use anyhow::{bail, Context};
-use damascus_db::webhooks::{self, NewWebhook, Outcome, Redrive};
+use anyhow::bail;
+use damascus_db::webhooks::{self, Outcome, Redrive};
 use damascus_db::Target;
+use damascus_relay::register::WebhookRequest;
 use sha2::{Digest, Sha256};
 
 use crate::cli::WebhookCommand;
@@ -23,15 +24,6 @@ pub fn env_name(url: &str) -> String {
     )
 }
 
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.len() <= 63
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
-}
-
 pub async fn run(target: &Target, command: WebhookCommand) -> anyhow::Result<()> {
     match command {
         WebhookCommand::Add {
@@ -41,35 +33,15 @@ pub async fn run(target: &Target, command: WebhookCommand) -> anyhow::Result<()>
             events,
             max_attempts,
         } => {
-            if !valid_name(&name) {
-                bail!("webhook name {name:?} must be 1 to 63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. chat)");
-            }
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!(
-                    "webhook URL {} must start with http:// or https://",
-                    damascus_relay::host_of(&url)
-                );
-            }
-            let secret = match secret {
-                Some(secret) => {
-                    damascus_relay::signature::parse_secret(&secret)?;
-                    secret
-                }
-                None => damascus_relay::signature::new_secret(),
-            };
-            let event_kinds = (!events.is_empty()).then_some(events);
+            let new = damascus_relay::register::new_webhook(WebhookRequest {
+                name,
+                url,
+                secret,
+                events,
+                max_attempts: Some(i64::from(max_attempts)),
+            })?;
             let db = open_migrated(target).await?;
-            let added = webhooks::add(
-                &db.pool,
-                &NewWebhook {
-                    name,
-                    url,
-                    secret,
-                    event_kinds,
-                    max_attempts,
-                },
-            )
-            .await?;
+            let added = webhooks::add(&db.pool, &new).await?;
             println!("{}", added.secret);
             eprintln!(
                 "webhook {} added ({}); events from now on are delivered to it, signed with the secret above (see it again with: damascus webhook show {})",
@@ -148,19 +120,7 @@ pub async fn run(target: &Target, command: WebhookCommand) -> anyhow::Result<()>
         WebhookCommand::Test { name } => {
             let db = open_migrated(target).await?;
             let webhook = webhooks::get(&db.pool, &name).await?;
-            let key = damascus_relay::signature::parse_secret(&webhook.secret)?;
-            let http = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .context("cannot build an HTTP client")?;
-            let event = damascus_db::events::Event {
-                id: 0,
-                item_id: None,
-                kind: "webhook.test".into(),
-                payload: serde_json::json!({"webhook": webhook.name}),
-                created_at: chrono::Utc::now(),
-            };
-            match damascus_relay::post(&http, &webhook, &key, &event, Default::default()).await {
+            match damascus_relay::register::send_test(&webhook).await {
                 Outcome::Delivered { status } => {
                     println!("webhook {name} took a signed webhook.test event ({status})")
                 }

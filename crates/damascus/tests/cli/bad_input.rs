@@ -549,7 +549,22 @@ async fn webhook_commands_and_their_refusals() {
         (
             &["webhook", "add", "ftp", "ftp://x.example/hook?token=abc"],
             1,
-            &["must start with http:// or https://"],
+            &["is not an http:// or https:// URL", "x.example"],
+        ),
+        (
+            &[
+                "webhook",
+                "add",
+                "e",
+                "https://x.example/",
+                "--event",
+                "item.blokced",
+            ],
+            1,
+            &[
+                "\"item.blokced\" is not one Damascus writes",
+                "item.blocked",
+            ],
         ),
         (
             &[
