@@ -79,13 +79,15 @@ CREATE TYPE public.work_phase AS ENUM (
     'cancelled'
 );
 
-CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer)
+CREATE FUNCTION public.damascus_claim(p_worker bigint, p_max integer, p_lease interval) RETURNS TABLE(job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer, ready_at timestamp with time zone)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     v_slots integer[];
     v_jobs uuid[];
+    v_ready timestamptz[];
+    v_ready_ids uuid[];
     v_named uuid[];
     v_lockable uuid[];
 begin
@@ -102,7 +104,9 @@ begin
     if v_slots is null then
         return;
     end if;
-    select array_agg(ready.id order by ready.attempt_at) into v_jobs
+    select array_agg(ready.id order by ready.attempt_at),
+           array_agg(ready.attempt_at order by ready.attempt_at)
+    into v_jobs, v_ready
     from (
         -- The predicates match sqlxmq's partial index on
         -- (channel_name, channel_args, attempt_at), so this reads only what it returns.
@@ -120,6 +124,8 @@ begin
     if v_jobs is null then
         return;
     end if;
+    -- When each job became ready (before the claim moves attempt_at to its lease).
+    v_ready_ids := v_jobs;
     -- A job whose lease lapsed is still named by its old slot. Take that slot too, but
     -- without waiting: its old holder may be finishing right now. A job whose old slot
     -- is busy is left for a later claim.
@@ -167,9 +173,10 @@ begin
     )
     select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt,
            dj.runs, m.attempts, i.project_id, i.phase, i.phase_attempts, i.attempts_total,
-           i.max_attempts_per_phase, i.max_attempts_total
+           i.max_attempts_per_phase, i.max_attempts_total, r.ready_at
     from held
     join mq_msgs m on m.id = held.job_id
+    join unnest(v_ready_ids, v_ready) as r (id, ready_at) on r.id = held.job_id
     left join damascus_jobs dj on dj.job_id = held.job_id
     left join work_items i on i.id = dj.item_id;
 end;
@@ -201,7 +208,7 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.damascus_end_group(p_worker bigint, p_ends jsonb, p_claim_max integer, p_running_besides integer, p_lease interval) RETURNS TABLE(recorded uuid, job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer)
+CREATE FUNCTION public.damascus_end_group(p_worker bigint, p_ends jsonb, p_claim_max integer, p_running_besides integer, p_lease interval) RETURNS TABLE(recorded uuid, job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer, ready_at timestamp with time zone)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -275,7 +282,8 @@ begin
         where e.claim = any (v_claims);
         return query select c, null::uuid, null::uuid, null::integer, null::bigint,
             null::work_phase, null::integer, null::integer, null::integer, null::bigint,
-            null::work_phase, null::integer, null::integer, null::integer, null::integer
+            null::work_phase, null::integer, null::integer, null::integer, null::integer,
+            null::timestamptz
         from unnest(v_claims) as c;
     end if;
     -- Ends not recorded here keep their slots until they are recorded alone: they

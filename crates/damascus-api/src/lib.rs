@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 pub mod json;
+mod metrics;
 mod routes;
 mod webhooks;
 
@@ -79,7 +80,7 @@ pub fn router(state: AppState) -> Router {
             auth::require_token,
         ));
     }
-    let mut metrics = Router::new().route("/metrics", get(routes::metrics));
+    let mut metrics = Router::new().route("/metrics", get(metrics::metrics));
     if !state.config.public_metrics {
         metrics = metrics.route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -92,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health)
         .merge(metrics)
         .fallback(routes::not_found)
+        .layer(middleware::from_fn(metrics::time_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

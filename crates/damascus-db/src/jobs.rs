@@ -41,6 +41,8 @@ pub struct ClaimedJob {
     /// The item as it was at the claim (`None` when it is gone): what the verdict's
     /// transition is decided from when the group end records it (`end_group`).
     pub item: Option<ClaimedItem>,
+    /// How long the job had been ready when it was claimed (its pickup latency).
+    pub waited: Duration,
 }
 
 /// The fields of an item that decide a verdict's transition, as read at the claim.
@@ -168,7 +170,8 @@ pub async fn deregister_worker(pool: &PgPool, worker: WorkerId) -> DbResult<()> 
 const CLAIM_COLUMNS: &str =
     "job_id, claim_token, slot, item_id, phase::text as phase, attempt, runs,
     attempts_left, item_project_id, item_phase::text as item_phase, item_phase_attempts,
-    item_attempts_total, item_max_attempts_per_phase, item_max_attempts_total";
+    item_attempts_total, item_max_attempts_per_phase, item_max_attempts_total,
+    extract(epoch from now() - ready_at)::float8 as waited_secs";
 
 /// Claims up to `max` ready jobs, each with a free global slot.
 pub async fn claim(
@@ -223,6 +226,11 @@ fn claimed_jobs(rows: &[sqlx::postgres::PgRow]) -> DbResult<Vec<ClaimedJob>> {
                 runs: row.try_get::<Option<i32>, _>("runs")?.unwrap_or(1),
                 attempts_left: row.try_get("attempts_left")?,
                 item: claimed_item(row)?,
+                waited: Duration::from_secs_f64(
+                    row.try_get::<Option<f64>, _>("waited_secs")?
+                        .unwrap_or(0.0)
+                        .max(0.0),
+                ),
             })
         })
         .collect()

@@ -265,6 +265,9 @@ impl PhaseRunner for Loops {
                 }
                 .into(),
             };
+            for cost in &report.costs {
+                damascus_metrics::spent(&input.project.name, cost.source.as_str(), cost.usd);
+            }
             // What is stored and sent on never holds a secret of this deployment.
             scrub::Secrets::from_config(&inner.config).report(report)
         })

@@ -300,6 +300,7 @@ async fn main_loop(
                     failures = 0;
                     let got = claimed.len() as u32;
                     summary.claimed += u64::from(got);
+                    damascus_metrics::jobs_claimed(claimed.iter().map(|j| j.waited));
                     for job in claimed {
                         spawn_phase(&shared, &mut phases, job);
                     }
@@ -439,6 +440,7 @@ fn spawn_claimed(
     jobs: Vec<ClaimedJob>,
 ) {
     summary.claimed += jobs.len() as u64;
+    damascus_metrics::jobs_claimed(jobs.iter().map(|j| j.waited));
     for job in jobs {
         spawn_phase(shared, phases, job);
     }
@@ -490,10 +492,13 @@ async fn run_phase(
         pool: shared.pool.clone(),
         cancel: cancel.clone(),
     };
+    let started = std::time::Instant::now();
     let report = tokio::select! {
         report = shared.runner.run(context).instrument(span) => Some(report),
         _ = cancel.cancelled() => None,
     };
+    damascus_metrics::phase_ran(target.phase.as_str(), started.elapsed());
+    let verdict = report.as_ref().map(|r| r.verdict.kind());
     let end = match report {
         Some(PhaseReport {
             verdict: Verdict::TransientError { reason },
@@ -518,7 +523,17 @@ async fn run_phase(
             }
         },
     };
-    end_claim(shared, &job, end).await
+    let ended = end_claim(shared, &job, end).await;
+    match (&ended, verdict) {
+        (Some(Ended::Advanced { from, to }), Some(verdict)) => {
+            damascus_metrics::transition(from.as_str(), to.as_str(), verdict.as_str())
+        }
+        (Some(Ended::Exhausted), Some(verdict)) => {
+            damascus_metrics::transition(target.phase.as_str(), "blocked", verdict.as_str())
+        }
+        _ => {}
+    }
+    ended
 }
 
 enum End {

@@ -172,6 +172,12 @@ pub async fn deliver_webhook(
         let outcome = post(http, &batch.webhook, &key, &delivery.event, retry_in).await;
         let failed = !matches!(outcome, Outcome::Delivered { .. });
         let dead = batch.record(delivery.event.id, &outcome).await?;
+        let label = match (&outcome, dead) {
+            (Outcome::Delivered { .. }, _) => "delivered",
+            (Outcome::Failed { .. }, false) => "failed",
+            (Outcome::Failed { .. }, true) => "dead",
+        };
+        damascus_metrics::webhook_delivery(&batch.webhook.name, label);
         if let Outcome::Failed { error, .. } = &outcome {
             if dead {
                 tracing::error!(webhook = batch.webhook.name, event = delivery.event.id, %error, "delivery given up; redrive it with: damascus webhook redrive NAME");

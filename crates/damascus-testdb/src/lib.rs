@@ -15,6 +15,7 @@
 //! Architecture invariant: only tests depend on this crate.
 
 pub mod http;
+pub mod promtool;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
