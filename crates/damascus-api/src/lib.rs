@@ -9,6 +9,7 @@
 
 mod auth;
 mod error;
+mod history;
 pub mod json;
 mod metrics;
 mod routes;
@@ -57,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/items", get(routes::list_items).post(routes::ingest))
         .route("/items/{id}", get(routes::get_item))
         .route("/stats", get(routes::stats))
+        .route("/stats/history", get(history::history))
+        .route("/workers", get(history::workers))
         .route("/human-issues", get(routes::list_human_issues))
         .route("/human-issues/{id}/answer", post(routes::answer))
         .route("/events", get(routes::events))

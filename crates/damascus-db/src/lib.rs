@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod human;
 pub mod items;
 pub mod jobs;

@@ -97,6 +97,7 @@ impl TestApp {
     }
 }
 
+mod history;
 mod webhooks;
 
 fn message(body: &Value) -> String {
