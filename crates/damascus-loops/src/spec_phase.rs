@@ -5,12 +5,35 @@
 use damascus_core::{
     spec, CostEntry, CostSource, PhaseOutput, PhaseReport, Spec, SpecMode, Verdict,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::llm::LlmError;
+use crate::llm::{LlmError, ReplySchema};
 use crate::{answers, fail, report, Inner, PhaseInput};
 
-const SYSTEM_PROMPT: &str = "You turn a software story into an implementable spec. Reply with one JSON object and nothing else: {\"summary\": string, \"acceptance_criteria\": [string, ...], \"test_command\": string, \"questions\": [string, ...]}. acceptance_criteria are concrete and checkable. test_command is exactly one shell command, run at the repository root, that exits 0 when every criterion holds. Leave questions empty unless the story cannot be implemented without a person's answer.";
+/// Says the reply's shape in prose too: an endpoint that refuses `response_format`
+/// gets only this (see `llm`).
+const SYSTEM_PROMPT: &str = "You turn a software story into an implementable spec. Reply with one JSON object and nothing else: {\"summary\": string, \"acceptance_criteria\": [string, ...], \"test_command\": string or null, \"questions\": [string, ...]}. acceptance_criteria are concrete and checkable. test_command is exactly one shell command, run at the repository root, that exits 0 when every criterion holds; null only when you ask questions. Leave questions empty unless the story cannot be implemented without a person's answer.";
+
+/// The reply's shape, sent as `response_format`: core's `Spec` plus the questions for a
+/// person. Strict mode wants every property required and no others; `test_command` may
+/// be null, as `parse_reply` then takes the project's.
+pub(crate) fn reply_schema() -> ReplySchema {
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    ReplySchema {
+        name: "spec",
+        schema: json!({
+            "type": "object",
+            "properties": {
+                "summary": {"type": "string"},
+                "acceptance_criteria": strings,
+                "test_command": {"type": ["string", "null"]},
+                "questions": strings,
+            },
+            "required": ["summary", "acceptance_criteria", "test_command", "questions"],
+            "additionalProperties": false,
+        }),
+    }
+}
 
 pub async fn run(inner: &Inner, input: &PhaseInput) -> PhaseReport {
     let fallback = input.project.test_command.as_deref();
@@ -62,7 +85,7 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
         }
     }
     prompt.push_str(&answers(input).await);
-    match llm.chat(SYSTEM_PROMPT, &prompt).await {
+    match llm.chat(SYSTEM_PROMPT, &prompt, &reply_schema()).await {
         Ok(reply) => {
             let cost = CostEntry {
                 source: CostSource::Llm,
@@ -217,5 +240,81 @@ mod tests {
                 .test_command,
             "cargo test"
         );
+        assert_eq!(
+            parse_reply(
+                r#"{"summary":"","acceptance_criteria":["a"],"test_command":null,"questions":[]}"#,
+                Some("cargo test")
+            )
+            .unwrap()
+            .test_command,
+            "cargo test"
+        );
+    }
+
+    /// The schema, core's `Spec`, the prompt and `parse_reply` name the same fields: a
+    /// spec core's parser accepts, with no questions, matches the schema and reads back
+    /// as itself.
+    #[test]
+    fn the_schema_matches_the_spec() {
+        let story = "Greet.\n\n## Acceptance criteria\n- hello.txt says hello\n\n## Test command\n`sh test.sh`\n";
+        let spec = spec::passthrough(story, None).unwrap();
+        let mut reply = serde_json::to_value(&spec).unwrap();
+        reply["questions"] = json!([]);
+
+        let shape = reply_schema();
+        let schema = &shape.schema;
+        assert_eq!(schema["additionalProperties"], false);
+        let properties = schema["properties"].as_object().unwrap();
+        let mut property_names: Vec<&str> = properties.keys().map(String::as_str).collect();
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let mut reply_fields: Vec<&str> = reply
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        property_names.sort_unstable();
+        required.sort_unstable();
+        reply_fields.sort_unstable();
+        assert_eq!(
+            property_names, required,
+            "strict mode requires every property"
+        );
+        assert_eq!(
+            property_names, reply_fields,
+            "the schema and core's Spec differ"
+        );
+        for (name, value) in reply.as_object().unwrap() {
+            assert!(
+                has_type(&properties[name], value),
+                "{name}: {value} does not match {}",
+                properties[name]
+            );
+            assert!(
+                SYSTEM_PROMPT.contains(&format!("\"{name}\"")),
+                "the prompt omits {name}"
+            );
+        }
+        assert_eq!(parse_reply(&reply.to_string(), None).unwrap(), spec);
+    }
+
+    /// Whether `value` has one of the schema's types (and, for arrays, items of its
+    /// item type): as much of JSON Schema as `reply_schema` uses.
+    fn has_type(schema: &Value, value: &Value) -> bool {
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().map(|t| t.as_str().unwrap()).collect(),
+            other => panic!("a schema without a type: {other}"),
+        };
+        types.iter().any(|t| match (*t, value) {
+            ("string", Value::String(_)) | ("null", Value::Null) => true,
+            ("array", Value::Array(items)) => items.iter().all(|i| has_type(&schema["items"], i)),
+            _ => false,
+        })
     }
 }

@@ -222,3 +222,166 @@ async fn an_answered_spec_question_reaches_the_model() {
         prompts[1]
     );
 }
+
+/// A spec as the fake models answer it.
+const SPEC: &str = r#"{"summary":"Write hello.","acceptance_criteria":["hello.txt holds hello"],"test_command":"grep -qx hello hello.txt","questions":[]}"#;
+
+fn completion(content: &str) -> axum::response::Response {
+    Json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    }))
+    .into_response()
+}
+
+/// A chat-completions server that answers every request with `answer` and keeps the
+/// request bodies.
+async fn serve_recording(
+    answer: fn(&Value) -> axum::response::Response,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let requests = seen.clone();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |Json(body): Json<Value>| {
+            let requests = requests.clone();
+            async move {
+                let response = answer(&body);
+                requests.lock().unwrap().push(body);
+                response
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// A project whose spec phase gets one attempt and one job run: a request that cost
+/// the item an attempt or a retry would block it. Its agent changes a file on every
+/// run, so each item has a commit to merge.
+async fn one_attempt_setup() -> Setup {
+    let setup = Setup::new().await;
+    let agent = setup.agent(
+        "agent.sh",
+        &format!("cat > /dev/null\necho hello > hello.txt\necho $$ >> runs.txt\n{CLAUDE_OK}"),
+    );
+    setup
+        .project(&agent, SpecMode::Refine, |p| p.max_attempts_per_phase = 1)
+        .await;
+    sqlx::query("update damascus_queue_settings set job_attempts = 1")
+        .execute(&setup.db.pool)
+        .await
+        .unwrap();
+    setup
+}
+
+/// The request asks for the spec's schema in strict mode, as a server that enforces
+/// `response_format` checks it; unconstrained, this model answers prose.
+#[tokio::test]
+async fn the_spec_schema_goes_with_the_request_and_the_item_leaves_spec() {
+    fn strict_spec_only(body: &Value) -> axum::response::Response {
+        let format = &body["response_format"];
+        let schema = &format["json_schema"]["schema"];
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let enforced = format["type"] == "json_schema"
+            && format["json_schema"]["name"] == "spec"
+            && format["json_schema"]["strict"] == true
+            && schema["additionalProperties"] == false
+            && [
+                "summary",
+                "acceptance_criteria",
+                "test_command",
+                "questions",
+            ]
+            .iter()
+            .all(|field| required.contains(field) && schema["properties"][field].is_object());
+        completion(if enforced {
+            SPEC
+        } else {
+            "Sure! Write hello into hello.txt and check it with grep."
+        })
+    }
+    let (addr, seen) = serve_recording(strict_spec_only).await;
+    let setup = one_attempt_setup().await;
+    let item = setup.ingest("Greeting", "Say hello in hello.txt.").await;
+    setup
+        .cycle_with(setup.loops_config(Some(llm(addr, Duration::from_secs(10)))))
+        .await;
+    assert_eq!(
+        setup.steps(item).await.first().map(String::as_str),
+        Some("spec>build")
+    );
+    assert_eq!(setup.phase(item).await, "merged");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// An endpoint that refuses `response_format` is asked again at once without it, in
+/// the same phase run, and is not offered it again in this process: not by the next
+/// item, not by a new `Loops`. Another model on the same endpoint is offered it.
+#[tokio::test]
+async fn an_endpoint_that_refuses_response_format_is_asked_in_prose_from_then_on() {
+    fn no_response_format(body: &Value) -> axum::response::Response {
+        if body.get("response_format").is_some() {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {
+                    "message": "Unrecognized request argument supplied: response_format",
+                    "type": "invalid_request_error", "param": "response_format", "code": null
+                }})),
+            )
+                .into_response();
+        }
+        completion(SPEC)
+    }
+    let (addr, seen) = serve_recording(no_response_format).await;
+    let setup = one_attempt_setup().await;
+    let mut items = vec![];
+    for model in ["test-model", "test-model", "other-model"] {
+        let item = setup.ingest("Greeting", "Say hello in hello.txt.").await;
+        let mut config = llm(addr, Duration::from_secs(10));
+        config.model = model.into();
+        setup.cycle_with(setup.loops_config(Some(config))).await;
+        assert_eq!(
+            setup.phase(item).await,
+            "merged",
+            "{model}: {:?}",
+            setup.steps(item).await
+        );
+        items.push(item);
+    }
+    for item in items {
+        assert_eq!(
+            setup.steps(item).await.first().map(String::as_str),
+            Some("spec>build")
+        );
+    }
+    let requests: Vec<(String, bool)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|body| {
+            (
+                body["model"].as_str().unwrap().to_owned(),
+                body.get("response_format").is_some(),
+            )
+        })
+        .collect();
+    let asked = |model: &str, structured| (model.to_owned(), structured);
+    assert_eq!(
+        requests,
+        [
+            asked("test-model", true),
+            asked("test-model", false),
+            asked("test-model", false),
+            asked("other-model", true),
+            asked("other-model", false),
+        ]
+    );
+}
