@@ -68,23 +68,22 @@ pub async fn history(pool: &PgPool, window: Duration, step: Duration) -> DbResul
     // moment apart agree on their edges.
     let rows = sqlx::query(
         "with bounds as (
-             select to_timestamp(floor(extract(epoch from now() - make_interval(secs => $1)) / $2) * $2) as from_ts,
-                    now() as to_ts
+             select date_bin(make_interval(secs => $2), now() - make_interval(secs => $1),
+                             timestamptz 'epoch') as from_ts
          ), buckets as (
-             select generate_series(b.from_ts, b.to_ts, make_interval(secs => $2)) as starts_at
+             select generate_series(b.from_ts, now(), make_interval(secs => $2)) as starts_at
              from bounds b
          ), changes as (
-             select to_timestamp(floor(extract(epoch from e.created_at) / $2) * $2) as bucket,
-                    e.payload ->> 'to' as to_phase
+             select date_bin(make_interval(secs => $2), e.created_at, timestamptz 'epoch') as bucket,
+                    e.payload ->> 'to' as to_phase, count(*) as n
              from events_outbox e, bounds b
              where e.kind = 'item.phase_changed' and e.created_at >= b.from_ts
+             group by 1, 2
          )
-         select bk.starts_at, p.phase::text as phase,
-                count(c.to_phase) as n
+         select bk.starts_at, p.phase::text as phase, coalesce(c.n, 0) as n
          from buckets bk
          cross join unnest(enum_range(null::work_phase)) as p (phase)
          left join changes c on c.bucket = bk.starts_at and c.to_phase = p.phase::text
-         group by bk.starts_at, p.phase
          order by bk.starts_at, p.phase",
     )
     .bind(window_secs)
