@@ -8,6 +8,7 @@ mod embedded;
 mod flow;
 mod loops;
 mod mcp;
+mod scripting;
 mod webhooks;
 
 use std::path::Path;
