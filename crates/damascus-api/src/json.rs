@@ -8,6 +8,9 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use damascus_db::events::Event;
 use damascus_db::items::{CostLine, Gate, HumanIssue, WorkItem};
+use damascus_db::projects::ProjectSummary;
+use damascus_db::status::WorkerRow;
+use damascus_db::tokens::TokenInfo;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -293,6 +296,130 @@ impl From<CostLine> for CostJson {
             tokens_in: c.tokens_in,
             tokens_out: c.tokens_out,
             usd: c.usd,
+        }
+    }
+}
+
+/// A worker process: `state` is live, stopping (draining after SIGTERM) or silent (no
+/// heartbeat within its lease; its jobs run again elsewhere).
+#[derive(Debug, Serialize)]
+pub struct WorkerJson {
+    pub id: i64,
+    pub host: String,
+    pub pid: i32,
+    pub state: String,
+    pub running: i64,
+    pub concurrency: i32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+impl From<WorkerRow> for WorkerJson {
+    fn from(w: WorkerRow) -> WorkerJson {
+        let state = match (w.alive, w.stopping) {
+            (false, _) => "silent",
+            (true, true) => "stopping",
+            (true, false) => "live",
+        };
+        WorkerJson {
+            id: w.id,
+            host: w.host,
+            pid: w.pid,
+            state: state.to_owned(),
+            running: w.running,
+            concurrency: w.concurrency,
+            started_at: w.started_at,
+            heartbeat_at: w.heartbeat_at,
+        }
+    }
+}
+
+/// A project with its item counts. Forge tokens are never project data (the workers
+/// read them from their environment), and a repository URL that holds credentials
+/// (a row written past `damascus project add`'s check) is shown with them masked.
+#[derive(Debug, Serialize)]
+pub struct ProjectJson {
+    pub name: String,
+    pub repository: String,
+    pub default_branch: String,
+    /// local, gitea or github.
+    pub forge: String,
+    pub forge_repo: Option<String>,
+    pub forge_url: Option<String>,
+    pub test_command: Option<String>,
+    pub spec_mode: String,
+    pub merge_method: String,
+    pub merge_batch_size: i32,
+    pub branch_update: String,
+    pub sandbox: String,
+    pub require_approval: bool,
+    pub paused: bool,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+    pub cost_budget_usd: Option<f64>,
+    pub daily_cost_budget_usd: Option<f64>,
+    /// Items not merged or cancelled yet.
+    pub items_live: i64,
+    pub items_total: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<ProjectSummary> for ProjectJson {
+    fn from(s: ProjectSummary) -> ProjectJson {
+        let p = s.project;
+        let masked = |url: Option<String>| {
+            url.map(|u| damascus_core::project::credentials_in_url(&u).unwrap_or(u))
+        };
+        ProjectJson {
+            repository: masked(Some(p.repository)).unwrap_or_default(),
+            forge_url: masked(p.forge_url),
+            name: p.name,
+            default_branch: p.default_branch,
+            forge: p.forge_kind.to_string(),
+            forge_repo: p.forge_repo,
+            test_command: p.test_command,
+            spec_mode: p.spec_mode.to_string(),
+            merge_method: p.merge_method.to_string(),
+            merge_batch_size: p.merge_batch_size,
+            branch_update: p.branch_update.to_string(),
+            sandbox: p.sandbox.to_string(),
+            require_approval: p.require_approval,
+            paused: p.paused,
+            max_attempts_per_phase: p.max_attempts_per_phase,
+            max_attempts_total: p.max_attempts_total,
+            cost_budget_usd: p.cost_budget_usd,
+            daily_cost_budget_usd: p.daily_cost_budget_usd,
+            items_live: s.items_live,
+            items_total: s.items_total,
+            created_at: p.created_at,
+        }
+    }
+}
+
+/// An API token: its name and use, never its secret or the secret's hash.
+#[derive(Debug, Serialize)]
+pub struct TokenJson {
+    pub name: String,
+    /// active or revoked.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<TokenInfo> for TokenJson {
+    fn from(t: TokenInfo) -> TokenJson {
+        TokenJson {
+            name: t.name,
+            state: if t.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            }
+            .to_owned(),
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! assets embedded in the binary.
 //!
 //! Architecture invariants: the only crate that knows HTTP and JSON shapes (documented
-//! in docs/API.md and served at /v1/openapi.json); no SQL — it calls the same
+//! in docs/API.md and served at /v1/openapi.json; `views` builds the documents the CLI's
+//! `--json` and the MCP server print too, so there is one serializer per shape); no SQL — it calls the same
 //! `damascus-db` functions as the CLI (ingest, answer, list); nothing a client sends
 //! yields a 500 (internal errors are logged and answered without detail).
 
@@ -13,7 +14,8 @@ mod history;
 pub mod json;
 mod metrics;
 mod routes;
-mod webhooks;
+pub mod views;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 

@@ -17,11 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::json::{
-    AnswerBody, ApiId, ApiJson, ApiQuery, CostJson, EventJson, GateJson, HumanIssueJson,
-    IngestBody, ItemJson, MergeQueueJson,
-};
-use crate::{ApiError, AppState};
+use crate::json::{AnswerBody, ApiId, ApiJson, ApiQuery, HumanIssueJson, IngestBody, ItemJson};
+use crate::{views, ApiError, AppState};
 
 const UI: &str = include_str!("../assets/index.html");
 const OPENAPI: &str = include_str!("../assets/openapi.json");
@@ -69,7 +66,7 @@ pub struct ItemsQuery {
 pub async fn list_items(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ItemsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let phase = q
         .phase
         .as_deref()
@@ -94,20 +91,17 @@ pub async fn list_items(
         limit,
         offset,
     };
-    let list = items::list_items(&state.pool, &filter)
+    let page = views::item_page(&state.pool, &filter)
         .await
         .map_err(|e| match e {
             damascus_db::DbError::ProjectNotFound(_) => ApiError::not_found(e.to_string()),
             other => other.into(),
         })?;
-    let list: Vec<ItemJson> = list.into_iter().map(ItemJson::from).collect();
     match q.group_by.as_deref() {
-        None => Ok(Json(
-            json!({ "items": list, "limit": limit, "offset": offset }),
-        )),
+        None => Ok(Json(page).into_response()),
         Some("project") => {
             let mut groups: BTreeMap<String, Vec<ItemJson>> = BTreeMap::new();
-            for item in list {
+            for item in page.items {
                 groups.entry(item.project.clone()).or_default().push(item);
             }
             let groups: Vec<Value> = groups
@@ -120,9 +114,7 @@ pub async fn list_items(
                     json!({ "project": project, "count": items.len(), "phases": counts, "items": items })
                 })
                 .collect();
-            Ok(Json(
-                json!({ "groups": groups, "limit": limit, "offset": offset }),
-            ))
+            Ok(Json(json!({ "groups": groups, "limit": limit, "offset": offset })).into_response())
         }
         Some(other) => Err(ApiError::bad_request(format!(
             "group_by {other:?} is not supported; use group_by=project"
@@ -159,89 +151,12 @@ pub async fn ingest(
 pub async fn get_item(
     State(state): State<AppState>,
     ApiId(id): ApiId,
-) -> Result<Json<Value>, ApiError> {
-    let item = items::get_item(&state.pool, id).await?;
-    let timeline: Vec<EventJson> = events::for_item(&state.pool, id).await?;
-    let issues: Vec<HumanIssueJson> = items::human_issues_for_item(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(HumanIssueJson::from)
-        .collect();
-    let costs: Vec<CostJson> = items::costs_for_item(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(CostJson::from)
-        .collect();
-    let gates: Vec<GateJson> = items::gates_for_item(&state.pool, id)
-        .await?
-        .into_iter()
-        .map(GateJson::from)
-        .collect();
-    let attempts: Vec<&EventJson> = timeline
-        .iter()
-        .filter(|e| e.kind == "item.phase_changed")
-        .collect();
-    let merge_queue = damascus_db::merge_queue::entry(&state.pool, id)
-        .await?
-        .map(MergeQueueJson::from);
-    Ok(Json(json!({
-        "item": ItemJson::from(item),
-        "merge_queue": merge_queue,
-        "attempts": attempts,
-        "costs": costs,
-        "events": timeline,
-        "gates": gates,
-        "human_issues": issues,
-    })))
+) -> Result<Json<views::ItemDetail>, ApiError> {
+    Ok(Json(views::item_detail(&state.pool, id).await?))
 }
 
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let s = status::stats(&state.pool).await?;
-    let mut per_project: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for (project, phase, n) in &s.per_project_phase {
-        per_project
-            .entry(project.clone())
-            .or_default()
-            .insert(phase.to_string(), *n);
-    }
-    let per_phase: BTreeMap<String, i64> = s
-        .overview
-        .items_per_phase
-        .iter()
-        .map(|(p, n)| (p.to_string(), *n))
-        .collect();
-    let hooks = damascus_db::webhooks::list(&state.pool).await?;
-    Ok(Json(json!({
-        "items_per_phase": per_phase,
-        "items_per_project": per_project,
-        "queue": {
-            "queued": s.overview.jobs_queued,
-            "running": s.overview.jobs_running,
-            "retry_wait": s.overview.jobs_retry_wait,
-            "dead": s.overview.jobs_dead,
-            "concurrency": s.overview.concurrency,
-        },
-        "open_human_issues": s.overview.open_human_issues,
-        "events": {
-            "retrying": s.overview.events_retrying,
-            "dead": s.overview.events_dead,
-        },
-        "webhooks": hooks.iter().map(|w| json!({
-            "name": w.webhook.name,
-            "pending": w.pending,
-            "retrying": w.retrying,
-            "dead": w.dead,
-            "delivered": w.delivered,
-            "oldest_undelivered_seconds": w.oldest_undelivered_secs,
-        })).collect::<Vec<_>>(),
-        "throughput": {
-            "transitions_last_hour": s.transitions_last_hour,
-            "transitions_last_day": s.transitions_last_day,
-            "merged_last_hour": s.merged_last_hour,
-            "merged_last_day": s.merged_last_day,
-        },
-        "cost_usd": { "last_hour": s.cost_last_hour_usd, "last_day": s.cost_last_day_usd },
-    })))
+    Ok(Json(views::stats(&state.pool).await?))
 }
 
 #[derive(Debug, Deserialize)]

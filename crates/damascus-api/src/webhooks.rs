@@ -51,6 +51,12 @@ impl From<WebhookSummary> for WebhookJson {
     }
 }
 
+/// `GET /v1/webhooks`.
+#[derive(Debug, Serialize)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookJson>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddWebhookBody {
@@ -81,13 +87,8 @@ async fn summary(state: &AppState, name: &str) -> Result<WebhookSummary, ApiErro
         .ok_or_else(|| DbError::WebhookNotFound(name.to_owned()).into())
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let hooks: Vec<WebhookJson> = webhooks::list(&state.pool)
-        .await?
-        .into_iter()
-        .map(WebhookJson::from)
-        .collect();
-    Ok(Json(json!({ "webhooks": hooks })))
+pub async fn list(State(state): State<AppState>) -> Result<Json<WebhookList>, ApiError> {
+    Ok(Json(crate::views::webhook_list(&state.pool).await?))
 }
 
 pub async fn add(

@@ -206,7 +206,7 @@ impl NewProject {
 /// (`https://user:pass@host/…`) or a user name that looks like a token
 /// (`https://ghp_…@host/…`). A plain user name (`ssh://git@host/…`,
 /// `https://ana@host/…`) and scp-style addresses (`git@host:acme/web.git`) hold none.
-fn credentials_in_url(url: &str) -> Option<String> {
+pub fn credentials_in_url(url: &str) -> Option<String> {
     let (scheme, rest) = url.trim().split_once("://")?;
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (userinfo, host) = rest[..authority_end].rsplit_once('@')?;

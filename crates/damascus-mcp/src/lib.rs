@@ -10,10 +10,10 @@
 //!
 //! Architecture invariant: stdout carries only protocol messages; logs go to stderr.
 
-use damascus_api::json::{CostJson, GateJson, HumanIssueJson, ItemJson, MergeQueueJson};
+use damascus_api::json::{HumanIssueJson, ItemJson};
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
-use damascus_db::{events, human, DbError};
+use damascus_db::{human, DbError};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -234,28 +234,12 @@ impl DamascusMcp {
         &self,
         Parameters(args): Parameters<GetItem>,
     ) -> Result<CallToolResult, ErrorData> {
-        let item = match items::get_item(&self.pool, args.id).await {
-            Ok(item) => item,
-            Err(e) => return from_db(e),
-        };
-        let (timeline, issues, costs, gates, queued) = match tokio::try_join!(
-            events::for_item(&self.pool, args.id),
-            items::human_issues_for_item(&self.pool, args.id),
-            items::costs_for_item(&self.pool, args.id),
-            items::gates_for_item(&self.pool, args.id),
-            damascus_db::merge_queue::entry(&self.pool, args.id),
-        ) {
-            Ok(all) => all,
-            Err(e) => return from_db(e),
-        };
-        answered(json!({
-            "item": ItemJson::from(item),
-            "merge_queue": queued.map(MergeQueueJson::from),
-            "events": timeline,
-            "human_issues": issues.into_iter().map(HumanIssueJson::from).collect::<Vec<_>>(),
-            "costs": costs.into_iter().map(CostJson::from).collect::<Vec<_>>(),
-            "gates": gates.into_iter().map(GateJson::from).collect::<Vec<_>>(),
-        }))
+        match damascus_api::views::item_detail(&self.pool, args.id).await {
+            Ok(detail) => {
+                answered(serde_json::to_value(detail).expect("an item's JSON has string keys only"))
+            }
+            Err(e) => from_db(e),
+        }
     }
 
     #[tool(

@@ -42,7 +42,11 @@ pub enum Command {
     /// Apply the database migrations (a second run does nothing).
     Init,
     /// Show the database in use, its schema version, items per phase and the queue.
-    Status,
+    Status {
+        /// Print the API's stats (GET /v1/stats) and the workers as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage projects: the repositories damascus works on.
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -55,6 +59,7 @@ pub enum Command {
     Item(ItemCommand),
     /// The agent's and the tests' output for an item (live while it runs with --follow).
     Logs {
+        /// The item's id, as `damascus items` lists it.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
         /// Keep printing new output until the item is merged, blocked or cancelled.
@@ -66,6 +71,10 @@ pub enum Command {
         /// The item's id, as `damascus items` lists it.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
+        /// Print the item as the API answers it (GET /v1/items/ID): JSON with its
+        /// events, questions, costs, gates and merge queue place.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the whole loop on this machine: a demo project on a local forge, two
     /// stories, a scripted agent; one is merged, one ends blocked with a question.
@@ -108,6 +117,12 @@ pub enum Command {
     /// Measure the product: `bench queue` (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script (e.g. damascus completions bash >
+    /// /etc/bash_completion.d/damascus).
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +182,7 @@ pub struct LoopsArgs {
     /// Bearer token for the endpoint.
     #[arg(long, env = "DAMASCUS_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
+    /// Seconds one request to the endpoint may take.
     #[arg(long, env = "DAMASCUS_LLM_TIMEOUT_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub llm_timeout_secs: u64,
     /// Price of a model in USD per million tokens, MODEL=INPUT/OUTPUT (repeatable), used
@@ -267,9 +283,16 @@ pub enum TokenCommand {
         name: String,
     },
     /// List tokens (never their secrets).
-    List,
+    List {
+        /// Print the tokens as a JSON array (names and use; never a secret or its hash).
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a token by name.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name, as `damascus token list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,16 +315,31 @@ pub enum WebhookCommand {
         max_attempts: i32,
     },
     /// Each webhook with its deliveries: pending, retrying, dead, delivered.
-    List,
+    List {
+        /// Print the webhooks as the API lists them (GET /v1/webhooks): JSON, with each
+        /// URL's host only and no secret.
+        #[arg(long)]
+        json: bool,
+    },
     /// A webhook's URL and signing secret.
-    Show { name: String },
+    Show {
+        /// The webhook's name, as `damascus webhook list` shows it.
+        name: String,
+    },
     /// Remove a webhook and its deliveries.
-    Remove { name: String },
+    Remove {
+        /// The webhook's name, as `damascus webhook list` shows it.
+        name: String,
+    },
     /// Send a signed `webhook.test` event to a webhook now and print its answer.
-    Test { name: String },
+    Test {
+        /// The webhook's name, as `damascus webhook list` shows it.
+        name: String,
+    },
     /// Send a webhook's dead deliveries again (or, with --since or --event, delivered
     /// ones too, and events it never had).
     Redrive {
+        /// The webhook's name, as `damascus webhook list` shows it.
         name: String,
         /// Every event written at or after this time (RFC 3339, e.g.
         /// 2026-12-01T00:00:00Z).
@@ -318,27 +356,40 @@ pub enum ProjectCommand {
     /// Register a repository as a project.
     Add(Box<ProjectAddArgs>),
     /// List projects with their item counts.
-    List,
+    List {
+        /// Print the projects as a JSON array (settings and item counts; no credentials).
+        #[arg(long)]
+        json: bool,
+    },
     /// Start no new phase for the project's items; running phases finish.
-    Pause { name: String },
+    Pause {
+        /// The project's name, as `damascus project list` shows it.
+        name: String,
+    },
     /// Let the project's items run again.
-    Resume { name: String },
+    Resume {
+        /// The project's name, as `damascus project list` shows it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ItemCommand {
     /// Cancel an item; a phase running for it is stopped and its processes killed.
     Cancel {
+        /// The item's id, as `damascus items` lists it.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Approve an item's spec, so that its build starts (projects with --require-approval).
     Approve {
+        /// The item's id, as `damascus items` lists it.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
     /// Send a blocked item back into the phase it left, with a fresh attempt budget.
     Retry {
+        /// The item's id, as `damascus items` lists it.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
@@ -351,6 +402,7 @@ pub struct ProjectAddArgs {
     /// The git repository: a URL or a local path.
     #[arg(long)]
     pub repo: String,
+    /// The branch stories are merged into.
     #[arg(long, default_value = "main")]
     pub default_branch: String,
     /// Where pull requests live: local, gitea or github.
@@ -368,8 +420,10 @@ pub struct ProjectAddArgs {
     /// refine (a model writes the spec) or passthrough (the story is the spec).
     #[arg(long, default_value = "refine", value_parser = parse_spec_mode)]
     pub spec_mode: SpecMode,
+    /// Attempts at one phase an item may take before it is blocked for a person.
     #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     pub max_attempts_per_phase: i32,
+    /// Attempts at all phases an item may take before it is blocked for a person.
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub max_attempts_total: i32,
     /// Stop spending on an item past this many USD.
@@ -439,14 +493,22 @@ pub struct IngestArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct ItemsArgs {
+    /// Only this project's items.
     #[arg(long, short)]
     pub project: Option<String>,
+    /// Only items in this phase: intake, spec, build, review, merged, blocked or cancelled.
     #[arg(long, value_parser = parse_phase)]
     pub phase: Option<Phase>,
+    /// At most this many items, in id order (1 to 1000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub limit: i64,
+    /// Skip this many items first (with --limit, pages through the list).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(0..))]
     pub offset: i64,
+    /// Print the items as the API lists them (GET /v1/items): JSON
+    /// {"items", "limit", "offset"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -499,5 +561,36 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    /// Every argument of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                // clap's own --help and --version carry clap's text.
+                if matches!(arg.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                let help = arg
+                    .get_help()
+                    .or(arg.get_long_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Args::command(), "damascus", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without a help line: {}",
+            missing.join(", ")
+        );
     }
 }

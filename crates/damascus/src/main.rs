@@ -36,6 +36,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: cli::Args) -> anyhow::Result<ExitCode> {
+    // Completions need no database, data directory or runtime (a shell's startup
+    // file may run this where none of them exists).
+    if let cli::Command::Completions { shell } = args.command {
+        return commands::completions::print(shell);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -4,7 +4,9 @@
 //! git can merge the head into the base. Like Gitea it lists newest first, at most 50 a
 //! page; `GET …/pulls/{base}/{head}` returns the oldest match when there are several
 //! (Gitea picks one without an order), and the server can play a Gitea without that
-//! endpoint. It also plays 401, 403 and 5xx.
+//! endpoint. It also plays 401, 403 and 5xx. A request without the token, or with
+//! another one, is answered 401 as Gitea does and recorded, so each test asserts that
+//! none was refused.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,8 @@ struct FakeGitea {
     everything: Arc<Mutex<u16>>,
     /// Answers the next merges get instead of merging: status and Gitea's message.
     refuse_merge: Arc<Mutex<VecDeque<(u16, &'static str)>>>,
+    /// Requests refused for their authentication: the `Authorization` headers sent.
+    auth_failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeGitea {
@@ -70,6 +74,7 @@ impl FakeGitea {
             checking: Arc::default(),
             everything: Arc::default(),
             refuse_merge: Arc::default(),
+            auth_failures: Arc::default(),
         }
     }
 
@@ -130,13 +135,30 @@ impl FakeGitea {
     /// Records the request and plays the scripted refusals; `None` to go on.
     fn check(&self, line: String, headers: &HeaderMap, repo: &str) -> Option<Response> {
         self.seen.lock().unwrap().push(line);
-        let auth: Vec<_> = headers.get_all("authorization").iter().collect();
-        assert_eq!(auth, ["token tea"], "the token, and only the token");
+        let auth: Vec<String> = headers
+            .get_all("authorization")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if auth != ["token tea"] {
+            // The token, and only the token; Gitea's answer to a token it does not know.
+            self.auth_failures.lock().unwrap().push(auth.join(", "));
+            return Some(message(401, "user does not exist [uid: 0, name: ]"));
+        }
         match *self.everything.lock().unwrap() {
             0 if repo == "acme/web" => None,
             0 => Some(not_found()),
             status => Some(message(status, "scripted")),
         }
+    }
+
+    /// Asserts that every request so far carried the token.
+    fn assert_authenticated(&self) {
+        assert_eq!(
+            *self.auth_failures.lock().unwrap(),
+            Vec::<String>::new(),
+            "requests the fake refused for their Authorization header"
+        );
     }
 
     fn list_requests(&self) -> Vec<String> {
@@ -504,6 +526,7 @@ async fn a_pull_request_older_than_the_newest_fifty_is_found() {
             .contains(&"GET /pulls?state=all&page=2&limit=50".to_owned()));
         forge.comment(BRANCH, "merged").await.unwrap();
         assert_eq!(g.comments.lock().unwrap()[1], (1, "merged".to_owned()));
+        g.assert_authenticated();
     }
 }
 
@@ -528,6 +551,7 @@ async fn a_closed_pull_request_does_not_hide_the_open_one() {
     ));
     forge.comment(BRANCH, "hello").await.unwrap();
     assert_eq!(*g.comments.lock().unwrap(), [(61, "hello".to_owned())]);
+    g.assert_authenticated();
 }
 
 #[tokio::test]
@@ -594,6 +618,7 @@ async fn a_merge_reports_the_real_merge_commit() {
         MergeOutcome::AlreadyMerged
     );
     assert_eq!(g.head_of("main").await.unwrap(), main);
+    g.assert_authenticated();
 }
 
 #[tokio::test]
@@ -647,6 +672,7 @@ async fn a_conflict_fails_and_a_pull_request_being_checked_waits() {
         }
         other => panic!("{other:?}"),
     }
+    g.assert_authenticated();
 }
 
 #[tokio::test]
@@ -677,6 +703,7 @@ async fn a_missing_branch_or_repository_says_which() {
         text.contains("no repository acme/nope") && text.contains("--forge-repo"),
         "{text}"
     );
+    g.assert_authenticated();
 }
 
 #[tokio::test]
@@ -689,7 +716,7 @@ async fn refusals_map_to_verdicts() {
         let dir = tempfile::tempdir().unwrap();
         let g = FakeGitea::new(dir.path()).await;
         *g.everything.lock().unwrap() = status;
-        let forge = forge(&serve(g).await, "acme/web");
+        let forge = forge(&serve(g.clone()).await, "acme/web");
         let err = forge
             .open_or_find(BRANCH, "main", "t", "b")
             .await
@@ -700,6 +727,7 @@ async fn refusals_map_to_verdicts() {
             status >= 500,
             "{status}: {err:?}"
         );
+        g.assert_authenticated();
     }
 }
 
@@ -732,6 +760,7 @@ async fn credentials_in_the_forge_url_never_reach_an_error() {
         err.to_string().contains("127.0.0.1:9") && !err.to_string().contains("secret"),
         "{err}"
     );
+    g.assert_authenticated();
 }
 
 /// Gitea's refusals that a retry cannot change ask a person; a base that moved while
@@ -788,4 +817,30 @@ async fn gitea_merge_refusals_are_told_apart() {
         forge.merge(BRANCH, "main", &head, "m").await,
         Ok(MergeOutcome::Merged { .. })
     ));
+    g.assert_authenticated();
+}
+
+/// A token Gitea does not know is refused at once, with what to check; retrying cannot
+/// change it, so it is not transient.
+#[tokio::test]
+async fn a_wrong_token_is_a_clear_refusal_not_a_transient_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = FakeGitea::new(dir.path()).await;
+    let address = serve(g.clone()).await;
+    let forge = GiteaForge::new(&address, "acme/web", "revoked", MergeStyle::Merge).unwrap();
+    let err = forge
+        .open_or_find(BRANCH, "main", "t", "b")
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, ForgeError::Transient(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refused the token") && text.contains("Gitea token"),
+        "{text}"
+    );
+    assert_eq!(
+        *g.auth_failures.lock().unwrap(),
+        ["token revoked"],
+        "one request, refused for its token"
+    );
 }

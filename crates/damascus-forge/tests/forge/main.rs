@@ -1,5 +1,7 @@
 //! The GitHub client against a server inside the test that answers like GitHub's REST
-//! API v3: it asserts on what it receives and plays 401, 404 (a missing repository),
+//! API v3: it checks what it receives (a request without the token, or with another
+//! one, is answered 401 "Bad credentials" as GitHub does, and recorded, so each test
+//! asserts that none was refused) and plays 401, 404 (a missing repository),
 //! 405 (with the PR's `mergeable` and `mergeable_state`), 409, 422 (a PR exists, a
 //! branch is missing), 5xx and a spent rate limit. The Gitea client is in `gitea`.
 
@@ -36,6 +38,19 @@ struct Fake {
     merge_message: Arc<Mutex<Option<String>>>,
     merges: Arc<Mutex<Vec<Value>>>,
     creates: Arc<Mutex<u32>>,
+    /// Requests refused for their authentication: the `Authorization` headers sent.
+    auth_failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Fake {
+    /// Asserts that every request so far carried the token.
+    fn assert_authenticated(&self) {
+        assert_eq!(
+            *self.auth_failures.lock().unwrap(),
+            Vec::<String>::new(),
+            "requests the fake refused for their Authorization header"
+        );
+    }
 }
 
 const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -73,8 +88,26 @@ fn not_found() -> Response {
 type RepoPath = Path<(String, String)>;
 
 fn check(fake: &Fake, headers: &HeaderMap) -> Option<Response> {
-    let auth: Vec<_> = headers.get_all("authorization").iter().collect();
-    assert_eq!(auth, ["Bearer ghp_test"], "the token, and only the token");
+    let auth: Vec<String> = headers
+        .get_all("authorization")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if auth != ["Bearer ghp_test"] {
+        // The token, and only the token; GitHub's answer to anything else.
+        fake.auth_failures.lock().unwrap().push(auth.join(", "));
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({
+                    "message": "Bad credentials",
+                    "documentation_url": "https://docs.github.com/rest",
+                    "status": "401"
+                })),
+            )
+                .into_response(),
+        );
+    }
     assert_eq!(headers["accept"], "application/vnd.github+json");
     if *fake.rate_limited.lock().unwrap() {
         return Some(
@@ -329,6 +362,7 @@ async fn open_reuse_merge_with_the_tested_sha_and_comment() {
         forge.state("damascus/web-1", "main").await.unwrap(),
         PrState::Merged { head: HEAD.into() }
     );
+    fake.assert_authenticated();
 }
 
 #[tokio::test]
@@ -369,6 +403,7 @@ async fn errors_say_what_to_do() {
         forge.state("nothing", "main").await.unwrap(),
         PrState::Closed
     );
+    fake.assert_authenticated();
 }
 
 #[tokio::test]
@@ -402,6 +437,7 @@ async fn a_405_is_a_conflict_only_when_github_says_dirty() {
             }
             other => panic!("{mergeable} {state}: {other:?}"),
         }
+        fake.assert_authenticated();
     }
 }
 
@@ -429,13 +465,14 @@ async fn a_missing_branch_or_repository_says_which() {
         text.contains("no repository acme/nope") && text.contains("--forge-repo"),
         "{text}"
     );
+    fake.assert_authenticated();
 }
 
 #[tokio::test]
 async fn credentials_in_the_api_url_never_reach_an_error() {
     let fake = Fake::default();
     *fake.everything.lock().unwrap() = 503;
-    let address = serve_at(fake).await;
+    let address = serve_at(fake.clone()).await;
     let forge = github(
         &address.replace("http://", "http://user:secret@"),
         "acme/web",
@@ -447,6 +484,7 @@ async fn credentials_in_the_api_url_never_reach_an_error() {
         err.to_string().contains(host) && !err.to_string().contains("secret"),
         "{err}"
     );
+    fake.assert_authenticated();
 }
 
 /// Refusals a retry cannot change ask a person; limits that pass are retried.
@@ -479,4 +517,30 @@ async fn github_refusals_that_last_ask_and_limits_that_pass_are_retried() {
         }
         other => panic!("{other:?}"),
     }
+    fake.assert_authenticated();
+}
+
+/// A token GitHub does not know is refused at once, with what to check; retrying cannot
+/// change it, so it is not transient.
+#[tokio::test]
+async fn a_wrong_token_is_a_clear_refusal_not_a_transient_error() {
+    let fake = Fake::default();
+    let address = serve_at(fake.clone()).await;
+    let forge = GithubForge::new(&address, "acme/web", "ghp_revoked", MergeStyle::Squash).unwrap();
+    let err = forge
+        .open_or_find("damascus/web-1", "main", "t", "b")
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, ForgeError::Transient(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("refused the token") && text.contains("DAMASCUS_GITHUB_TOKEN"),
+        "{text}"
+    );
+    assert!(!text.contains("ghp_revoked"), "{text}");
+    assert_eq!(
+        *fake.auth_failures.lock().unwrap(),
+        ["Bearer ghp_revoked"],
+        "one request, refused for its token"
+    );
 }

@@ -38,9 +38,20 @@ struct FakeGitea {
     seen: Arc<Mutex<Vec<SeenRequest>>>,
     /// Merge attempts answered 405 ("not mergeable yet") before one succeeds.
     not_mergeable_first: Arc<Mutex<u32>>,
+    /// Requests refused for their authentication: the `Authorization` headers sent.
+    auth_failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeGitea {
+    /// Asserts that every request so far carried the token.
+    fn assert_authenticated(&self) {
+        assert_eq!(
+            *self.auth_failures.lock().unwrap(),
+            Vec::<String>::new(),
+            "requests the fake refused for their Authorization header"
+        );
+    }
+
     fn record(&self, method: &str, path: &str, headers: &HeaderMap, body: Value) {
         let auth = headers
             .get("authorization")
@@ -225,6 +236,7 @@ async fn comment(
 }
 
 async fn serve(g: FakeGitea) -> String {
+    let failures = g.auth_failures.clone();
     let app = Router::new()
         .route("/api/v1/repos/{owner}/{repo}/pulls", post(create).get(list))
         .route("/api/v1/repos/{owner}/{repo}/pulls/{n}", get(one))
@@ -233,16 +245,22 @@ async fn serve(g: FakeGitea) -> String {
             "/api/v1/repos/{owner}/{repo}/issues/{n}/comments",
             post(comment),
         )
-        // Gitea answers 401 to a token it does not know, before any route.
+        // Gitea answers 401 to a token it does not know, before any route; the fake
+        // records it, and each test asserts on what was refused.
         .layer(axum::middleware::from_fn(
-            |request: axum::extract::Request, next: axum::middleware::Next| async move {
-                let known = request
-                    .headers()
-                    .get("authorization")
-                    .is_some_and(|v| v == "token gitea-secret");
-                if known {
-                    next.run(request).await
-                } else {
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let failures = failures.clone();
+                async move {
+                    let auth: Vec<String> = request
+                        .headers()
+                        .get_all("authorization")
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    if auth == ["token gitea-secret"] {
+                        return next.run(request).await;
+                    }
+                    failures.lock().unwrap().push(auth.join(", "));
                     (
                         StatusCode::UNAUTHORIZED,
                         Json(json!({"message": "user does not exist [uid: 0, name: ]"})),
@@ -292,6 +310,7 @@ async fn project_on_fake_gitea(
         pulls: Arc::default(),
         seen: Arc::default(),
         not_mergeable_first: Arc::new(Mutex::new(not_mergeable_first)),
+        auth_failures: Arc::default(),
     };
     let url = serve(gitea.clone()).await;
     setup
@@ -318,6 +337,7 @@ async fn the_changelog_case_through_the_gitea_api() {
     })
     .await;
     let items = changelog_case(&setup, 12, setup.loops_config(None)).await;
+    gitea.assert_authenticated();
     let seen = gitea.seen.lock().unwrap().clone();
     let merges: Vec<&Value> = seen
         .iter()
@@ -364,12 +384,8 @@ async fn ingest_to_merged_through_the_gitea_api() {
             .unwrap();
     assert_eq!(retried, 1, "the 405 was retried once");
 
+    gitea.assert_authenticated();
     let seen = gitea.seen.lock().unwrap().clone();
-    assert!(
-        seen.iter()
-            .all(|(_, _, auth, _)| auth == "token gitea-secret"),
-        "every request carries the token"
-    );
     assert_eq!(
         seen.iter()
             .filter(|(m, p, _, _)| m == "POST" && p == "/pulls")
@@ -481,6 +497,11 @@ async fn a_refused_gitea_token_asks_a_person_at_once() {
             .await
             .unwrap();
     assert_eq!(retried, 0, "a refusal is not retried");
+    assert_eq!(
+        *gitea.auth_failures.lock().unwrap(),
+        ["token revoked-token"],
+        "one request, refused for its token"
+    );
     assert!(gitea.pulls.lock().unwrap().is_empty());
     // The agent ran before the forge refused: what it spent is recorded.
     let spent: f64 = sqlx::query_scalar(

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -24,6 +24,8 @@ struct FakeGithub {
     pulls: Arc<Mutex<Vec<(i64, String, bool)>>>,
     /// Every merge request's body.
     merges: Arc<Mutex<Vec<Value>>>,
+    /// Requests refused for their authentication: the `Authorization` headers sent.
+    auth_failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeGithub {
@@ -49,20 +51,7 @@ impl FakeGithub {
     }
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
-    headers
-        .get("authorization")
-        .is_some_and(|v| v == "Bearer ghp_test")
-}
-
-async fn create(
-    State(g): State<FakeGithub>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn create(State(g): State<FakeGithub>, Json(body): Json<Value>) -> Response {
     let branch = body["head"].as_str().unwrap_or_default().to_owned();
     if g.head_of(&branch).await.is_none() {
         return (
@@ -93,12 +82,8 @@ async fn create(
 
 async fn list(
     State(g): State<FakeGithub>,
-    headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
     let branch = q
         .get("head")
         .and_then(|h| h.strip_prefix("acme:"))
@@ -114,12 +99,8 @@ async fn list(
 
 async fn one(
     State(g): State<FakeGithub>,
-    headers: HeaderMap,
     Path((_, _, n)): Path<(String, String, i64)>,
 ) -> Response {
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
     let row = g.pulls.lock().unwrap().iter().find(|p| p.0 == n).cloned();
     match row {
         Some((n, b, m)) => Json(g.json(n, &b, m).await).into_response(),
@@ -129,13 +110,9 @@ async fn one(
 
 async fn merge(
     State(g): State<FakeGithub>,
-    headers: HeaderMap,
     Path((_, _, n)): Path<(String, String, i64)>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
     g.merges.lock().unwrap().push(body.clone());
     let Some((_, branch, _)) = g.pulls.lock().unwrap().iter().find(|p| p.0 == n).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
@@ -177,19 +154,45 @@ async fn merge(
     }
 }
 
-async fn comment(headers: HeaderMap) -> Response {
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
+async fn comment() -> Response {
     (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
 }
 
 async fn serve(g: FakeGithub) -> String {
+    let failures = g.auth_failures.clone();
     let app = Router::new()
         .route("/repos/{owner}/{repo}/pulls", post(create).get(list))
         .route("/repos/{owner}/{repo}/pulls/{n}", get(one))
         .route("/repos/{owner}/{repo}/pulls/{n}/merge", put(merge))
         .route("/repos/{owner}/{repo}/issues/{n}/comments", post(comment))
+        // GitHub answers 401 "Bad credentials" to a token it does not know, before any
+        // route; the fake records it, and the test asserts that none was refused.
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let failures = failures.clone();
+                async move {
+                    let auth: Vec<String> = request
+                        .headers()
+                        .get_all("authorization")
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect();
+                    if auth == ["Bearer ghp_test"] {
+                        return next.run(request).await;
+                    }
+                    failures.lock().unwrap().push(auth.join(", "));
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        Json(json!({
+                            "message": "Bad credentials",
+                            "documentation_url": "https://docs.github.com/rest",
+                            "status": "401"
+                        })),
+                    )
+                        .into_response()
+                }
+            },
+        ))
         .with_state(g);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -207,6 +210,7 @@ async fn the_changelog_case_through_the_github_api() {
         remote: setup.remote.clone(),
         pulls: Arc::default(),
         merges: Arc::default(),
+        auth_failures: Arc::default(),
     };
     let url = serve(github.clone()).await;
     setup
@@ -220,6 +224,11 @@ async fn the_changelog_case_through_the_github_api() {
     let mut config = setup.loops_config(None);
     config.github_token = Some("ghp_test".into());
     let items = changelog_case(&setup, 8, config).await;
+    assert_eq!(
+        *github.auth_failures.lock().unwrap(),
+        Vec::<String>::new(),
+        "every request carried the token"
+    );
     let merges = github.merges.lock().unwrap().clone();
     assert_eq!(
         merges.len(),

@@ -1,10 +1,11 @@
-//! `damascus items` and `damascus show`.
+//! `damascus items` and `damascus show`; with `--json`, the API's documents
+//! (`damascus_api::views`).
 
 use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, Target};
 
 use crate::cli::ItemsArgs;
-use crate::commands::open_migrated;
+use crate::commands::{open_migrated, print_json};
 use crate::table;
 
 pub async fn list(target: &Target, args: ItemsArgs) -> anyhow::Result<()> {
@@ -15,6 +16,9 @@ pub async fn list(target: &Target, args: ItemsArgs) -> anyhow::Result<()> {
         limit: args.limit,
         offset: args.offset,
     };
+    if args.json {
+        return print_json(&damascus_api::views::item_page(&db.pool, &filter).await?);
+    }
     let list = items::list_items(&db.pool, &filter).await?;
     if list.is_empty() {
         println!("no items match; add one with: damascus ingest --project NAME story.md");
@@ -43,8 +47,11 @@ pub async fn list(target: &Target, args: ItemsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn show(target: &Target, id: i64) -> anyhow::Result<()> {
+pub async fn show(target: &Target, id: i64, json: bool) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
+    if json {
+        return print_json(&damascus_api::views::item_detail(&db.pool, id).await?);
+    }
     let item = items::get_item(&db.pool, id).await?;
     println!("item {}: {}", item.id, item.title);
     println!("project    {}", item.project);

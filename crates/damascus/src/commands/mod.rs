@@ -1,6 +1,7 @@
 //! One module per command. Each takes plain settings, calls the libraries and prints.
 
 mod bench;
+pub mod completions;
 mod config;
 mod db;
 mod demo;
@@ -35,12 +36,12 @@ pub async fn dispatch(
 ) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init => init::run(&target).await,
-        Command::Status => status::run(&target).await,
+        Command::Status { json } => status::run(&target, json).await,
         Command::Project(ProjectCommand::Add(args)) => project::add(&target, *args).await,
-        Command::Project(ProjectCommand::List) => project::list(&target).await,
+        Command::Project(ProjectCommand::List { json }) => project::list(&target, json).await,
         Command::Ingest(args) => ingest::run(&target, args).await,
         Command::Items(args) => items::list(&target, args).await,
-        Command::Show { id } => items::show(&target, id).await,
+        Command::Show { id, json } => items::show(&target, id, json).await,
         Command::Run(args) => serve::run(&target, &data_dir, *args).await,
         Command::Config(ConfigCommand::Check(args)) => {
             config::check(&target, &data_dir, config.as_deref(), *args)
@@ -55,7 +56,7 @@ pub async fn dispatch(
         Command::Serve(args) => serve::serve(&target, args).await,
         Command::Webhook(command) => webhook::run(&target, command).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,
-        Command::Token(TokenCommand::List) => token::list(&target).await,
+        Command::Token(TokenCommand::List { json }) => token::list(&target, json).await,
         Command::Token(TokenCommand::Revoke { name }) => token::revoke(&target, &name).await,
         Command::Worker(args) => worker::worker(&target, &data_dir, *args).await,
         Command::Cycle(args) => worker::cycle(&target, &data_dir, *args).await,
@@ -64,8 +65,15 @@ pub async fn dispatch(
         Command::Db(DbCommand::Start) => db::start(&target).await,
         Command::Db(DbCommand::Stop) => db::stop(&target),
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&target, args).await,
+        Command::Completions { shell } => return completions::print(shell),
     }?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `value` as pretty JSON on stdout, the only thing a `--json` command prints there.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// Opens the database for a command that needs the schema in place.

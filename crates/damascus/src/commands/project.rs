@@ -1,10 +1,11 @@
-//! `damascus project add|list`.
+//! `damascus project add|list` (`list --json`: `damascus_api::json::ProjectJson`).
 
+use damascus_api::json::ProjectJson;
 use damascus_core::{NewProject, ProjectName};
 use damascus_db::{projects, Target};
 
 use crate::cli::ProjectAddArgs;
-use crate::commands::open_migrated;
+use crate::commands::{open_migrated, print_json};
 use crate::table;
 
 pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
@@ -51,9 +52,13 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list(target: &Target) -> anyhow::Result<()> {
+pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
     let summaries = projects::list_projects(&db.pool).await?;
+    if json {
+        let shown: Vec<ProjectJson> = summaries.into_iter().map(ProjectJson::from).collect();
+        return print_json(&shown);
+    }
     if summaries.is_empty() {
         println!("no projects yet; add one with: damascus project add NAME --repo URL");
         return Ok(());

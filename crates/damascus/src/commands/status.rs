@@ -1,12 +1,17 @@
-//! `damascus status`: where the data lives and what the system is doing.
+//! `damascus status`: where the data lives and what the system is doing; `--json`
+//! prints the API's stats and the workers.
 
 use damascus_db::cluster::StartOutcome;
 use damascus_db::migrate::{self, SchemaState};
 use damascus_db::{status, Origin, PoolSettings, Target};
 
+use crate::commands::{open_migrated, print_json};
 use crate::table;
 
-pub async fn run(target: &Target) -> anyhow::Result<()> {
+pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_stats(target).await;
+    }
     let db = damascus_db::open(target, PoolSettings::default()).await?;
     match &db.origin {
         Origin::Url { redacted } => println!("database   {redacted} (DATABASE_URL)"),
@@ -238,6 +243,18 @@ pub async fn run(target: &Target) -> anyhow::Result<()> {
     }
     println!("\nin psql: select * from damascus_queue; select * from damascus_workers; select * from damascus_items; select * from damascus_merge_queue; select * from named_locks;");
     Ok(())
+}
+
+/// `status --json`: the API's stats (`GET /v1/stats`) with the workers added.
+async fn print_stats(target: &Target) -> anyhow::Result<()> {
+    let db = open_migrated(target).await?;
+    let mut stats = damascus_api::views::stats(&db.pool).await?;
+    let workers = damascus_api::views::workers(&db.pool).await?;
+    stats
+        .as_object_mut()
+        .expect("the stats are a JSON object")
+        .insert("workers".into(), serde_json::to_value(workers)?);
+    print_json(&stats)
 }
 
 fn indent(text: &str) -> String {

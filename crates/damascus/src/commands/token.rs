@@ -1,8 +1,9 @@
-//! `damascus token create|list|revoke`.
+//! `damascus token create|list|revoke` (`list --json`: `damascus_api::json::TokenJson`).
 
+use damascus_api::json::TokenJson;
 use damascus_db::{tokens, Target};
 
-use crate::commands::open_migrated;
+use crate::commands::{open_migrated, print_json};
 use crate::table;
 
 pub async fn create(target: &Target, name: &str) -> anyhow::Result<()> {
@@ -13,10 +14,14 @@ pub async fn create(target: &Target, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn list(target: &Target) -> anyhow::Result<()> {
+pub async fn list(target: &Target, json: bool) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
-    let rows: Vec<Vec<String>> = tokens::list(&db.pool)
-        .await?
+    let listed = tokens::list(&db.pool).await?;
+    if json {
+        let shown: Vec<TokenJson> = listed.into_iter().map(TokenJson::from).collect();
+        return print_json(&shown);
+    }
+    let rows: Vec<Vec<String>> = listed
         .into_iter()
         .map(|t| {
             vec![

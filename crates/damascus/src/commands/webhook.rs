@@ -8,7 +8,7 @@ use damascus_relay::register::WebhookRequest;
 use sha2::{Digest, Sha256};
 
 use crate::cli::WebhookCommand;
-use crate::commands::open_migrated;
+use crate::commands::{open_migrated, print_json};
 use crate::table;
 
 /// The name a webhook given in DAMASCUS_WEBHOOKS is registered under: `env-` and the
@@ -50,8 +50,11 @@ pub async fn run(target: &Target, command: WebhookCommand) -> anyhow::Result<()>
                 added.name
             );
         }
-        WebhookCommand::List => {
+        WebhookCommand::List { json } => {
             let db = open_migrated(target).await?;
+            if json {
+                return print_json(&damascus_api::views::webhook_list(&db.pool).await?);
+            }
             let rows: Vec<Vec<String>> = webhooks::list(&db.pool)
                 .await?
                 .into_iter()

@@ -9,6 +9,7 @@ mod flow;
 mod loops;
 mod mcp;
 mod metrics;
+mod scripting;
 mod webhooks;
 
 use std::path::Path;
@@ -82,6 +83,17 @@ pub fn refused(out: Output, code: i32, needles: &[&str]) {
     for needle in needles {
         assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
     }
+}
+
+/// Whether an interface test may skip because `what` is not installed: only when the
+/// operator opted out with `opt_out=1`. Otherwise the test fails, saying how to
+/// install it, so a run without it never passes silently.
+pub fn may_skip(opt_out: &str, what: &str, install: &str) -> bool {
+    if std::env::var(opt_out).is_ok_and(|v| v == "1") {
+        eprintln!("skipped: {what} is not installed and {opt_out}=1 is set");
+        return true;
+    }
+    panic!("{what} is not installed; install it with: {install} (or set {opt_out}=1 to skip this test)");
 }
 
 pub fn write(dir: &Path, name: &str, contents: &[u8]) -> String {
