@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
 use damascus_db::items::{self, ItemFilter};
-use damascus_db::{events, human, migrate, status};
+use damascus_db::{events, human, migrate};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
