@@ -59,7 +59,10 @@ impl From<DbError> for ApiError {
             | DbError::HumanIssueNotFound(_)
             | DbError::WebhookNotFound(_) => ApiError::not_found(e.to_string()),
             DbError::ProjectNotFound(_) => ApiError::unprocessable(e.to_string()),
-            DbError::HumanIssueClosed { .. } | DbError::Conflict(_) | DbError::WebhookExists(_) => {
+            DbError::HumanIssueClosed { .. }
+            | DbError::Conflict(_)
+            | DbError::WebhookExists(_)
+            | DbError::ProjectExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             DbError::Constraint(_) | DbError::EventNotFound(_) => {

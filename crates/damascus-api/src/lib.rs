@@ -13,6 +13,7 @@ mod error;
 mod history;
 pub mod json;
 mod metrics;
+mod project_add;
 mod routes;
 pub mod views;
 pub mod webhooks;
@@ -59,6 +60,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/items", get(routes::list_items).post(routes::ingest))
         .route("/items/{id}", get(routes::get_item))
+        .route("/projects", post(project_add::add))
         .route("/stats", get(routes::stats))
         .route("/stats/history", get(history::history))
         .route("/workers", get(history::workers))

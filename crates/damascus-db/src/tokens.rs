@@ -125,3 +125,62 @@ pub async fn list(pool: &PgPool) -> DbResult<Vec<TokenInfo>> {
         })
         .collect()
 }
+
+/// The form a bootstrap token takes: `dmsc_0_` and 32 to 128 ASCII letters and digits.
+/// Id 0 is never handed out by `create`, so it cannot collide with a created token.
+pub fn check_bootstrap_token(token: &str) -> Result<(), String> {
+    let secret = token.strip_prefix("dmsc_0_").ok_or_else(|| {
+        "must start with dmsc_0_ (make one with: echo dmsc_0_$(openssl rand -hex 24))".to_owned()
+    })?;
+    if !(32..=128).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(format!(
+            "after dmsc_0_ it needs 32 to 128 letters and digits, got {} characters (make one with: echo dmsc_0_$(openssl rand -hex 24))",
+            secret.chars().count()
+        ));
+    }
+    Ok(())
+}
+
+/// What became of a bootstrap token at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The database had no token; this one is now valid, named `bootstrap`.
+    Registered,
+    /// This very token is already registered.
+    AlreadyRegistered,
+    /// Other tokens exist, so the bootstrap token was not registered.
+    Ignored,
+}
+
+/// Registers `token` (checked by `check_bootstrap_token`) as token 0, named `bootstrap`,
+/// when the database holds no token at all: the first API token of a deploy, given
+/// through the environment so that nobody needs a shell in the container.
+pub async fn register_bootstrap(pool: &PgPool, token: &str) -> DbResult<Bootstrap> {
+    check_bootstrap_token(token)
+        .map_err(|e| DbError::Constraint(format!("bootstrap token {e}")))?;
+    let secret = &token["dmsc_0_".len()..];
+    let hash = digest(secret);
+    // One statement: two processes starting together register it once.
+    let inserted = sqlx::query(
+        "insert into api_tokens (id, name, secret_sha256) overriding system value
+         select 0, 'bootstrap', $1
+         where not exists (select 1 from api_tokens)
+         on conflict do nothing",
+    )
+    .bind(&hash)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Bootstrap::Registered);
+    }
+    let stored: Option<Vec<u8>> = sqlx::query_scalar(
+        "select secret_sha256 from api_tokens where id = 0 and revoked_at is null",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match stored {
+        Some(stored) if bool::from(stored.ct_eq(&hash)) => Bootstrap::AlreadyRegistered,
+        _ => Bootstrap::Ignored,
+    })
+}

@@ -22,11 +22,13 @@ pub struct AgentUser {
     pub gid: u32,
 }
 
-/// Capabilities a worker needs to run processes as another user and hand directories
-/// to it and back: CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_SETGID, CAP_SETUID (root has them).
-const AGENT_USER_CAPABILITIES: [(u32, &str); 4] = [
+/// Capabilities a worker needs to run processes as another user, hand directories to
+/// it and back, and kill those processes at a time limit or on cancel: CAP_CHOWN,
+/// CAP_DAC_OVERRIDE, CAP_KILL, CAP_SETGID, CAP_SETUID (root has them).
+const AGENT_USER_CAPABILITIES: [(u32, &str); 5] = [
     (0, "CAP_CHOWN"),
     (1, "CAP_DAC_OVERRIDE"),
+    (5, "CAP_KILL"),
     (6, "CAP_SETGID"),
     (7, "CAP_SETUID"),
 ];
@@ -54,7 +56,7 @@ impl AgentUser {
         let missing = missing_capabilities();
         if !missing.is_empty() {
             return Err(format!(
-                "--agent-user needs a worker that may switch users and hand directories over ({}); run the worker as root, or give its binary those capabilities (setcap cap_chown,cap_dac_override,cap_setgid,cap_setuid+ep damascus)",
+                "--agent-user needs a worker that may switch users and hand directories over ({}); run the worker as root, or give its binary those capabilities (setcap cap_chown,cap_dac_override,cap_kill,cap_setgid,cap_setuid+ep damascus)",
                 missing.join(", ")
             ));
         }

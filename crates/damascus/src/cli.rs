@@ -201,7 +201,7 @@ pub struct LoopsArgs {
     pub claude_max_turns: u32,
     /// Run the agent and the tests as this unprivileged user, who cannot read the
     /// worker's environment, the cluster or other items' idle worktrees (the worker
-    /// must run as root or hold CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE).
+    /// must run as root or hold CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_KILL).
     #[arg(long, env = "DAMASCUS_AGENT_USER")]
     pub agent_user: Option<String>,
     /// A variable of the worker's environment the agent and the tests also get

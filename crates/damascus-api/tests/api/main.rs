@@ -98,6 +98,7 @@ impl TestApp {
 }
 
 mod history;
+mod project_add;
 mod webhooks;
 
 fn message(body: &Value) -> String {

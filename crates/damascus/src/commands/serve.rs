@@ -48,6 +48,34 @@ async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
         })
 }
 
+/// `DAMASCUS_BOOTSTRAP_TOKEN`, read from the environment only (a flag would show in
+/// `ps`), checked before anything starts.
+fn bootstrap_token() -> anyhow::Result<Option<String>> {
+    let Ok(token) = std::env::var("DAMASCUS_BOOTSTRAP_TOKEN") else {
+        return Ok(None);
+    };
+    if token.is_empty() {
+        return Ok(None);
+    }
+    damascus_db::tokens::check_bootstrap_token(&token)
+        .map_err(|e| anyhow::anyhow!("DAMASCUS_BOOTSTRAP_TOKEN {e}"))?;
+    Ok(Some(token))
+}
+
+async fn register_bootstrap(db: &damascus_db::Database, token: &str) -> anyhow::Result<()> {
+    use damascus_db::tokens::Bootstrap;
+    match damascus_db::tokens::register_bootstrap(&db.pool, token).await? {
+        Bootstrap::Registered => eprintln!(
+            "registered the API token from DAMASCUS_BOOTSTRAP_TOKEN as token \"bootstrap\" (revoke it with: damascus token revoke bootstrap)"
+        ),
+        Bootstrap::AlreadyRegistered => {}
+        Bootstrap::Ignored => eprintln!(
+            "DAMASCUS_BOOTSTRAP_TOKEN is not registered: the database already has API tokens (it only creates the first one)"
+        ),
+    }
+    Ok(())
+}
+
 pub async fn serve(target: &Target, args: ServeArgs) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
     let listener = bind(&args).await?;
@@ -72,6 +100,7 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
         .filter(|u| !u.is_empty())
         .cloned()
         .collect();
+    let bootstrap = bootstrap_token()?;
     let loops = Loops::new(settings::loops_config(&args.loops, data_dir)?)?;
     let queue = settings::queue_config(&args.queue);
     // Beside the workers: the API's requests and event streams, the relay, retention.
@@ -95,6 +124,9 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
                 damascus_relay::host_of(url)
             );
         }
+    }
+    if let Some(token) = &bootstrap {
+        register_bootstrap(&db, token).await?;
     }
     let listener = bind(&args.serve).await?;
     let stop = stop_signal()?;

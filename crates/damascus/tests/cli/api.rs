@@ -1,8 +1,114 @@
 //! The API's commands: tokens, and the refusals of serve and run.
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
 use damascus_testdb::TestDatabase;
 
 use crate::{ok, refused, run};
+
+const BOOTSTRAP: &str = "dmsc_0_0123456789abcdef0123456789ABCDEFghij";
+
+/// `damascus run` with `token` as DAMASCUS_BOOTSTRAP_TOKEN until `/healthz` answers;
+/// returns its address and what it printed to stderr once stopped.
+async fn run_with_bootstrap(db: &TestDatabase, token: &str) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("damascus"))
+        .env_remove("DAMASCUS_DATA_DIR")
+        .env("DATABASE_URL", &db.url)
+        .env("DAMASCUS_BOOTSTRAP_TOKEN", token)
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    let started = Instant::now();
+    while reqwest::get(&health).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "damascus run never answered /healthz"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn the_first_token_comes_from_the_environment() {
+    let db = TestDatabase::new().await;
+    let said = run_with_bootstrap(&db, BOOTSTRAP).await;
+    assert!(said.contains("registered the API token"), "{said}");
+    assert!(
+        !said.contains(BOOTSTRAP),
+        "the token itself is never printed: {said}"
+    );
+    assert_eq!(
+        damascus_db::tokens::verify(&db.pool, BOOTSTRAP)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    let listed = ok(run(&db, &["token", "list"], ""));
+    assert!(listed.contains("bootstrap"), "{listed}");
+    // A restart with the same token says nothing and changes nothing.
+    let said = run_with_bootstrap(&db, BOOTSTRAP).await;
+    assert!(!said.contains("BOOTSTRAP"), "{said}");
+    // Once revoked and another token exists, it is not brought back.
+    ok(run(&db, &["token", "create", "ops"], ""));
+    ok(run(&db, &["token", "revoke", "bootstrap"], ""));
+    let said = run_with_bootstrap(&db, BOOTSTRAP).await;
+    assert!(said.contains("already has API tokens"), "{said}");
+    assert_eq!(
+        damascus_db::tokens::verify(&db.pool, BOOTSTRAP)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_bootstrap_token_is_refused_before_anything_starts() {
+    let db = TestDatabase::new().await;
+    for (token, needle) in [
+        ("secret", "must start with dmsc_0_"),
+        ("dmsc_0_short", "32 to 128 letters and digits, got 5"),
+        (
+            "dmsc_0_0123456789abcdef0123456789abcdef-x",
+            "letters and digits",
+        ),
+    ] {
+        let out = crate::damascus()
+            .env("DATABASE_URL", &db.url)
+            .env("DAMASCUS_BOOTSTRAP_TOKEN", token)
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        refused(
+            out,
+            1,
+            &["DAMASCUS_BOOTSTRAP_TOKEN", needle, "openssl rand"],
+        );
+    }
+    let tokens: i64 = sqlx::query_scalar("select count(*) from api_tokens")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 0);
+}
 
 #[tokio::test]
 async fn tokens_are_shown_once_listed_and_revoked() {

@@ -35,6 +35,7 @@ pub fn damascus() -> Command {
         "DAMASCUS_CONCURRENCY",
         "DAMASCUS_WEBHOOKS",
         "DAMASCUS_LISTEN",
+        "DAMASCUS_BOOTSTRAP_TOKEN",
     ] {
         cmd.env_remove(name);
     }

@@ -1,0 +1,122 @@
+//! `POST /v1/projects`: registers a repository as a project, with the same defaults and
+//! checks as `damascus project add`. Forge tokens are not part of a project (they come
+//! from the server's environment), so nothing secret crosses here.
+
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use damascus_core::{NewProject, ProjectName};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::json::ApiJson;
+use crate::{ApiError, AppState};
+
+/// The body: `name` and `repository` are required; every other field has the CLI's
+/// default. `agent_command` is an argument list (never run by a shell).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProjectBody {
+    name: String,
+    repository: String,
+    default_branch: Option<String>,
+    forge: Option<String>,
+    forge_repo: Option<String>,
+    forge_url: Option<String>,
+    test_command: Option<String>,
+    spec_mode: Option<String>,
+    max_attempts_per_phase: Option<i32>,
+    max_attempts_total: Option<i32>,
+    cost_budget_usd: Option<f64>,
+    daily_cost_budget_usd: Option<f64>,
+    merge_method: Option<String>,
+    require_approval: Option<bool>,
+    merge_batch_size: Option<i32>,
+    branch_update: Option<String>,
+    sandbox: Option<String>,
+    rounds_per_answer: Option<i32>,
+    #[serde(default)]
+    context_docs: Vec<String>,
+    agent_command: Option<Vec<String>>,
+    agent_timeout_secs: Option<i32>,
+    test_timeout_secs: Option<i32>,
+}
+
+/// `value` parsed as `T`, or a 422 that names `field` and the values it takes.
+fn variant<T: FromStr<Err = damascus_core::UnknownVariant>>(
+    field: &str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: damascus_core::UnknownVariant| {
+            ApiError::unprocessable(format!("{field}: {e}"))
+        }),
+    }
+}
+
+impl NewProjectBody {
+    fn into_project(self) -> Result<NewProject, ApiError> {
+        let name = ProjectName::parse(&self.name)
+            .map_err(|e| ApiError::unprocessable(format!("name: {e}")))?;
+        let d = NewProject::local(name, self.repository);
+        if let Some(argv) = &self.agent_command {
+            if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                return Err(ApiError::unprocessable(
+                    "agent_command: give the program and its arguments as a list, e.g. [\"claude\", \"--verbose\"], or leave it out for Claude Code",
+                ));
+            }
+        }
+        let project = NewProject {
+            default_branch: self.default_branch.unwrap_or(d.default_branch),
+            forge_kind: variant("forge", self.forge, d.forge_kind)?,
+            forge_repo: self.forge_repo,
+            forge_url: self.forge_url,
+            test_command: self.test_command,
+            spec_mode: variant("spec_mode", self.spec_mode, d.spec_mode)?,
+            max_attempts_per_phase: self
+                .max_attempts_per_phase
+                .unwrap_or(d.max_attempts_per_phase),
+            max_attempts_total: self.max_attempts_total.unwrap_or(d.max_attempts_total),
+            cost_budget_usd: self.cost_budget_usd,
+            daily_cost_budget_usd: self.daily_cost_budget_usd,
+            merge_method: variant("merge_method", self.merge_method, d.merge_method)?,
+            require_approval: self.require_approval.unwrap_or(d.require_approval),
+            merge_batch_size: self.merge_batch_size.unwrap_or(d.merge_batch_size),
+            branch_update: variant("branch_update", self.branch_update, d.branch_update)?,
+            sandbox: variant("sandbox", self.sandbox, d.sandbox)?,
+            rounds_per_answer: self.rounds_per_answer.unwrap_or(d.rounds_per_answer),
+            context_docs: self.context_docs,
+            agent_command: self.agent_command,
+            agent_timeout_secs: self.agent_timeout_secs.unwrap_or(d.agent_timeout_secs),
+            test_timeout_secs: self.test_timeout_secs.unwrap_or(d.test_timeout_secs),
+            ..d
+        };
+        project
+            .validate()
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        Ok(project)
+    }
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewProjectBody>,
+) -> Result<Response, ApiError> {
+    let project = body.into_project()?;
+    let added = damascus_db::projects::add_project(&state.pool, &project).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": added.name,
+            "repository": added.repository,
+            "forge": added.forge_kind.to_string(),
+            "default_branch": added.default_branch,
+        })),
+    )
+        .into_response())
+}
