@@ -45,9 +45,10 @@ if [ -z "$engine" ]; then
     fi
 fi
 if [ "$engine" = podman ]; then
-    if podman compose version >/dev/null 2>&1; then compose=(podman compose)
+    # podman-compose 1.1 or later: Debian 12's 1.0.3 leaves ${VAR:-} uninterpolated.
+    if python3 -c 'import podman_compose' 2>/dev/null; then compose=(python3 -m podman_compose)
     elif command -v podman-compose >/dev/null; then compose=(podman-compose)
-    else echo "smoke: needs podman-compose (apt-get install podman-compose)" >&2; exit 1
+    else echo "smoke: needs podman-compose 1.1 or later (pip install podman-compose)" >&2; exit 1
     fi
 else
     compose=(docker compose)
@@ -90,14 +91,6 @@ if ! have_image "$debian" && ! pull "$debian"; then
     $engine import -q "$work/rootfs.tar" "$debian" >/dev/null
     rm -f "$work/rootfs.tar"
 fi
-export POSTGRES_IMAGE=docker.io/library/postgres:16
-if ! have_image "$POSTGRES_IMAGE" && ! pull "$POSTGRES_IMAGE"; then
-    POSTGRES_IMAGE=localhost/damascus-smoke/postgres-standin:15
-    log "no registry: building $POSTGRES_IMAGE from Debian's PostgreSQL"
-    $engine build -q --network=host -t "$POSTGRES_IMAGE" \
-        -f scripts/smoke/postgres-standin.Containerfile scripts/smoke >/dev/null
-fi
-
 # Hosts whose cgroups crun refuses, or where the default ulimits need a capability
 # the host lacks: podman with runc and explicit limits.
 if [ "$engine" = podman ] && ! podman run --rm "$debian" true >/dev/null 2>&1; then
@@ -113,9 +106,19 @@ CONF
     log "podman runs with runc and explicit ulimits ($CONTAINERS_CONF)"
 fi
 
+export POSTGRES_IMAGE=docker.io/library/postgres:16
+if ! have_image "$POSTGRES_IMAGE" && ! pull "$POSTGRES_IMAGE"; then
+    POSTGRES_IMAGE=localhost/damascus-smoke/postgres-standin:15
+    log "no registry: building $POSTGRES_IMAGE from Debian's PostgreSQL"
+    $engine build -q --network=host -t "$POSTGRES_IMAGE" \
+        -f scripts/smoke/postgres-standin.Containerfile scripts/smoke >/dev/null
+fi
+
 # --- the images ---------------------------------------------------------------------
 image=localhost/damascus:smoke
 build=(build --network=host -f Containerfile)
+# podman's default OCI format drops HEALTHCHECK; the docker format keeps it.
+[ "$engine" = podman ] && build+=(--format docker)
 if [ -n "$prebuilt" ]; then
     [ -x "$prebuilt/damascus" ] || fail "$prebuilt/damascus is not an executable"
     mkdir -p "$work/bin"
@@ -145,8 +148,33 @@ export ANTHROPIC_MODEL=claude-sonnet-4-5-20250929 DAMASCUS_GRACE_SECS=30 DAMASCU
 base="http://127.0.0.1:$port"
 
 "${compose[@]}" down -v -t 5 >/dev/null 2>&1 || true
+health_status() { # CONTAINER
+    if [ "$engine" = podman ]; then
+        # podman runs health checks from systemd timers; where there is no systemd
+        # (a container, a CI runner) nothing runs them, so run one now.
+        podman healthcheck run "$1" >/dev/null 2>&1 || true
+        podman inspect --format '{{.State.Health.Status}}' "$1" 2>/dev/null \
+            || podman inspect --format '{{.State.Healthcheck.Status}}' "$1"
+    else
+        docker inspect --format '{{.State.Health.Status}}' "$1"
+    fi
+}
+wait_status_healthy() { # CONTAINER SECONDS
+    local deadline=$(( $(date +%s) + $2 ))
+    until [ "$(health_status "$1")" = healthy ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$1's health status is $(health_status "$1"), not healthy, after $2 s"
+        sleep 1
+    done
+}
+
 started=$(date +%s.%N)
-"${compose[@]}" up -d --no-build >"$work/up.log" 2>&1 || { cat "$work/up.log"; fail "compose up"; }
+if [ "$engine" = podman ]; then
+    # What compose's `depends_on: condition: service_healthy` means, done by hand:
+    # podman before 4.6 cannot wait for a health status, so podman-compose skips it.
+    "${compose[@]}" up -d --no-build postgres >"$work/up.log" 2>&1 || { cat "$work/up.log"; fail "compose up postgres"; }
+    wait_status_healthy "$(container_of postgres)" 60
+fi
+"${compose[@]}" up -d --no-build >>"$work/up.log" 2>&1 || { cat "$work/up.log"; fail "compose up"; }
 wait_healthy() {
     local deadline=$(( $(date +%s) + 120 ))
     until curl -fsS "$base/healthz" >/dev/null 2>&1; do
@@ -160,19 +188,7 @@ ctr=$(container_of damascus)
 [ -n "$ctr" ] || fail "no damascus container"
 log "/healthz answered ${healthy_after} s after up ($ctr)"
 
-health_status() {
-    if [ "$engine" = podman ]; then
-        podman healthcheck run "$ctr" >/dev/null 2>&1 || true
-        podman inspect --format '{{.State.Healthcheck.Status}}' "$ctr"
-    else
-        docker inspect --format '{{.State.Health.Status}}' "$ctr"
-    fi
-}
-deadline=$(( $(date +%s) + 90 ))
-until [ "$(health_status)" = healthy ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "the container's health status is $(health_status), not healthy"
-    sleep 1
-done
+wait_status_healthy "$ctr" 90
 log "container health status: healthy"
 
 # --- through the HTTP API -----------------------------------------------------------

@@ -156,6 +156,25 @@ impl ConfigFile {
     }
 }
 
+/// Removes Damascus's settings (`DAMASCUS_*`, `DATABASE_URL`) that are set but empty, so
+/// that an empty variable means what an unset one does: compose files pass `VAR=` for
+/// every optional setting the operator left out.
+pub fn forget_empty_settings() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty()
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("DAMASCUS_") || n == "DATABASE_URL")
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        // Before any thread starts: main has not started the runtime yet.
+        std::env::remove_var(name);
+    }
+}
+
 /// Finds `--config PATH` (or `--config=PATH`) in the raw arguments, else
 /// `DAMASCUS_CONFIG`, and exports the file's values as environment defaults.
 pub fn load_before_parsing() -> anyhow::Result<Option<std::path::PathBuf>> {

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("warning: cannot make this process non-dumpable ({e}); agents of the same user may read its environment");
     }
+    config_file::forget_empty_settings();
     if let Err(err) = config_file::load_before_parsing() {
         eprintln!("error: {err:#}");
         return ExitCode::from(2);

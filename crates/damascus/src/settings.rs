@@ -81,7 +81,8 @@ const AGENT_ENV: [&str; 4] = [
 ];
 
 /// The agent's variables: `AGENT_ENV` and the names given with --agent-env, with their
-/// values from this process's environment (unset ones are left out).
+/// values from this process's environment (unset and empty ones are left out: compose
+/// passes `VAR=` for a variable the operator did not set).
 fn agent_env(extra: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut names: Vec<&str> = AGENT_ENV.to_vec();
     for name in extra.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
@@ -101,7 +102,12 @@ fn agent_env(extra: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     }
     Ok(names
         .into_iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v)))
+        .filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(|v| (k.to_owned(), v))
+        })
         .collect())
 }
 

@@ -292,3 +292,33 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
         &["DAMASCUS_WEBHOOKS", "http:// or https://"],
     );
 }
+
+/// compose.yaml passes `VAR=` for every optional setting the operator left out: an empty
+/// Damascus variable means what an unset one does, while a wrong one is still refused.
+#[test]
+fn an_empty_setting_counts_as_unset() {
+    let mut cmd = crate::damascus();
+    for name in [
+        "DAMASCUS_LLM_BASE_URL",
+        "DAMASCUS_LLM_MODEL",
+        "DAMASCUS_LLM_API_KEY",
+        "DAMASCUS_WEBHOOKS",
+        "DAMASCUS_AGENT_USER",
+        "DAMASCUS_CONCURRENCY",
+        "DAMASCUS_GRACE_SECS",
+        "DAMASCUS_BOOTSTRAP_TOKEN",
+    ] {
+        cmd.env(name, "");
+    }
+    crate::ok(cmd.args(["config", "check"]).output().unwrap());
+    crate::refused(
+        crate::damascus()
+            .env("DAMASCUS_LLM_BASE_URL", "ftp://model")
+            .env("DAMASCUS_LLM_MODEL", "m")
+            .args(["config", "check"])
+            .output()
+            .unwrap(),
+        1,
+        &["DAMASCUS_LLM_BASE_URL", "http:// or https://"],
+    );
+}
