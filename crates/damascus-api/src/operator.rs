@@ -6,6 +6,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use damascus_core::ProjectName;
 use damascus_db::{items, operator, DbError};
 use serde_json::{json, Value};
 
@@ -67,6 +68,12 @@ pub async fn retry(
     item_after(&state, id).await
 }
 
+/// A project name from the path; one no project can have is a 400 that says why.
+fn project_name(raw: &str) -> Result<ProjectName, ApiError> {
+    ProjectName::parse(raw)
+        .map_err(|e| ApiError::bad_request(format!("{e}; list projects with: GET /v1/projects")))
+}
+
 /// An unknown project in the path is the resource that is missing: 404, not 422.
 fn project_error(e: DbError) -> ApiError {
     match e {
@@ -81,11 +88,12 @@ pub async fn pause(
     ApiName(name): ApiName,
     ApiOptionalJson(NoFields {}): ApiOptionalJson<NoFields>,
 ) -> Result<Json<Value>, ApiError> {
-    let withdrawn = operator::pause_project(&state.pool, &name)
+    let name = project_name(&name)?;
+    let withdrawn = operator::pause_project(&state.pool, name.as_str())
         .await
         .map_err(project_error)?;
     Ok(Json(
-        json!({ "project": name, "paused": true, "items": withdrawn }),
+        json!({ "project": name.as_str(), "paused": true, "items": withdrawn }),
     ))
 }
 
@@ -95,10 +103,11 @@ pub async fn resume(
     ApiName(name): ApiName,
     ApiOptionalJson(NoFields {}): ApiOptionalJson<NoFields>,
 ) -> Result<Json<Value>, ApiError> {
-    let items = operator::resume_project(&state.pool, &name)
+    let name = project_name(&name)?;
+    let items = operator::resume_project(&state.pool, name.as_str())
         .await
         .map_err(project_error)?;
     Ok(Json(
-        json!({ "project": name, "paused": false, "items": items }),
+        json!({ "project": name.as_str(), "paused": false, "items": items }),
     ))
 }

@@ -136,6 +136,18 @@ async fn projects_pause_and_resume() {
         &["project \"nope\" not found"],
     );
     refused(
+        app.post_empty("/v1/projects/Not%20A%20Name/pause").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &["Not A Name", "GET /v1/projects"],
+    );
+    refused(
+        app.post_empty("/v1/projects/a%00b/resume").await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &["GET /v1/projects"],
+    );
+    refused(
         app.post("/v1/projects/web/pause", &json!({"now": true}))
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -603,5 +615,36 @@ async fn an_item_shows_its_time_per_phase_budget_and_cost_per_model() {
             {"model": "big", "usd": 2.0, "input_tokens": 1000, "output_tokens": 200},
             {"model": "small", "usd": 0.75, "input_tokens": 150, "output_tokens": 15},
         ])
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_console_route() {
+    let app = TestApp::spawn().await;
+    let (_, openapi) = app.get("/v1/openapi.json").await;
+    for (path, method) in [
+        ("/v1/projects", "get"),
+        ("/v1/projects/{name}/pause", "post"),
+        ("/v1/projects/{name}/resume", "post"),
+        ("/v1/items/{id}/approve", "post"),
+        ("/v1/items/{id}/cancel", "post"),
+        ("/v1/items/{id}/retry", "post"),
+        ("/v1/items/{id}/logs", "get"),
+        ("/v1/merge-queue", "get"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{method} {path}"
+        );
+    }
+    let sort = openapi["paths"]["/v1/items"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sort")
+        .expect("sort is documented");
+    assert_eq!(
+        sort["schema"]["enum"],
+        json!(["id", "-id", "updated", "-updated", "cost", "-cost"])
     );
 }

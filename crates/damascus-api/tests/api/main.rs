@@ -156,6 +156,9 @@ async fn every_protected_route_needs_a_valid_token() {
         "/v1/openapi.json",
         "/v1/webhooks",
         "/v1/webhooks/chat",
+        "/v1/projects",
+        "/v1/merge-queue",
+        "/v1/items/1/logs",
         "/metrics",
     ];
     for route in routes {
@@ -188,6 +191,16 @@ async fn every_protected_route_needs_a_valid_token() {
         .await
         .unwrap();
     assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+    for action in [
+        "/v1/items/1/approve",
+        "/v1/items/1/cancel",
+        "/v1/items/1/retry",
+        "/v1/projects/web/pause",
+        "/v1/projects/web/resume",
+    ] {
+        let answer = app.http.post(app.url(action)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{action}");
+    }
     let delete = app
         .http
         .delete(app.url("/v1/webhooks/chat"))
