@@ -87,7 +87,14 @@ if ! have_image "$debian" && ! pull "$debian"; then
     command -v mmdebstrap >/dev/null \
         || fail "cannot pull $debian and mmdebstrap is missing (apt-get install mmdebstrap)"
     log "no registry: making $debian with mmdebstrap"
-    mmdebstrap --quiet --variant=minbase bookworm "$work/rootfs.tar"
+    # As Debian's official slim images are made: no manuals, docs or translations
+    # (the dpkg settings stay in the image, so later installs leave them out too).
+    mmdebstrap --quiet --variant=minbase \
+        --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        --aptopt='APT::Install-Recommends "false"' \
+        bookworm "$work/rootfs.tar"
     $engine import -q "$work/rootfs.tar" "$debian" >/dev/null
     rm -f "$work/rootfs.tar"
 fi
@@ -203,7 +210,7 @@ api GET /v1/stats | json 'd["queue"]["concurrency"]' >/dev/null || fail "the boo
 
 volume="${project}_damascus-data"
 # The repositories live in the volume, made by a one-off container as the damascus user.
-$engine run --rm -v "$volume:/var/lib/damascus/data" --entrypoint sh "$image" -c '
+$engine run --rm --no-healthcheck -v "$volume:/var/lib/damascus/data" --entrypoint sh "$image" -c '
     set -e
     for name in scripted claude drain; do
         repo=/var/lib/damascus/data/repos/$name.git
@@ -218,11 +225,10 @@ $engine run --rm -v "$volume:/var/lib/damascus/data" --entrypoint sh "$image" -c
 
 # The anthropic stub, on compose's network, in a container of the same image (Node.js).
 network=$($engine inspect --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}' "$ctr" | awk '{print $1}')
-$engine run -d --name "$project-anthropic" --network "$network" --network-alias anthropic-stub \
+$engine run -d --no-healthcheck --name "$project-anthropic" --network "$network" --network-alias anthropic-stub \
     -v "$root/scripts/smoke:/smoke:ro,z" --entrypoint node "$image" /smoke/anthropic-stub.mjs >/dev/null \
     || fail "starting the scripted Anthropic server"
 
-story='{"project": "%s", "title": "Greet the reader", "body": "Greet the reader.\n\n## Acceptance criteria\n- hello.txt holds the word hello\n\n## Test command\n`grep -qx hello hello.txt`\n"}'
 add_project() { # NAME AGENT_JSON_OR_null
     local answer
     answer=$(api POST /v1/projects "{\"name\": \"$1\", \"repository\": \"/var/lib/damascus/data/repos/$1.git\", \"spec_mode\": \"passthrough\", \"test_command\": \"grep -qx hello hello.txt\", \"agent_command\": $2}")
@@ -230,8 +236,10 @@ add_project() { # NAME AGENT_JSON_OR_null
 }
 ingest() { # PROJECT -> id
     local answer
-    # shellcheck disable=SC2059
-    answer=$(api POST /v1/items "$(printf "$story" "$1")")
+    answer=$(api POST /v1/items "$(python3 -c 'import json, sys; print(json.dumps({
+        "project": sys.argv[1], "title": "Greet the reader",
+        "body": "Greet the reader.\n\n## Acceptance criteria\n- hello.txt holds the word hello\n\n"
+                "## Test command\n`grep -qx hello hello.txt`\n"}))' "$1")")
     echo "$answer" | json 'd["id"]' 2>/dev/null || fail "POST /v1/items: $answer"
 }
 phase_of() { api GET "/v1/items/$1" | json 'd["item"]["phase"]'; }
@@ -258,7 +266,7 @@ wait_merged "$claude_item" "Claude Code's story" 300
 turns=$($engine exec "$project-anthropic" curl -fsS http://127.0.0.1:8081/_seen | json 'd["messages"]')
 [ "$turns" -ge 2 ] || fail "Claude Code's story merged, but the scripted model saw $turns requests"
 log "Claude Code $(tr -d '[:space:]' < tests/claude-code.version): item $claude_item merged after $turns model turns"
-$engine run --rm -v "$volume:/var/lib/damascus/data" --entrypoint git "$image" \
+$engine run --rm --no-healthcheck -v "$volume:/var/lib/damascus/data" --entrypoint git "$image" \
     --git-dir=/var/lib/damascus/data/repos/claude.git show main:hello.txt | grep -qx hello \
     || fail "main of the claude repository has no hello.txt holding hello"
 
