@@ -94,6 +94,7 @@ if ! have_image "$debian" && ! pull "$debian"; then
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
         --aptopt='APT::Install-Recommends "false"' \
+        --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*' \
         bookworm "$work/rootfs.tar"
     $engine import -q "$work/rootfs.tar" "$debian" >/dev/null
     rm -f "$work/rootfs.tar"

@@ -451,17 +451,8 @@ pub struct ProjectSettingsJson {
 /// An agent command with the values of arguments that look like secrets masked:
 /// `--api-key VALUE`, `--token=VALUE`, `SECRET=VALUE`, and known key formats.
 fn masked_command(argv: Vec<String>) -> Vec<String> {
-    const TOKEN_PREFIXES: [&str; 9] = [
-        "sk-",
-        "ghp_",
-        "gho_",
-        "ghu_",
-        "ghs_",
-        "ghr_",
-        "github_pat_",
-        "glpat-",
-        "xox",
-    ];
+    // Besides the forges' tokens: OpenAI/Anthropic keys (sk-) and Slack's (xox).
+    const OTHER_TOKEN_PREFIXES: [&str; 2] = ["sk-", "xox"];
     const SECRET_WORDS: [&str; 6] = ["key", "token", "secret", "password", "passwd", "auth"];
     let names_secret = |name: &str| {
         let name = name.to_ascii_lowercase();
@@ -483,7 +474,11 @@ fn masked_command(argv: Vec<String>) -> Vec<String> {
         if arg.starts_with('-') && names_secret(&arg) {
             hide_next = true;
         }
-        if TOKEN_PREFIXES.iter().any(|p| arg.starts_with(p)) {
+        if damascus_core::project::FORGE_TOKEN_PREFIXES
+            .iter()
+            .chain(&OTHER_TOKEN_PREFIXES)
+            .any(|p| arg.starts_with(p))
+        {
             masked.push("***".to_owned());
             continue;
         }

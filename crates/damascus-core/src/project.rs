@@ -217,19 +217,21 @@ pub fn credentials_in_url(url: &str) -> Option<String> {
     secret.then(|| format!("{scheme}://***@{host}{}", &rest[authority_end..]))
 }
 
+/// How GitHub's and GitLab's tokens begin.
+pub const FORGE_TOKEN_PREFIXES: [&str; 7] = [
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+];
+
 /// Forge tokens: GitHub's and GitLab's prefixed ones, and long runs of letters and
 /// digits such as Gitea's 40 hex digits; user names are short and rarely mix both.
 fn looks_like_token(user: &str) -> bool {
-    const PREFIXES: [&str; 7] = [
-        "ghp_",
-        "gho_",
-        "ghu_",
-        "ghs_",
-        "ghr_",
-        "github_pat_",
-        "glpat-",
-    ];
-    PREFIXES.iter().any(|p| user.starts_with(p))
+    FORGE_TOKEN_PREFIXES.iter().any(|p| user.starts_with(p))
         || (user.len() >= 20
             && user
                 .chars()

@@ -19,6 +19,21 @@ pub struct Cancelled {
     pub was_running: bool,
 }
 
+/// Locks the item's row for this transaction: its project and phase.
+async fn lock_item(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    item_id: i64,
+) -> DbResult<(i64, Phase)> {
+    let row = sqlx::query(
+        "select project_id, phase::text as phase from work_items where id = $1 for update",
+    )
+    .bind(item_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(DbError::ItemNotFound(item_id))?;
+    Ok((row.try_get("project_id")?, parse_enum(&row, "phase")?))
+}
+
 /// Cancels an item in any phase but merged or cancelled. Its job is deleted in the same
 /// transaction; a worker running it loses its claim and kills the phase's processes.
 pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled> {
@@ -37,15 +52,7 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
             .execute(&mut *tx)
             .await?;
     }
-    let row = sqlx::query(
-        "select project_id, phase::text as phase from work_items where id = $1 for update",
-    )
-    .bind(item_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(DbError::ItemNotFound(item_id))?;
-    let project_id: i64 = row.try_get("project_id")?;
-    let from: Phase = parse_enum(&row, "phase")?;
+    let (project_id, from) = lock_item(&mut tx, item_id).await?;
     if from.is_final() {
         return Err(DbError::Conflict(format!(
             "item {item_id} is already {from}, so there is nothing to cancel; only items that are not merged or cancelled can be cancelled"
@@ -229,15 +236,7 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
 /// build. Refused when the item has no closed approval gate.
 pub async fn approve(pool: &PgPool, item_id: i64, by: &str) -> DbResult<()> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "select project_id, phase::text as phase from work_items where id = $1 for update",
-    )
-    .bind(item_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(DbError::ItemNotFound(item_id))?;
-    let project_id: i64 = row.try_get("project_id")?;
-    let phase: Phase = parse_enum(&row, "phase")?;
+    let (project_id, phase) = lock_item(&mut tx, item_id).await?;
     if phase.is_final() {
         return Err(DbError::Conflict(format!(
             "item {item_id} is {phase}, so there is nothing to approve; approve items in spec that wait for approval"
