@@ -329,8 +329,10 @@ async function loadDashboard() {
   renderQuestions($("#questions"), questions.human_issues || [], true);
   renderQueues(queues);
   $("#dash-updated").innerHTML = `updated ${since(new Date().toISOString())}`;
-  await loadHistory();
+  // The history is heavier and moves slowly: at most every five seconds.
+  if (Date.now() - historyLoadedAt > 5000 || !$("#chart-transitions svg")) await loadHistory();
 }
+let historyLoadedAt = 0;
 
 function gatedCount(stats) {
   const q = stats.queue || {};
@@ -429,6 +431,7 @@ async function loadHistory() {
   const step = WINDOWS[state.window] || "1h";
   const h = await api(`/v1/stats/history?window=${encodeURIComponent(state.window)}&step=${step}`);
   if (state.route.page !== "dashboard") return;
+  historyLoadedAt = Date.now();
   const labels = (h.buckets || []).map((b) => bucketLabel(b, h.step_seconds));
   $("#history-range").textContent = `${stamp(h.from)} – ${stamp(h.to)}, per ${duration(h.step_seconds)}`;
   const tseries = PHASES.filter((p) => (h.transitions || {})[p]).map((p) => ({ name: p, color: PHASE_COLOR[p], values: h.transitions[p] }));
@@ -467,7 +470,7 @@ function itemsPage() {
           <label>Title <input id="ns-title" name="title" autocomplete="off"></label>
           <label>Project <select id="ns-project" name="project"></select></label>
         </div>
-        <label>Body <span class="hint">The story; in passthrough projects include "## Acceptance criteria" and "## Test command".</span>
+        <label>Body <span class="hint">What to build. In passthrough spec mode, give "## Acceptance criteria" and "## Test command" sections.</span>
           <textarea id="ns-body" name="body" rows="6"></textarea></label>
         <div class="row">
           <label>Depends on <span class="hint">item ids, separated by commas</span><input id="ns-depends" name="depends_on" autocomplete="off" placeholder="12, 15"></label>
