@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use damascus_db::{history, status};
+use damascus_db::history;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -112,20 +112,9 @@ pub async fn history(
 }
 
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let workers = status::workers(&state.pool).await?;
-    Ok(Json(json!({
-        "workers": workers.iter().map(|w| json!({
-            "id": w.id,
-            "host": w.host,
-            "pid": w.pid,
-            "concurrency": w.concurrency,
-            "running": w.running,
-            "started_at": w.started_at,
-            "heartbeat_at": w.heartbeat_at,
-            "alive": w.alive,
-            "stopping": w.stopping,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(
+        json!({ "workers": crate::views::workers(&state.pool).await? }),
+    ))
 }
 
 #[cfg(test)]

@@ -2,10 +2,16 @@
 //! extractors that turn every malformed request into a JSON error that says what was
 //! wrong.
 
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use damascus_core::Phase;
 use damascus_db::events::Event;
 use damascus_db::items::{CostLine, Gate, HumanIssue, WorkItem};
 use damascus_db::projects::ProjectSummary;
@@ -26,25 +32,60 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => {
-                let status = rejection.status();
-                let code = match status.as_u16() {
-                    413 => "too_large",
-                    415 => "unsupported_media_type",
-                    422 => "invalid",
-                    _ => "bad_request",
-                };
-                let hint = match status.as_u16() {
-                    413 => format!(" (the limit is {} bytes)", crate::MAX_BODY_BYTES),
-                    415 => " (send 'Content-Type: application/json')".to_owned(),
-                    _ => String::new(),
-                };
-                Err(ApiError::new(
-                    status,
-                    code,
-                    format!("{}{hint}", rejection.body_text()),
-                ))
-            }
+            Err(rejection) => Err(body_error(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// The JSON error for a body axum refused with `status`.
+fn body_error(status: StatusCode, text: String) -> ApiError {
+    let code = match status.as_u16() {
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        _ => "bad_request",
+    };
+    let hint = match status.as_u16() {
+        413 => format!(" (the limit is {} bytes)", crate::MAX_BODY_BYTES),
+        415 => " (send 'Content-Type: application/json')".to_owned(),
+        _ => String::new(),
+    };
+    ApiError::new(status, code, format!("{text}{hint}"))
+}
+
+/// A JSON body that may be left out: an empty body is `T::default()`, as for a
+/// button's `POST` that carries nothing. A body that is there is read like `ApiJson`.
+pub struct ApiOptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for ApiOptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| {
+                let essence = v.split(';').next().unwrap_or_default().trim().to_owned();
+                essence == "application/json"
+                    || (essence.starts_with("application/") && essence.ends_with("+json"))
+            });
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| body_error(r.status(), r.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ApiOptionalJson(T::default()));
+        }
+        if !json_type {
+            return Err(body_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a body was sent without the JSON content type; send no body, or JSON".to_owned(),
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(value)) => Ok(ApiOptionalJson(value)),
+            Err(rejection) => Err(body_error(rejection.status(), rejection.body_text())),
         }
     }
 }
@@ -118,6 +159,19 @@ pub struct AnswerBody {
     #[serde(default)]
     pub answered_by: Option<String>,
 }
+
+/// The body of `POST /v1/items/{id}/approve|cancel|retry`: who acts (default `api`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// The body of `POST /v1/projects/{name}/pause|resume`: nothing, or `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
 
 #[derive(Debug, Serialize)]
 pub struct Attempts {
@@ -308,6 +362,10 @@ pub struct WorkerJson {
     pub host: String,
     pub pid: i32,
     pub state: String,
+    /// A heartbeat within its lease.
+    pub alive: bool,
+    /// Draining after SIGTERM: claims nothing new.
+    pub stopping: bool,
     pub running: i64,
     pub concurrency: i32,
     pub started_at: DateTime<Utc>,
@@ -326,6 +384,8 @@ impl From<WorkerRow> for WorkerJson {
             host: w.host,
             pid: w.pid,
             state: state.to_owned(),
+            alive: w.alive,
+            stopping: w.stopping,
             running: w.running,
             concurrency: w.concurrency,
             started_at: w.started_at,
@@ -334,64 +394,144 @@ impl From<WorkerRow> for WorkerJson {
     }
 }
 
-/// A project with its item counts. Forge tokens are never project data (the workers
-/// read them from their environment), and a repository URL that holds credentials
-/// (a row written past `damascus project add`'s check) is shown with them masked.
+/// A project: what it works on, whether it runs, its budgets and items, and every other
+/// setting under `settings`. Secrets are never project data (the workers read forge
+/// tokens and API keys from their environment); credentials in a repository URL (a row
+/// written past `damascus project add`'s check) are masked, and so are arguments of the
+/// agent command that look like secrets.
 #[derive(Debug, Serialize)]
 pub struct ProjectJson {
     pub name: String,
-    pub repository: String,
-    pub default_branch: String,
     /// local, gitea or github.
     pub forge: String,
+    /// The git remote (URL or path), credentials masked.
+    pub repository: String,
+    pub base_branch: String,
+    pub spec_mode: String,
+    pub paused: bool,
+    pub max_attempts_per_phase: i32,
+    pub max_attempts_total: i32,
+    pub budget: ProjectBudgetJson,
+    /// Every phase, with how many of the project's items are in it.
+    pub items_per_phase: BTreeMap<String, i64>,
+    pub settings: ProjectSettingsJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProjectBudgetJson {
+    /// What the project may spend per day (UTC); null: no cap.
+    pub daily_cap_usd: Option<f64>,
+    /// Spent since midnight UTC.
+    pub spent_today_usd: f64,
+    /// What each new item may spend; null: no cap.
+    pub item_cap_usd: Option<f64>,
+}
+
+/// The settings `damascus project add` took that the top level does not show.
+#[derive(Debug, Serialize)]
+pub struct ProjectSettingsJson {
+    /// owner/repo on the forge.
     pub forge_repo: Option<String>,
     pub forge_url: Option<String>,
     pub test_command: Option<String>,
-    pub spec_mode: String,
+    /// null: the worker's default agent.
+    pub agent_command: Option<Vec<String>>,
+    pub agent_timeout_secs: i32,
+    pub test_timeout_secs: i32,
+    pub context_docs: Vec<String>,
     pub merge_method: String,
     pub merge_batch_size: i32,
     pub branch_update: String,
     pub sandbox: String,
     pub require_approval: bool,
-    pub paused: bool,
-    pub max_attempts_per_phase: i32,
-    pub max_attempts_total: i32,
-    pub cost_budget_usd: Option<f64>,
-    pub daily_cost_budget_usd: Option<f64>,
-    /// Items not merged or cancelled yet.
-    pub items_live: i64,
-    pub items_total: i64,
+    pub rounds_per_answer: i32,
     pub created_at: DateTime<Utc>,
+}
+
+/// An agent command with the values of arguments that look like secrets masked:
+/// `--api-key VALUE`, `--token=VALUE`, `SECRET=VALUE`, and known key formats.
+fn masked_command(argv: Vec<String>) -> Vec<String> {
+    const TOKEN_PREFIXES: [&str; 9] = [
+        "sk-",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "xox",
+    ];
+    const SECRET_WORDS: [&str; 6] = ["key", "token", "secret", "password", "passwd", "auth"];
+    let names_secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        SECRET_WORDS.iter().any(|w| name.contains(w))
+    };
+    let mut masked = Vec::with_capacity(argv.len());
+    let mut hide_next = false;
+    for arg in argv {
+        if std::mem::take(&mut hide_next) {
+            masked.push("***".to_owned());
+            continue;
+        }
+        if let Some((name, _)) = arg.split_once('=') {
+            if names_secret(name) {
+                masked.push(format!("{name}=***"));
+                continue;
+            }
+        }
+        if arg.starts_with('-') && names_secret(&arg) {
+            hide_next = true;
+        }
+        if TOKEN_PREFIXES.iter().any(|p| arg.starts_with(p)) {
+            masked.push("***".to_owned());
+            continue;
+        }
+        masked.push(arg);
+    }
+    masked
 }
 
 impl From<ProjectSummary> for ProjectJson {
     fn from(s: ProjectSummary) -> ProjectJson {
         let p = s.project;
-        let masked = |url: Option<String>| {
-            url.map(|u| damascus_core::project::credentials_in_url(&u).unwrap_or(u))
-        };
+        let masked = |url: String| damascus_core::project::credentials_in_url(&url).unwrap_or(url);
+        let mut items_per_phase: BTreeMap<String, i64> =
+            Phase::ALL.iter().map(|p| (p.to_string(), 0)).collect();
+        for (phase, n) in s.items_per_phase {
+            items_per_phase.insert(phase.to_string(), n);
+        }
         ProjectJson {
-            repository: masked(Some(p.repository)).unwrap_or_default(),
-            forge_url: masked(p.forge_url),
             name: p.name,
-            default_branch: p.default_branch,
             forge: p.forge_kind.to_string(),
-            forge_repo: p.forge_repo,
-            test_command: p.test_command,
+            repository: masked(p.repository),
+            base_branch: p.default_branch,
             spec_mode: p.spec_mode.to_string(),
-            merge_method: p.merge_method.to_string(),
-            merge_batch_size: p.merge_batch_size,
-            branch_update: p.branch_update.to_string(),
-            sandbox: p.sandbox.to_string(),
-            require_approval: p.require_approval,
             paused: p.paused,
             max_attempts_per_phase: p.max_attempts_per_phase,
             max_attempts_total: p.max_attempts_total,
-            cost_budget_usd: p.cost_budget_usd,
-            daily_cost_budget_usd: p.daily_cost_budget_usd,
-            items_live: s.items_live,
-            items_total: s.items_total,
-            created_at: p.created_at,
+            budget: ProjectBudgetJson {
+                daily_cap_usd: p.daily_cost_budget_usd,
+                spent_today_usd: s.spent_today_usd,
+                item_cap_usd: p.cost_budget_usd,
+            },
+            items_per_phase,
+            settings: ProjectSettingsJson {
+                forge_repo: p.forge_repo,
+                forge_url: p.forge_url.map(masked),
+                test_command: p.test_command,
+                agent_command: p.agent_command.map(masked_command),
+                agent_timeout_secs: p.agent_timeout_secs,
+                test_timeout_secs: p.test_timeout_secs,
+                context_docs: p.context_docs,
+                merge_method: p.merge_method.to_string(),
+                merge_batch_size: p.merge_batch_size,
+                branch_update: p.branch_update.to_string(),
+                sandbox: p.sandbox.to_string(),
+                require_approval: p.require_approval,
+                rounds_per_answer: p.rounds_per_answer,
+                created_at: p.created_at,
+            },
         }
     }
 }
@@ -421,5 +561,34 @@ impl From<TokenInfo> for TokenJson {
             last_used_at: t.last_used_at,
             revoked_at: t.revoked_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(argv: &[&str], shown: &[&str]) {
+        let argv = argv.iter().map(|a| a.to_string()).collect();
+        assert_eq!(masked_command(argv), shown);
+    }
+
+    #[test]
+    fn secrets_in_an_agent_command_are_masked() {
+        check(&["claude", "-p"], &["claude", "-p"]);
+        check(
+            &["agent", "--api-key", "abc123"],
+            &["agent", "--api-key", "***"],
+        );
+        check(&["agent", "--token=abc"], &["agent", "--token=***"]);
+        check(
+            &["env", "OPENAI_API_KEY=abc", "run"],
+            &["env", "OPENAI_API_KEY=***", "run"],
+        );
+        check(&["agent", "sk-ant-123"], &["agent", "***"]);
+        check(
+            &["agent", "--model", "claude-3-5-sonnet-20241022"],
+            &["agent", "--model", "claude-3-5-sonnet-20241022"],
+        );
     }
 }

@@ -1,6 +1,8 @@
-//! damascus-api: the HTTP interface. JSON over axum for items, stats, human issues and
-//! live events (SSE), webhooks (add, list, remove, redrive, test), Prometheus metrics, bearer-token auth, and the web UI served from
-//! assets embedded in the binary.
+//! damascus-api: the HTTP interface. JSON over axum for items (and the operator's
+//! approve, cancel, retry), projects (pause, resume), the merge queues, stats, human
+//! issues, live events and item logs (SSE), webhooks (add, list, remove, redrive, test),
+//! Prometheus metrics, bearer-token auth, and the web UI served from assets embedded in
+//! the binary.
 //!
 //! Architecture invariants: the only crate that knows HTTP and JSON shapes (documented
 //! in docs/API.md and served at /v1/openapi.json; `views` builds the documents the CLI's
@@ -13,12 +15,15 @@ mod auth;
 mod error;
 mod history;
 pub mod json;
+pub mod logs;
 mod metrics;
+mod operator;
 mod routes;
 pub mod views;
 pub mod webhooks;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -54,12 +59,23 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub pool: PgPool,
     pub config: ApiConfig,
+    /// `<data-dir>/logs`, where the loops write each item's output; `None` when this
+    /// process has no data directory (then `/v1/items/{id}/logs` says so).
+    pub logs_dir: Option<PathBuf>,
 }
 
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/items", get(routes::list_items).post(routes::ingest))
         .route("/items/{id}", get(routes::get_item))
+        .route("/items/{id}/approve", post(operator::approve))
+        .route("/items/{id}/cancel", post(operator::cancel))
+        .route("/items/{id}/retry", post(operator::retry))
+        .route("/items/{id}/logs", get(routes::item_logs))
+        .route("/projects", get(routes::list_projects))
+        .route("/projects/{name}/pause", post(operator::pause))
+        .route("/projects/{name}/resume", post(operator::resume))
+        .route("/merge-queue", get(routes::merge_queue))
         .route("/stats", get(routes::stats))
         .route("/stats/history", get(history::history))
         .route("/workers", get(history::workers))

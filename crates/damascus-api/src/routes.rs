@@ -11,13 +11,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
-use damascus_db::items::{self, ItemFilter};
+use damascus_db::items::{self, ItemFilter, ItemSort};
 use damascus_db::{events, human, migrate};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::json::{AnswerBody, ApiId, ApiJson, ApiQuery, HumanIssueJson, IngestBody, ItemJson};
+use crate::logs::{self, LogTail};
 use crate::{views, ApiError, AppState};
 
 const UI: &str = include_str!("../assets/index.html");
@@ -61,7 +62,12 @@ pub struct ItemsQuery {
     limit: Option<i64>,
     offset: Option<i64>,
     group_by: Option<String>,
+    q: Option<String>,
+    sort: Option<String>,
 }
+
+/// The longest `q` searched for: a title's words, not a document.
+const MAX_QUERY_CHARS: usize = 200;
 
 pub async fn list_items(
     State(state): State<AppState>,
@@ -85,9 +91,33 @@ pub async fn list_items(
             "offset must not be negative, got {offset}"
         )));
     }
+    let sort = match q.sort.as_deref() {
+        None => ItemSort::default(),
+        Some(name) => ItemSort::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "sort {name:?} is not an order; use one of: {} (a leading - is descending)",
+                ItemSort::NAMES.join(", ")
+            ))
+        })?,
+    };
+    let text = q.q.filter(|t| !t.is_empty());
+    if let Some(text) = &text {
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "q is longer than {MAX_QUERY_CHARS} characters; search for a few words of the title or body"
+            )));
+        }
+        if text.contains('\0') {
+            return Err(ApiError::bad_request(
+                "q contains a NUL character, which no title or body holds; remove it",
+            ));
+        }
+    }
     let filter = ItemFilter {
         project: q.project.clone(),
         phase,
+        text,
+        sort,
         limit,
         offset,
     };
@@ -114,7 +144,10 @@ pub async fn list_items(
                     json!({ "project": project, "count": items.len(), "phases": counts, "items": items })
                 })
                 .collect();
-            Ok(Json(json!({ "groups": groups, "limit": limit, "offset": offset })).into_response())
+            Ok(Json(
+                json!({ "groups": groups, "total": page.total, "limit": limit, "offset": offset }),
+            )
+            .into_response())
         }
         Some(other) => Err(ApiError::bad_request(format!(
             "group_by {other:?} is not supported; use group_by=project"
@@ -153,6 +186,18 @@ pub async fn get_item(
     ApiId(id): ApiId,
 ) -> Result<Json<views::ItemDetail>, ApiError> {
     Ok(Json(views::item_detail(&state.pool, id).await?))
+}
+
+pub async fn list_projects(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "projects": views::projects(&state.pool).await? }),
+    ))
+}
+
+pub async fn merge_queue(
+    State(state): State<AppState>,
+) -> Result<Json<views::MergeQueues>, ApiError> {
+    Ok(Json(views::merge_queues(&state.pool).await?))
 }
 
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -261,6 +306,59 @@ pub async fn events(
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default()))
+}
+
+/// How often the log stream looks for new output.
+const LOG_POLL: Duration = Duration::from_millis(150);
+
+/// Server-Sent Events of an item's output (`event: log`, `data: {"file", "text"}`):
+/// everything its log files hold, oldest file first, then what is appended, until the
+/// client leaves. An item without output yet keeps the stream open until some appears.
+pub async fn item_logs(
+    State(state): State<AppState>,
+    ApiId(id): ApiId,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(logs_dir) = state.logs_dir.clone() else {
+        return Err(ApiError::not_found(
+            "this server was started without a data directory, so it serves no logs; \
+             read them with: damascus logs ID",
+        ));
+    };
+    items::get_item(&state.pool, id).await?;
+    let mut tail = LogTail::new(logs::item_dir(&logs_dir, id));
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            // Everything there is, then a pause; `send` waits while the client is slow.
+            loop {
+                let chunks = match tail.read_new() {
+                    Ok(chunks) => chunks,
+                    Err(e) => {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(item = id, error = %e, "cannot read the item's logs; retrying");
+                        }
+                        break;
+                    }
+                };
+                if chunks.is_empty() {
+                    break;
+                }
+                for chunk in chunks {
+                    let data = json!({ "file": chunk.file, "text": chunk.text() });
+                    let sse = SseEvent::default().event("log").data(data.to_string());
+                    if sender.send(Ok(sse)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(LOG_POLL).await;
         }
     });
     Ok(Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default()))

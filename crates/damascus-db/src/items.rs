@@ -226,9 +226,76 @@ pub async fn gates_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResu
 pub struct ItemFilter {
     pub project: Option<String>,
     pub phase: Option<Phase>,
+    /// A case-insensitive substring of the title or the body, matched literally
+    /// (`%`, `_` and `\` are not patterns).
+    pub text: Option<String>,
+    pub sort: ItemSort,
     pub limit: i64,
     pub offset: i64,
 }
+
+/// The order of a list of items; every order ends with the id, so pages never
+/// overlap or skip an item whose key ties with another's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ItemSort {
+    /// Oldest first (the order of ingest).
+    #[default]
+    Id,
+    IdDesc,
+    /// Least recently changed first.
+    Updated,
+    UpdatedDesc,
+    /// Cheapest first.
+    Cost,
+    CostDesc,
+}
+
+impl ItemSort {
+    /// Every order, as a client names it.
+    pub const NAMES: [&'static str; 6] = ["id", "-id", "updated", "-updated", "cost", "-cost"];
+
+    pub fn parse(name: &str) -> Option<ItemSort> {
+        Some(match name {
+            "id" => ItemSort::Id,
+            "-id" => ItemSort::IdDesc,
+            "updated" => ItemSort::Updated,
+            "-updated" => ItemSort::UpdatedDesc,
+            "cost" => ItemSort::Cost,
+            "-cost" => ItemSort::CostDesc,
+            _ => return None,
+        })
+    }
+
+    fn order_by(self) -> &'static str {
+        match self {
+            ItemSort::Id => "i.id",
+            ItemSort::IdDesc => "i.id desc",
+            ItemSort::Updated => "i.updated_at, i.id",
+            ItemSort::UpdatedDesc => "i.updated_at desc, i.id desc",
+            ItemSort::Cost => "i.cost_usd, i.id",
+            ItemSort::CostDesc => "i.cost_usd desc, i.id desc",
+        }
+    }
+}
+
+/// `text` as an ILIKE pattern that matches it literally anywhere (escape character `\`).
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The conditions of `ItemFilter`, binding $1 (project), $2 (phase) and $3 (pattern).
+const ITEM_FILTER_WHERE: &str = "($1::text is null or p.name = $1)
+    and ($2::work_phase is null or i.phase = $2::work_phase)
+    and ($3::text is null or i.title ilike $3 escape '\\' or i.body ilike $3 escape '\\')";
 
 pub async fn list_items(pool: &PgPool, filter: &ItemFilter) -> DbResult<Vec<WorkItem>> {
     if let Some(name) = &filter.project {
@@ -237,17 +304,33 @@ pub async fn list_items(pool: &PgPool, filter: &ItemFilter) -> DbResult<Vec<Work
     }
     let sql = format!(
         "select {ITEM_COLUMNS} from work_items i join projects p on p.id = i.project_id
-         where ($1::text is null or p.name = $1) and ($2::work_phase is null or i.phase = $2::work_phase)
-         order by i.id limit $3 offset $4"
+         where {ITEM_FILTER_WHERE}
+         order by {} limit $4 offset $5",
+        filter.sort.order_by()
     );
     let rows = sqlx::query(&sql)
         .bind(&filter.project)
         .bind(filter.phase.map(Phase::as_str))
+        .bind(filter.text.as_deref().map(contains_pattern))
         .bind(filter.limit)
         .bind(filter.offset)
         .fetch_all(pool)
         .await?;
     rows.iter().map(item_from_row).collect()
+}
+
+/// How many items `filter` selects, whatever its window (`limit`, `offset`).
+pub async fn count_items(pool: &PgPool, filter: &ItemFilter) -> DbResult<i64> {
+    let sql = format!(
+        "select count(*) from work_items i join projects p on p.id = i.project_id
+         where {ITEM_FILTER_WHERE}"
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(&filter.project)
+        .bind(filter.phase.map(Phase::as_str))
+        .bind(filter.text.as_deref().map(contains_pattern))
+        .fetch_one(pool)
+        .await?)
 }
 
 pub async fn get_item<'e>(db: impl PgExecutor<'e>, id: i64) -> DbResult<WorkItem> {
@@ -380,4 +463,24 @@ pub async fn list_human_issues(
     .fetch_all(pool)
     .await?;
     rows.iter().map(human_issue_from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_their_text_literally() {
+        assert_eq!(contains_pattern("login"), "%login%");
+        assert_eq!(contains_pattern("50%_off"), "%50\\%\\_off%");
+        assert_eq!(contains_pattern("a\\b"), "%a\\\\b%");
+    }
+
+    #[test]
+    fn every_sort_name_parses() {
+        for name in ItemSort::NAMES {
+            assert!(ItemSort::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(ItemSort::parse("title"), None);
+    }
 }

@@ -48,7 +48,7 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
     let from: Phase = parse_enum(&row, "phase")?;
     if from.is_final() {
         return Err(DbError::Conflict(format!(
-            "item {item_id} is already {from}; only items that are not merged or cancelled can be cancelled"
+            "item {item_id} is already {from}, so there is nothing to cancel; only items that are not merged or cancelled can be cancelled"
         )));
     }
     if let Some((job_id, _)) = job {
@@ -120,8 +120,13 @@ pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
     let phase: Phase = parse_enum(&row, "phase")?;
     let resume: Option<Phase> = parse_opt_enum(&row, "resume_phase")?;
     let Some(resume) = resume.filter(|_| phase == Phase::Blocked) else {
+        let instead = if phase.is_final() {
+            "it is finished; to do the work again, ingest the story as a new item"
+        } else {
+            "it is still working: wait for its verdict, or cancel it"
+        };
         return Err(DbError::Conflict(format!(
-            "item {item_id} is {phase}, not blocked; only blocked items can be retried"
+            "item {item_id} is {phase}, not blocked; only blocked items can be retried ({instead})"
         )));
     };
     dismiss_open_question(&mut tx, item_id, by).await?;
@@ -224,12 +229,20 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
 /// build. Refused when the item has no closed approval gate.
 pub async fn approve(pool: &PgPool, item_id: i64, by: &str) -> DbResult<()> {
     let mut tx = pool.begin().await?;
-    let project_id: i64 =
-        sqlx::query_scalar("select project_id from work_items where id = $1 for update")
-            .bind(item_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(DbError::ItemNotFound(item_id))?;
+    let row = sqlx::query(
+        "select project_id, phase::text as phase from work_items where id = $1 for update",
+    )
+    .bind(item_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(DbError::ItemNotFound(item_id))?;
+    let project_id: i64 = row.try_get("project_id")?;
+    let phase: Phase = parse_enum(&row, "phase")?;
+    if phase.is_final() {
+        return Err(DbError::Conflict(format!(
+            "item {item_id} is {phase}, so there is nothing to approve; approve items in spec that wait for approval"
+        )));
+    }
     let opened = sqlx::query(
         "update coordination_gates set opened_at = now(), opened_by = $2
          where item_id = $1 and kind = 'approval' and opened_at is null",
@@ -240,9 +253,21 @@ pub async fn approve(pool: &PgPool, item_id: i64, by: &str) -> DbResult<()> {
     .await?
     .rows_affected();
     if opened == 0 {
-        return Err(DbError::Conflict(format!(
-            "item {item_id} waits for no approval; approvals are needed only in projects added with --require-approval"
-        )));
+        let approved_by: Option<Option<String>> = sqlx::query_scalar(
+            "select opened_by from coordination_gates where item_id = $1 and kind = 'approval'",
+        )
+        .bind(item_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Err(DbError::Conflict(match approved_by {
+            Some(by) => format!(
+                "item {item_id} (in {phase}) was already approved by {}; nothing more to approve",
+                by.as_deref().unwrap_or("someone")
+            ),
+            None => format!(
+                "item {item_id} (in {phase}) waits for no approval; approvals are needed only in projects added with --require-approval"
+            ),
+        }));
     }
     events::record(
         &mut tx,

@@ -2,7 +2,7 @@
 //! default budgets.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, Sandbox, SpecMode};
+use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, Phase, Sandbox, SpecMode};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
@@ -38,12 +38,16 @@ pub struct Project {
     pub created_at: DateTime<Utc>,
 }
 
-/// A project with how many items it has.
+/// A project with how many items it has and what it spent today.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectSummary {
     pub project: Project,
     pub items_total: i64,
     pub items_live: i64,
+    /// Items per phase, phases without items left out, in phase order.
+    pub items_per_phase: Vec<(Phase, i64)>,
+    /// Spent since midnight UTC: what `daily_cost_budget_usd` caps.
+    pub spent_today_usd: f64,
 }
 
 const PROJECT_COLUMNS: &str =
@@ -151,20 +155,50 @@ pub async fn get_project<'e>(db: impl PgExecutor<'e>, id: i64) -> DbResult<Proje
 }
 
 pub async fn list_projects(pool: &PgPool) -> DbResult<Vec<ProjectSummary>> {
+    // "Today" is the day `damascus_reserve_budget` holds a daily cap against.
     let sql = format!(
         "select {PROJECT_COLUMNS},
             (select count(*) from work_items i where i.project_id = p.id) as items_total,
             (select count(*) from work_items i where i.project_id = p.id
-                and i.phase not in ('merged', 'cancelled')) as items_live
-         from projects p order by p.name"
+                and i.phase not in ('merged', 'cancelled')) as items_live,
+            (select coalesce(sum(c.usd), 0)::float8 from cost_ledger c
+                join work_items i on i.id = c.item_id
+                where i.project_id = p.id
+                  and c.created_at >= date_trunc('day', now() at time zone 'utc') at time zone 'utc')
+                as spent_today_usd,
+            pc.phases, pc.counts
+         from projects p
+         left join lateral (
+            select array_agg(x.phase::text order by x.phase) as phases,
+                   array_agg(x.n order by x.phase) as counts
+            from (select i.phase, count(*) as n from work_items i where i.project_id = p.id
+                  group by i.phase) x) pc on true
+         order by p.name"
     );
     let rows = sqlx::query(&sql).fetch_all(pool).await?;
     rows.iter()
         .map(|row| {
+            let phases: Option<Vec<String>> = row.try_get("phases")?;
+            let counts: Option<Vec<i64>> = row.try_get("counts")?;
+            let items_per_phase = phases
+                .unwrap_or_default()
+                .iter()
+                .zip(counts.unwrap_or_default())
+                .map(|(phase, n)| {
+                    phase.parse::<Phase>().map(|phase| (phase, n)).map_err(|e| {
+                        DbError::Sqlx(sqlx::Error::ColumnDecode {
+                            index: "phases".to_owned(),
+                            source: Box::new(e),
+                        })
+                    })
+                })
+                .collect::<DbResult<_>>()?;
             Ok(ProjectSummary {
                 project: project_from_row(row)?,
                 items_total: row.try_get("items_total")?,
                 items_live: row.try_get("items_live")?,
+                items_per_phase,
+                spent_today_usd: row.try_get("spent_today_usd")?,
             })
         })
         .collect()

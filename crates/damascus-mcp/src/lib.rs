@@ -220,6 +220,7 @@ impl DamascusMcp {
             phase,
             limit,
             offset,
+            ..ItemFilter::default()
         };
         match items::list_items(&self.pool, &filter).await {
             Ok(list) => answered(

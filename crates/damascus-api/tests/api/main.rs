@@ -14,10 +14,24 @@ pub(crate) struct TestApp {
     addr: SocketAddr,
     token: String,
     http: reqwest::Client,
+    /// The logs directory the server reads item logs from (`<data-dir>/logs`).
+    logs_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.logs_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl TestApp {
     async fn spawn() -> TestApp {
+        TestApp::spawn_with_logs(true).await
+    }
+
+    async fn spawn_with_logs(with_logs: bool) -> TestApp {
         let db = TestDatabase::new().await;
         sqlx::query("insert into projects (name, repository) values ('web', '/srv/web.git'), ('api', '/srv/api.git')")
             .execute(&db.pool)
@@ -29,9 +43,17 @@ impl TestApp {
             .token;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let logs_dir = with_logs.then(|| {
+            std::env::temp_dir().join(format!(
+                "damascus-api-logs-{}-{}",
+                std::process::id(),
+                addr.port()
+            ))
+        });
         let state = AppState {
             pool: db.pool.clone(),
             config: ApiConfig::default(),
+            logs_dir: logs_dir.clone(),
         };
         tokio::spawn(damascus_api::serve(listener, state, std::future::pending()));
         TestApp {
@@ -39,6 +61,7 @@ impl TestApp {
             addr,
             token,
             http: reqwest::Client::new(),
+            logs_dir,
         }
     }
 
@@ -64,6 +87,19 @@ impl TestApp {
             .post(self.url(path))
             .bearer_auth(&self.token)
             .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A POST without a body, as a button sends it.
+    async fn post_empty(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
             .send()
             .await
             .unwrap();
@@ -97,6 +133,7 @@ impl TestApp {
     }
 }
 
+mod console;
 mod history;
 mod webhooks;
 
@@ -119,6 +156,9 @@ async fn every_protected_route_needs_a_valid_token() {
         "/v1/openapi.json",
         "/v1/webhooks",
         "/v1/webhooks/chat",
+        "/v1/projects",
+        "/v1/merge-queue",
+        "/v1/items/1/logs",
         "/metrics",
     ];
     for route in routes {
@@ -151,6 +191,16 @@ async fn every_protected_route_needs_a_valid_token() {
         .await
         .unwrap();
     assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
+    for action in [
+        "/v1/items/1/approve",
+        "/v1/items/1/cancel",
+        "/v1/items/1/retry",
+        "/v1/projects/web/pause",
+        "/v1/projects/web/resume",
+    ] {
+        let answer = app.http.post(app.url(action)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{action}");
+    }
     let delete = app
         .http
         .delete(app.url("/v1/webhooks/chat"))

@@ -65,6 +65,7 @@ async fn list_filters_by_project_and_phase() {
         phase,
         limit: 100,
         offset: 0,
+        ..ItemFilter::default()
     };
     let titles = |list: Vec<items::WorkItem>| list.into_iter().map(|i| i.title).collect::<Vec<_>>();
     assert_eq!(

@@ -398,7 +398,7 @@ async fn build_waits_for_the_specs_approval() {
         .await
         .unwrap_err();
     assert!(
-        again.to_string().contains("waits for no approval"),
+        again.to_string().contains("already approved by reviewer"),
         "{again}"
     );
     run_until_idle(

@@ -15,6 +15,7 @@ pub async fn list(target: &Target, args: ItemsArgs) -> anyhow::Result<()> {
         phase: args.phase,
         limit: args.limit,
         offset: args.offset,
+        ..ItemFilter::default()
     };
     if args.json {
         return print_json(&damascus_api::views::item_page(&db.pool, &filter).await?);

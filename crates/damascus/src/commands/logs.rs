@@ -1,53 +1,32 @@
 //! `damascus logs ID [--follow]`: the agent's and the tests' output for an item, from
 //! the log files the loops write under `<data-dir>/logs/<item>/` as output arrives.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use damascus_api::logs::{self, LogTail};
 use damascus_core::Phase;
 use damascus_db::{items, Target};
 
 use crate::commands::open_migrated;
 
-fn log_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files.into_iter().map(|(_, p)| p).collect()
-}
-
-/// Prints what was added to each file since the last call; returns whether anything was.
-fn print_new(dir: &Path, offsets: &mut BTreeMap<PathBuf, u64>) -> anyhow::Result<bool> {
+/// Prints everything written since the last call; returns whether anything was.
+fn print_new(tail: &mut LogTail) -> anyhow::Result<bool> {
     let mut printed = false;
     let mut out = std::io::stdout().lock();
-    for path in log_files(dir) {
-        let offset = offsets.entry(path.clone()).or_insert(0);
-        let mut file = std::fs::File::open(&path)?;
-        let len = file.metadata()?.len();
-        if len <= *offset {
-            continue;
+    loop {
+        let chunks = tail.read_new()?;
+        if chunks.is_empty() {
+            break;
         }
-        if *offset == 0 {
-            writeln!(
-                out,
-                "==> {} <==",
-                path.file_name().unwrap_or_default().to_string_lossy()
-            )?;
+        for chunk in chunks {
+            if chunk.first {
+                writeln!(out, "==> {} <==", chunk.file)?;
+            }
+            out.write_all(&chunk.bytes)?;
+            printed = true;
         }
-        file.seek(SeekFrom::Start(*offset))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        out.write_all(&bytes)?;
-        *offset = len;
-        printed = true;
     }
     out.flush()?;
     Ok(printed)
@@ -56,12 +35,11 @@ fn print_new(dir: &Path, offsets: &mut BTreeMap<PathBuf, u64>) -> anyhow::Result
 pub async fn run(target: &Target, data_dir: &Path, id: i64, follow: bool) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
     items::get_item(&db.pool, id).await?;
-    let dir = data_dir.join("logs").join(id.to_string());
-    let mut offsets = BTreeMap::new();
-    if !print_new(&dir, &mut offsets)? && !follow {
+    let mut tail = LogTail::new(logs::item_dir(&data_dir.join("logs"), id));
+    if !print_new(&mut tail)? && !follow {
         println!(
             "no output yet for item {id} (logs live in {})",
-            dir.display()
+            tail.dir().display()
         );
     }
     if !follow {
@@ -73,7 +51,7 @@ pub async fn run(target: &Target, data_dir: &Path, id: i64, follow: bool) -> any
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
-        if print_new(&dir, &mut offsets)? {
+        if print_new(&mut tail)? {
             settled_since = None;
         }
         let phase = items::get_item(&db.pool, id).await?.phase;

@@ -53,7 +53,7 @@ pub async fn dispatch(
         Command::Project(ProjectCommand::Resume { name }) => operator::resume(&target, &name).await,
         Command::Logs { id, follow } => logs::run(&target, &data_dir, id, follow).await,
         Command::Mcp => mcp::run(&target).await,
-        Command::Serve(args) => serve::serve(&target, args).await,
+        Command::Serve(args) => serve::serve(&target, &data_dir, args).await,
         Command::Webhook(command) => webhook::run(&target, command).await,
         Command::Token(TokenCommand::Create { name }) => token::create(&target, &name).await,
         Command::Token(TokenCommand::List { json }) => token::list(&target, json).await,

@@ -48,7 +48,7 @@ async fn bind(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
         })
 }
 
-pub async fn serve(target: &Target, args: ServeArgs) -> anyhow::Result<()> {
+pub async fn serve(target: &Target, data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let db = open_migrated(target).await?;
     let listener = bind(&args).await?;
     eprintln!(
@@ -59,6 +59,7 @@ pub async fn serve(target: &Target, args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         pool: db.pool.clone(),
         config: api_config(&args),
+        logs_dir: Some(data_dir.join("logs")),
     };
     damascus_api::serve(listener, state, async move { stop.cancelled().await }).await?;
     Ok(())
@@ -109,6 +110,7 @@ pub async fn run(target: &Target, data_dir: &Path, args: RunArgs) -> anyhow::Res
     let state = AppState {
         pool: db.pool.clone(),
         config: api_config(&args.serve),
+        logs_dir: Some(data_dir.join("logs")),
     };
     let api_stop = stop.clone();
     let api = tokio::spawn(damascus_api::serve(listener, state, async move {

@@ -20,6 +20,7 @@ impl Api {
         let state = AppState {
             pool: db.pool.clone(),
             config: ApiConfig::default(),
+            logs_dir: None,
         };
         tokio::spawn(damascus_api::serve(listener, state, std::future::pending()));
         let token = damascus_db::tokens::create(&db.pool, "json-check")
@@ -56,6 +57,17 @@ fn assert_same_fields(actual: &Value, expected: &Value, what: &str) {
         assert_eq!(actual.get(key), Some(value), "{what}: field {key}");
     }
     assert_eq!(actual.len(), expected.len(), "{what}: the same fields");
+}
+
+/// An item's document without the seconds of its current phase, which grow while
+/// it is read.
+fn without_clock(mut item: Value) -> Value {
+    for visit in item["phases"].as_array_mut().expect("phases") {
+        if visit["left_at"].is_null() {
+            visit.as_object_mut().expect("a visit").remove("seconds");
+        }
+    }
+    item
 }
 
 #[tokio::test]
@@ -99,7 +111,11 @@ async fn items_show_and_status_print_what_the_api_answers() {
     assert_eq!(phase["items"], Value::Array(vec![]), "{phase}");
 
     let shown = json_of(&db, &["show", "2", "--json"]);
-    assert_eq!(shown, from_api, "show --json is GET /v1/items/2");
+    assert_eq!(
+        without_clock(shown.clone()),
+        without_clock(from_api),
+        "show --json is GET /v1/items/2"
+    );
     assert_eq!(shown["gates"][0]["kind"], "depends_on", "{shown}");
     assert_eq!(shown["gates"][0]["depends_on_item_id"], 1);
     assert_eq!(shown["events"][0]["kind"], "item.ingested", "{shown}");
@@ -134,11 +150,8 @@ async fn projects_tokens_and_webhooks_list_as_json_without_secrets() {
     assert_eq!(web["name"], "web");
     assert_eq!(web["repository"], "/srv/git/web.git");
     assert_eq!(web["forge"], "local");
-    assert_eq!(web["test_command"], "cargo test");
-    assert_eq!(
-        (web["items_live"].as_i64(), web["items_total"].as_i64()),
-        (Some(1), Some(1))
-    );
+    assert_eq!(web["settings"]["test_command"], "cargo test");
+    assert_eq!(web["items_per_phase"]["spec"], 1);
     assert_eq!(web["paused"], false);
     // A URL with a password, written past `project add`'s check, is shown masked.
     sqlx::query("update projects set repository = 'https://ana:hunter22@git.example.com/web.git'")
@@ -201,6 +214,12 @@ async fn projects_tokens_and_webhooks_list_as_json_without_secrets() {
     assert_eq!(chat["event_kinds"], serde_json::json!(["item.blocked"]));
     let api = Api::start(&db).await;
     assert_eq!(hooks, api.get("/v1/webhooks").await);
+    let projects = json_of(&db, &["project", "list", "--json"]);
+    assert_eq!(
+        api.get("/v1/projects").await["projects"],
+        projects,
+        "the API answers the same projects"
+    );
 }
 
 #[test]
