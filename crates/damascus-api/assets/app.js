@@ -357,8 +357,10 @@ function renderKpis(s) {
     tile("questions", "Open questions", "open_human_issues", s.open_human_issues ?? 0, "waiting for a person"),
     tile("merged", "Merged 24 h", "throughput.merged_last_day", (s.throughput || {}).merged_last_day ?? 0,
       `${stat("throughput.merged_last_hour", (s.throughput || {}).merged_last_hour ?? 0, "")} in the last hour`),
-    `<div class="kpi"><div class="label">Spend 24 h</div><span class="value" data-stat-usd="cost_usd.last_day" data-value="${esc((s.cost_usd || {}).last_day ?? 0)}">${esc(usd((s.cost_usd || {}).last_day ?? 0))}</span>
-      <div class="sub"><span data-stat-usd="cost_usd.last_hour" data-value="${esc((s.cost_usd || {}).last_hour ?? 0)}">${esc(usd((s.cost_usd || {}).last_hour ?? 0))}</span> in the last hour · ${stat("throughput.transitions_last_day", (s.throughput || {}).transitions_last_day ?? 0, "")} transitions</div></div>`,
+    tile("transitions", "Transitions 24 h", "throughput.transitions_last_day", (s.throughput || {}).transitions_last_day ?? 0,
+      `${stat("throughput.transitions_last_hour", (s.throughput || {}).transitions_last_hour ?? 0, "")} in the last hour`),
+    `<div class="kpi spend"><div class="label">Spend 24 h</div><span class="value" data-stat-usd="cost_usd.last_day" data-value="${esc((s.cost_usd || {}).last_day ?? 0)}">${esc(usd((s.cost_usd || {}).last_day ?? 0))}</span>
+      <div class="sub"><span data-stat-usd="cost_usd.last_hour" data-value="${esc((s.cost_usd || {}).last_hour ?? 0)}">${esc(usd((s.cost_usd || {}).last_hour ?? 0))}</span> in the last hour</div></div>`,
   ].join("");
   $$("[data-filter-phase]").forEach((a) => a.addEventListener("click", () => { state.list = { ...state.list, phase: a.dataset.filterPhase, offset: 0 }; }));
 }
@@ -702,7 +704,7 @@ function renderDrawer(d) {
       : `<p class="muted">No spec yet${i.phase === "spec" ? ": the spec phase is writing it" : ""}.</p>
         <details><summary>Story</summary><div class="spec-summary small">${esc(i.body)}</div></details>`}
     </section>`;
-  $$("[data-action]").forEach((b) => b.addEventListener("click", () => askAction(b.dataset.action, i)));
+  $$("#drawer-top button[data-action]").forEach((b) => b.addEventListener("click", () => askAction(b.dataset.action, i)));
 
   const phases = d.phases || [];
   const longest = Math.max(1, ...phases.map((p) => phaseSeconds(p)));
@@ -771,8 +773,8 @@ function askAction(action, item) {
   const go = $("#confirm-go");
   go.textContent = a.go;
   go.className = action === "cancel" ? "danger" : "";
-  dialog.dataset.action = action;
-  dialog.dataset.item = String(item.id);
+  dialog.dataset.confirmAction = action;
+  dialog.dataset.confirmItem = String(item.id);
   dialog.returnValue = "";
   dialog.showModal();
 }
@@ -781,7 +783,7 @@ $("#confirm-back").addEventListener("click", () => $("#confirm").close("back"));
 $("#confirm").addEventListener("close", async () => {
   const dialog = $("#confirm");
   if (dialog.returnValue !== "go") return;
-  const { action, item } = dialog.dataset;
+  const { confirmAction: action, confirmItem: item } = dialog.dataset;
   const box = $("#drawer-error");
   if (box) box.textContent = "";
   try {
