@@ -12,6 +12,7 @@ import { join } from "node:path";
 
 const { BASE_URL, TOKEN, ARTIFACTS, CHROMIUM, DATA_DIR, FAIL_FLAG, GO_FLAG, MARKER } = process.env;
 mkdirSync(ARTIFACTS, { recursive: true });
+rmSync(join(ARTIFACTS, "failure.png"), { force: true });
 
 async function call(path, body) {
   const response = await fetch(`${BASE_URL}${path}`, {

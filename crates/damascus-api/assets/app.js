@@ -283,6 +283,7 @@ function dashboardPage() {
   $("#view").innerHTML = `
     <div class="page-head"><h1>Dashboard</h1><span class="spacer"></span><span class="muted small" id="dash-updated"></span></div>
     <div class="kpis" id="kpis" aria-label="Now"></div>
+    <div class="kpis minor" id="kpis-day" aria-label="The last 24 hours"></div>
     <div class="grid two">
       <section class="card" aria-label="Items per phase"><h2>Items per phase</h2><div id="phases"></div></section>
       <section class="card" aria-label="Items per project"><h2>Items per project</h2><div id="per-project"></div></section>
@@ -355,6 +356,8 @@ function renderKpis(s) {
     tile("retrying", "Retrying", "queue.retry_wait", q.retry_wait ?? 0, `${stat("queue.dead", q.dead ?? 0, "")} out of attempts`),
     `<div class="kpi blocked ${blocked ? "hot" : ""}"><div class="label">Blocked</div>${stat("items_per_phase.blocked", blocked)}<div class="sub"><a href="#/items" data-filter-phase="blocked">show blocked items</a></div></div>`,
     tile("questions", "Open questions", "open_human_issues", s.open_human_issues ?? 0, "waiting for a person"),
+  ].join("");
+  $("#kpis-day").innerHTML = [
     tile("merged", "Merged 24 h", "throughput.merged_last_day", (s.throughput || {}).merged_last_day ?? 0,
       `${stat("throughput.merged_last_hour", (s.throughput || {}).merged_last_hour ?? 0, "")} in the last hour`),
     tile("transitions", "Transitions 24 h", "throughput.transitions_last_day", (s.throughput || {}).transitions_last_day ?? 0,
@@ -450,7 +453,7 @@ async function loadHistory() {
     const cap = p.daily_cap_usd;
     const s = [{ name: p.project, color: "#2e90fa", colorOf: (v) => (cap != null && v > cap ? PHASE_COLOR.blocked : "#2e90fa"), values: days.map((d) => d.usd) }];
     return `<div class="spend-project" data-spend="${esc(p.project)}"><div class="small"><b>${esc(p.project)}</b> <span class="muted">· cap ${cap != null ? usd(cap) : "none"} · ${usd(days.reduce((n, d) => n + d.usd, 0))} in the window</span></div>
-      ${barChart({ labels: days.map((d) => new Date(`${String(d.day).slice(0, 10)}T00:00:00`).toLocaleDateString([], { month: "short", day: "numeric" })), series: s, stacked: false, height: 120, fmt: (v) => `$${v < 10 ? v.toFixed(2) : Math.round(v)}`, whole: false, cap, capLabel: cap != null ? `cap ${usd(cap)}` : "", label: `Spend per day for ${p.project}` })}</div>`;
+      ${barChart({ labels: days.map((d) => new Date(`${String(d.day).slice(0, 10)}T00:00:00`).toLocaleDateString([], { month: "short", day: "numeric" })), series: s, stacked: false, height: 100, fmt: (v) => `$${v < 10 ? v.toFixed(2) : Math.round(v)}`, whole: false, cap, capLabel: cap != null ? `cap ${usd(cap)}` : "", label: `Spend per day for ${p.project}` })}</div>`;
   }).join("") : `<p class="empty">No project yet.</p>`);
   const lead = h.lead_time_seconds || { histogram: [] };
   const hist = lead.histogram || [];
@@ -883,6 +886,7 @@ async function loadProjects() {
         ${cap != null ? meter(spent, cap) : `<div class="meter"><span style="width:0"></span></div>`}
         ${b.item_cap_usd != null ? `<div class="line small" style="margin-top:.25rem"><span>Per item</span><span>${usd(b.item_cap_usd)}</span></div>` : ""}
       </div>
+      <div class="strip-label">Items · ${total}</div>
       <div class="strip" aria-hidden="true">${PHASES.map((ph) => per[ph] ? `<span style="width:${(100 * per[ph]) / total}%;background:${PHASE_COLOR[ph]}" title="${ph}: ${per[ph]}"></span>` : "").join("")}</div>
       <div class="phase-legend" style="margin-bottom:.8rem">${PHASES.filter((ph) => per[ph]).map((ph) => `<div><i class="swatch" style="background:${PHASE_COLOR[ph]}"></i>${ph}<b>${per[ph]}</b></div>`).join("") || `<span class="faint">No items.</span>`}</div>
       <dl class="kv">
