@@ -206,7 +206,11 @@ try {
   await drawerPhase("merged").waitFor({ timeout: 60000 });
   await page.locator('#drawer-costs tr[data-model="claude-sonnet-4-5"]').waitFor();
   await page.locator('[data-timeline-phase="review"]').first().waitFor();
+  // The whole drawer in one picture: a viewport as tall as its content.
+  const tall = await page.locator(".drawer-scroll").evaluate((e) => e.scrollHeight + 80);
+  await page.setViewportSize({ width: 1440, height: Math.max(900, tall) });
   await shot("drawer.png");
+  await page.setViewportSize({ width: 1440, height: 900 });
 
   // A refused action shows the API's own message.
   const refused = await call(`/v1/items/${hello.id}/cancel`, {});

@@ -683,7 +683,7 @@ function renderDrawer(d) {
       ${waitingApproval ? `<span class="pill spec plain">waits for spec approval</span>` : ""}
     </div>
     <div class="actions-row" style="margin-top:.75rem" aria-label="Actions">
-      <button type="button" data-action="approve" class="${waitingApproval ? "" : "secondary"}">Approve spec</button>
+      ${approval ? `<button type="button" data-action="approve" class="${waitingApproval ? "" : "secondary"}">Approve spec</button>` : ""}
       <button type="button" data-action="retry" class="${i.phase === "blocked" ? "" : "secondary"}">Retry</button>
       <button type="button" data-action="cancel" class="${final ? "secondary" : "danger"}">Cancel item</button>
     </div>
@@ -718,6 +718,7 @@ function renderDrawer(d) {
     ${phases.length ? `<div class="timeline-phases">${phases.map((p) => `
       <div class="tl-row ${p.left_at ? "" : "current"}" data-timeline-phase="${esc(p.phase)}">
         <span>${pill(p.phase)}</span>
+        <span class="when faint small">${esc(clock(p.entered_at))}</span>
         <span class="tl-bar" title="${esc(stamp(p.entered_at))}${p.left_at ? ` – ${esc(stamp(p.left_at))}` : " – now"}"><span style="left:0;width:${Math.max(1.5, (100 * phaseSeconds(p)) / longest).toFixed(1)}%;background:${PHASE_COLOR[p.phase] || "#98a2b3"}"></span></span>
         <span class="dur">${p.left_at ? duration(p.seconds) : `<span data-elapsed="${esc(p.entered_at)}">${duration(phaseSeconds(p))}</span>`}</span>
       </div>`).join("")}</div>` : `<p class="empty">No phase history.</p>`}
