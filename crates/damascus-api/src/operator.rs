@@ -1,5 +1,5 @@
 //! The operator's buttons: approve, cancel and retry an item; pause and resume a
-//! project. Each calls the `damascus_db::operator` function the CLI's `damascus
+//! project. Each calls the `damascus_db::operator` function the CLI's `damascus item
 //! approve|cancel|retry` and `damascus project pause|resume` call, and answers the
 //! state after it. An action the item's state does not allow is a 409 whose message
 //! says the state and what would work.

@@ -335,7 +335,17 @@ pub async fn item_logs(
         loop {
             // Everything there is, then a pause; `send` waits while the client is slow.
             loop {
-                let chunks = match tail.read_new() {
+                // Files are read off the async threads: a slow disk stalls only this stream.
+                let read = tokio::task::spawn_blocking(move || {
+                    let chunks = tail.read_new();
+                    (tail, chunks)
+                })
+                .await;
+                let Ok((returned, chunks)) = read else {
+                    return;
+                };
+                tail = returned;
+                let chunks = match chunks {
                     Ok(chunks) => chunks,
                     Err(e) => {
                         if !std::mem::replace(&mut warned, true) {
