@@ -141,8 +141,8 @@ try {
   });
 
   // The dashboard shows GET /v1/stats exactly, and every count of it.
-  const checkDashboard = async () => {
-    await page.goto(`${BASE_URL}/#/`);
+  const checkDashboard = async ({ reload = true } = {}) => {
+    if (reload) await page.goto(`${BASE_URL}/#/`);
     await page.locator('[data-stat="queue.running"]').waitFor();
     await until("the dashboard to equal GET /v1/stats", async () => {
       const stats = await api("/v1/stats");
@@ -271,6 +271,23 @@ try {
   await checkDashboard();
   await page.locator("#chart-lead svg rect").first().waitFor();
   await shot("dashboard-after.png");
+  // It follows the event stream: a new story changes its numbers without a reload.
+  await page.evaluate(() => { window.notReloaded = true; });
+  await api("/v1/items", { project: "gated", title: "Wait for approval", body: GREETING });
+  await page.locator('[data-stat="items_per_project.gated.build"]').waitFor({ timeout: 5000 });
+  await checkDashboard({ reload: false });
+  assert.equal(await page.evaluate(() => window.notReloaded), true, "the dashboard reloaded");
+
+  // The page's own files are public, with their types; the data is not.
+  for (const [path, type] of [["/", "text/html"], ["/ui/app.js", "text/javascript"], ["/ui/app.css", "text/css"]]) {
+    const response = await fetch(`${BASE_URL}${path}`);
+    assert.equal(response.status, 200, path);
+    assert.match(response.headers.get("content-type"), new RegExp(`^${type}`), path);
+    await response.text();
+  }
+  const anonymous = await fetch(`${BASE_URL}/v1/stats`);
+  assert.equal(anonymous.status, 401);
+  await anonymous.text();
 
   assert.deepEqual(errors.map(String), [], "the page threw");
   console.log("browser test passed");
