@@ -439,7 +439,7 @@ async function loadHistory() {
   historyLoadedAt = Date.now();
   const labels = (h.buckets || []).map((b) => bucketLabel(b, h.step_seconds));
   $("#history-range").textContent = `${stamp(h.from)} – ${stamp(h.to)}, per ${duration(h.step_seconds)}`;
-  const tseries = PHASES.filter((p) => (h.transitions || {})[p]).map((p) => ({ name: p, color: PHASE_COLOR[p], values: h.transitions[p] }));
+  const tseries = PHASES.filter((p) => ((h.transitions || {})[p] || []).some((n) => n > 0)).map((p) => ({ name: p, color: PHASE_COLOR[p], values: h.transitions[p] }));
   const tsum = tseries.reduce((n, s) => n + s.values.reduce((a, b) => a + b, 0), 0);
   $("#chart-transitions").innerHTML = `<div class="chart-note"><b>Transitions</b> per ${duration(h.step_seconds)}, by phase entered · <span data-history="transitions">${tsum}</span> in all</div>
     ${barChart({ labels, series: tseries, label: "Transitions per interval" })}${legend(tseries)}`;
