@@ -278,6 +278,24 @@ try {
   await checkDashboard({ reload: false });
   assert.equal(await page.evaluate(() => window.notReloaded), true, "the dashboard reloaded");
 
+  // Pages come from the server: 30 more stories make two pages of 25.
+  for (let k = 1; k <= 30; k++) await api("/v1/items", { project: "gated", title: `Queued story ${k}`, body: GREETING });
+  const total = (await api("/v1/items?limit=1")).total;
+  assert.equal(total, 37);
+  await page.goto(`${BASE_URL}/#/items`);
+  await page.locator("#f-limit").selectOption("25");
+  await page.locator("#f-sort").selectOption("id");
+  await page.locator("#page-info", { hasText: `1–25 of ${total}` }).waitFor();
+  assert.equal(await page.locator("#items tr[data-item]").count(), 25);
+  assert.ok(await page.locator("#prev").isDisabled());
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator("#page-info", { hasText: `26–${total} of ${total}` }).waitFor();
+  assert.equal(await page.locator("#items tr[data-item]").count(), total - 25);
+  assert.equal(await page.locator("#items tr[data-item]").first().getAttribute("data-item"), String((await api("/v1/items?sort=id&limit=1&offset=25")).items[0].id));
+  assert.ok(await page.locator("#next").isDisabled());
+  await page.getByRole("button", { name: "Previous" }).click();
+  await page.locator("#page-info", { hasText: `1–25 of ${total}` }).waitFor();
+
   // The page's own files are public, with their types; the data is not.
   for (const [path, type] of [["/", "text/html"], ["/ui/app.js", "text/javascript"], ["/ui/app.css", "text/css"]]) {
     const response = await fetch(`${BASE_URL}${path}`);
