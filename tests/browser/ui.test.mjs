@@ -5,6 +5,16 @@
 //   data dir: item logs are under logs/<item>/), FAIL_FLAG (while it exists the ops
 //   agent fails), GO_FLAG (the ops agent prints MARKER once it exists), MARKER.
 // Projects: web (demo agent), gated (specs need approval), ops (the ops agent).
+//
+// What it proves, each on the real run: a new item appears without a reload; the
+// new-story form shows the API's 422 as it is and creates a story; the log tail shows the
+// agent's marker within a second of its write; the dashboard equals GET /v1/stats number
+// for number, before and after, and follows the event stream; an answer typed on the
+// dashboard resumes an item; approve, cancel (and going back) and retry in the drawer
+// change the item's phase, and a refused cancel shows the API's message; filters, search,
+// sort and pages come from the server; pause and resume. Screenshots: dashboard.png,
+// items.png, drawer.png (the whole drawer), drawer-log.png, drawer-blocked.png,
+// projects.png, and failure.png when a step fails.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -220,13 +230,18 @@ try {
   await page.locator("#drawer-error", { hasText: refused.body.error.message }).waitFor({ timeout: 5000 });
   assert.equal((await item(hello.id)).item.phase, "merged");
 
-  // Answer the farewell's question in the drawer: the agent follows it and the item merges.
+  // Answer the farewell's question on the dashboard: the agent follows the answer and
+  // the item merges; its drawer shows the question answered.
+  await page.goto(`${BASE_URL}/#/`);
+  const question = page.locator("#questions .issue", { has: page.locator(`a[href="#/items/${farewellId}"]`) });
+  await question.getByText("answer with guidance to rebuild the change with it").waitFor({ timeout: 10000 });
+  await question.getByLabel("Your answer").fill("Write farewell.txt with the single line goodbye.");
+  await question.getByRole("button", { name: "Answer" }).click();
+  await question.waitFor({ state: "detached", timeout: 10000 });
   await openDrawer(farewellId);
-  await page.getByText("answer with guidance to rebuild the change with it").waitFor({ timeout: 10000 });
-  await page.locator("#drawer").getByLabel("Your answer").fill("Write farewell.txt with the single line goodbye.");
-  await page.locator("#drawer").getByRole("button", { name: "Answer" }).click();
-  await page.getByText("Answer: Write farewell.txt with the single line goodbye.").waitFor({ timeout: 10000 });
+  await page.locator("#drawer").getByText("Answer: Write farewell.txt with the single line goodbye.").waitFor({ timeout: 10000 });
   await drawerPhase("merged").waitFor({ timeout: 60000 });
+  assert.equal((await item(farewellId)).human_issues[0].status, "answered");
   await page.getByRole("button", { name: "Close" }).click();
 
   // Items: filters, sort and search run on the server.
