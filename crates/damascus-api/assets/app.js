@@ -284,6 +284,13 @@ function dashboardPage() {
     <div class="page-head"><h1>Dashboard</h1><span class="spacer"></span><span class="muted small" id="dash-updated"></span></div>
     <div class="kpis" id="kpis" aria-label="Now"></div>
     <div class="kpis minor" id="kpis-day" aria-label="The last 24 hours"></div>
+    <div class="grid side">
+      <section class="card" aria-label="Open questions"><h2>Open questions</h2><div id="questions"></div></section>
+      <div class="stack-col">
+        <section class="card" aria-label="Merge queues"><h2>Merge queues</h2><div id="queues"></div></section>
+        <section class="card" aria-label="Workers"><h2>Workers</h2><div id="workers"></div></section>
+      </div>
+    </div>
     <div class="grid two">
       <section class="card" aria-label="Items per phase"><h2>Items per phase</h2><div id="phases"></div></section>
       <section class="card" aria-label="Items per project"><h2>Items per project</h2><div id="per-project"></div></section>
@@ -299,11 +306,7 @@ function dashboardPage() {
         <div class="chart" id="chart-lead"></div>
       </div>
     </section>
-    <div class="grid three">
-      <section class="card" aria-label="Open questions"><h2>Open questions</h2><div id="questions"></div></section>
-      <section class="card" aria-label="Merge queues"><h2>Merge queues</h2><div id="queues"></div></section>
-      <section class="card" aria-label="Workers"><h2>Workers</h2><div id="workers"></div></section>
-    </div>`;
+`;
   $$("[data-window]").forEach((b) => b.addEventListener("click", () => {
     state.window = b.dataset.window;
     localStorage.setItem("damascus.window", state.window);
