@@ -627,6 +627,8 @@ function openDrawer(id) {
     $("#drawer-top").innerHTML = `<p class="muted">Loading…</p>`;
     $("#drawer-rest").innerHTML = "";
     followLog(id);
+    // Keyboard users land in the drawer; Escape or Close takes them back.
+    setTimeout(() => { if (!$("#drawer").hidden && !$("#drawer").contains(document.activeElement)) $("#close-drawer").focus(); }, 0);
   }
   $("#drawer").hidden = false;
   $("#scrim").hidden = false;
