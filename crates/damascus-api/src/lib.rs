@@ -10,6 +10,7 @@
 //! `damascus-db` functions as the CLI (ingest, answer, list); nothing a client sends
 //! yields a 500 (internal errors are logged and answered without detail).
 
+mod assets;
 mod auth;
 mod error;
 mod history;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
     }
     Router::new()
         .route("/", get(routes::ui))
+        .merge(assets::router())
         .nest("/v1", v1)
         .merge(health)
         .merge(metrics)
