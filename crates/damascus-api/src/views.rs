@@ -291,6 +291,7 @@ pub async fn stats(pool: &PgPool) -> Result<Value, DbError> {
             "retry_wait": s.overview.jobs_retry_wait,
             "dead": s.overview.jobs_dead,
             "concurrency": s.overview.concurrency,
+            "waiting_on_gate": s.overview.waiting_on_gate,
         },
         "open_human_issues": s.overview.open_human_issues,
         "events": {

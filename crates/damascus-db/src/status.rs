@@ -24,6 +24,9 @@ pub struct Overview {
     /// The global cap on running phases.
     pub concurrency: i32,
     pub open_human_issues: i64,
+    /// Items in a working phase with no job because a gate of theirs is closed (a
+    /// dependency not merged, a spec not approved, a lock held by another item).
+    pub waiting_on_gate: i64,
     /// Events the webhook relay failed to deliver at least once and retries.
     pub events_retrying: i64,
     /// Events the webhook relay gave up on (their last error is in the outbox).
@@ -53,6 +56,11 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
             count(*) filter (where q.state = 'retry_wait') as retry_wait,
             count(*) filter (where q.state = 'dead') as dead,
             (select count(*) from human_issues where status = 'open') as open_issues,
+            (select count(*) from work_items w
+              where w.phase not in ('merged', 'blocked', 'cancelled')
+                and not exists (select 1 from damascus_jobs j where j.item_id = w.id)
+                and exists (select 1 from coordination_gates g
+                            where g.item_id = w.id and g.opened_at is null)) as waiting_on_gate,
             (select count(*) from webhook_deliveries where state = 'retrying') as events_retrying,
             (select count(*) from webhook_deliveries where state = 'dead') as events_dead
          from damascus_queue q",
@@ -68,6 +76,7 @@ pub async fn overview(pool: &PgPool) -> DbResult<Overview> {
         jobs_dead: row.try_get("dead")?,
         concurrency: row.try_get("concurrency")?,
         open_human_issues: row.try_get("open_issues")?,
+        waiting_on_gate: row.try_get("waiting_on_gate")?,
         events_retrying: row.try_get("events_retrying")?,
         events_dead: row.try_get("events_dead")?,
     })

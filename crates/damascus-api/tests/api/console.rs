@@ -648,3 +648,21 @@ async fn the_openapi_document_names_every_console_route() {
         json!(["id", "-id", "updated", "-updated", "cost", "-cost"])
     );
 }
+
+/// `queue.waiting_on_gate` counts items held by a closed gate, not items whose job is
+/// queued or running.
+#[tokio::test]
+async fn stats_count_the_items_a_gate_holds_back() {
+    let app = TestApp::spawn().await;
+    let first = app.ingest("web", "First").await;
+    let (status, _) = app
+        .post(
+            "/v1/items",
+            &json!({"project": "web", "title": "Second", "body": "After the first.", "depends_on": [first]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, stats) = app.get("/v1/stats").await;
+    assert_eq!(stats["queue"]["waiting_on_gate"], 1, "{stats}");
+    assert_eq!(stats["queue"]["queued"], 1, "{stats}");
+}
