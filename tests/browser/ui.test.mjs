@@ -237,6 +237,11 @@ try {
   await question.getByText("answer with guidance to rebuild the change with it").waitFor({ timeout: 10000 });
   await question.getByLabel("Your answer").fill("Write farewell.txt with the single line goodbye.");
   await question.getByRole("button", { name: "Answer" }).click();
+  // The answer is sent only once confirmed, in a dialog that says where it goes.
+  const confirmAnswer = page.getByRole("dialog");
+  await confirmAnswer.waitFor();
+  assert.match(await confirmAnswer.innerText(), new RegExp(`item #${farewellId}`));
+  await confirmAnswer.getByRole("button", { name: "Send answer", exact: true }).click();
   await question.waitFor({ state: "detached", timeout: 10000 });
   await openDrawer(farewellId);
   await page.locator("#drawer").getByText("Answer: Write farewell.txt with the single line goodbye.").waitFor({ timeout: 10000 });

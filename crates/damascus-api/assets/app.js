@@ -423,15 +423,22 @@ function renderQuestions(el, issues, withItem) {
   $$("form[data-answer]", el).forEach((form) => form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const answer = form.querySelector("textarea").value;
+    const issue = issues.find((h) => String(h.id) === form.dataset.answer);
     const button = form.querySelector("button");
-    button.disabled = true;
-    try {
-      await api(`/v1/human-issues/${form.dataset.answer}/answer`, { method: "POST", body: { answer, answered_by: "web" } });
-      form.querySelector("textarea").value = "";
-      refreshSoon();
-    } catch (e) {
-      form.querySelector(".error").textContent = e.message;
-    } finally { button.disabled = false; }
+    confirmThen({
+      title: `Answer question #${form.dataset.answer}?`,
+      text: `The answer goes to the agent of item #${issue ? issue.item_id : "?"} as guidance, and the item resumes in ${issue ? issue.phase : "its phase"} with the attempts it needs. An answer cannot be taken back.`,
+      go: "Send answer",
+    }, async () => {
+      button.disabled = true;
+      try {
+        await api(`/v1/human-issues/${form.dataset.answer}/answer`, { method: "POST", body: { answer, answered_by: "web" } });
+        form.querySelector("textarea").value = "";
+        refreshSoon();
+      } catch (e) {
+        form.querySelector(".error").textContent = e.message;
+      } finally { button.disabled = false; }
+    });
   }));
 }
 
@@ -774,25 +781,35 @@ const ACTIONS = {
   },
 };
 
-function askAction(action, item) {
-  const a = ACTIONS[action];
+// Every action that changes an item asks first, in a dialog that says what will happen;
+// `run` goes ahead only on the dialog's confirming button.
+let onConfirm = null;
+function confirmThen({ title, text, go, danger = false }, run) {
   const dialog = $("#confirm");
-  $("#confirm-title").textContent = a.title(item);
-  $("#confirm-text").textContent = a.text(item);
-  const go = $("#confirm-go");
-  go.textContent = a.go;
-  go.className = action === "cancel" ? "danger" : "";
-  dialog.dataset.confirmAction = action;
-  dialog.dataset.confirmItem = String(item.id);
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  const button = $("#confirm-go");
+  button.textContent = go;
+  button.className = danger ? "danger" : "";
+  onConfirm = run;
   dialog.returnValue = "";
   dialog.showModal();
 }
 
+function askAction(action, item) {
+  const a = ACTIONS[action];
+  confirmThen({ title: a.title(item), text: a.text(item), go: a.go, danger: action === "cancel" },
+    () => runAction(action, item.id));
+}
+
 $("#confirm-back").addEventListener("click", () => $("#confirm").close("back"));
 $("#confirm").addEventListener("close", async () => {
-  const dialog = $("#confirm");
-  if (dialog.returnValue !== "go") return;
-  const { confirmAction: action, confirmItem: item } = dialog.dataset;
+  const run = onConfirm;
+  onConfirm = null;
+  if ($("#confirm").returnValue === "go" && run) await run();
+});
+
+async function runAction(action, item) {
   const box = $("#drawer-error");
   if (box) box.textContent = "";
   try {
@@ -807,7 +824,7 @@ $("#confirm").addEventListener("close", async () => {
     const b = $("#drawer-error");
     if (b) b.textContent = `${ACTIONS[action].go} refused: ${e.message}`;
   }
-});
+}
 
 // The live log: everything so far, then new output as the agent writes it.
 async function followLog(id) {
