@@ -257,6 +257,12 @@ try {
   await page.locator("#f-phase").selectOption("cancelled");
   await page.locator(`#items tr[data-item="${cancelMe.id}"]`).waitFor();
   await until("the phase filter", async () => (await page.locator("#items tr[data-item]").count()) === 1, 5000);
+  // The filters are in the address: a reload (or a shared link) shows the same view.
+  assert.equal(new URL(page.url()).hash, "#/items?project=gated&phase=cancelled");
+  await page.reload();
+  await page.locator(`#items tr[data-item="${cancelMe.id}"]`).waitFor();
+  assert.equal(await page.locator("#items tr[data-item]").count(), 1);
+  assert.equal(await page.locator("#f-phase").inputValue(), "cancelled");
   await page.locator("#f-project").selectOption("");
   await page.locator("#f-phase").selectOption("");
   await page.locator("#f-q").fill("goodbye");

@@ -22,6 +22,7 @@ const state = {
   window: localStorage.getItem("damascus.window") || "24h",
   list: { project: "", phase: "", q: "", sort: "-updated", limit: 50, offset: 0 },
 };
+const LIST_DEFAULTS = { ...state.list };
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
@@ -124,7 +125,7 @@ function parseRoute() {
   const hash = location.hash.replace(/^#/, "") || "/";
   let m;
   if ((m = hash.match(/^\/items\/(\d+)/))) return { page: "items", item: Number(m[1]) };
-  if (hash.startsWith("/items")) return { page: "items" };
+  if (hash.startsWith("/items")) return { page: "items", filters: new URLSearchParams(hash.split("?")[1] || "") };
   if (hash.startsWith("/projects")) return { page: "projects" };
   return { page: "dashboard" };
 }
@@ -133,6 +134,7 @@ let rendered = null;
 async function render() {
   const route = parseRoute();
   state.route = route;
+  if (route.filters) applyListFilters(route.filters);
   $$("[data-nav]").forEach((a) => {
     if (a.dataset.nav === route.page) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   });
@@ -357,7 +359,7 @@ function renderKpis(s) {
     gated ? tile("gated", "Waiting on gate", gated[0], gated[1], "dependency, approval or lock")
       : `<div class="kpi gated"><div class="label">Waiting on gate</div><span class="value faint">—</span><div class="sub">not reported by this server</div></div>`,
     tile("retrying", "Retrying", "queue.retry_wait", q.retry_wait ?? 0, `${stat("queue.dead", q.dead ?? 0, "")} out of attempts`),
-    `<div class="kpi blocked ${blocked ? "hot" : ""}"><div class="label">Blocked</div>${stat("items_per_phase.blocked", blocked)}<div class="sub"><a href="#/items" data-filter-phase="blocked">show blocked items</a></div></div>`,
+    `<div class="kpi blocked ${blocked ? "hot" : ""}"><div class="label">Blocked</div>${stat("items_per_phase.blocked", blocked)}<div class="sub"><a href="#/items?phase=blocked" data-filter-phase="blocked">show blocked items</a></div></div>`,
     tile("questions", "Open questions", "open_human_issues", s.open_human_issues ?? 0, "waiting for a person"),
   ].join("");
   $("#kpis-day").innerHTML = [
@@ -368,7 +370,6 @@ function renderKpis(s) {
     `<div class="kpi spend"><div class="label">Spend 24 h</div><span class="value" data-stat-usd="cost_usd.last_day" data-value="${esc((s.cost_usd || {}).last_day ?? 0)}">${esc(usd((s.cost_usd || {}).last_day ?? 0))}</span>
       <div class="sub"><span data-stat-usd="cost_usd.last_hour" data-value="${esc((s.cost_usd || {}).last_hour ?? 0)}">${esc(usd((s.cost_usd || {}).last_hour ?? 0))}</span> in the last hour</div></div>`,
   ].join("");
-  $$("[data-filter-phase]").forEach((a) => a.addEventListener("click", () => { state.list = { ...state.list, phase: a.dataset.filterPhase, offset: 0 }; }));
 }
 
 function renderPhases(s) {
@@ -376,17 +377,15 @@ function renderPhases(s) {
   const total = PHASES.reduce((n, p) => n + (per[p] || 0), 0);
   $("#phases").innerHTML = `
     <div class="strip" aria-hidden="true">${PHASES.map((p) => per[p] ? `<span style="width:${(100 * per[p]) / total}%;background:${PHASE_COLOR[p]}" title="${p}: ${per[p]}"></span>` : "").join("")}</div>
-    <div class="phase-legend">${PHASES.map((p) => `<div><i class="swatch" style="background:${PHASE_COLOR[p]}"></i><a href="#/items" data-filter-phase="${p}">${p}</a>${per[p] != null ? stat(`items_per_phase.${p}`, per[p], "num") : `<b class="zero">0</b>`}</div>`).join("")}</div>`;
+    <div class="phase-legend">${PHASES.map((p) => `<div><i class="swatch" style="background:${PHASE_COLOR[p]}"></i><a href="#/items?phase=${p}" data-filter-phase="${p}">${p}</a>${per[p] != null ? stat(`items_per_phase.${p}`, per[p], "num") : `<b class="zero">0</b>`}</div>`).join("")}</div>`;
   const projects = Object.keys(s.items_per_project || {});
   const cols = PHASES.filter((p) => projects.some((name) => (s.items_per_project[name] || {})[p] != null));
   $("#per-project").innerHTML = projects.length ? `<div class="table-wrap"><table><thead><tr><th>Project</th>${cols.map((p) => `<th class="num">${p}</th>`).join("")}</tr></thead><tbody>
     ${projects.map((name) => {
       const row = s.items_per_project[name] || {};
-      return `<tr data-project="${esc(name)}"><td><a href="#/items" data-filter-project="${esc(name)}">${esc(name)}</a></td>${cols.map((p) => row[p] != null
+      return `<tr data-project="${esc(name)}"><td><a href="#/items?project=${encodeURIComponent(name)}" data-filter-project="${esc(name)}">${esc(name)}</a></td>${cols.map((p) => row[p] != null
         ? `<td class="num">${stat(`items_per_project.${name}.${p}`, row[p], "num")}</td>` : `<td class="num zero">0</td>`).join("")}</tr>`;
     }).join("")}</tbody></table></div>` : `<p class="empty">No items yet.</p>`;
-  $$("[data-filter-phase]", $("#phases")).forEach((a) => a.addEventListener("click", () => { state.list = { ...state.list, phase: a.dataset.filterPhase, project: "", offset: 0 }; }));
-  $$("[data-filter-project]").forEach((a) => a.addEventListener("click", () => { state.list = { ...state.list, project: a.dataset.filterProject, phase: "", offset: 0 }; }));
 }
 
 function renderWorkers(workers) {
@@ -579,8 +578,32 @@ async function loadProjectsList() {
   return state.projects;
 }
 
+// The items page's filters live in its address (#/items?phase=blocked&q=…), so a view
+// can be bookmarked, shared and reloaded.
+function applyListFilters(params) {
+  const l = { ...LIST_DEFAULTS };
+  for (const key of ["project", "phase", "q", "sort"]) if (params.has(key)) l[key] = params.get(key);
+  const limit = Number(params.get("limit"));
+  if (Number.isInteger(limit) && limit >= 1 && limit <= 500) l.limit = limit;
+  const offset = Number(params.get("offset"));
+  if (Number.isInteger(offset) && offset >= 0) l.offset = offset;
+  state.list = l;
+}
+
+function listAddress() {
+  const shown = new URLSearchParams();
+  for (const [key, value] of Object.entries(state.list)) {
+    if (value !== LIST_DEFAULTS[key] && value !== "") shown.set(key, value);
+  }
+  const qs = shown.toString();
+  return `#/items${qs ? `?${qs}` : ""}`;
+}
+
 async function loadItems() {
   const l = state.list;
+  if (state.route.page === "items" && state.route.item == null && location.hash !== listAddress()) {
+    history.replaceState(null, "", listAddress());
+  }
   const params = new URLSearchParams({ limit: l.limit, offset: l.offset, sort: l.sort });
   if (l.project) params.set("project", l.project);
   if (l.phase) params.set("phase", l.phase);
@@ -648,7 +671,7 @@ function closeDrawer(navigate = true) {
   state.openItem = null;
   $("#drawer").hidden = true;
   $("#scrim").hidden = true;
-  if (navigate) location.hash = state.route.page === "items" ? "#/items" : "#/";
+  if (navigate) location.hash = state.route.page === "items" ? listAddress() : "#/";
 }
 
 async function loadDrawer() {
