@@ -435,7 +435,7 @@ async fn a_release_racing_a_newcomer_hands_it_the_lock() {
     assert_eq!(holder(&db, "db").await, Some(holder_id));
     // The newcomer enters review and finds the lock held; its transaction stays open.
     let mut entering = db.pool.begin().await.unwrap();
-    let entering_pid = backend_pid(&mut *entering).await;
+    let entering_pid = backend_pid(&mut entering).await;
     sqlx::query("update work_items set phase = 'review' where id = $1")
         .bind(newcomer)
         .execute(&mut *entering)
@@ -443,7 +443,7 @@ async fn a_release_racing_a_newcomer_hands_it_the_lock() {
         .unwrap();
     // Meanwhile the holder is merged, in a transaction of its own.
     let mut releasing = db.pool.acquire().await.unwrap();
-    let releasing_pid = backend_pid(&mut *releasing).await;
+    let releasing_pid = backend_pid(&mut releasing).await;
     let release = tokio::spawn(async move {
         sqlx::query("update work_items set phase = 'merged' where id = $1")
             .bind(holder_id)
@@ -544,7 +544,7 @@ async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
     let db = database().await;
     let (waiter, pool, mut busy) = waiter_passed_over(&db).await;
     // The respawn pass is waiting for the busy row when it is freed.
-    let busy_pid = backend_pid(&mut *busy).await;
+    let busy_pid = backend_pid(&mut busy).await;
     wait_until_respawn_waits_for(&db, busy_pid).await;
     busy.commit().await.unwrap();
     wait_for(
@@ -569,7 +569,7 @@ async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
 async fn a_pool_stops_while_its_respawn_waits_for_a_busy_row() {
     let db = database().await;
     let (_, pool, mut busy) = waiter_passed_over(&db).await;
-    let busy_pid = backend_pid(&mut *busy).await;
+    let busy_pid = backend_pid(&mut busy).await;
     wait_until_respawn_waits_for(&db, busy_pid).await;
     tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
         .await
