@@ -9,7 +9,7 @@ use damascus_queue::WorkerPool;
 
 use crate::support::{
     count, database, fast_config, items, listener_backend, observer, runner, wait_for,
-    wait_for_at_least, wait_until_listening_and_idle, ProcessSpec, Script, WorkerProcess,
+    wait_for_at_least, wait_until_listening_and_idle, warm, ProcessSpec, Script, WorkerProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +228,7 @@ async fn the_pool_survives_a_postgres_restart() {
     let url = cluster.layout.url("restart");
     // The product's pool options: it must reconnect with them.
     let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
-        max_connections: 8,
+        max_connections: 16,
         ..Default::default()
     })
     .connect(&url)
@@ -291,6 +291,9 @@ async fn the_pool_survives_a_postgres_restart() {
         Duration::from_secs(90),
     )
     .await;
+    // Reopen the connections the restart closed, so that the pool's last claim stays
+    // visible below.
+    warm(&pool, 12).await;
     let watch = observer(&url).await;
     assert!(
         server_started(&watch).await > server_started_before,

@@ -261,6 +261,31 @@ pub async fn observer(url: &str) -> PgPool {
         .unwrap()
 }
 
+/// Opens `n` connections of `pool` and leaves them idle. A pool hands out the
+/// connection idle longest first, so with many idle, the one a statement just used
+/// is used again only after all the others: while the worker pool is idle, its last
+/// claim stays visible in `pg_stat_activity` (see `wait_until_listening_and_idle`).
+pub async fn warm(pool: &PgPool, n: u32) {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        open.push(pool.acquire().await.unwrap());
+    }
+}
+
+/// A pool for a worker pool under test, in the product's settings, with 16
+/// connections open (`warm`).
+pub async fn warm_pool(url: &str) -> PgPool {
+    let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
+        max_connections: 16,
+        ..Default::default()
+    })
+    .connect(url)
+    .await
+    .unwrap();
+    warm(&pool, 16).await;
+    pool
+}
+
 /// Waits until a worker pool listens on the queue channel and has gone idle since: its
 /// claim loop ran a claim that started after the LISTEN completed and after `after` (a
 /// SQL timestamp), and nothing ran on that connection since. From then on, the loop
@@ -268,7 +293,8 @@ pub async fn observer(url: &str) -> PgPool {
 /// appears meanwhile is not found by a claim already under way.
 ///
 /// Each pool connection shows its last statement in `pg_stat_activity`; the listener's
-/// connection is detached from the pool, so its `LISTEN` stays visible.
+/// connection is detached from the pool, so its `LISTEN` stays visible. The claim's
+/// stays visible if the worker pool has many idle connections (`warm`).
 pub async fn wait_until_listening_and_idle(observer: &PgPool, after: &str) {
     wait_until(
         observer,

@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::support::{
     count, database, fast_config, items, observer, runner, wait_for, wait_until_listening_and_idle,
-    Script,
+    warm_pool, Script,
 };
 
 const JOBS: &str = "select count(*) from mq_msgs where id != uuid_nil()";
@@ -83,8 +83,9 @@ async fn an_update_typed_into_psql_wakes_an_idle_worker() {
     // The pickup must come well before the poll could: this wait is the test's check.
     let pickup_limit = Duration::from_secs(5);
     assert!(pickup_limit * 2 < config.poll_interval);
+    let pool = warm_pool(&db.url).await;
     let workers = WorkerPool::start(
-        db.pool.clone(),
+        pool.clone(),
         config,
         runner(Script::NeedsHuman, Duration::ZERO),
     )
@@ -104,6 +105,7 @@ async fn an_update_typed_into_psql_wakes_an_idle_worker() {
         .unwrap();
     wait_for(&db.pool, "select count(*) from test_runs", 1, pickup_limit).await;
     workers.shutdown().await;
+    pool.close().await;
     let run: (i64, String) = sqlx::query_as("select item_id, phase from test_runs")
         .fetch_one(&db.pool)
         .await
