@@ -6,8 +6,8 @@ use damascus_db::operator;
 use damascus_queue::run_until_idle;
 
 use crate::support::{
-    backend_pid, count, database, fast_config, items, runner, wait_for, wait_until,
-    wait_until_blocked_by, Script,
+    backend_pid, count, database, fast_config, items, listener_backend, observer, runner, wait_for,
+    wait_until, wait_until_blocked_by, warm_pool, Script,
 };
 
 const JOBS: &str = "select count(*) from damascus_jobs";
@@ -511,12 +511,28 @@ async fn waiter_passed_over(
         ..fast_config(2)
     };
     let pool = damascus_queue::WorkerPool::start(
-        db.pool.clone(),
+        warm_pool(&db.url).await,
         config,
         runner(Script::HangFirstRun, Duration::ZERO),
     )
     .await
     .unwrap();
+    // Before the release, the pool listens (it must hear the hand-over's request), and
+    // its reaper's first round has passed its respawn step (the next round is ten minutes
+    // away): a respawn pass that runs after the release is the one the request started.
+    let watch = observer(&db.url).await;
+    listener_backend(&watch).await;
+    wait_until(
+        &watch,
+        &format!(
+            "select exists (select 1 from pg_stat_activity where datname = current_database()
+              and state = 'idle' and query like '{RESPAWN_PASS}%')"
+        ),
+        "the reaper's first round to pass its respawn step",
+        Duration::from_secs(20),
+    )
+    .await;
+    watch.close().await;
     let mut busy = db.pool.begin().await.unwrap();
     sqlx::query("select 1 from work_items where id = $1 for update")
         .bind(waiter)
@@ -577,8 +593,11 @@ async fn a_pool_stops_while_its_respawn_waits_for_a_busy_row() {
     busy.rollback().await.unwrap();
 }
 
-/// Waits until the pool's respawn pass (`jobs::respawn_jobless`) waits for a row lock
-/// held by backend `blocker`.
+/// How the statement of a respawn pass (`jobs::respawn_jobless`, also the reaper's last
+/// step) begins, to find it in `pg_stat_activity`.
+const RESPAWN_PASS: &str = "update work_items i set updated_at = now()";
+
+/// Waits until the pool's respawn pass waits for a row lock held by backend `blocker`.
 async fn wait_until_respawn_waits_for(db: &damascus_testdb::TestDatabase, blocker: i32) {
     wait_until(
         &db.pool,
@@ -586,7 +605,7 @@ async fn wait_until_respawn_waits_for(db: &damascus_testdb::TestDatabase, blocke
             "select exists (select 1 from pg_stat_activity a
               where a.datname = current_database() and a.wait_event_type = 'Lock'
                 and {blocker} = any(pg_blocking_pids(a.pid))
-                and a.query like 'update work_items i set updated_at = now()%')"
+                and a.query like '{RESPAWN_PASS}%')"
         ),
         "the respawn pass to wait for the busy row",
         Duration::from_secs(10),
