@@ -282,26 +282,36 @@ async fn the_pool_survives_a_postgres_restart() {
     })
     .await
     .unwrap();
+    // Open the connections the restart closed, so that the pool's last claim stays
+    // visible below. From here the test reads through an observer of its own: its
+    // queries on the worker pool's connections would hide that claim.
+    warm(&pool, 12).await;
+    let watch = observer(&url).await;
+    assert!(
+        count(
+            &watch,
+            "select count(*) from work_items where phase = 'merged'"
+        )
+        .await
+            < 20,
+        "all the work was done before the connections were opened again"
+    );
+    assert!(
+        server_started(&watch).await > server_started_before,
+        "the server did not restart"
+    );
     // The work cut by the restart (a claim, a run or an end that failed) is retried
     // on the new server: no poll, no NOTIFY needed.
     wait_for(
-        &pool,
+        &watch,
         "select count(*) from work_items where phase = 'merged'",
         20,
         Duration::from_secs(90),
     )
     .await;
-    // Reopen the connections the restart closed, so that the pool's last claim stays
-    // visible below.
-    warm(&pool, 12).await;
-    let watch = observer(&url).await;
-    assert!(
-        server_started(&watch).await > server_started_before,
-        "the server did not restart"
-    );
     assert!(
         count(
-            &pool,
+            &watch,
             "select count(*) from test_runs where started_at > pg_postmaster_start_time()"
         )
         .await

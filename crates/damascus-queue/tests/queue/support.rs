@@ -261,14 +261,23 @@ pub async fn observer(url: &str) -> PgPool {
         .unwrap()
 }
 
-/// Opens `n` connections of `pool` and leaves them idle. A pool hands out the
-/// connection idle longest first, so with many idle, the one a statement just used
-/// is used again only after all the others: while the worker pool is idle, its last
-/// claim stays visible in `pg_stat_activity` (see `wait_until_listening_and_idle`).
-pub async fn warm(pool: &PgPool, n: u32) {
+/// Opens `n` live connections of `pool` and leaves them idle (a connection a server
+/// restart closed is dropped and replaced). A pool hands out the connection idle
+/// longest first, so with many idle, the one a statement just used is used again only
+/// after all the others: while the worker pool is idle, its last claim stays visible
+/// in `pg_stat_activity` (see `wait_until_listening_and_idle`).
+pub async fn warm(pool: &PgPool, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut open = Vec::new();
-    for _ in 0..n {
-        open.push(pool.acquire().await.unwrap());
+    while open.len() < n {
+        let mut conn = pool.acquire().await.unwrap();
+        match sqlx::query("select 1").execute(&mut *conn).await {
+            Ok(_) => open.push(conn),
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "cannot open {n} connections: {e}"
+            ),
+        }
     }
 }
 
