@@ -75,7 +75,9 @@ async fn every_product_table_exists() {
     }
 }
 
-/// The database, not only the code, refuses values outside the vocabularies.
+/// The database, not only the code, refuses values outside the vocabularies: each
+/// statement is refused by the one rule it breaks (SQLSTATE and constraint), not by
+/// whatever else happens to be wrong with it.
 #[tokio::test]
 async fn database_constraints_hold_for_psql_users() {
     let db = TestDatabase::new().await;
@@ -83,18 +85,79 @@ async fn database_constraints_hold_for_psql_users() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let refused = [
-        "insert into projects (name, repository) values ('Bad Name', '/x')",
-        "insert into projects (name, repository, forge_kind) values ('gh', '/x', 'github')",
-        "insert into work_items (project_id, title, max_attempts_per_phase, max_attempts_total) select id, '  ', 3, 10 from projects",
-        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total) select id, 't', 'done', 3, 10 from projects",
-        "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total) select id, 't', 'blocked', 3, 10 from projects",
-        "insert into work_items (project_id, title, max_attempts_per_phase, max_attempts_total) values (999, 't', 3, 10)",
+    // (statement, SQLSTATE, constraint; None where PostgreSQL names none)
+    let refused: [(&str, &str, Option<&str>); 7] = [
+        (
+            "insert into projects (name, repository) values ('Bad Name', '/x')",
+            CHECK_VIOLATION,
+            Some("projects_name_format"),
+        ),
+        (
+            "insert into projects (name, repository) values ('web', '/srv/other.git')",
+            UNIQUE_VIOLATION,
+            Some("projects_name_key"),
+        ),
+        (
+            "insert into projects (name, repository, forge_kind) values ('gh', '/x', 'github')",
+            CHECK_VIOLATION,
+            Some("projects_forge_repo_required"),
+        ),
+        (
+            "insert into work_items (project_id, title, max_attempts_per_phase, max_attempts_total) select id, '  ', 3, 10 from projects",
+            CHECK_VIOLATION,
+            Some("work_items_title_present"),
+        ),
+        // An enum, not a CHECK: the value cannot even be read as a phase.
+        (
+            "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total) select id, 't', 'done', 3, 10 from projects",
+            INVALID_TEXT_REPRESENTATION,
+            None,
+        ),
+        (
+            "insert into work_items (project_id, title, phase, max_attempts_per_phase, max_attempts_total) select id, 't', 'blocked', 3, 10 from projects",
+            CHECK_VIOLATION,
+            Some("work_items_blocked_resumes"),
+        ),
+        (
+            "insert into work_items (project_id, title, max_attempts_per_phase, max_attempts_total) values (999, 't', 3, 10)",
+            FOREIGN_KEY_VIOLATION,
+            Some("work_items_project_id_fkey"),
+        ),
     ];
-    for sql in refused {
-        assert!(
-            sqlx::query(sql).execute(&db.pool).await.is_err(),
-            "accepted: {sql}"
+    for (sql, code, constraint) in refused {
+        let err = match sqlx::query(sql).execute(&db.pool).await {
+            Ok(_) => panic!("accepted: {sql}"),
+            Err(e) => e,
+        };
+        let db_err = err
+            .as_database_error()
+            .unwrap_or_else(|| panic!("refused by the client, not the database ({err}): {sql}"));
+        assert_eq!(
+            (db_err.code().as_deref(), db_err.constraint()),
+            (Some(code), constraint),
+            "refused for another reason ({db_err}): {sql}"
         );
+        if constraint.is_none() {
+            assert!(
+                db_err.message().contains("enum work_phase"),
+                "refused for another reason ({db_err}): {sql}"
+            );
+        }
     }
+    // Nothing of it was written.
+    let projects: i64 = sqlx::query_scalar("select count(*) from projects")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let items: i64 = sqlx::query_scalar("select count(*) from work_items")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((projects, items), (1, 0));
 }
+
+/// SQLSTATEs of the refusals above (PostgreSQL, Appendix A).
+const CHECK_VIOLATION: &str = "23514";
+const UNIQUE_VIOLATION: &str = "23505";
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+const INVALID_TEXT_REPRESENTATION: &str = "22P02";

@@ -8,7 +8,8 @@ use damascus_db::cluster::{Durability, EmbeddedCluster};
 use damascus_queue::WorkerPool;
 
 use crate::support::{
-    count, database, fast_config, items, runner, wait_for, ProcessSpec, Script, WorkerProcess,
+    count, database, fast_config, items, listener_backend, observer, runner, wait_for,
+    wait_for_at_least, wait_until_listening_and_idle, warm, ProcessSpec, Script, WorkerProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,20 +109,41 @@ async fn three_processes_never_run_more_than_the_global_cap() {
     for process in processes {
         process.stop();
     }
+    // Sampled: never more than the cap held, and the cap full at some moment.
     assert!(max_held <= 4, "sampled {max_held} held slots");
-    // From the runs' own clocks: the most phases running at one instant.
-    let overlap = count(
-        &db.pool,
-        "select max(running)::int8 from (
-            select sum(delta) over (order by at, delta) as running from (
-                select started_at as at, 1 as delta from test_runs
-                union all select ended_at, -1 from test_runs) edges) timeline",
+    assert_eq!(
+        max_held, 4,
+        "the cap was never seen full (at most {max_held})"
+    );
+    // From the runs' own clocks, every run counted: the most phases running at one
+    // instant, and the most running at one instant in more than one process.
+    let (overlap, shared_overlap): (i64, i64) = sqlx::query_as(
+        "select max(running), coalesce(max(running) filter (where processes > 1), 0)
+         from (select count(*) as running, count(distinct other.pid) as processes
+               from test_runs r join test_runs other
+                 on other.started_at <= r.started_at and other.ended_at > r.started_at
+               group by r.id) at_each_start",
     )
-    .await;
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from test_runs where ended_at is null"
+        )
+        .await,
+        0,
+        "a run has no end; the overlap below would miss it"
+    );
     assert!(overlap <= 4, "{overlap} phases ran at once");
-    assert!(
-        overlap >= 2,
-        "the cap was never used ({overlap}); the test proves nothing"
+    assert_eq!(
+        overlap, 4,
+        "the cap was never reached; the test proves nothing"
+    );
+    assert_eq!(
+        shared_overlap, 4,
+        "the cap was never full while two processes ran: it was not shown to be global"
     );
     assert_eq!(
         count(&db.pool, "select count(distinct pid) from test_runs").await,
@@ -187,7 +209,9 @@ async fn a_killed_worker_loses_its_claim_and_the_job_completes_elsewhere() {
 }
 
 /// A private cluster (the shared test cluster must not restart under other tests) is
-/// restarted while a pool works; the pool reconnects, listens again and finishes.
+/// restarted while a pool works; the pool reconnects, finishes the work the restart
+/// cut, listens again (a new LISTEN session on the new server) and, idle, is woken by
+/// NOTIFY for new work: its poll is ten minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_survives_a_postgres_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,7 +228,7 @@ async fn the_pool_survives_a_postgres_restart() {
     let url = cluster.layout.url("restart");
     // The product's pool options: it must reconnect with them.
     let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
-        max_connections: 8,
+        max_connections: 16,
         ..Default::default()
     })
     .connect(&url)
@@ -226,15 +250,24 @@ async fn the_pool_survives_a_postgres_restart() {
     items(&pool, 20, 3, 10).await;
     let mut config = fast_config(4);
     config.lease = Duration::from_secs(5);
-    config.poll_interval = Duration::from_secs(30);
+    // The safety-net poll never comes round during this test (every wait below is far
+    // shorter): work found after the restart was found by claims that failed and were
+    // retried, by the listener's poke after it reconnected, or by NOTIFY on the new LISTEN.
+    config.poll_interval = Duration::from_secs(600);
+    // No reaper round in the way of what `pg_stat_activity` shows of the pool.
+    config.reap_interval = Duration::from_secs(600);
     let workers = WorkerPool::start(
         pool.clone(),
         config,
-        runner(Script::Pass, Duration::from_millis(50)),
+        runner(Script::Pass, Duration::from_millis(100)),
     )
     .await
     .unwrap();
-    wait_for(
+    let watch = observer(&url).await;
+    let listener_before = listener_backend(&watch).await;
+    let server_started_before = server_started(&watch).await;
+    watch.close().await;
+    wait_for_at_least(
         &pool,
         "select count(*) from test_runs",
         4,
@@ -249,15 +282,60 @@ async fn the_pool_survives_a_postgres_restart() {
     })
     .await
     .unwrap();
-    // New work after the restart arrives by NOTIFY on the re-established LISTEN.
+    // Open the connections the restart closed, so that the pool's last claim stays
+    // visible below. From here the test reads through an observer of its own: its
+    // queries on the worker pool's connections would hide that claim.
+    warm(&pool, 12).await;
+    let watch = observer(&url).await;
+    assert!(
+        count(
+            &watch,
+            "select count(*) from work_items where phase = 'merged'"
+        )
+        .await
+            < 20,
+        "all the work was done before the connections were opened again"
+    );
+    assert!(
+        server_started(&watch).await > server_started_before,
+        "the server did not restart"
+    );
+    // The work cut by the restart (a claim, a run or an end that failed) is retried
+    // on the new server: no poll, no NOTIFY needed.
+    wait_for(
+        &watch,
+        "select count(*) from work_items where phase = 'merged'",
+        20,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert!(
+        count(
+            &watch,
+            "select count(*) from test_runs where started_at > pg_postmaster_start_time()"
+        )
+        .await
+            > 0,
+        "all the work was done before the restart; the test proves nothing"
+    );
+    // The listener connected and LISTENed again, and the pool has gone idle: it
+    // claimed once more after its last item merged and after the new LISTEN.
+    wait_until_listening_and_idle(&watch, "(select max(updated_at) from work_items)").await;
+    let listener_after = listener_backend(&watch).await;
+    assert_ne!(
+        listener_after, listener_before,
+        "the LISTEN session is not new"
+    );
+    // New work for an idle pool is found only through the re-established LISTEN.
     items(&pool, 5, 3, 10).await;
     wait_for(
         &pool,
         "select count(*) from work_items where phase = 'merged'",
         25,
-        Duration::from_secs(90),
+        Duration::from_secs(30),
     )
     .await;
+    watch.close().await;
     workers.shutdown().await;
     // Runs cut by the restart were retried; every step was still recorded exactly once.
     assert_eq!(
@@ -270,4 +348,12 @@ async fn the_pool_survives_a_postgres_restart() {
     );
     pool.close().await;
     cluster.stop().unwrap();
+}
+
+/// When the server behind `pool` started, in seconds since the epoch.
+async fn server_started(pool: &sqlx::PgPool) -> f64 {
+    sqlx::query_scalar("select extract(epoch from pg_postmaster_start_time())::float8")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 use damascus_db::operator;
 use damascus_queue::run_until_idle;
 
-use crate::support::{count, database, fast_config, items, runner, wait_for, Script};
+use crate::support::{
+    backend_pid, count, database, fast_config, items, listener_backend, observer, runner, wait_for,
+    wait_until, wait_until_blocked_by, warm_pool, Script,
+};
 
 const JOBS: &str = "select count(*) from damascus_jobs";
 
@@ -432,21 +435,24 @@ async fn a_release_racing_a_newcomer_hands_it_the_lock() {
     assert_eq!(holder(&db, "db").await, Some(holder_id));
     // The newcomer enters review and finds the lock held; its transaction stays open.
     let mut entering = db.pool.begin().await.unwrap();
+    let entering_pid = backend_pid(&mut entering).await;
     sqlx::query("update work_items set phase = 'review' where id = $1")
         .bind(newcomer)
         .execute(&mut *entering)
         .await
         .unwrap();
     // Meanwhile the holder is merged, in a transaction of its own.
-    let pool = db.pool.clone();
+    let mut releasing = db.pool.acquire().await.unwrap();
+    let releasing_pid = backend_pid(&mut releasing).await;
     let release = tokio::spawn(async move {
         sqlx::query("update work_items set phase = 'merged' where id = $1")
             .bind(holder_id)
-            .execute(&pool)
+            .execute(&mut *releasing)
             .await
             .unwrap();
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The release is waiting for the newcomer's transaction before that commits.
+    wait_until_blocked_by(&db.pool, entering_pid, Some(releasing_pid)).await;
     entering.commit().await.unwrap();
     release.await.unwrap();
     assert_eq!(holder(&db, "db").await, Some(newcomer));
@@ -505,12 +511,28 @@ async fn waiter_passed_over(
         ..fast_config(2)
     };
     let pool = damascus_queue::WorkerPool::start(
-        db.pool.clone(),
+        warm_pool(&db.url).await,
         config,
         runner(Script::HangFirstRun, Duration::ZERO),
     )
     .await
     .unwrap();
+    // Before the release, the pool listens (it must hear the hand-over's request), and
+    // its reaper's first round has passed its respawn step (the next round is ten minutes
+    // away): a respawn pass that runs after the release is the one the request started.
+    let watch = observer(&db.url).await;
+    listener_backend(&watch).await;
+    wait_until(
+        &watch,
+        &format!(
+            "select exists (select 1 from pg_stat_activity where datname = current_database()
+              and state = 'idle' and query like '{RESPAWN_PASS}%')"
+        ),
+        "the reaper's first round to pass its respawn step",
+        Duration::from_secs(20),
+    )
+    .await;
+    watch.close().await;
     let mut busy = db.pool.begin().await.unwrap();
     sqlx::query("select 1 from work_items where id = $1 for update")
         .bind(waiter)
@@ -536,8 +558,10 @@ async fn waiter_passed_over(
 #[tokio::test]
 async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
     let db = database().await;
-    let (waiter, pool, busy) = waiter_passed_over(&db).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (waiter, pool, mut busy) = waiter_passed_over(&db).await;
+    // The respawn pass is waiting for the busy row when it is freed.
+    let busy_pid = backend_pid(&mut busy).await;
+    wait_until_respawn_waits_for(&db, busy_pid).await;
     busy.commit().await.unwrap();
     wait_for(
         &db.pool,
@@ -560,10 +584,31 @@ async fn a_waiter_passed_over_while_busy_gets_the_lock_once_its_row_is_free() {
 #[tokio::test]
 async fn a_pool_stops_while_its_respawn_waits_for_a_busy_row() {
     let db = database().await;
-    let (_, pool, busy) = waiter_passed_over(&db).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, pool, mut busy) = waiter_passed_over(&db).await;
+    let busy_pid = backend_pid(&mut busy).await;
+    wait_until_respawn_waits_for(&db, busy_pid).await;
     tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
         .await
         .expect("the pool stopped while the waiter's row was still held");
     busy.rollback().await.unwrap();
+}
+
+/// How the statement of a respawn pass (`jobs::respawn_jobless`, also the reaper's last
+/// step) begins, to find it in `pg_stat_activity`.
+const RESPAWN_PASS: &str = "update work_items i set updated_at = now()";
+
+/// Waits until the pool's respawn pass waits for a row lock held by backend `blocker`.
+async fn wait_until_respawn_waits_for(db: &damascus_testdb::TestDatabase, blocker: i32) {
+    wait_until(
+        &db.pool,
+        &format!(
+            "select exists (select 1 from pg_stat_activity a
+              where a.datname = current_database() and a.wait_event_type = 'Lock'
+                and {blocker} = any(pg_blocking_pids(a.pid))
+                and a.query like '{RESPAWN_PASS}%')"
+        ),
+        "the respawn pass to wait for the busy row",
+        Duration::from_secs(10),
+    )
+    .await;
 }

@@ -186,6 +186,166 @@ pub async fn wait_for(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
     }
 }
 
+/// Polls `sql` (a count) until it reaches at least `want`, for at most `limit`: for
+/// counts that may jump past a value between two polls.
+pub async fn wait_for_at_least(pool: &PgPool, sql: &str, want: i64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = count(pool, sql).await;
+        if got >= want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {limit:?} for `{sql}` >= {want}, still {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `sql` (a boolean) until it is true, for at most `limit`; `what` says in the
+/// failure what never happened.
+pub async fn wait_until(pool: &PgPool, sql: &str, what: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let holds: bool = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+        if holds {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {limit:?} for {what}: `{sql}` stayed false"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The server process behind a connection, to find it in `pg_locks` and
+/// `pg_stat_activity`.
+pub async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until a backend of this database waits for a lock that backend `blocker`
+/// holds (and, if given, that this backend is `waiter`): the race is on, not merely
+/// about to start.
+pub async fn wait_until_blocked_by(pool: &PgPool, blocker: i32, waiter: Option<i32>) {
+    let waiter = waiter.map_or("true".to_owned(), |pid| format!("a.pid = {pid}"));
+    wait_until(
+        pool,
+        &format!(
+            "select exists (select 1 from pg_stat_activity a
+              where a.datname = current_database() and a.wait_event_type = 'Lock'
+                and {blocker} = any(pg_blocking_pids(a.pid)) and {waiter})"
+        ),
+        &format!("a backend to wait for a lock held by backend {blocker}"),
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// The channel the queue's listener LISTENs on (`damascus_queue::listener`, private).
+const QUEUE_CHANNEL: &str = "mq_damascus.advance";
+
+/// A one-connection pool of its own for watching `pg_stat_activity`: the worker pool's
+/// connections keep the last statement they ran, and borrowing one of them to look
+/// would overwrite it.
+pub async fn observer(url: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// Opens `n` live connections of `pool` and leaves them idle (a connection a server
+/// restart closed is dropped and replaced). A pool hands out the connection idle
+/// longest first, so with many idle, the one a statement just used is used again only
+/// after all the others: while the worker pool is idle, its last claim stays visible
+/// in `pg_stat_activity` (see `wait_until_listening_and_idle`).
+pub async fn warm(pool: &PgPool, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut open = Vec::new();
+    while open.len() < n {
+        let mut conn = pool.acquire().await.unwrap();
+        match sqlx::query("select 1").execute(&mut *conn).await {
+            Ok(_) => open.push(conn),
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "cannot open {n} connections: {e}"
+            ),
+        }
+    }
+}
+
+/// A pool for a worker pool under test, in the product's settings, with 16
+/// connections open (`warm`).
+pub async fn warm_pool(url: &str) -> PgPool {
+    let pool = damascus_db::connect::pool_options(damascus_db::connect::PoolSettings {
+        max_connections: 16,
+        ..Default::default()
+    })
+    .connect(url)
+    .await
+    .unwrap();
+    warm(&pool, 16).await;
+    pool
+}
+
+/// Waits until a worker pool listens on the queue channel and has gone idle since: its
+/// claim loop ran a claim that started after the LISTEN completed and after `after` (a
+/// SQL timestamp), and nothing ran on that connection since. From then on, the loop
+/// claims again only when the listener wakes it or its poll comes round; a job that
+/// appears meanwhile is not found by a claim already under way.
+///
+/// Each pool connection shows its last statement in `pg_stat_activity`; the listener's
+/// connection is detached from the pool, so its `LISTEN` stays visible. The claim's
+/// stays visible if the worker pool has many idle connections (`warm`).
+pub async fn wait_until_listening_and_idle(observer: &PgPool, after: &str) {
+    wait_until(
+        observer,
+        &format!(
+            "select exists (select 1 from pg_stat_activity l, pg_stat_activity c
+              where l.datname = current_database() and l.state = 'idle'
+                and l.query like 'LISTEN %' and l.query like '%\"{channel}\"%'
+                and c.datname = current_database() and c.state = 'idle'
+                and c.query like '%from damascus_claim(%'
+                and c.query_start > l.state_change and c.query_start > {after})",
+            channel = QUEUE_CHANNEL,
+        ),
+        "the pool to listen and then claim once more (idle)",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// The backend holding the queue's LISTEN, once there is one.
+pub async fn listener_backend(observer: &PgPool) -> i32 {
+    let sql = format!(
+        "select pid from pg_stat_activity where datname = current_database() and state = 'idle'
+          and query like 'LISTEN %' and query like '%\"{}\"%'",
+        QUEUE_CHANNEL
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = sqlx::query_scalar(&sql)
+            .fetch_optional(observer)
+            .await
+            .unwrap()
+        {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backend listens on the queue channel: `{sql}`"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A worker pool in a child process of its own.
 pub struct WorkerProcess {
     pub child: Child,

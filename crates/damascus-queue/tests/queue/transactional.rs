@@ -1,12 +1,15 @@
 //! Jobs are part of the transaction that makes an item runnable, and any committed
 //! change that makes an item runnable wakes a worker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use damascus_queue::WorkerPool;
 use sqlx::{Connection, PgConnection};
 
-use crate::support::{count, database, fast_config, items, runner, wait_for, Script};
+use crate::support::{
+    count, database, fast_config, items, observer, runner, wait_for, wait_until_listening_and_idle,
+    warm_pool, Script,
+};
 
 const JOBS: &str = "select count(*) from mq_msgs where id != uuid_nil()";
 
@@ -75,36 +78,34 @@ async fn an_update_typed_into_psql_wakes_an_idle_worker() {
     let mut config = fast_config(2);
     config.poll_interval = Duration::from_secs(60);
     config.reap_interval = Duration::from_secs(60);
+    // Keep-alives (every lease/3) stay out of the way of what `pg_stat_activity` shows.
+    config.lease = Duration::from_secs(30);
+    // The pickup must come well before the poll could: this wait is the test's check.
+    let pickup_limit = Duration::from_secs(5);
+    assert!(pickup_limit * 2 < config.poll_interval);
+    let pool = warm_pool(&db.url).await;
     let workers = WorkerPool::start(
-        db.pool.clone(),
+        pool.clone(),
         config,
         runner(Script::NeedsHuman, Duration::ZERO),
     )
     .await
     .unwrap();
-    // Let the pool finish its first claim and go idle.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The pool has registered its LISTEN and claimed once after it (the listener's poke
+    // on connecting), finding nothing: only a wake-up makes it claim again before the poll.
+    let watch = observer(&db.url).await;
+    wait_until_listening_and_idle(&watch, "'-infinity'").await;
+    watch.close().await;
 
     let mut psql = PgConnection::connect(&db.url).await.unwrap();
-    let committed = Instant::now();
     sqlx::query("update work_items set phase = 'build', resume_phase = null where id = $1")
         .bind(id)
         .execute(&mut psql)
         .await
         .unwrap();
-    wait_for(
-        &db.pool,
-        "select count(*) from test_runs",
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
-    let picked_up = committed.elapsed();
+    wait_for(&db.pool, "select count(*) from test_runs", 1, pickup_limit).await;
     workers.shutdown().await;
-    assert!(
-        picked_up < Duration::from_secs(30),
-        "woken by the poll, not by NOTIFY ({picked_up:?})"
-    );
+    pool.close().await;
     let run: (i64, String) = sqlx::query_as("select item_id, phase from test_runs")
         .fetch_one(&db.pool)
         .await
