@@ -25,8 +25,10 @@ async fn history_counts_transitions_spend_and_lead_times() {
         .execute(pool)
         .await
         .unwrap();
-    // Transitions: three into build now, one merged two hours ago, one blocked three
-    // hours ago, and one two days ago (outside a 24 h window).
+    // Transitions: three into build in the last minutes, one merged two hours ago, one
+    // blocked three hours ago, and one two days ago (outside a 24 h window). The recent
+    // ones are kept inside the current hour's bucket, also when the test runs in the
+    // first minutes of an hour.
     for (to, ago) in [
         ("build", "0 minutes"),
         ("build", "1 minute"),
@@ -37,7 +39,10 @@ async fn history_counts_transitions_spend_and_lead_times() {
     ] {
         sqlx::query(
             "insert into events_outbox (item_id, project_id, kind, payload, created_at)
-             select $1, project_id, 'item.phase_changed', jsonb_build_object('from', 'spec', 'to', $2::text), now() - $3::interval
+             select $1, project_id, 'item.phase_changed', jsonb_build_object('from', 'spec', 'to', $2::text),
+                    case when $3::interval < interval '1 hour'
+                         then greatest(now() - $3::interval, date_bin(interval '1 hour', now(), timestamptz 'epoch'))
+                         else now() - $3::interval end
              from work_items where id = $1",
         )
         .bind(first)
