@@ -4,8 +4,9 @@
 //! insert into `bench_commits` in autocommit:
 //!
 //! - this crate's client (sqlx, one task per connection on the command's
-//!   multi-threaded runtime) at a few client counts (`client_counts`), keeping the
-//!   best; the machine's CPU per commit is measured on that best run;
+//!   multi-threaded runtime) at a few client counts (`client_counts`, then
+//!   `further_count` while more clients still pay), keeping the best; the machine's
+//!   CPU per commit is measured on that best run;
 //! - pgbench, when it is installed (PATH, then `/usr/lib/postgresql/*/bin` from the
 //!   newest major down), at the same client counts with one thread per core, running
 //!   `sql/pgbench-insert.sql` with prepared statements, keeping the best.
@@ -116,8 +117,15 @@ impl Baseline {
     }
 }
 
-/// The client counts tried: the pool's `concurrency`, twice and four times that (more
-/// sessions waiting on one WAL flush commit together), none above `limit`, at least one.
+/// At most this many client counts per measurement.
+const MAX_CLIENT_COUNTS: usize = 6;
+
+/// A doubling of the clients must raise the rate by this much to try another one.
+const WORTH_DOUBLING: f64 = 1.05;
+
+/// The client counts tried first: the pool's `concurrency`, twice and four times that
+/// (more sessions waiting on one WAL flush commit together), none above `limit`, at
+/// least one.
 pub fn client_counts(concurrency: u32, limit: u32) -> Vec<u32> {
     let mut counts: Vec<u32> = [1, 2, 4]
         .iter()
@@ -127,16 +135,35 @@ pub fn client_counts(concurrency: u32, limit: u32) -> Vec<u32> {
     counts
 }
 
+/// The next client count after `runs` (in the order tried): twice the last one (at
+/// most `limit`) while the last one is the best so far and beat the one before it by
+/// `WORTH_DOUBLING`, so a server that still gains from more sessions is followed up.
+pub fn further_count(runs: &[ClientRun], limit: u32) -> Option<u32> {
+    let [.., before, last] = runs else {
+        return None;
+    };
+    let best = runs
+        .iter()
+        .all(|r| r.commits_per_second <= last.commits_per_second);
+    let gained = last.commits_per_second >= WORTH_DOUBLING * before.commits_per_second;
+    (runs.len() < MAX_CLIENT_COUNTS && best && gained && last.clients < limit)
+        .then(|| last.clients.saturating_mul(2).min(limit))
+}
+
 /// Measures the baseline in `pool`'s scratch database (migrated, with the bench's
-/// tables), reached by pgbench at `database_url`. `pool` must allow the largest count.
+/// tables), reached by pgbench at `database_url`: `counts` first, then
+/// `further_count`'s up to `limit`; pgbench at the same counts. `pool` must allow
+/// `limit` connections.
 pub async fn measure(
     pool: &PgPool,
     database_url: &str,
     counts: &[u32],
+    limit: u32,
     duration: Duration,
 ) -> DbResult<Baseline> {
-    let mut own = Vec::with_capacity(counts.len());
-    for &clients in counts {
+    let mut own: Vec<ClientRun> = Vec::with_capacity(MAX_CLIENT_COUNTS);
+    let mut next = counts.first().copied();
+    while let Some(clients) = next {
         let meter = CpuMeter::start();
         let rate = statements::single_row_commit_rate(pool, clients, duration).await?;
         own.push(ClientRun {
@@ -144,12 +171,16 @@ pub async fn measure(
             commits_per_second: rate,
             cpu: meter.stop(),
         });
+        next = counts
+            .get(own.len())
+            .copied()
+            .or_else(|| further_count(&own, limit));
     }
+    let counts: Vec<u32> = own.iter().map(|r| r.clients).collect();
     let pgbench = match find_pgbench() {
         None => Pgbench::NotInstalled,
         Some(program) => {
             let database_url = database_url.to_owned();
-            let counts = counts.to_vec();
             tokio::task::spawn_blocking(move || {
                 run_pgbench(&program, &database_url, &counts, duration)
             })
@@ -341,6 +372,47 @@ mod tests {
                 cpu: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn more_clients_are_tried_while_they_still_pay() {
+        // Still rising by 5% or more at the last count: double it, up to the limit.
+        assert_eq!(
+            further_count(&own(&[(8, 4_000.0), (16, 7_800.0), (32, 9_400.0)]), 100),
+            Some(64)
+        );
+        assert_eq!(
+            further_count(&own(&[(8, 4_000.0), (16, 7_800.0), (32, 9_400.0)]), 40),
+            Some(40)
+        );
+        // Flat, falling, or the best was earlier: stop.
+        assert_eq!(
+            further_count(&own(&[(8, 4_000.0), (16, 9_000.0), (32, 9_200.0)]), 100),
+            None
+        );
+        assert_eq!(
+            further_count(&own(&[(8, 4_000.0), (16, 9_000.0), (32, 8_000.0)]), 100),
+            None
+        );
+        assert_eq!(
+            further_count(&own(&[(8, 9_000.0), (16, 7_000.0), (32, 8_000.0)]), 100),
+            None
+        );
+        // At the limit, after the most counts, or with fewer than two runs: stop.
+        assert_eq!(
+            further_count(&own(&[(16, 7_800.0), (32, 9_400.0)]), 32),
+            None
+        );
+        let six = own(&[
+            (1, 1.0),
+            (2, 2.0),
+            (4, 4.0),
+            (8, 8.0),
+            (16, 16.0),
+            (32, 32.0),
+        ]);
+        assert_eq!(further_count(&six, 1_000), None);
+        assert_eq!(further_count(&own(&[(8, 9_000.0)]), 100), None);
     }
 
     fn pgbench(clients: u32, commits_per_second: f64) -> PgbenchRun {

@@ -315,7 +315,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Runs the whole bench on the server at `server_url`, each part in a scratch database
 /// that is dropped afterwards.
 pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport> {
-    let counts = baseline_client_counts(server_url, config).await?;
+    let (counts, limit) = baseline_client_counts(server_url, config).await?;
     let mut rounds = Vec::new();
     for round in 0..config.rounds.max(1) {
         let mut backlogs = Vec::new();
@@ -329,16 +329,11 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
             backlogs.push(result);
         }
         let label = format!("commit_{round}");
-        let baseline = with_scratch_database_sized(
-            server_url,
-            &label,
-            counts.iter().copied().max().unwrap_or(1) + 1,
-            |pool, url| {
-                let counts = counts.clone();
-                let duration = config.commit_duration;
-                async move { baseline::measure(&pool, &url, &counts, duration).await }
-            },
-        )
+        let baseline = with_scratch_database_sized(server_url, &label, limit + 1, |pool, url| {
+            let counts = counts.clone();
+            let duration = config.commit_duration;
+            async move { baseline::measure(&pool, &url, &counts, limit, duration).await }
+        })
         .await?;
         let label = format!("bare_queue_{round}");
         let bare_jobs = config.backlogs.iter().copied().max().unwrap_or(1);
@@ -378,10 +373,13 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
     })
 }
 
-/// The baseline's client counts (`baseline::client_counts`), within the connections
-/// the server has left: half of them, since the pool's idle sessions stay open while
-/// pgbench runs.
-async fn baseline_client_counts(server_url: &str, config: &BenchConfig) -> DbResult<Vec<u32>> {
+/// The baseline's first client counts (`baseline::client_counts`) and the most it may
+/// open: half the connections the server has left, since the pool's idle sessions
+/// stay open while pgbench runs.
+async fn baseline_client_counts(
+    server_url: &str,
+    config: &BenchConfig,
+) -> DbResult<(Vec<u32>, u32)> {
     let pool = damascus_db::connect::pool_options(damascus_db::PoolSettings {
         max_connections: 1,
         ..damascus_db::PoolSettings::default()
@@ -390,10 +388,8 @@ async fn baseline_client_counts(server_url: &str, config: &BenchConfig) -> DbRes
     .await?;
     let headroom = bench::connection_headroom(&pool).await;
     pool.close().await;
-    Ok(baseline::client_counts(
-        config.concurrency,
-        headroom?.saturating_sub(2) / 2,
-    ))
+    let limit = (headroom?.saturating_sub(2) / 2).max(1);
+    Ok((baseline::client_counts(config.concurrency, limit), limit))
 }
 
 /// A migrated scratch database with the bench's tables and a pool of the bench's

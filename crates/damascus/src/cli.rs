@@ -139,7 +139,7 @@ pub struct BenchQueueArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [2000u64, 50000], value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub jobs: Vec<u64>,
     /// Worker pool size; the commit-rate baseline tries this many connections, twice
-    /// and four times as many, and keeps the best.
+    /// and four times as many (more while they still pay), and keeps the best.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// Bytes of story text each job's phase reads.
