@@ -6,7 +6,6 @@
 //! HTTP, JSON request shapes, the CLI or forges. Every state change is one function
 //! that runs one transaction, and writes its `events_outbox` row in that transaction.
 
-pub mod bench;
 pub mod budget;
 pub mod cluster;
 pub mod connect;

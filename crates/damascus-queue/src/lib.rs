@@ -8,10 +8,8 @@
 //! Architecture invariants: no SQL here (every statement is in `damascus-db::jobs`);
 //! nothing here knows what a phase does — that is the `PhaseRunner` the caller passes.
 
-pub mod bench;
 mod config;
 mod listener;
-pub mod machine_cpu;
 pub mod orphans;
 mod phase;
 mod pool;

@@ -128,7 +128,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Throughput and pickup latency of no-op phases through the real worker pool,
-    /// against the single-row commit rate of the same server.
+    /// against the best single-row commit rate of the same server (this bench's client
+    /// or pgbench, whichever is higher).
     Queue(BenchQueueArgs),
 }
 
@@ -137,7 +138,8 @@ pub struct BenchQueueArgs {
     /// Backlog sizes to run, comma-separated (each in a fresh scratch database).
     #[arg(long, value_delimiter = ',', default_values_t = [2000u64, 50000], value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub jobs: Vec<u64>,
-    /// Worker pool size, and connections for the commit-rate baseline.
+    /// Worker pool size; the commit-rate baseline tries this many connections, twice
+    /// and four times as many (more while they still pay), and keeps the best.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// Bytes of story text each job's phase reads.
@@ -146,7 +148,8 @@ pub struct BenchQueueArgs {
     /// Items made runnable one at a time for the latency figures.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub latency_samples: u32,
-    /// Seconds of single-row inserts for the commit-rate baseline.
+    /// Seconds of single-row inserts for each client count of the commit-rate baseline
+    /// (this bench's client, then pgbench when installed).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub commit_seconds: u32,
     /// Times to measure every backlog and the commit rate; the figures are the medians.

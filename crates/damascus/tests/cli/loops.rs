@@ -322,6 +322,10 @@ async fn bench_queue_reports_every_figure() {
         "%); bare queue ",
         "commit rate",
         "(median of the rounds)",
+        "the higher of this client's best and pgbench's",
+        "  this client     ",
+        "(connections: 2: ",
+        "  pgbench         ",
         "backlog      40",
         "backlog      80",
         "% of the commit rate (the round with the median ratio; all rounds",
@@ -331,6 +335,12 @@ async fn bench_queue_reports_every_figure() {
         "pickup latency    p50",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    if damascus_bench::baseline::find_pgbench().is_some() {
+        // pgbench ran at every client count, and the baseline is the higher best.
+        assert!(out.contains("(clients: 2: "), "{out}");
+    } else {
+        assert!(out.contains("pgbench         not installed"), "{out}");
     }
     if std::path::Path::new("/proc/stat").exists() {
         // What a job and a commit cost the machine, and the ceiling that gives.

@@ -1,26 +1,28 @@
-//! `damascus bench queue`: end-to-end throughput of no-op phases through the real pool
+//! The queue bench's run: end-to-end throughput of no-op phases through the real pool
 //! (claim, run, finish transaction, trigger), pickup latency on an idle pool, the cost
 //! of one claim and one sqlxmq poll at each backlog, and, against the same server in
 //! the same run, the single-row commit rate that a queue's throughput is compared with
-//! and a bare `SKIP LOCKED` queue for scale; for each part, what it cost the machine's
-//! CPU (`machine_cpu`).
+//! (`baseline`) and a bare `SKIP LOCKED` queue for scale; for each part, what it cost
+//! the machine's CPU (`machine_cpu`).
 //!
-//! A run can have several rounds, each of every backlog followed by the commit rate and
-//! the bare queue, so
-//! each round's ratio compares figures measured close together, and the median of the
-//! rounds says more than one run on a machine whose speed drifts.
+//! A run can have several rounds, each of every backlog followed by the commit-rate
+//! baseline and the bare queue, so each round's ratio compares figures measured close
+//! together, and the median of the rounds says more than one run on a machine whose
+//! speed drifts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use damascus_core::Verdict;
-use damascus_db::{bench, jobs, DbResult};
+use damascus_db::{jobs, DbResult};
+use damascus_queue::{JobContext, PhaseFuture, PhaseRunner, QueueConfig, WorkerPool};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify};
 
+use crate::baseline::{self, Baseline};
 use crate::machine_cpu::{CpuMeter, CpuUse};
-use crate::{JobContext, PhaseFuture, PhaseRunner, QueueConfig, WorkerPool};
+use crate::statements as bench;
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -29,6 +31,7 @@ pub struct BenchConfig {
     pub concurrency: u32,
     pub payload_bytes: usize,
     pub latency_samples: u32,
+    /// How long each client count of the commit-rate baseline runs.
     pub commit_duration: Duration,
     /// How many times to measure every backlog and the commit rate (at least one).
     pub rounds: u32,
@@ -84,9 +87,12 @@ struct NoopPhase {
     started: Option<mpsc::UnboundedSender<Instant>>,
 }
 
-impl PhaseRunner for Arc<NoopPhase> {
+/// The pool's handle on a shared `NoopPhase` (the bench keeps another, to wait on it).
+struct NoopRunner(Arc<NoopPhase>);
+
+impl PhaseRunner for NoopRunner {
     fn run(&self, job: JobContext) -> PhaseFuture {
-        let phase = self.clone();
+        let phase = self.0.clone();
         Box::pin(async move {
             if let Some(started) = &phase.started {
                 let _ = started.send(Instant::now());
@@ -138,7 +144,7 @@ pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbRes
     let workers = WorkerPool::start(
         pool.clone(),
         pool_config(config.concurrency),
-        Arc::new(phase.clone()),
+        Arc::new(NoopRunner(phase.clone())),
     )
     .await?;
     phase.all_done.notified().await;
@@ -171,7 +177,8 @@ pub async fn pickup_latency(pool: &PgPool, config: &BenchConfig) -> DbResult<Lat
     let mut queue = pool_config(config.concurrency);
     // Only NOTIFY may wake the pool for this measurement.
     queue.poll_interval = Duration::from_secs(60);
-    let workers = WorkerPool::start(pool.clone(), queue, Arc::new(phase.clone())).await?;
+    let workers =
+        WorkerPool::start(pool.clone(), queue, Arc::new(NoopRunner(phase.clone()))).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut samples = Vec::with_capacity(config.latency_samples as usize);
     let mut enqueues = Vec::with_capacity(config.latency_samples as usize);
@@ -214,13 +221,11 @@ pub async fn pickup_latency(pool: &PgPool, config: &BenchConfig) -> DbResult<Lat
     })
 }
 
-/// One round: every backlog, then the commit rate right after them.
+/// One round: every backlog, then the commit-rate baseline right after them.
 #[derive(Debug, Clone)]
 pub struct Round {
     pub backlogs: Vec<BacklogResult>,
-    pub commit_rate: f64,
-    /// The machine's CPU use while the commit rate was measured.
-    pub commit_cpu: Option<CpuUse>,
+    pub baseline: Baseline,
     /// A bare queue on the same server right after, for scale.
     pub bare_queue: BareQueue,
 }
@@ -242,35 +247,26 @@ impl BareQueue {
 }
 
 impl Round {
+    /// This round's baseline: the best single-row commit rate of its own client and of
+    /// pgbench, whichever is higher.
+    pub fn commit_rate(&self) -> f64 {
+        self.baseline.commit_rate()
+    }
+
     /// Backlog `n`'s jobs/s over this round's commit rate.
     pub fn ratio(&self, n: usize) -> f64 {
-        self.backlogs[n].jobs_per_second() / self.commit_rate
-    }
-
-    /// The machine's CPU time per single-row commit.
-    pub fn cpu_per_commit(&self) -> Option<Duration> {
-        Some(self.commit_cpu?.per_operation(self.commits()?))
-    }
-
-    /// This process's part of it: the client loop.
-    pub fn own_cpu_per_commit(&self) -> Option<Duration> {
-        self.commit_cpu?.own_per_operation(self.commits()?)
-    }
-
-    /// Commits made while the commit rate's CPU was measured.
-    fn commits(&self) -> Option<f64> {
-        Some(self.commit_rate * self.commit_cpu?.wall.as_secs_f64())
+        self.backlogs[n].jobs_per_second() / self.commit_rate()
     }
 
     /// The bare queue's jobs/s over this round's commit rate.
     pub fn bare_queue_ratio(&self) -> f64 {
-        self.bare_queue.jobs_per_second / self.commit_rate
+        self.bare_queue.jobs_per_second / self.commit_rate()
     }
 
     /// Backlog `n`'s CPU ceiling (jobs/s with every core busy at its CPU cost per job)
     /// over this round's commit rate: the most this machine could reach at that cost.
     pub fn ceiling_ratio(&self, n: usize) -> Option<f64> {
-        Some(self.backlogs[n].cpu_ceiling()? / self.commit_rate)
+        Some(self.backlogs[n].cpu_ceiling()? / self.commit_rate())
     }
 }
 
@@ -284,12 +280,12 @@ pub struct BenchReport {
 impl BenchReport {
     /// The median of the rounds' commit rates.
     pub fn commit_rate(&self) -> f64 {
-        median(self.rounds.iter().map(|r| r.commit_rate).collect())
+        median(self.rounds.iter().map(Round::commit_rate).collect())
     }
 
     /// The round whose commit rate is the median (the upper one of an even count).
     pub fn median_commit_round(&self) -> &Round {
-        self.median_round_by(|r| r.commit_rate)
+        self.median_round_by(Round::commit_rate)
     }
 
     /// The round whose bare queue's ratio is the median (the upper one of an even count).
@@ -319,6 +315,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Runs the whole bench on the server at `server_url`, each part in a scratch database
 /// that is dropped afterwards.
 pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport> {
+    let (counts, limit) = baseline_client_counts(server_url, config).await?;
     let mut rounds = Vec::new();
     for round in 0..config.rounds.max(1) {
         let mut backlogs = Vec::new();
@@ -332,19 +329,10 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
             backlogs.push(result);
         }
         let label = format!("commit_{round}");
-        let (commit_rate, commit_cpu) = with_scratch_database(server_url, &label, config, |pool| {
-            let config = config.clone();
-            async move {
-                bench::seed_review_items(&pool, 0, 0).await?;
-                let meter = CpuMeter::start();
-                let rate = bench::single_row_commit_rate(
-                    &pool,
-                    config.concurrency,
-                    config.commit_duration,
-                )
-                .await?;
-                Ok((rate, meter.stop()))
-            }
+        let baseline = with_scratch_database_sized(server_url, &label, limit + 1, |pool, url| {
+            let counts = counts.clone();
+            let duration = config.commit_duration;
+            async move { baseline::measure(&pool, &url, &counts, limit, duration).await }
         })
         .await?;
         let label = format!("bare_queue_{round}");
@@ -365,8 +353,7 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
         .await?;
         rounds.push(Round {
             backlogs,
-            commit_rate,
-            commit_cpu,
+            baseline,
             bare_queue,
         });
     }
@@ -386,6 +373,27 @@ pub async fn run(server_url: &str, config: &BenchConfig) -> DbResult<BenchReport
     })
 }
 
+/// The baseline's first client counts (`baseline::client_counts`) and the most it may
+/// open: half the connections the server has left, since the pool's idle sessions
+/// stay open while pgbench runs.
+async fn baseline_client_counts(
+    server_url: &str,
+    config: &BenchConfig,
+) -> DbResult<(Vec<u32>, u32)> {
+    let pool = damascus_db::connect::pool_options(damascus_db::PoolSettings {
+        max_connections: 1,
+        ..damascus_db::PoolSettings::default()
+    })
+    .connect(server_url)
+    .await?;
+    let headroom = bench::connection_headroom(&pool).await;
+    pool.close().await;
+    let limit = (headroom?.saturating_sub(2) / 2).max(1);
+    Ok((baseline::client_counts(config.concurrency, limit), limit))
+}
+
+/// A migrated scratch database with the bench's tables and a pool of the bench's
+/// concurrency (and a few more connections for the bench's own statements).
 async fn with_scratch_database<T, F, Fut>(
     server_url: &str,
     label: &str,
@@ -394,6 +402,25 @@ async fn with_scratch_database<T, F, Fut>(
 ) -> DbResult<T>
 where
     F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = DbResult<T>>,
+{
+    with_scratch_database_sized(server_url, label, config.concurrency + 4, |pool, _url| {
+        body(pool)
+    })
+    .await
+}
+
+/// A scratch database `damascus_bench_<pid>_<label>`, migrated, with the bench's tables
+/// and a pool of `max_connections`; `body` gets the pool and the database's URL, and
+/// the database is dropped after it, whatever it returned.
+async fn with_scratch_database_sized<T, F, Fut>(
+    server_url: &str,
+    label: &str,
+    max_connections: u32,
+    body: F,
+) -> DbResult<T>
+where
+    F: FnOnce(PgPool, String) -> Fut,
     Fut: std::future::Future<Output = DbResult<T>>,
 {
     use damascus_db::connect;
@@ -405,14 +432,15 @@ where
     let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)?
         .log_slow_statements(tracing::log::LevelFilter::Off, std::time::Duration::ZERO);
     let pool = connect::pool_options(connect::PoolSettings {
-        max_connections: config.concurrency + 4,
+        max_connections,
         ..connect::PoolSettings::default()
     })
     .connect_with(options)
     .await?;
     let result = async {
         damascus_db::migrate::apply(&pool).await?;
-        body(pool.clone()).await
+        bench::create_tables(&pool).await?;
+        body(pool.clone(), url.clone()).await
     }
     .await;
     pool.close().await;

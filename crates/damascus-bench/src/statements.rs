@@ -1,14 +1,35 @@
 //! The statements `damascus bench queue` times: seeding jobs, one claim or poll in a
 //! rolled-back transaction, the single-row insert that gives the server's commit
 //! rate, and a bare queue's seed and delete. They run in a scratch database, never in
-//! the product's.
+//! the product's; the tables they use beside the product's schema are in
+//! `sql/tables.sql`.
 
 use std::time::{Duration, Instant};
 
+use damascus_db::jobs::WorkerId;
+use damascus_db::DbResult;
 use sqlx::PgPool;
 
-use crate::error::DbResult;
-use crate::jobs::WorkerId;
+/// The bench's own tables (`sql/tables.sql`), made in a migrated scratch database.
+pub async fn create_tables(pool: &PgPool) -> DbResult<()> {
+    sqlx::raw_sql(include_str!("../sql/tables.sql"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Connections the server can still open for this bench: `max_connections` less the
+/// superuser's reserve and the sessions open now.
+pub async fn connection_headroom(pool: &PgPool) -> DbResult<u32> {
+    let headroom: i64 = sqlx::query_scalar(
+        "select current_setting('max_connections')::int8
+              - current_setting('superuser_reserved_connections')::int8
+              - (select count(*) from pg_stat_activity where backend_type = 'client backend')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(u32::try_from(headroom.max(0)).unwrap_or(u32::MAX))
+}
 
 /// Inserts `n` items in phase review with a body of `body_bytes`, each in a project
 /// (and repository) of its own, so that each heads its own merge queue; the spawn
@@ -107,23 +128,25 @@ async fn mean_rolled_back(
     Ok(total / samples.max(1))
 }
 
-/// Commits single-row inserts on `connections` connections for `duration`; returns
-/// commits per second. The baseline a queue is compared with: each job needs at least
-/// one commit.
+/// Commits single-row inserts into `bench_commits` on `connections` connections (the
+/// pool must allow that many) for `duration`; returns commits per second. One client
+/// count of the baseline a queue is compared with: each job needs at least one commit.
 pub async fn single_row_commit_rate(
     pool: &PgPool,
     connections: u32,
     duration: Duration,
 ) -> DbResult<f64> {
-    sqlx::query("create table if not exists bench_commits (id bigint generated always as identity primary key, payload text not null)")
-        .execute(pool)
-        .await?;
-    let deadline = Instant::now() + duration;
-    let mut tasks = tokio::task::JoinSet::new();
+    // Every connection is open before the clock starts, as pgbench reports its rate
+    // without the connections' start-up.
+    let mut conns = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        let pool = pool.clone();
+        conns.push(pool.acquire().await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns {
         tasks.spawn(async move {
-            let mut conn = pool.acquire().await?;
             let mut commits = 0u64;
             while Instant::now() < deadline {
                 sqlx::query("insert into bench_commits (payload) values ($1)")
@@ -135,7 +158,6 @@ pub async fn single_row_commit_rate(
             DbResult::Ok(commits)
         });
     }
-    let started = Instant::now();
     let mut commits = 0;
     while let Some(done) = tasks.join_next().await {
         commits += done.expect("commit task does not panic")?;
@@ -146,9 +168,6 @@ pub async fn single_row_commit_rate(
 /// A bare queue, for scale: `jobs` rows with a payload of `payload_bytes`, for
 /// `drain_bare_queue`.
 pub async fn seed_bare_queue(pool: &PgPool, jobs: u64, payload_bytes: usize) -> DbResult<()> {
-    sqlx::query("create table if not exists bench_bare_queue (id bigint generated always as identity primary key, payload text not null)")
-        .execute(pool)
-        .await?;
     sqlx::query(
         "insert into bench_bare_queue (payload) select repeat('x', $2) from generate_series(1, $1)",
     )

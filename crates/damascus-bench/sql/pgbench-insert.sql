@@ -1,0 +1,1 @@
+insert into bench_commits (payload) values ('x');
