@@ -55,9 +55,7 @@ async fn projects_show_budgets_items_and_settings_but_no_secrets() {
     .await;
 
     let response = app
-        .http
-        .get(app.url("/v1/projects"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/v1/projects")
         .send()
         .await
         .unwrap();
@@ -332,9 +330,7 @@ async fn an_items_logs_stream_what_is_there_then_what_is_appended() {
     std::fs::write(dir.join("spec.log"), "refining the spec\n").unwrap();
 
     let mut stream = app
-        .http
-        .get(app.url(&format!("/v1/items/{id}/logs")))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, &format!("/v1/items/{id}/logs"))
         .send()
         .await
         .unwrap();
@@ -369,9 +365,7 @@ async fn an_items_logs_stream_what_is_there_then_what_is_appended() {
 
     // An item without output yet: the stream waits for its first line.
     let mut waiting = app
-        .http
-        .get(app.url(&format!("/v1/items/{quiet}/logs")))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, &format!("/v1/items/{quiet}/logs"))
         .send()
         .await
         .unwrap();

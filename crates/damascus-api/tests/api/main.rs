@@ -69,42 +69,31 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .get(self.url(path))
+    /// A request to `path` with the test's token.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
             .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
+    }
+
+    /// Sends `request`: the status and the JSON body (null when there is none).
+    async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = request.send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        Self::answer(self.request(reqwest::Method::GET, path)).await
+    }
+
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::answer(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
     /// A POST without a body, as a button sends it.
     async fn post_empty(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::answer(self.request(reqwest::Method::POST, path)).await
     }
 
     async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
@@ -293,9 +282,7 @@ async fn ingest_list_group_and_show() {
     assert_eq!(stats["queue"]["queued"], 3);
 
     let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/metrics")
         .send()
         .await
         .unwrap()
@@ -580,9 +567,7 @@ async fn the_event_stream_is_live_and_resumable() {
     let app = TestApp::spawn().await;
     let first = app.ingest("web", "Before the stream").await;
     let stream = app
-        .http
-        .get(app.url("/v1/events"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/v1/events")
         .send()
         .await
         .unwrap();
@@ -610,9 +595,7 @@ async fn the_event_stream_is_live_and_resumable() {
             .await
             .unwrap();
     let resumed = app
-        .http
-        .get(app.url("/v1/events"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/v1/events")
         .header("last-event-id", first_event.to_string())
         .send()
         .await
@@ -620,9 +603,7 @@ async fn the_event_stream_is_live_and_resumable() {
     let replayed = read_events(resumed, 1).await;
     assert_eq!(replayed[0], live[0]);
     let bad = app
-        .http
-        .get(app.url("/v1/events"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/v1/events")
         .header("last-event-id", "abc")
         .send()
         .await
@@ -636,9 +617,7 @@ async fn the_event_stream_is_live_and_resumable() {
 async fn an_event_that_commits_late_is_still_streamed() {
     let app = TestApp::spawn().await;
     let stream = app
-        .http
-        .get(app.url("/v1/events"))
-        .bearer_auth(&app.token)
+        .request(reqwest::Method::GET, "/v1/events")
         .send()
         .await
         .unwrap();

@@ -12,15 +12,7 @@ use super::{message, TestApp};
 
 impl TestApp {
     async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::answer(self.request(reqwest::Method::DELETE, path)).await
     }
 }
 
