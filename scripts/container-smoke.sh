@@ -257,12 +257,20 @@ wait_merged() { # ID WHAT SECONDS
     done
 }
 
-add_project scripted '["/usr/share/damascus/examples/demo-agent.sh"]'
+# The scripted agent first says who it runs as and what of the orchestrator it can see.
+add_project scripted '["sh", "-c", "echo \"agent user: $(id -un)\"; env | grep -q ^DATABASE_URL= && echo \"agent sees DATABASE_URL\"; cat /proc/1/environ /proc/[0-9]*/environ 2>/dev/null | tr \"\\\\0\" \"\\\\n\" | grep -q ^DATABASE_URL= && echo \"agent reads a process environment with DATABASE_URL\"; exec /usr/share/damascus/examples/demo-agent.sh"]'
 add_project claude null
 scripted_item=$(ingest scripted)
 claude_item=$(ingest claude)
 wait_merged "$scripted_item" "the scripted agent's story" 180
 log "scripted agent: item $scripted_item merged"
+agent_log=$(curl -sN --max-time 3 -H "Authorization: Bearer $token" "$base/v1/items/$scripted_item/logs" || true)
+echo "$agent_log" | grep -q 'agent user: damascus-agent' \
+    || fail "the agent did not run as damascus-agent; its log: $agent_log"
+if echo "$agent_log" | grep -q 'agent sees\|agent reads'; then
+    fail "the agent reached the orchestrator's environment: $agent_log"
+fi
+log "the agent ran as damascus-agent and saw no DATABASE_URL (its log, through GET /v1/items/$scripted_item/logs)"
 wait_merged "$claude_item" "Claude Code's story" 300
 turns=$($engine exec "$project-anthropic" curl -fsS http://127.0.0.1:8081/_seen | json 'd["messages"]')
 [ "$turns" -ge 2 ] || fail "Claude Code's story merged, but the scripted model saw $turns requests"
