@@ -340,24 +340,14 @@ async function loadDashboard() {
 }
 let historyLoadedAt = 0;
 
-function gatedCount(stats) {
-  const q = stats.queue || {};
-  if (q.waiting_on_gate != null) return ["queue.waiting_on_gate", q.waiting_on_gate];
-  if (q.gated != null) return ["queue.gated", q.gated];
-  if (stats.waiting_on_gate != null) return ["waiting_on_gate", stats.waiting_on_gate];
-  return null;
-}
-
 function renderKpis(s) {
   const q = s.queue || {};
   const blocked = (s.items_per_phase || {}).blocked ?? 0;
-  const gated = gatedCount(s);
   const tile = (cls, label, path, value, sub) => `<div class="kpi ${cls}"><div class="label">${esc(label)}</div>${stat(path, value)}<div class="sub">${sub}</div></div>`;
   $("#kpis").innerHTML = [
     tile("running", "Running", "queue.running", q.running ?? 0, `of ${stat("queue.concurrency", q.concurrency ?? 0, "")} slots`),
     tile("queued", "Queued", "queue.queued", q.queued ?? 0, "waiting for a slot"),
-    gated ? tile("gated", "Waiting on gate", gated[0], gated[1], "dependency, approval or lock")
-      : `<div class="kpi gated"><div class="label">Waiting on gate</div><span class="value faint">—</span><div class="sub">not reported by this server</div></div>`,
+    tile("gated", "Waiting on gate", "queue.waiting_on_gate", q.waiting_on_gate ?? 0, "dependency, approval or lock"),
     tile("retrying", "Retrying", "queue.retry_wait", q.retry_wait ?? 0, `${stat("queue.dead", q.dead ?? 0, "")} out of attempts`),
     `<div class="kpi blocked ${blocked ? "hot" : ""}"><div class="label">Blocked</div>${stat("items_per_phase.blocked", blocked)}<div class="sub"><a href="#/items?phase=blocked" data-filter-phase="blocked">show blocked items</a></div></div>`,
     tile("questions", "Open questions", "open_human_issues", s.open_human_issues ?? 0, "waiting for a person"),
