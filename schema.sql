@@ -251,35 +251,7 @@ begin
         select array_agg(freed.slot) into v_freed from freed;
         delete from mq_msgs m where m.id = any (v_jobs);
         delete from mq_payloads p where p.id = any (v_jobs);
-        with e as (
-            select * from jsonb_to_recordset(p_ends) as e (
-                claim uuid, item bigint, phase work_phase, resume_phase work_phase,
-                phase_attempts integer, attempts_total integer, verdict verdict_kind,
-                reason text, spec jsonb, test_command text, branch text, pr_url text,
-                payload jsonb, cost_usd numeric)
-            where e.claim = any (v_claims)
-        ), moved as (
-            update work_items w
-            set phase = e.phase, resume_phase = e.resume_phase,
-                phase_attempts = e.phase_attempts, attempts_total = e.attempts_total,
-                last_verdict = e.verdict, last_verdict_reason = e.reason,
-                spec = coalesce(e.spec, w.spec),
-                test_command = coalesce(e.test_command, w.test_command),
-                branch = coalesce(e.branch, w.branch), pr_url = coalesce(e.pr_url, w.pr_url),
-                cost_usd = w.cost_usd + coalesce(e.cost_usd, 0)
-            from e
-            where w.id = e.item
-            returning w.id, w.project_id, e.payload
-        )
-        insert into events_outbox (item_id, project_id, kind, payload)
-        select moved.id, moved.project_id, 'item.phase_changed', moved.payload from moved;
-        insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd)
-        select e.item, e.from_phase, e.attempt, c.source, c.model, c.tokens_in, c.tokens_out, c.usd
-        from jsonb_to_recordset(p_ends) as e (
-                 claim uuid, item bigint, from_phase work_phase, attempt integer, costs jsonb)
-             cross join lateral jsonb_to_recordset(coalesce(e.costs, '[]')) as c (
-                 source cost_source, model text, tokens_in bigint, tokens_out bigint, usd numeric)
-        where e.claim = any (v_claims);
+        perform damascus_record_verdicts(p_ends, v_claims);
         return query select c, null::uuid, null::uuid, null::integer, null::bigint,
             null::work_phase, null::integer, null::integer, null::integer, null::bigint,
             null::work_phase, null::integer, null::integer, null::integer, null::integer,
@@ -587,6 +559,66 @@ CREATE FUNCTION public.damascus_prune_events(p_age interval) RETURNS bigint
         returning 1
     )
     select count(*) from gone
+$$;
+
+CREATE FUNCTION public.damascus_record_verdicts(p_ends jsonb, p_only uuid[] DEFAULT NULL::uuid[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    with e as (
+        select * from jsonb_to_recordset(p_ends) as e (
+            claim uuid, item bigint, phase work_phase, resume_phase work_phase,
+            phase_attempts integer, attempts_total integer, verdict verdict_kind,
+            reason text, spec jsonb, test_command text, branch text, pr_url text,
+            payload jsonb, cost_usd numeric)
+        where p_only is null or e.claim = any (p_only)
+    ), moved as (
+        update work_items w
+        set phase = e.phase, resume_phase = e.resume_phase,
+            phase_attempts = e.phase_attempts, attempts_total = e.attempts_total,
+            last_verdict = e.verdict, last_verdict_reason = e.reason,
+            spec = coalesce(e.spec, w.spec),
+            test_command = coalesce(e.test_command, w.test_command),
+            branch = coalesce(e.branch, w.branch), pr_url = coalesce(e.pr_url, w.pr_url),
+            cost_usd = w.cost_usd + coalesce(e.cost_usd, 0)
+        from e
+        where w.id = e.item
+        returning w.id, w.project_id, e.payload
+    )
+    insert into events_outbox (item_id, project_id, kind, payload)
+    select moved.id, moved.project_id, 'item.phase_changed', moved.payload from moved;
+    insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd)
+    select e.item, e.from_phase, e.attempt, c.source, c.model, c.tokens_in, c.tokens_out, c.usd
+    from jsonb_to_recordset(p_ends) as e (
+             claim uuid, item bigint, from_phase work_phase, attempt integer, costs jsonb)
+         cross join lateral jsonb_to_recordset(coalesce(e.costs, '[]')) as c (
+             source cost_source, model text, tokens_in bigint, tokens_out bigint, usd numeric)
+    where p_only is null or e.claim = any (p_only);
+    if not exists (select 1 from jsonb_array_elements(p_ends) x where x ? 'question'
+                   and jsonb_typeof(x -> 'question') = 'string') then
+        return;
+    end if;
+    with q as (
+        select e.item, e.resume_phase, e.on_answer, e.question, coalesce(e.context, '') as context
+        from jsonb_to_recordset(p_ends) as e (
+            claim uuid, item bigint, resume_phase work_phase, on_answer work_phase,
+            question text, context text)
+        where e.question is not null and (p_only is null or e.claim = any (p_only))
+    ), opened as (
+        insert into human_issues (item_id, phase, on_answer, question, context)
+        select q.item, q.resume_phase, q.on_answer, q.question, q.context from q
+        on conflict (item_id) where status = 'open' do nothing
+        returning human_issues.item_id, human_issues.id
+    )
+    insert into events_outbox (item_id, project_id, kind, payload)
+    select q.item, w.project_id, 'item.blocked',
+           jsonb_build_object('human_issue_id', opened.id, 'question', q.question,
+                              'resume_phase', q.resume_phase, 'on_answer', q.on_answer)
+    from q
+    join work_items w on w.id = q.item
+    left join opened on opened.item_id = q.item
+    order by q.item;
+end;
 $$;
 
 CREATE FUNCTION public.damascus_release_locks() RETURNS trigger

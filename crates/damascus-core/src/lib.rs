@@ -22,6 +22,6 @@ pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};
 pub use story::{Story, StoryError};
 pub use verdict::{
-    answer_hint, decide, next_phase, on_answer, runs_to_merge, BatchVerdict, Budget, CostEntry,
-    PhaseOutput, PhaseReport, Transition, Verdict,
+    answer_hint, decide, next_phase, on_answer, resume, runs_to_merge, BatchVerdict, Budget,
+    CostEntry, PhaseOutput, PhaseReport, Resumption, Transition, Unblock, Verdict,
 };

@@ -210,6 +210,50 @@ pub fn on_answer(left: Phase, verdict: crate::VerdictKind) -> Phase {
     }
 }
 
+/// Why a blocked item leaves `blocked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unblock {
+    /// A person answered its question: it resumes in `on_answer` (where the question
+    /// said an answer takes it) with room for `rounds` rounds from there to merged.
+    Answered { on_answer: Phase, rounds: i32 },
+    /// An operator retried it: the phase it left runs again as it is, with its whole
+    /// budget back.
+    Retried,
+}
+
+/// Where a blocked item goes when it is unblocked, and the counters it goes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    pub phase: Phase,
+    pub phase_attempts: i32,
+    pub attempts_total: i32,
+    pub max_attempts_total: i32,
+}
+
+/// Unblocks an item that left `left` (its `resume_phase`) with `budget`: the one rule
+/// for every way out of `blocked` that continues the work. Every way starts the phase's
+/// own count afresh (a person changed something). An answer keeps the total spent and
+/// raises the total limit, when needed, to fit the granted rounds (runs from the phase
+/// it resumes in to merged, times `rounds`); a retry starts the total count afresh too.
+pub fn resume(left: Phase, budget: Budget, why: Unblock) -> Resumption {
+    match why {
+        Unblock::Answered { on_answer, rounds } => Resumption {
+            phase: on_answer,
+            phase_attempts: 0,
+            attempts_total: budget.attempts_total,
+            max_attempts_total: budget
+                .max_attempts_total
+                .max(budget.attempts_total + runs_to_merge(on_answer) * rounds.max(1)),
+        },
+        Unblock::Retried => Resumption {
+            phase: left,
+            phase_attempts: 0,
+            attempts_total: 0,
+            max_attempts_total: budget.max_attempts_total,
+        },
+    }
+}
+
 /// The counted runs an item needs at the least from `phase` to merged: one per phase
 /// still ahead of it, this one included. An answer grants at least this many.
 pub fn runs_to_merge(phase: Phase) -> i32 {
@@ -261,6 +305,67 @@ mod tests {
             "{phase} {verdict:?} -> {t:?}"
         );
         assert_eq!(t.question.is_some(), to == Phase::Blocked);
+    }
+
+    #[test]
+    fn an_answer_resumes_where_it_says_with_room_for_its_rounds() {
+        let spent = Budget {
+            phase_attempts: 2,
+            attempts_total: 5,
+            ..FRESH
+        };
+        let answered = |on_answer, rounds| {
+            resume(
+                Phase::Review,
+                spent,
+                Unblock::Answered { on_answer, rounds },
+            )
+        };
+        assert_eq!(
+            answered(Phase::Build, 1),
+            Resumption {
+                phase: Phase::Build,
+                phase_attempts: 0,
+                attempts_total: 5,
+                max_attempts_total: 7,
+            }
+        );
+        assert_eq!(answered(Phase::Build, 3).max_attempts_total, 11);
+        // A limit already above what the rounds need stays.
+        let roomy = Budget {
+            max_attempts_total: 20,
+            ..spent
+        };
+        let resumed = resume(
+            Phase::Spec,
+            roomy,
+            Unblock::Answered {
+                on_answer: Phase::Spec,
+                rounds: 1,
+            },
+        );
+        assert_eq!(
+            (resumed.phase, resumed.max_attempts_total),
+            (Phase::Spec, 20)
+        );
+    }
+
+    #[test]
+    fn a_retry_reruns_the_phase_it_left_with_the_whole_budget() {
+        let spent = Budget {
+            phase_attempts: 2,
+            attempts_total: 5,
+            ..FRESH
+        };
+        assert_eq!(
+            resume(Phase::Review, spent, Unblock::Retried),
+            Resumption {
+                phase: Phase::Review,
+                phase_attempts: 0,
+                attempts_total: 0,
+                max_attempts_total: 5,
+            }
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sqlx::{PgPool, Row};
 
 use crate::error::{DbError, DbResult};
 use crate::items::HumanIssue;
-use crate::{events, parse_enum, parse_opt_enum};
+use crate::{events, parse_enum};
 
 /// How answering went.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,10 +40,7 @@ pub async fn answer(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(DbError::HumanIssueNotFound(issue_id))?;
-    sqlx::query("select 1 from work_items where id = $1 for update")
-        .bind(item_id)
-        .execute(&mut *tx)
-        .await?;
+    let item = crate::transitions::lock_item_to_resume(&mut tx, item_id).await?;
     let asked = sqlx::query(
         "select status::text as status, on_answer::text as on_answer from human_issues where id = $1 for update",
     )
@@ -66,46 +63,24 @@ pub async fn answer(
     .bind(answered_by)
     .execute(&mut *tx)
     .await?;
-    let item = sqlx::query(
-        "select i.project_id, i.phase::text as phase, i.resume_phase::text as resume_phase,
-                p.rounds_per_answer
-         from work_items i join projects p on p.id = i.project_id
-         where i.id = $1 for update of i",
-    )
-    .bind(item_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let project_id: i64 = item.try_get("project_id")?;
-    let rounds: i32 = item.try_get("rounds_per_answer")?;
-    let phase: Phase = parse_enum(&item, "phase")?;
-    let resume: Option<Phase> = parse_opt_enum(&item, "resume_phase")?;
-    let resumed_in = match (phase, resume) {
-        (Phase::Blocked, Some(_)) => {
-            let resume = on_answer;
-            // A fresh per-phase budget, and room for the project's number of rounds
-            // (one by default) from there to merged: the person changed something.
-            sqlx::query(
-                "update work_items set phase = $2::work_phase, resume_phase = null, phase_attempts = 0,
-                    max_attempts_total = greatest(max_attempts_total, attempts_total + $3)
-                 where id = $1",
-            )
-            .bind(item_id)
-            .bind(resume.as_str())
-            .bind(damascus_core::runs_to_merge(resume) * rounds)
-            .execute(&mut *tx)
-            .await?;
-            events::record(
-                &mut tx,
-                Some(item_id),
-                Some(project_id),
-                "item.phase_changed",
-                &json!({ "from": Phase::Blocked, "to": resume, "reason": "answered", "human_issue_id": issue_id }),
-            )
-            .await?;
-            Some(resume)
-        }
-        _ => None,
+    let project_id = item.project_id;
+    let why = damascus_core::Unblock::Answered {
+        on_answer,
+        rounds: item.rounds_per_answer,
     };
+    let resumed_in = crate::transitions::resume_blocked(&mut tx, item_id, &item, why)
+        .await?
+        .map(|resumed| resumed.phase);
+    if let Some(resume) = resumed_in {
+        events::record(
+            &mut tx,
+            Some(item_id),
+            Some(project_id),
+            "item.phase_changed",
+            &json!({ "from": Phase::Blocked, "to": resume, "reason": "answered", "human_issue_id": issue_id }),
+        )
+        .await?;
+    }
     events::record(
         &mut tx,
         Some(item_id),

@@ -17,7 +17,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::error::DbResult;
-use crate::transitions::{block_item, lock_item, record_costs};
+use crate::transitions::{blocked_entry, lock_item, record_costs, record_verdicts, verdict_entry};
 use crate::{events, parse_enum, parse_opt_enum};
 
 /// A registered worker process.
@@ -411,50 +411,48 @@ pub async fn finish_many(
         }
     }
     if !recorded.is_empty() {
-        // Order matters: the jobs go first, so that the phase changes spawn the next.
-        let jobs: Vec<Uuid> = recorded.iter().map(|(n, _, _)| ends[*n].0.job_id).collect();
-        sqlx::query("select damascus_delete_jobs($1)")
-            .bind(&jobs)
-            .execute(&mut *tx)
-            .await?;
-        // The followers a run decided for (a merge-queue batch) move in the same
-        // statement, before their head, so that the head's release of the queue's lock
-        // hands it to an item still waiting, never to one recorded here.
+        // The followers a run decided for (a merge-queue batch) move first, so that the
+        // head's release of the queue's lock hands it to an item still waiting, never to
+        // one recorded here.
         let batch: Vec<&damascus_core::BatchVerdict> = recorded
             .iter()
             .flat_map(|(n, _, _)| ends[*n].1.batch.iter())
             .collect();
-        let followers = if batch.is_empty() {
-            Vec::new()
-        } else {
+        if !batch.is_empty() {
             let ids: Vec<i64> = batch.iter().map(|b| b.item_id).collect();
-            crate::transitions::lock_waiting_in_review(&mut tx, &ids).await?
-        };
-        let mut runs: Vec<_> = batch
-            .iter()
-            .filter_map(|b| {
-                let item = followers.iter().find(|f| f.id == b.item_id)?;
-                Some((*item, item.budget.phase_attempts + 1, &b.verdict))
-            })
-            .collect();
-        let heads_from = runs.len();
-        runs.extend(
-            recorded
+            let followers = crate::transitions::lock_waiting_in_review(&mut tx, &ids).await?;
+            let entries: Vec<_> = batch
                 .iter()
-                .map(|(n, target, item)| (*item, target.attempt, &ends[*n].1.verdict)),
-        );
-        let transitions = crate::transitions::apply_verdicts(&mut tx, &runs).await?;
-        for ((n, target, item), transition) in recorded
-            .iter()
-            .zip(transitions.into_iter().skip(heads_from))
-        {
-            let costs = &ends[*n].1.costs;
-            record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+                .filter_map(|b| {
+                    let item = followers.iter().find(|f| f.id == b.item_id)?;
+                    let to = decide(item.phase, item.budget, &b.verdict);
+                    let attempt = item.budget.phase_attempts + 1;
+                    Some(verdict_entry(None, item, attempt, &b.verdict, &to, &[]))
+                })
+                .collect();
+            record_verdicts(&mut tx, &entries).await?;
+        }
+        // The heads go through the group end's own statement, fenced on the claims and
+        // items locked above, so a verdict of a claim is written one way only.
+        let mut entries = Vec::with_capacity(recorded.len());
+        for (n, target, item) in &recorded {
+            let (job, report) = ends[*n];
+            let to = decide(item.phase, item.budget, &report.verdict);
+            let claim = Some((job.claim, job.job_id));
+            entries.push(verdict_entry(
+                claim,
+                item,
+                target.attempt,
+                &report.verdict,
+                &to,
+                &report.costs,
+            ));
             results[*n] = Some(Ended::Advanced {
                 from: item.phase,
-                to: transition.phase,
+                to: to.phase,
             });
         }
+        record_locked_ends(&mut tx, worker, &entries).await?;
     }
     tx.commit().await?;
     Ok(results
@@ -509,26 +507,24 @@ pub async fn end_group(
                     && report.batch.is_empty()
                     && !matches!(report.verdict, Verdict::TransientError { .. }) =>
             {
-                let transition = decide(item.phase, item.budget, &report.verdict);
-                transition.question.is_none().then(|| {
-                    let locked = crate::transitions::LockedItem {
-                        id: target.item_id,
-                        project_id: item.project_id,
-                        phase: item.phase,
-                        budget: item.budget,
-                    };
-                    entries.push(crate::transitions::group_end_entry(
-                        (job.claim, job.job_id),
-                        &locked,
-                        target.attempt,
-                        &report.verdict,
-                        &transition,
-                        &report.costs,
-                    ));
-                    Ended::Advanced {
-                        from: item.phase,
-                        to: transition.phase,
-                    }
+                let to = decide(item.phase, item.budget, &report.verdict);
+                let locked = crate::transitions::LockedItem {
+                    id: target.item_id,
+                    project_id: item.project_id,
+                    phase: item.phase,
+                    budget: item.budget,
+                };
+                entries.push(verdict_entry(
+                    Some((job.claim, job.job_id)),
+                    &locked,
+                    target.attempt,
+                    &report.verdict,
+                    &to,
+                    &report.costs,
+                ));
+                Some(Ended::Advanced {
+                    from: item.phase,
+                    to: to.phase,
                 })
             }
             _ => None,
@@ -546,11 +542,31 @@ pub async fn end_group(
             claimed: Vec::new(),
         });
     }
+    let (recorded, claimed) = call_end_group(conn, worker, &entries, next).await?;
+    Ok(GroupEnded {
+        ended: ends
+            .iter()
+            .zip(decided)
+            .map(|((job, _), ended)| ended.filter(|_| recorded.contains(&job.claim)))
+            .collect(),
+        claimed,
+    })
+}
+
+/// `damascus_end_group`: records the entries whose claim and item are as they say
+/// (fenced), then claims as `next` says. Returns the claims recorded and the jobs
+/// claimed.
+async fn call_end_group(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    entries: &[serde_json::Value],
+    next: ClaimNext,
+) -> DbResult<(std::collections::HashSet<Uuid>, Vec<ClaimedJob>)> {
     let rows = sqlx::query(&format!(
         "select recorded, {CLAIM_COLUMNS} from damascus_end_group($1, $2, $3, $4, $5)"
     ))
     .bind(worker.0)
-    .bind(sqlx::types::Json(&entries))
+    .bind(sqlx::types::Json(entries))
     .bind(next.max as i32)
     .bind(next.running_besides as i32)
     .bind(interval(next.lease))
@@ -566,14 +582,31 @@ pub async fn end_group(
             None => claimed_rows.push(row),
         }
     }
-    Ok(GroupEnded {
-        ended: ends
-            .iter()
-            .zip(decided)
-            .map(|((job, _), ended)| ended.filter(|_| recorded.contains(&job.claim)))
-            .collect(),
-        claimed: claimed_jobs(&claimed_rows)?,
-    })
+    Ok((recorded, claimed_jobs(&claimed_rows)?))
+}
+
+/// Records the ends of claims whose slots and items this transaction has locked
+/// (`lock_for_end`), through `damascus_end_group` like every end of a claim. Each
+/// entry's fence holds under those locks, so every one is recorded.
+async fn record_locked_ends(
+    conn: &mut PgConnection,
+    worker: WorkerId,
+    entries: &[serde_json::Value],
+) -> DbResult<()> {
+    let none = ClaimNext {
+        max: 0,
+        running_besides: 0,
+        lease: Duration::ZERO,
+    };
+    let (recorded, _) = call_end_group(conn, worker, entries, none).await?;
+    if recorded.len() != entries.len() {
+        return Err(crate::error::DbError::Conflict(format!(
+            "{} of {} locked claims failed their fence; nothing was written",
+            entries.len() - recorded.len(),
+            entries.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Puts a job that hit a transient error back in the queue after `delay`, or, when it
@@ -594,7 +627,6 @@ pub async fn retry_later(
             return Ok(ended);
         }
     };
-    record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
     // A paused project's job is not retried: it is withdrawn, and resuming the project
     // queues the item again.
     let paused: bool = sqlx::query_scalar("select paused from projects where id = $1")
@@ -602,6 +634,7 @@ pub async fn retry_later(
         .fetch_one(&mut *tx)
         .await?;
     if paused {
+        record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
         delete_job(&mut tx, job.job_id).await?;
         tx.commit().await?;
         return Ok(Ended::Superseded);
@@ -611,15 +644,18 @@ pub async fn retry_later(
         .fetch_one(&mut *tx)
         .await?;
     if attempts_left <= 0 {
-        delete_job(&mut tx, job.job_id).await?;
         let question = format!(
             "{} of this item failed with a transient error on each of its {} runs; last error: {reason}. Fix the cause, then retry the item",
             target.phase, job.runs
         );
-        block_item(&mut tx, &item, &question, &format!("job {}", job.job_id)).await?;
+        let context = format!("job {}", job.job_id);
+        let claim = Some((job.claim, job.job_id));
+        let entry = blocked_entry(claim, &item, target.attempt, &question, &context, costs);
+        record_locked_ends(&mut tx, worker, &[entry]).await?;
         tx.commit().await?;
         return Ok(Ended::Exhausted);
     }
+    record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
     sqlx::query("update mq_msgs set attempt_at = now() + $2 where id = $1")
         .bind(job.job_id)
         .bind(interval(delay))
@@ -779,18 +815,20 @@ async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
         }
     }
     let target = sqlx::query(
-        "select item_id, phase::text as phase, last_error from damascus_jobs where job_id = $1",
+        "select item_id, phase::text as phase, attempt, last_error from damascus_jobs where job_id = $1",
     )
     .bind(job_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (item_id, phase, last_error): (Option<i64>, Option<Phase>, Option<String>) = match &target {
+    type Target = (Option<i64>, Option<Phase>, i32, Option<String>);
+    let (item_id, phase, attempt, last_error): Target = match &target {
         Some(row) => (
             row.try_get("item_id")?,
             parse_opt_enum(row, "phase")?,
+            row.try_get("attempt")?,
             row.try_get("last_error")?,
         ),
-        None => (None, None, None),
+        None => (None, None, 1, None),
     };
     let item = match item_id {
         Some(item_id) => Some(lock_item(&mut tx, item_id).await?),
@@ -812,7 +850,9 @@ async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
                 "{phase} of this item never finished: every attempt of its job was lost (the worker running it died or lost its lease){}. Check the workers' logs, then retry the item",
                 last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
             );
-            block_item(&mut tx, &item, &question, &format!("job {job_id}")).await?;
+            let context = format!("job {job_id}");
+            let entry = blocked_entry(None, &item, attempt, &question, &context, &[]);
+            record_verdicts(&mut tx, &[entry]).await?;
         }
     }
     tx.commit().await?;

@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::{PgPool, Row};
 
 use crate::error::{DbError, DbResult};
-use crate::{events, parse_enum, parse_opt_enum};
+use crate::{events, parse_enum};
 
 /// The channel a cancel notifies; workers answer by checking their claims at once.
 pub const CANCEL_CHANNEL: &str = "damascus_cancel";
@@ -116,17 +116,20 @@ async fn dismiss_open_question(
 /// open question is dismissed. The spawn trigger queues its job.
 pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "select project_id, phase::text as phase, resume_phase::text as resume_phase from work_items where id = $1 for update",
+    let item = crate::transitions::lock_item_to_resume(&mut tx, item_id).await?;
+    let project_id = item.project_id;
+    let phase = item.phase;
+    if phase == Phase::Blocked && item.left.is_some() {
+        dismiss_open_question(&mut tx, item_id, by).await?;
+    }
+    let Some(resumed) = crate::transitions::resume_blocked(
+        &mut tx,
+        item_id,
+        &item,
+        damascus_core::Unblock::Retried,
     )
-    .bind(item_id)
-    .fetch_optional(&mut *tx)
     .await?
-    .ok_or(DbError::ItemNotFound(item_id))?;
-    let project_id: i64 = row.try_get("project_id")?;
-    let phase: Phase = parse_enum(&row, "phase")?;
-    let resume: Option<Phase> = parse_opt_enum(&row, "resume_phase")?;
-    let Some(resume) = resume.filter(|_| phase == Phase::Blocked) else {
+    else {
         let instead = if phase.is_final() {
             "it is finished; to do the work again, ingest the story as a new item"
         } else {
@@ -136,14 +139,7 @@ pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
             "item {item_id} is {phase}, not blocked; only blocked items can be retried ({instead})"
         )));
     };
-    dismiss_open_question(&mut tx, item_id, by).await?;
-    sqlx::query(
-        "update work_items set phase = resume_phase, resume_phase = null, phase_attempts = 0, attempts_total = 0
-         where id = $1",
-    )
-    .bind(item_id)
-    .execute(&mut *tx)
-    .await?;
+    let resume = resumed.phase;
     events::record(
         &mut tx,
         Some(item_id),

@@ -3,12 +3,12 @@
 //! or reschedules the job), so a verdict is recorded completely or not at all; the
 //! `work_items_spawn_job` trigger adds the next job in the same transaction.
 
-use damascus_core::{decide, Budget, CostEntry, Phase, Transition, Verdict};
+use damascus_core::{Budget, CostEntry, Phase, Transition, Verdict};
 use serde_json::json;
 use sqlx::{PgConnection, Row};
 
 use crate::error::{DbError, DbResult};
-use crate::{events, parse_enum};
+use crate::parse_enum;
 
 /// The item fields a transition reads, locked for the rest of the transaction.
 #[derive(Debug, Clone, Copy)]
@@ -176,84 +176,22 @@ pub(crate) async fn record_costs(
     Ok(())
 }
 
-/// Records the counted verdicts of runs of distinct items, all locked by the caller:
-/// every item's move and its `item.phase_changed` event in one statement (one round
-/// trip however many), then a human issue for each that blocks. The transitions come
-/// back in the order given.
-pub(crate) async fn apply_verdicts(
+/// Records decided verdicts of items the caller has locked (`damascus_record_verdicts`,
+/// the one place a verdict is written), for runs that hold no claim: the followers a
+/// merge-queue head decided for, and a dead job's item. Verdicts of claims are
+/// recorded through `damascus_end_group`, which fences the claim first.
+pub(crate) async fn record_verdicts(
     conn: &mut PgConnection,
-    runs: &[(LockedItem, i32, &Verdict)],
-) -> DbResult<Vec<Transition>> {
-    let transitions: Vec<Transition> = runs
-        .iter()
-        .map(|(item, _, verdict)| decide(item.phase, item.budget, verdict))
-        .collect();
-    let mut rows = VerdictRows::default();
-    for ((item, attempt, verdict), transition) in runs.iter().zip(&transitions) {
-        rows.push(item, *attempt, verdict, transition);
+    entries: &[serde_json::Value],
+) -> DbResult<()> {
+    if entries.is_empty() {
+        return Ok(());
     }
-    sqlx::query(
-        "with v as (
-            select * from unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::int[],
-                $6::text[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
-            as v (id, phase, resume_phase, phase_attempts, attempts_total, verdict, reason,
-                  spec, test_command, branch, pr_url, payload)
-         ), moved as (
-            update work_items w set phase = v.phase::work_phase,
-                resume_phase = v.resume_phase::work_phase, phase_attempts = v.phase_attempts,
-                attempts_total = v.attempts_total, last_verdict = v.verdict::verdict_kind,
-                last_verdict_reason = v.reason, spec = coalesce(v.spec, w.spec),
-                test_command = coalesce(v.test_command, w.test_command),
-                branch = coalesce(v.branch, w.branch), pr_url = coalesce(v.pr_url, w.pr_url)
-            from v where w.id = v.id
-            returning w.id, w.project_id, v.payload)
-         insert into events_outbox (item_id, project_id, kind, payload)
-         select id, project_id, 'item.phase_changed', payload from moved",
-    )
-    .bind(&rows.id)
-    .bind(&rows.phase)
-    .bind(&rows.resume_phase)
-    .bind(&rows.phase_attempts)
-    .bind(&rows.attempts_total)
-    .bind(&rows.verdict)
-    .bind(&rows.reason)
-    .bind(&rows.spec)
-    .bind(&rows.test_command)
-    .bind(&rows.branch)
-    .bind(&rows.pr_url)
-    .bind(&rows.payload)
-    .execute(&mut *conn)
-    .await?;
-    for ((item, _, verdict), transition) in runs.iter().zip(&transitions) {
-        if let Some(question) = &transition.question {
-            let context = match verdict {
-                Verdict::NeedsHuman { context, .. } => context.clone(),
-                Verdict::Fail { log_tail, .. } => log_tail.clone(),
-                _ => String::new(),
-            };
-            let resume = transition.resume_phase.unwrap_or(item.phase);
-            let on_answer = damascus_core::on_answer(resume, verdict.kind());
-            open_human_issue(conn, item, resume, on_answer, question, &context).await?;
-        }
-    }
-    Ok(transitions)
-}
-
-/// The columns of `apply_verdicts`' statement, one array per column.
-#[derive(Default)]
-struct VerdictRows {
-    id: Vec<i64>,
-    phase: Vec<&'static str>,
-    resume_phase: Vec<Option<&'static str>>,
-    phase_attempts: Vec<i32>,
-    attempts_total: Vec<i32>,
-    verdict: Vec<&'static str>,
-    reason: Vec<Option<String>>,
-    spec: Vec<Option<serde_json::Value>>,
-    test_command: Vec<Option<String>>,
-    branch: Vec<Option<String>>,
-    pr_url: Vec<Option<String>>,
-    payload: Vec<serde_json::Value>,
+    sqlx::query("select damascus_record_verdicts($1)")
+        .bind(sqlx::types::Json(entries))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// What a verdict writes into its item and its event, beyond the transition itself.
@@ -295,39 +233,47 @@ fn verdict_columns<'a>(
     }
 }
 
-impl VerdictRows {
-    fn push(&mut self, item: &LockedItem, attempt: i32, verdict: &Verdict, to: &Transition) {
-        let VerdictColumns {
-            reason,
-            output,
-            payload,
-        } = verdict_columns(item, attempt, verdict, to);
-        self.payload.push(payload);
-        self.id.push(item.id);
-        self.phase.push(to.phase.as_str());
-        self.resume_phase.push(to.resume_phase.map(Phase::as_str));
-        self.phase_attempts.push(to.phase_attempts);
-        self.attempts_total.push(to.attempts_total);
-        self.verdict.push(verdict.kind().as_str());
-        self.reason.push(reason);
-        self.spec.push(output.and_then(|o| o.spec.clone()));
-        self.test_command
-            .push(output.and_then(|o| o.test_command.clone()));
-        self.branch.push(output.and_then(|o| o.branch.clone()));
-        self.pr_url.push(output.and_then(|o| o.pr_url.clone()));
+/// What a blocked item's question shows beside it: the person's context of a
+/// needs-human verdict, the log tail of a failure.
+fn question_context(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::NeedsHuman { context, .. } => context.clone(),
+        Verdict::Fail { log_tail, .. } => log_tail.clone(),
+        _ => String::new(),
     }
 }
 
-/// One claim's entry in `damascus_end_group`'s `p_ends`: the claim, the item as the
-/// transition was decided from (the fence), what to write (the same columns and event
-/// as `apply_verdicts`), and the run's costs (as `record_costs` writes them).
-pub(crate) fn group_end_entry(
-    claim: (uuid::Uuid, uuid::Uuid),
+/// One verdict as `damascus_record_verdicts` and `damascus_end_group` take it: the
+/// claim (claim token, job) when a claim ran it, the item as the transition was decided
+/// from (the fence), what `decide` made of it, the verdict's columns and event, the
+/// run's costs, and the question it asks when it blocks.
+pub(crate) fn verdict_entry(
+    claim: Option<(uuid::Uuid, uuid::Uuid)>,
     item: &LockedItem,
     attempt: i32,
     verdict: &Verdict,
     to: &Transition,
     costs: &[CostEntry],
+) -> serde_json::Value {
+    verdict_entry_with_context(
+        claim,
+        item,
+        attempt,
+        verdict,
+        to,
+        costs,
+        &question_context(verdict),
+    )
+}
+
+fn verdict_entry_with_context(
+    claim: Option<(uuid::Uuid, uuid::Uuid)>,
+    item: &LockedItem,
+    attempt: i32,
+    verdict: &Verdict,
+    to: &Transition,
+    costs: &[CostEntry],
+    context: &str,
 ) -> serde_json::Value {
     let VerdictColumns {
         reason,
@@ -347,9 +293,10 @@ pub(crate) fn group_end_entry(
             })
         })
         .collect();
+    let resume = to.resume_phase.unwrap_or(item.phase);
     json!({
-        "claim": claim.0.to_string(),
-        "job": claim.1.to_string(),
+        "claim": claim.map(|c| c.0.to_string()),
+        "job": claim.map(|c| c.1.to_string()),
         "item": item.id,
         "from_phase": item.phase.as_str(),
         "from_phase_attempts": item.budget.phase_attempts,
@@ -370,70 +317,97 @@ pub(crate) fn group_end_entry(
         "payload": payload,
         "cost_usd": cost_usd,
         "costs": costs,
+        "question": to.question,
+        "context": to.question.as_ref().map(|_| context),
+        "on_answer": to.question.as_ref().map(|_| damascus_core::on_answer(resume, verdict.kind()).as_str()),
     })
 }
 
-/// Blocks an item that could not finish its phase (a job out of retries, a lost
-/// worker), with a human issue that says what failed.
-pub(crate) async fn block_item(
-    conn: &mut PgConnection,
+/// The entry that blocks an item that could not finish its phase (a job out of
+/// retries, a lost worker): a transient error that asks `question`, its counters as
+/// they are, `context` shown beside the question.
+pub(crate) fn blocked_entry(
+    claim: Option<(uuid::Uuid, uuid::Uuid)>,
     item: &LockedItem,
+    attempt: i32,
     question: &str,
     context: &str,
-) -> DbResult<()> {
-    sqlx::query(
-        "update work_items set phase = 'blocked', resume_phase = $2::work_phase,
-            last_verdict = 'transient_error', last_verdict_reason = $3
-         where id = $1",
-    )
-    .bind(item.id)
-    .bind(item.phase.as_str())
-    .bind(question)
-    .execute(&mut *conn)
-    .await?;
-    events::record(
-        conn,
-        Some(item.id),
-        Some(item.project_id),
-        "item.phase_changed",
-        &json!({ "from": item.phase, "to": Phase::Blocked, "verdict": "transient_error", "reason": question }),
-    )
-    .await?;
-    let on_answer =
-        damascus_core::on_answer(item.phase, damascus_core::VerdictKind::TransientError);
-    open_human_issue(conn, item, item.phase, on_answer, question, context).await
+    costs: &[CostEntry],
+) -> serde_json::Value {
+    let to = Transition {
+        phase: Phase::Blocked,
+        resume_phase: Some(item.phase),
+        phase_attempts: item.budget.phase_attempts,
+        attempts_total: item.budget.attempts_total,
+        question: Some(question.to_owned()),
+    };
+    let verdict = Verdict::TransientError {
+        reason: question.to_owned(),
+    };
+    verdict_entry_with_context(claim, item, attempt, &verdict, &to, costs, context)
 }
 
-/// Opens the item's question: `phase` is the phase it left (re-run as it is by a
-/// retry), `on_answer` where an answer resumes it.
-async fn open_human_issue(
+/// An item as unblocking reads it, locked for the rest of the transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ItemToResume {
+    pub project_id: i64,
+    pub phase: Phase,
+    /// The phase it left, when it is blocked.
+    pub left: Option<Phase>,
+    pub budget: Budget,
+    /// Its project's rounds per answer.
+    pub rounds_per_answer: i32,
+}
+
+/// Locks an item (`FOR UPDATE`) and reads what unblocking it needs.
+pub(crate) async fn lock_item_to_resume(
     conn: &mut PgConnection,
-    item: &LockedItem,
-    phase: Phase,
-    on_answer: Phase,
-    question: &str,
-    context: &str,
-) -> DbResult<()> {
-    let issue_id: Option<i64> = sqlx::query_scalar(
-        "insert into human_issues (item_id, phase, on_answer, question, context)
-         values ($1, $2::work_phase, $5::work_phase, $3, $4)
-         on conflict (item_id) where status = 'open' do nothing
-         returning id",
+    item_id: i64,
+) -> DbResult<ItemToResume> {
+    let row = sqlx::query(
+        "select i.project_id, i.phase::text as phase, i.resume_phase::text as resume_phase,
+                i.phase_attempts, i.attempts_total, i.max_attempts_per_phase,
+                i.max_attempts_total, p.rounds_per_answer
+         from work_items i join projects p on p.id = i.project_id
+         where i.id = $1 for update of i",
     )
-    .bind(item.id)
-    .bind(phase.as_str())
-    .bind(question)
-    .bind(context)
-    .bind(on_answer.as_str())
+    .bind(item_id)
     .fetch_optional(&mut *conn)
-    .await?;
-    events::record(
-        conn,
-        Some(item.id),
-        Some(item.project_id),
-        "item.blocked",
-        &json!({ "human_issue_id": issue_id, "question": question, "resume_phase": phase, "on_answer": on_answer }),
+    .await?
+    .ok_or(DbError::ItemNotFound(item_id))?;
+    Ok(ItemToResume {
+        project_id: row.try_get("project_id")?,
+        phase: parse_enum(&row, "phase")?,
+        left: crate::parse_opt_enum(&row, "resume_phase")?,
+        budget: budget_from_row(&row, "")?,
+        rounds_per_answer: row.try_get("rounds_per_answer")?,
+    })
+}
+
+/// Takes a blocked item (locked by the caller) out of `blocked` the one way there is
+/// (`damascus_core::resume`): its phase and counters. `None` when it is not blocked.
+/// The spawn trigger queues its job in the same transaction.
+pub(crate) async fn resume_blocked(
+    conn: &mut PgConnection,
+    item_id: i64,
+    item: &ItemToResume,
+    why: damascus_core::Unblock,
+) -> DbResult<Option<damascus_core::Resumption>> {
+    let Some(left) = item.left.filter(|_| item.phase == Phase::Blocked) else {
+        return Ok(None);
+    };
+    let resumed = damascus_core::resume(left, item.budget, why);
+    sqlx::query(
+        "update work_items set phase = $2::work_phase, resume_phase = null,
+            phase_attempts = $3, attempts_total = $4, max_attempts_total = $5
+         where id = $1",
     )
+    .bind(item_id)
+    .bind(resumed.phase.as_str())
+    .bind(resumed.phase_attempts)
+    .bind(resumed.attempts_total)
+    .bind(resumed.max_attempts_total)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(Some(resumed))
 }

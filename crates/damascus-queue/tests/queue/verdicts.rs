@@ -586,9 +586,10 @@ async fn a_group_commit_ends_each_claim_as_alone() {
 
 /// The one-statement group end records a verdict only when its claim is held and its
 /// item is exactly as it was at the claim, and then writes what `finish` would (the
-/// item, the event, the costs, the next job); every other end is left untouched for
-/// `finish` to end alone: a lost claim, an item moved by hand, a verdict that blocks,
-/// and an item whose budget was changed by hand (the worker decided a retry from the
+/// item, the event, the costs, the next job, the question of a verdict that blocks);
+/// every other end is left untouched for
+/// `finish` to end alone: a lost claim, an item moved by hand, and an item whose budget
+/// was changed by hand (the worker decided a retry from the
 /// claim's snapshot; the lowered budget makes it a block, decided anew).
 #[tokio::test]
 async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_finish() {
@@ -657,7 +658,8 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
             spec_to(damascus_core::Phase::Build),
             None,
             None,
-            None,
+            // A question blocks it, in the same statement.
+            spec_to(damascus_core::Phase::Blocked),
             None,
             // A failed try with one left: spec again, with a new job.
             spec_to(damascus_core::Phase::Spec),
@@ -665,9 +667,30 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
     );
     assert!(grouped.claimed.is_empty());
     // Nothing of the others was written: each still holds its slot and its job.
-    assert_eq!(held_slots(&db.pool).await, 4);
+    assert_eq!(held_slots(&db.pool).await, 3);
+    let (question, context, on_answer): (String, String, String) = sqlx::query_as(
+        "select question, context, on_answer::text from human_issues where item_id = $1 and status = 'open'",
+    )
+    .bind(ids[3])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (question.as_str(), context.as_str(), on_answer.as_str()),
+        ("which database?", "two are configured", "spec")
+    );
+    let blocked_event: serde_json::Value = sqlx::query_scalar(
+        "select payload from events_outbox where item_id = $1 and kind = 'item.blocked'",
+    )
+    .bind(ids[3])
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(blocked_event["question"], "which database?");
+    assert_eq!(blocked_event["resume_phase"], "spec");
+    assert!(blocked_event["human_issue_id"].is_i64());
     let mut alone = Vec::new();
-    for (job, report) in &ends[1..5] {
+    for (job, report) in [ends[1], ends[2], ends[4]] {
         alone.push(Some(
             jobs::finish(&db.pool, worker, job, report).await.unwrap(),
         ));
@@ -677,7 +700,6 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
         [
             Some(Ended::LostClaim),
             Some(Ended::Superseded),
-            spec_to(damascus_core::Phase::Blocked),
             // Decided from the lowered budget: out of tries, blocked.
             spec_to(damascus_core::Phase::Blocked),
         ]
