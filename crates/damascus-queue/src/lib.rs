@@ -8,11 +8,16 @@
 //! Architecture invariants: no SQL here (every statement is in `damascus-db::jobs`);
 //! nothing here knows what a phase does — that is the `PhaseRunner` the caller passes.
 
+mod completer;
 mod config;
+mod executor;
+mod keep_alive;
 mod listener;
+mod maintenance;
 pub mod orphans;
 mod phase;
 mod pool;
+mod producer;
 
 pub use config::{QueueConfig, RetryPolicy};
 pub use phase::{JobContext, PhaseFuture, PhaseRunner};
