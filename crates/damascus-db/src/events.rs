@@ -100,9 +100,19 @@ mod vocabulary_tests {
             "webhook",
         ];
         let mut seen = std::collections::BTreeSet::new();
-        for dir in ["migrations", "crates/damascus-db/src"] {
-            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        // Module directories (e.g. `jobs/`) are walked too.
+        let mut dirs: Vec<_> = ["migrations", "crates/damascus-db/src"]
+            .iter()
+            .map(|dir| root.join(dir))
+            .collect();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(path).unwrap();
                 for quote in ['"', '\''] {
                     for family in families {
                         let opening = format!("{quote}{family}.");

@@ -1,0 +1,144 @@
+//! The safety net behind the normal paths: the reaper (dead jobs, silent workers) and
+//! the respawn pass that gives jobless working items their job. It must not end a claim
+//! a live worker holds: it takes only expired slots and never waits for a busy row.
+
+use std::time::Duration;
+
+use damascus_core::Phase;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::end::delete_job;
+use super::interval;
+use crate::error::DbResult;
+use crate::parse_opt_enum;
+use crate::transitions::{blocked_entry, lock_item, record_verdicts};
+
+/// What one pass of the reaper did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Jobs whose every attempt was claimed and lost (workers died); their items are blocked.
+    pub dead_jobs: u64,
+    /// Worker rows whose heartbeat stopped.
+    pub stale_workers: u64,
+    /// Items in a working phase that had no job (e.g. its queue row was deleted by hand).
+    pub respawned: u64,
+}
+
+/// The safety net behind the normal paths: blocks the items of dead jobs, forgets
+/// workers that stopped heartbeating, and gives jobless working items their job.
+pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
+    let mut reaped = Reaped::default();
+    let candidates: Vec<Uuid> = sqlx::query_scalar(
+        "select m.id from mq_msgs m
+         where m.channel_name = damascus_job_channel() and m.id != uuid_nil()
+           and m.attempts <= 0 and m.attempt_at <= now()",
+    )
+    .fetch_all(pool)
+    .await?;
+    for job_id in candidates {
+        if reap_dead_job(pool, job_id).await? {
+            reaped.dead_jobs += 1;
+        }
+    }
+    // Each worker is judged by its own lease: silent for four of them (and at least
+    // `min_stale`) means gone.
+    reaped.stale_workers = sqlx::query(
+        "delete from damascus_worker_processes
+         where heartbeat_at < now() - greatest($1, 4 * lease_ms * interval '1 millisecond')",
+    )
+    .bind(interval(min_stale))
+    .execute(pool)
+    .await?
+    .rows_affected();
+    reaped.respawned = respawn_jobless(pool).await?;
+    Ok(reaped)
+}
+
+/// The channel on which a lock hand-over that passed over a busy waiter asks the
+/// workers for a respawn pass (`respawn_jobless`) now instead of at the next reaper
+/// round.
+pub const RESPAWN_CHANNEL: &str = "damascus_respawn";
+
+/// Gives each item in a working phase that may run and has no job its job (the spawn
+/// trigger does it, on a touch of `updated_at`). Waits for a row another transaction
+/// holds: it runs in a transaction of its own and holds no other lock.
+pub async fn respawn_jobless(pool: &PgPool) -> DbResult<u64> {
+    Ok(sqlx::query(
+        "update work_items i set updated_at = now()
+         where i.phase in ('spec', 'build', 'review')
+           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+           and not exists (select 1 from projects p where p.id = i.project_id and p.paused)
+           and not damascus_gates_hold(i.id, i.phase)
+           and not (i.phase = 'review' and damascus_locks_taken_by_others(i.id))",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Blocks the item of one dead job, in a transaction of its own. Locks in the order
+/// every end of a claim uses (slot, item, queue row), and never waits: a job whose slot
+/// or row is busy (its last holder may be finishing it right now) is left for the next
+/// pass.
+async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
+    let mut tx = pool.begin().await?;
+    let named: i64 = sqlx::query_scalar("select count(*) from damascus_slots where job_id = $1")
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if named > 0 {
+        let expired: Option<i32> = sqlx::query_scalar(
+            "select slot from damascus_slots where job_id = $1 and lease_until < now() for update skip locked",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if expired.is_none() {
+            return Ok(false);
+        }
+    }
+    let target = sqlx::query(
+        "select item_id, phase::text as phase, attempt, last_error from damascus_jobs where job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    type Target = (Option<i64>, Option<Phase>, i32, Option<String>);
+    let (item_id, phase, attempt, last_error): Target = match &target {
+        Some(row) => (
+            row.try_get("item_id")?,
+            parse_opt_enum(row, "phase")?,
+            row.try_get("attempt")?,
+            row.try_get("last_error")?,
+        ),
+        None => (None, None, 1, None),
+    };
+    let item = match item_id {
+        Some(item_id) => Some(lock_item(&mut tx, item_id).await?),
+        None => None,
+    };
+    let still_dead: Option<Uuid> = sqlx::query_scalar(
+        "select id from mq_msgs where id = $1 and attempts <= 0 and attempt_at <= now() for update skip locked",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if still_dead.is_none() {
+        return Ok(false);
+    }
+    delete_job(&mut tx, job_id).await?;
+    if let (Some(item), Some(phase)) = (item, phase) {
+        if item.phase == phase {
+            let question = format!(
+                "{phase} of this item never finished: every attempt of its job was lost (the worker running it died or lost its lease){}. Check the workers' logs, then retry the item",
+                last_error.map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+            let context = format!("job {job_id}");
+            let entry = blocked_entry(None, &item, attempt, &question, &context, &[]);
+            record_verdicts(&mut tx, &[entry]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
