@@ -393,7 +393,7 @@ CREATE FUNCTION public.damascus_gate_opened() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 begin
-    update work_items set updated_at = now() where id = new.item_id;
+    perform damascus_look_again(array[new.item_id]);
     return null;
 end;
 $$;
@@ -423,7 +423,7 @@ begin
         order by i.phase_entered_at, i.id
         for update of i skip locked
     loop
-        update work_items set updated_at = now() where id = v_waiter;
+        perform damascus_look_again(array[v_waiter]);
         exit when exists (select 1 from named_locks where name = old.name);
     end loop;
     if not exists (select 1 from named_locks where name = old.name) then
@@ -509,6 +509,26 @@ CREATE FUNCTION public.damascus_locks_taken_by_others(p_item bigint) RETURNS boo
     )
 $$;
 
+CREATE FUNCTION public.damascus_look_again(p_items bigint[]) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_touched integer;
+begin
+    update work_items set updated_at = now() where id = any (p_items);
+    get diagnostics v_touched = row_count;
+    return v_touched;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_may_run(p_item bigint, p_phase public.work_phase, p_project bigint) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select p_phase in ('spec', 'build', 'review')
+       and not exists (select 1 from projects p where p.id = p_project and p.paused)
+       and not damascus_gates_hold(p_item, p_phase)
+$$;
+
 CREATE FUNCTION public.damascus_merge_queue_followers(p_head bigint, p_limit integer) RETURNS SETOF bigint
     LANGUAGE sql STABLE
     AS $$
@@ -517,11 +537,10 @@ CREATE FUNCTION public.damascus_merge_queue_followers(p_head bigint, p_limit int
     join merge_queue q on q.lock_name = head.lock_name
         and (q.entered_at, q.item_id) > (head.entered_at, head.item_id)
     join work_items i on i.id = q.item_id
-    join projects p on p.id = i.project_id
     where head.item_id = p_head
-      and i.phase = 'review' and not p.paused
+      and i.phase = 'review'
       and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
-      and not damascus_gates_hold(i.id, 'review')
+      and damascus_may_run(i.id, i.phase, i.project_id)
       and not exists (
           select 1 from coordination_gates g
           where g.item_id = i.id and g.kind = 'lock' and g.lock_name <> q.lock_name
@@ -721,18 +740,13 @@ declare
     v_job uuid := gen_random_uuid();
     v_attempts integer;
 begin
-    if new.phase not in ('spec', 'build', 'review') then
-        return null;
-    end if;
     if exists (select 1 from damascus_jobs where item_id = new.id) then
         return null;
     end if;
-    -- FOR SHARE: a pause committing right now is waited for and seen, so no job is
-    -- spawned behind it.
-    if exists (select 1 from projects where id = new.project_id and paused for share) then
-        return null;
-    end if;
-    if damascus_gates_hold(new.id, new.phase) then
+    -- A paused project's row is share-locked: a resume committing right now waits for
+    -- this transaction, and its look at the project's items then sees this one.
+    perform 1 from projects where id = new.project_id and paused for share;
+    if not damascus_may_run(new.id, new.phase, new.project_id) then
         return null;
     end if;
     if new.phase = 'review' and not damascus_take_locks(new.id) then

@@ -207,15 +207,16 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     // SKIP LOCKED: an item locked right now is being finished or answered, and that
     // change itself runs the spawn trigger; waiting for it could deadlock with a merge
     // that opens gates.
-    let touched = sqlx::query(
-        "update work_items set updated_at = now() where id in (
-            select id from work_items where project_id = $1 and phase in ('spec', 'build', 'review')
-            order by id for update skip locked)",
+    let touched: i32 = sqlx::query_scalar(
+        "select damascus_look_again(array(
+            select id from work_items
+            where project_id = $1 and damascus_may_run(id, phase, project_id)
+            order by id for update skip locked))",
     )
     .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut *tx)
+    .await?;
+    let touched = touched as u64;
     events::record(
         &mut tx,
         None,

@@ -56,12 +56,13 @@ pub(super) async fn delete_job(conn: &mut PgConnection, job: Uuid) -> DbResult<(
     Ok(())
 }
 
-/// Deletes the job and nudges its item, so that the spawn trigger gives an item that
-/// is still in a working phase the job it should have.
+/// Deletes the job and asks for its item to be looked at again
+/// (`damascus_look_again`), so that an item that may still run gets the job it should
+/// have.
 async fn supersede(conn: &mut PgConnection, job: &ClaimedJob) -> DbResult<Ended> {
     delete_job(conn, job.job_id).await?;
     if let Some(target) = job.target {
-        sqlx::query("update work_items set updated_at = now() where id = $1")
+        sqlx::query("select damascus_look_again(array[$1::bigint])")
             .bind(target.item_id)
             .execute(&mut *conn)
             .await?;
@@ -384,13 +385,16 @@ pub async fn retry_later(
             return Ok(ended);
         }
     };
-    // A paused project's job is not retried: it is withdrawn, and resuming the project
-    // queues the item again.
-    let paused: bool = sqlx::query_scalar("select paused from projects where id = $1")
+    // A job whose item may not run now (its project was paused, a gate closed) is not
+    // retried but withdrawn: what lets it run again (a resume, the gate opening) looks
+    // at the item again.
+    let may_run: bool = sqlx::query_scalar("select damascus_may_run($1, $2::work_phase, $3)")
+        .bind(item.id)
+        .bind(target.phase.as_str())
         .bind(item.project_id)
         .fetch_one(&mut *tx)
         .await?;
-    if paused {
+    if !may_run {
         record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
         delete_job(&mut tx, job.job_id).await?;
         tx.commit().await?;

@@ -60,21 +60,22 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
 /// round.
 pub const RESPAWN_CHANNEL: &str = "damascus_respawn";
 
-/// Gives each item in a working phase that may run and has no job its job (the spawn
-/// trigger does it, on a touch of `updated_at`). Waits for a row another transaction
-/// holds: it runs in a transaction of its own and holds no other lock.
+/// Asks for each item that may run (`damascus_may_run`) and has no job to be looked at
+/// again, so the spawn trigger gives it its job. An item in review whose lock another
+/// item holds is left out: its job comes with the lock's hand-over. Waits for a row
+/// another transaction holds: it runs in a transaction of its own and holds no other
+/// lock.
 pub async fn respawn_jobless(pool: &PgPool) -> DbResult<u64> {
-    Ok(sqlx::query(
-        "update work_items i set updated_at = now()
-         where i.phase in ('spec', 'build', 'review')
-           and not exists (select 1 from damascus_jobs j where j.item_id = i.id)
-           and not exists (select 1 from projects p where p.id = i.project_id and p.paused)
-           and not damascus_gates_hold(i.id, i.phase)
-           and not (i.phase = 'review' and damascus_locks_taken_by_others(i.id))",
+    let touched: i32 = sqlx::query_scalar(
+        "select damascus_look_again(array(
+            select i.id from work_items i
+            where not exists (select 1 from damascus_jobs j where j.item_id = i.id)
+              and damascus_may_run(i.id, i.phase, i.project_id)
+              and not (i.phase = 'review' and damascus_locks_taken_by_others(i.id))))",
     )
-    .execute(pool)
-    .await?
-    .rows_affected())
+    .fetch_one(pool)
+    .await?;
+    Ok(touched as u64)
 }
 
 /// Blocks the item of one dead job, in a transaction of its own. Locks in the order

@@ -595,7 +595,7 @@ async fn a_pool_stops_while_its_respawn_waits_for_a_busy_row() {
 
 /// How the statement of a respawn pass (`jobs::respawn_jobless`, also the reaper's last
 /// step) begins, to find it in `pg_stat_activity`.
-const RESPAWN_PASS: &str = "update work_items i set updated_at = now()";
+const RESPAWN_PASS: &str = "select damascus_look_again(array(";
 
 /// Waits until the pool's respawn pass waits for a row lock held by backend `blocker`.
 async fn wait_until_respawn_waits_for(db: &damascus_testdb::TestDatabase, blocker: i32) {
