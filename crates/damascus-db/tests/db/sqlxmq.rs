@@ -1,7 +1,7 @@
-//! The queue functions copied from sqlxmq, as fixed by
-//! `migrations/20261125000002_sqlxmq_fixes.sql`: ANALYZE works without `public` on the
-//! search_path, polling keeps sqlxmq's semantics, and a poll reads one index entry per
-//! channel instead of the whole backlog.
+//! The queue functions copied from sqlxmq, as `migrations/20261201000000_baseline.sql`
+//! defines them: ANALYZE works without `public` on the search_path, polling keeps
+//! sqlxmq's semantics, and a poll reads one index entry per channel instead of the whole
+//! backlog.
 
 use std::time::Duration;
 
