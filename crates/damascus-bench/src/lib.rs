@@ -1,5 +1,5 @@
 //! damascus-bench owns `damascus bench queue`: the queue's throughput through the real
-//! worker pool, pickup latency, the cost of a claim and of an sqlxmq poll, a bare
+//! worker pool, pickup latency, the cost of a claim, a bare
 //! `SKIP LOCKED` queue for scale, the machine's CPU per job and per commit
 //! (`machine_cpu`), and the baseline all of them are compared with: the best
 //! single-row commit rate the server reaches (`baseline`: this crate's client at a few

@@ -1,6 +1,6 @@
 //! The queue bench's run: end-to-end throughput of no-op phases through the real pool
 //! (claim, run, finish transaction, trigger), pickup latency on an idle pool, the cost
-//! of one claim and one sqlxmq poll at each backlog, and, against the same server in
+//! of one claim at each backlog, and, against the same server in
 //! the same run, the single-row commit rate that a queue's throughput is compared with
 //! (`baseline`) and a bare `SKIP LOCKED` queue for scale; for each part, what it cost
 //! the machine's CPU (`machine_cpu`).
@@ -42,7 +42,6 @@ pub struct BacklogResult {
     pub jobs: u64,
     pub elapsed: Duration,
     pub claim_cost: Duration,
-    pub poll_cost: Duration,
     /// The machine's CPU use from pool start to the last verdict.
     pub cpu: Option<CpuUse>,
 }
@@ -130,7 +129,7 @@ pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbRes
     let probe = jobs::register_worker(pool, &info, Some(config.concurrency))
         .await?
         .id;
-    let (claim_cost, poll_cost) = bench::claim_and_poll_cost(pool, probe, 50).await?;
+    let claim_cost = bench::claim_cost(pool, probe, 50).await?;
     jobs::deregister_worker(pool, probe).await?;
 
     let phase = Arc::new(NoopPhase {
@@ -157,7 +156,6 @@ pub async fn throughput(pool: &PgPool, jobs: u64, config: &BenchConfig) -> DbRes
         jobs,
         elapsed,
         claim_cost,
-        poll_cost,
         cpu,
     })
 }

@@ -93,13 +93,12 @@ fn write_figures(out: &mut String, report: &BenchReport, config: &BenchConfig) -
         };
         writeln!(
             out,
-            "backlog {:>7}   {:.0} jobs/s ({:.1} s), {:.1}% of the commit rate{spread}; one claim {:.3} ms, one mq_poll {:.3} ms",
+            "backlog {:>7}   {:.0} jobs/s ({:.1} s), {:.1}% of the commit rate{spread}; one claim {:.3} ms",
             backlog.jobs,
             backlog.jobs_per_second(),
             backlog.elapsed.as_secs_f64(),
             100.0 * round.ratio(n),
             backlog.claim_cost.as_secs_f64() * 1000.0,
-            backlog.poll_cost.as_secs_f64() * 1000.0,
         )?;
         if let (Some(cpu), Some(per_job), Some(ceiling), Some(ratio)) = (
             backlog.cpu,

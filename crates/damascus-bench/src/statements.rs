@@ -1,4 +1,4 @@
-//! The statements `damascus bench queue` times: seeding jobs, one claim or poll in a
+//! The statements `damascus bench queue` times: seeding jobs, one claim in a
 //! rolled-back transaction, the single-row insert that gives the server's commit
 //! rate, and a bare queue's seed and delete. They run in a scratch database, never in
 //! the product's; the tables they use beside the product's schema are in
@@ -86,29 +86,17 @@ pub async fn read_item_body_len(pool: &PgPool, item_id: i64) -> DbResult<i32> {
     )
 }
 
-/// Mean time of `damascus_claim` for one job and of sqlxmq's `mq_poll`, each in a
-/// transaction that is rolled back so the queue is left as it was.
-pub async fn claim_and_poll_cost(
-    pool: &PgPool,
-    worker: WorkerId,
-    samples: u32,
-) -> DbResult<(Duration, Duration)> {
+/// Mean time of `damascus_claim` for one job, each in a transaction that is rolled
+/// back so the queue is left as it was.
+pub async fn claim_cost(pool: &PgPool, worker: WorkerId, samples: u32) -> DbResult<Duration> {
     let mut conn = pool.acquire().await?;
-    let claim = mean_rolled_back(
+    mean_rolled_back(
         &mut conn,
         "select * from damascus_claim($1, 1, interval '30 seconds')",
         worker,
         samples,
     )
-    .await?;
-    let poll = mean_rolled_back(
-        &mut conn,
-        "select * from mq_poll(array['damascus.advance'], 1) where $1::int8 is not null",
-        worker,
-        samples,
-    )
-    .await?;
-    Ok((claim, poll))
+    .await
 }
 
 async fn mean_rolled_back(

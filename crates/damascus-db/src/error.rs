@@ -24,6 +24,8 @@ pub enum DbError {
     NotInitialized,
     #[error("the database schema is at version {applied}, but this damascus needs {expected}; run: damascus init")]
     SchemaBehind { applied: i64, expected: i64 },
+    #[error("this database was created by a development build of Damascus (it records migration {version}), whose migrations were replaced by one baseline schema ({baseline}) before release; it cannot be upgraded: dump what you need from it (pg_dump), then start from an empty database (point DATABASE_URL at a new one, or, with the embedded cluster, move its data directory aside) and run: damascus init")]
+    DevelopmentSchema { version: i64, baseline: i64 },
     #[error("project {0:?} not found; list projects with: damascus project list")]
     ProjectNotFound(String),
     #[error(

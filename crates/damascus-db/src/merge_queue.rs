@@ -1,8 +1,8 @@
 //! The merge queue's rows: who is queued for which repository, in what order, and what
-//! the head's run is doing. Entering and leaving the queue is done by triggers in the
-//! transaction that moves an item into or out of review (migration 16); this module
-//! reads the queue and records the head's progress (`mark`), which is bookkeeping for
-//! people and moves no item.
+//! the head's run is doing. Entering and leaving the queue is done by triggers
+//! (`work_items_enter_merge_queue`, `work_items_leave_merge_queue`) in the transaction
+//! that moves an item into or out of review; this module reads the queue and records the
+//! head's progress (`mark`), which is bookkeeping for people and moves no item.
 
 use chrono::{DateTime, Utc};
 use damascus_core::MergeQueueState;

@@ -8,6 +8,15 @@ use crate::error::{DbError, DbResult};
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
+/// The oldest migration this build knows: the baseline, which creates the whole schema.
+pub fn baseline_version() -> i64 {
+    MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .min()
+        .expect("migrations/ is not empty")
+}
+
 /// The newest migration this build knows.
 pub fn latest_version() -> i64 {
     MIGRATOR
@@ -34,12 +43,25 @@ pub enum SchemaState {
     },
 }
 
+/// Reads how the database's schema compares with this build. A database that records a
+/// migration older than the baseline was made by a development build whose migrations
+/// the baseline replaced: it is refused with [`DbError::DevelopmentSchema`], since no
+/// migration leads from it to this schema.
 pub async fn schema_state(pool: &PgPool) -> DbResult<SchemaState> {
     let has_table: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
         .fetch_one(pool)
         .await?;
     if !has_table {
         return Ok(SchemaState::Empty);
+    }
+    let baseline = baseline_version();
+    let retired: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where version < $1")
+            .bind(baseline)
+            .fetch_one(pool)
+            .await?;
+    if let Some(version) = retired {
+        return Err(DbError::DevelopmentSchema { version, baseline });
     }
     let applied: Vec<i64> =
         sqlx::query_scalar("select version from _sqlx_migrations where success order by version")
@@ -78,7 +100,9 @@ pub async fn require_current(pool: &PgPool) -> DbResult<()> {
 }
 
 /// Applies every pending migration; returns how many ran. Running it twice is a no-op:
-/// sqlx records each applied version and takes an advisory lock while migrating.
+/// sqlx records each applied version and takes an advisory lock while migrating. A
+/// database of a development build from before the baseline is refused, untouched
+/// (see [`schema_state`]).
 pub async fn apply(pool: &PgPool) -> DbResult<usize> {
     let before: usize = match schema_state(pool).await? {
         SchemaState::Empty => MIGRATOR.iter().count(),

@@ -1,5 +1,5 @@
 //! The reviewer, as the head of its repository's merge queue. Only the head of a queue
-//! runs (the queue's lock, migration 16); its run:
+//! runs (it holds the queue's named lock); its run:
 //!
 //! 1. takes up to `merge_batch_size - 1` followers queued behind it with the same test
 //!    command;

@@ -2,6 +2,7 @@
 
 use damascus_db::migrate::{self, SchemaState};
 use damascus_db::schema_dump::dump_schema;
+use damascus_db::DbError;
 use damascus_testdb::TestDatabase;
 
 const SCHEMA_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema.sql");
@@ -50,6 +51,100 @@ async fn migrations_are_idempotent() {
         SchemaState::Current {
             version: migrate::latest_version()
         }
+    );
+}
+
+/// A database migrated by a development build from before the baseline records
+/// migrations the baseline replaced. It is refused with what is wrong and what to do,
+/// not with sqlx's "previously applied but is missing", and left untouched.
+#[tokio::test]
+async fn a_development_database_from_before_the_baseline_is_refused() {
+    let db = TestDatabase::empty().await;
+    // sqlx's own bookkeeping table, as such a build left it: its last migration only
+    // (20261125000021_claim_says_when_ready.sql), none of the baseline.
+    sqlx::raw_sql(
+        "create table _sqlx_migrations (
+             version bigint primary key,
+             description text not null,
+             installed_on timestamptz not null default now(),
+             success boolean not null,
+             checksum bytea not null,
+             execution_time bigint not null
+         );
+         insert into _sqlx_migrations (version, description, success, checksum, execution_time)
+         values (20261125000021, 'claim says when ready', true, '\\x00', 1);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let refusals = [
+        migrate::schema_state(&db.pool)
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        migrate::require_current(&db.pool).await.unwrap_err(),
+        migrate::apply(&db.pool).await.map(|_| ()).unwrap_err(),
+    ];
+    for err in refusals {
+        assert!(
+            matches!(
+                err,
+                DbError::DevelopmentSchema {
+                    version: 20261125000021,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for needed in [
+            "development build",
+            "migration 20261125000021",
+            "cannot be upgraded",
+            "dump what you need",
+            "empty database",
+            "damascus init",
+        ] {
+            assert!(
+                message.contains(needed),
+                "{needed:?} missing from: {message}"
+            );
+        }
+    }
+    // Nothing was migrated.
+    let tables: i64 = sqlx::query_scalar(
+        "select count(*) from pg_tables where schemaname = 'public' and tablename <> '_sqlx_migrations'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 0);
+}
+
+/// The same when the old migrations sit beside the baseline (a development database that
+/// someone tried to migrate with a baseline build by hand).
+#[tokio::test]
+async fn an_old_migration_beside_the_baseline_is_refused() {
+    let db = TestDatabase::new().await;
+    sqlx::query(
+        "insert into _sqlx_migrations (version, description, success, checksum, execution_time)
+         values (20261125000002, 'sqlxmq fixes', true, '\\x00', 1)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = migrate::require_current(&db.pool).await.unwrap_err();
+    assert!(err.to_string().contains("development build"), "{err}");
+    let err = migrate::apply(&db.pool).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DbError::DevelopmentSchema {
+                version: 20261125000002,
+                ..
+            }
+        ),
+        "{err:?}"
     );
 }
 
