@@ -1,17 +1,11 @@
 -- The whole schema of Damascus: every extension, type, table, index, function, trigger
 -- and view it uses, and the rows a new database starts with.
 --
--- The message queue (the mq_new_t type, the mq_msgs and mq_payloads tables and the mq_*
--- functions) is copied from the sqlxmq 0.6.0 crate (https://github.com/Diggsey/sqlxmq,
--- licensed under MIT or Apache-2.0), as its README asks, from its migrations
--- 20210316025847_setup.up.sql, 20210921115907_clear.up.sql,
--- 20211013151757_fix_mq_latest_message.up.sql, 20220208120856_fix_concurrent_poll.up.sql
--- and 20220713122907_fix-clear_all-keep-nil-message.up.sql. Only what Damascus calls is
--- kept: mq_insert (the spawn trigger), mq_delete (cancel, pause), mq_latest_message
--- (mq_insert's, for ordered messages) and mq_uuid_exists (the ready index), the last
--- changed as explained where it is defined; sqlxmq's runner functions (mq_poll,
--- mq_commit, mq_keep_alive, mq_checkpoint, mq_clear) are not, since Damascus claims
--- with damascus_claim. sqlxmq's own SQL keeps its uppercase style.
+-- The job queue is Damascus's own: one damascus_jobs row per job (its item, phase,
+-- attempt, when it may run and its runs), one damascus_slots row per phase that may run
+-- at once (the global cap, the lease and the claim that holds a job), and the functions
+-- below that spawn, claim, keep alive and end jobs. damascus_queue shows each job with
+-- its state and holder in one row.
 --
 -- Conventions of Damascus's own tables: every closed vocabulary is an enum type
 -- (mirrored by damascus-core), every reference is a real foreign key, columns are NOT
@@ -20,41 +14,8 @@
 -- states.
 
 -- ===================================================================================
--- Extensions
--- ===================================================================================
-
-CREATE EXTENSION IF NOT EXISTS "uuid-ossp";
-
--- ===================================================================================
 -- Types
 -- ===================================================================================
-
--- The UDT for creating messages
-CREATE TYPE mq_new_t AS (
-    -- Unique message ID
-    id UUID,
-    -- Delay before message is processed
-    delay INTERVAL,
-    -- Number of retries if initial processing fails
-    retries INT,
-    -- Initial backoff between retries
-    retry_backoff INTERVAL,
-    -- Name of channel
-    channel_name TEXT,
-    -- Arguments to channel
-    channel_args TEXT,
-    -- Interval for two-phase commit (or NULL to disable two-phase commit)
-    commit_interval INTERVAL,
-    -- Whether this message should be processed in order with respect to other
-    -- ordered messages.
-    ordered BOOLEAN,
-    -- Name of message
-    name TEXT,
-    -- JSON payload
-    payload_json TEXT,
-    -- Binary payload
-    payload_bytes BYTEA
-);
 
 create type work_phase as enum ('intake', 'spec', 'build', 'review', 'merged', 'blocked', 'cancelled');
 create type verdict_kind as enum ('pass', 'fail', 'needs_human', 'transient_error');
@@ -69,62 +30,6 @@ create type webhook_delivery_state as enum ('pending', 'retrying', 'delivered', 
 -- ===================================================================================
 -- Tables, each with its indexes
 -- ===================================================================================
-
--- Internal helper function to check that a UUID is neither NULL nor NIL. Defined before
--- the tables because an index predicate of mq_msgs calls it.
---
--- sqlxmq's body calls uuid_nil() unqualified, and a SQL function's body is parsed with
--- the caller's search_path each time it is inlined. The partial index
--- mq_msgs_channel_name_channel_args_attempt_at_idx calls this function in its
--- predicate, so with that body every session without public on its search_path fails
--- with "function uuid_nil() does not exist" when it evaluates that predicate:
--- autovacuum (search_path '') could never ANALYZE mq_msgs, and restoring a pg_dump
--- (also '') could not rebuild the index or insert into the table. The nil UUID is a
--- constant, so comparing with its literal gives the same result for every input, leaves
--- nothing to look up by name (only pg_catalog's uuid operators, which are always on the
--- path), and keeps the function IMMUTABLE and inlinable. The other function in an index
--- predicate, uuid_nil() itself, is a C function bound by OID, and no other index
--- predicate, index expression or statistics object calls a function written in SQL.
-CREATE FUNCTION mq_uuid_exists(
-    id UUID
-) RETURNS BOOLEAN AS $$
-    SELECT id IS NOT NULL AND id != '00000000-0000-0000-0000-000000000000'::uuid
-$$ LANGUAGE SQL IMMUTABLE;
-
--- Small, frequently updated table of messages
-CREATE TABLE mq_msgs (
-    id UUID PRIMARY KEY,
-    created_at TIMESTAMPTZ DEFAULT NOW(),
-    attempt_at TIMESTAMPTZ DEFAULT NOW(),
-    attempts INT NOT NULL DEFAULT 5,
-    retry_backoff INTERVAL NOT NULL DEFAULT INTERVAL '1 second',
-    channel_name TEXT NOT NULL,
-    channel_args TEXT NOT NULL,
-    commit_interval INTERVAL,
-    after_message_id UUID DEFAULT uuid_nil() REFERENCES mq_msgs(id) ON DELETE SET DEFAULT
-);
-
--- Index for polling
-CREATE INDEX mq_msgs_channel_name_channel_args_attempt_at_idx ON mq_msgs(channel_name, channel_args, attempt_at) WHERE id != uuid_nil() AND NOT mq_uuid_exists(after_message_id);
--- Index for adding messages
-CREATE INDEX mq_msgs_channel_name_channel_args_created_at_id_idx ON mq_msgs(channel_name, channel_args, created_at, id) WHERE id != uuid_nil() AND after_message_id IS NOT NULL;
-
--- Index for ensuring strict message order
-CREATE UNIQUE INDEX mq_msgs_channel_name_channel_args_after_message_id_idx ON mq_msgs(channel_name, channel_args, after_message_id);
-
--- The self-reference (after_message_id REFERENCES mq_msgs ON DELETE SET DEFAULT) has no
--- index of its own in sqlxmq, so every deleted message would make PostgreSQL scan the
--- whole table for referencing rows: finishing a job would cost O(backlog). This index
--- makes that check a lookup.
-create index mq_msgs_after_message_id_idx on mq_msgs (after_message_id) where after_message_id is not null;
-
--- Large, less frequently updated table of message payloads
-CREATE TABLE mq_payloads(
-    id UUID PRIMARY KEY,
-    name TEXT NOT NULL,
-    payload_json JSONB,
-    payload_bytes BYTEA
-);
 
 create table projects (
     id bigint generated always as identity primary key,
@@ -371,7 +276,7 @@ create table api_tokens (
     revoked_at timestamptz
 );
 
--- The queue engine around sqlxmq's tables: which item and phase each job advances,
+-- The queue engine: which item and phase each job advances,
 -- a global cap on running phases (slots), worker processes with heartbeats, leases,
 -- and the trigger that spawns an item's job in the same transaction as the change that
 -- made it runnable.
@@ -403,16 +308,16 @@ create table damascus_worker_processes (
 
 -- The global cap: one row per phase that may run at once. A running job holds a slot
 -- until it finishes or its lease runs out; an expired lease frees the slot (its holder
--- died) and its job becomes claimable again, since the job's attempt_at expired too.
+-- died) and its job becomes claimable again, since the job's run_at passed too.
 --
 -- Slot rows change on every claim and every end of a claim. With no index on a column
 -- that changes (job_id, claim_token), each change is a HOT update inside the slot
 -- table's few pages: no index entry written, none left behind to vacuum. The table
 -- holds one row per slot of the cap, so finding a claim or a job by scanning it costs
 -- less than keeping an index. That a job or a claim token is held by one slot at most
--- is true by construction: damascus_claim takes slots and queue rows FOR UPDATE SKIP
+-- is true by construction: damascus_claim takes slots and job rows FOR UPDATE SKIP
 -- LOCKED and mints each token with gen_random_uuid(). job_id has no foreign key: every
--- path that deletes a queue row frees its slot first (damascus_delete_job,
+-- path that deletes a job row frees its slot first (damascus_delete_job,
 -- damascus_delete_jobs, damascus_end_group) or only deletes rows no slot names (pausing
 -- a project); a slot naming a vanished job is reclaimed when its lease ends.
 create table damascus_slots (
@@ -427,21 +332,38 @@ create table damascus_slots (
     lease_until timestamptz
 );
 
--- Which item, phase and attempt a queue message advances. One job per item at most:
--- the unique key makes "exactly one job per runnable item" a database fact.
+-- One row per job: which item, phase and attempt it advances and where it stands in
+-- the queue. One job per item at most: the unique key makes "exactly one job per
+-- runnable item" a database fact. A job is ready when run_at has passed and it has
+-- runs left (runs < max_runs). A claim starts a run (runs + 1) and moves run_at to the
+-- end of its lease, which keep-alives push on: a job whose holder died is ready again
+-- when the lease runs out, and one with no runs left is dead, and the reaper blocks
+-- its item. A retry moves run_at by its backoff; a release gives the run back. Which
+-- worker holds it is its slot's business; damascus_queue shows both in one row.
 create table damascus_jobs (
-    job_id uuid primary key references mq_msgs (id) on delete cascade,
+    job_id uuid primary key default gen_random_uuid(),
     item_id bigint not null unique references work_items (id) on delete cascade,
     phase work_phase not null
         constraint damascus_jobs_working_phase check (phase in ('spec', 'build', 'review')),
     attempt integer not null
         constraint damascus_jobs_attempt_positive check (attempt >= 1),
+    -- When it may run next: at once, after a retry's backoff, or, while claimed, when
+    -- its lease ends.
+    run_at timestamptz not null default now(),
     -- How often the job was claimed: its runs, including one going on now.
     runs integer not null default 0
         constraint damascus_jobs_runs_non_negative check (runs >= 0),
+    -- How many runs it may have (the queue's job_attempts when it was spawned).
+    max_runs integer not null
+        constraint damascus_jobs_max_runs_positive check (max_runs >= 1),
     last_error text,
     created_at timestamptz not null default now()
 );
+
+-- The claim's read: ready jobs in run_at order, from one index range.
+create index damascus_jobs_ready_idx on damascus_jobs (run_at) where runs < max_runs;
+-- The reaper's read: jobs with no runs left.
+create index damascus_jobs_spent_idx on damascus_jobs (run_at) where runs >= max_runs;
 
 -- Named locks: a `lock` gate is a named mutex an item must hold to run its review
 -- phase (its tests and its merge). Items that share a lock name never review, and so
@@ -587,104 +509,6 @@ comment on table webhook_deliveries is
     'One row per (webhook, event): pending, retrying (attempts, next_attempt_at, last_status, last_error), delivered or dead.';
 
 -- ===================================================================================
--- Functions: sqlxmq's queue (copied; mq_uuid_exists is defined before the tables)
--- ===================================================================================
-
--- Internal helper function to return the most recently added message in a queue.
-CREATE FUNCTION mq_latest_message(from_channel_name TEXT, from_channel_args TEXT)
-RETURNS UUID AS $$
-    SELECT COALESCE(
-        (
-            SELECT id FROM mq_msgs
-            WHERE channel_name = from_channel_name
-            AND channel_args = from_channel_args
-            AND after_message_id IS NOT NULL
-            AND id != uuid_nil()
-            AND NOT EXISTS(
-                SELECT * FROM mq_msgs AS mq_msgs2
-                WHERE mq_msgs2.after_message_id = mq_msgs.id
-            )
-            ORDER BY created_at DESC
-            LIMIT 1
-        ),
-        uuid_nil()
-    )
-$$ LANGUAGE SQL STABLE;
-
--- Creates new messages
-CREATE FUNCTION mq_insert(new_messages mq_new_t[])
-RETURNS VOID AS $$
-BEGIN
-    PERFORM pg_notify(CONCAT('mq_', channel_name), '')
-    FROM unnest(new_messages) AS new_msgs
-    GROUP BY channel_name;
-
-    IF FOUND THEN
-        PERFORM pg_notify('mq', '');
-    END IF;
-
-    INSERT INTO mq_payloads (
-        id,
-        name,
-        payload_json,
-        payload_bytes
-    ) SELECT
-        id,
-        name,
-        payload_json::JSONB,
-        payload_bytes
-    FROM UNNEST(new_messages);
-
-    INSERT INTO mq_msgs (
-        id,
-        attempt_at,
-        attempts,
-        retry_backoff,
-        channel_name,
-        channel_args,
-        commit_interval,
-        after_message_id
-    )
-    SELECT
-        id,
-        NOW() + delay + COALESCE(commit_interval, INTERVAL '0'),
-        retries + 1,
-        retry_backoff,
-        channel_name,
-        channel_args,
-        commit_interval,
-        CASE WHEN ordered
-            THEN
-                LAG(id, 1, mq_latest_message(channel_name, channel_args))
-                OVER (PARTITION BY channel_name, channel_args, ordered ORDER BY id)
-            ELSE
-                NULL
-            END
-    FROM UNNEST(new_messages);
-END;
-$$ LANGUAGE plpgsql;
-
--- Deletes messages from the queue. This occurs when a message has been
--- processed, or when it expires without being processed.
-CREATE FUNCTION mq_delete(msg_ids UUID[])
-RETURNS VOID AS $$
-BEGIN
-    PERFORM pg_notify(CONCAT('mq_', channel_name), '')
-    FROM mq_msgs
-    WHERE id = ANY(msg_ids)
-    AND after_message_id = uuid_nil()
-    GROUP BY channel_name;
-
-    IF FOUND THEN
-        PERFORM pg_notify('mq', '');
-    END IF;
-
-    DELETE FROM mq_msgs WHERE id = ANY(msg_ids);
-    DELETE FROM mq_payloads WHERE id = ANY(msg_ids);
-END;
-$$ LANGUAGE plpgsql;
-
--- ===================================================================================
 -- Functions and triggers: timestamps and defaults
 -- ===================================================================================
 
@@ -730,10 +554,9 @@ create trigger human_issues_on_answer before insert on human_issues
 -- Functions and triggers: spawning jobs, gates, named locks, the merge queue
 -- ===================================================================================
 
--- The queue channel every item job uses. One channel keeps the claim query a single
--- index range scan in attempt_at order.
+-- The channel that wakes idle workers: a spawned job and a freed slot notify it.
 create function damascus_job_channel() returns text
-language sql immutable as $$ select 'damascus.advance'::text $$;
+language sql immutable as $$ select 'damascus_jobs'::text $$;
 
 -- Whether a gate other than a lock holds the item back in this phase. A closed
 -- depends_on gate holds every phase; a closed approval gate holds build. The spawn
@@ -826,14 +649,12 @@ $$;
 
 -- Spawns the job of an item in a working phase that has none, in the transaction that
 -- made it runnable: an insert from the binary, an UPDATE typed into psql, an answer,
--- a gate opening, a lock handed over. mq_insert sends the NOTIFY that wakes idle
--- workers at commit. Nothing is spawned for an item of a paused project or one a gate
+-- a gate opening, a lock handed over. Its NOTIFY wakes idle workers at commit. Nothing is spawned for an item of a paused project or one a gate
 -- holds back; entering review takes the item's named locks, and a lock another item
 -- holds spawns nothing.
 create function damascus_spawn_job() returns trigger
 language plpgsql as $$
 declare
-    v_job uuid := gen_random_uuid();
     v_attempts integer;
 begin
     if exists (select 1 from damascus_jobs where item_id = new.id) then
@@ -849,14 +670,9 @@ begin
         return null;
     end if;
     select job_attempts into v_attempts from damascus_queue_settings;
-    perform mq_insert(array[(
-        v_job, interval '0', v_attempts - 1, interval '1 second',
-        damascus_job_channel(), '', null, false, 'advance',
-        json_build_object('item_id', new.id, 'phase', new.phase, 'attempt', new.phase_attempts + 1)::text,
-        null
-    )::mq_new_t]);
-    insert into damascus_jobs (job_id, item_id, phase, attempt)
-    values (v_job, new.id, new.phase, new.phase_attempts + 1);
+    insert into damascus_jobs (item_id, phase, attempt, max_runs)
+    values (new.id, new.phase, new.phase_attempts + 1, v_attempts);
+    perform pg_notify(damascus_job_channel(), '');
     return null;
 end;
 $$;
@@ -1087,12 +903,12 @@ end;
 $$;
 
 -- Claims up to p_max ready jobs for worker p_worker, each with a free slot under the
--- global cap, under a lease of p_lease. It never waits for a lock: slots, queue rows and
+-- global cap, under a lease of p_lease. It never waits for a lock: slots, job rows and
 -- the old slots of re-claimed jobs are all taken FOR UPDATE SKIP LOCKED, so claimers
 -- never share a slot or a job and cannot deadlock with each other or with a finish
--- (which locks its slot, then the item, then the queue row). The held slots are the
+-- (which locks its slot, then the item, then the job row). The held slots are the
 -- running phases, so they can never be more than the cap. `ready_at` is each job's
--- attempt_at before the claim moved it to the lease's end.
+-- run_at before the claim moved it to the lease's end.
 create function damascus_claim(p_worker bigint, p_max integer, p_lease interval)
 returns table (
     job_id uuid, claim_token uuid, slot integer, item_id bigint, phase work_phase,
@@ -1125,27 +941,22 @@ begin
     if v_slots is null then
         return;
     end if;
-    select array_agg(ready.id order by ready.attempt_at),
-           array_agg(ready.attempt_at order by ready.attempt_at)
+    select array_agg(ready.id order by ready.run_at),
+           array_agg(ready.run_at order by ready.run_at)
     into v_jobs, v_ready
     from (
-        -- The predicates match sqlxmq's partial index on
-        -- (channel_name, channel_args, attempt_at), so this reads only what it returns.
-        select m.id, m.attempt_at from mq_msgs m
-        where m.channel_name = damascus_job_channel()
-          and m.channel_args = ''
-          and m.id != uuid_nil()
-          and not mq_uuid_exists(m.after_message_id)
-          and m.attempt_at <= now()
-          and m.attempts > 0
-        order by m.attempt_at
+        -- The predicates match damascus_jobs_ready_idx, so this reads only what it
+        -- returns.
+        select j.job_id as id, j.run_at from damascus_jobs j
+        where j.run_at <= now() and j.runs < j.max_runs
+        order by j.run_at
         limit cardinality(v_slots)
         for update skip locked
     ) ready;
     if v_jobs is null then
         return;
     end if;
-    -- When each job became ready (before the claim moves attempt_at to its lease).
+    -- When each job became ready (before the claim moves run_at to its lease).
     v_ready_ids := v_jobs;
     -- A job whose lease lapsed is still named by its old slot. Take that slot too, but
     -- without waiting: its old holder may be finishing right now. A job whose old slot
@@ -1175,10 +986,9 @@ begin
     update damascus_slots s
     set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where s.job_id = any (v_jobs);
-    update mq_msgs m
-    set attempt_at = now() + p_lease, attempts = m.attempts - 1
-    where m.id = any (v_jobs);
-    update damascus_jobs dj set runs = dj.runs + 1 where dj.job_id = any (v_jobs);
+    update damascus_jobs dj
+    set run_at = now() + p_lease, runs = dj.runs + 1
+    where dj.job_id = any (v_jobs);
     return query
     with pairs as (
         select j.id, s.slot
@@ -1193,20 +1003,19 @@ begin
         returning s.slot, s.job_id, s.claim_token
     )
     select held.job_id, held.claim_token, held.slot, dj.item_id, dj.phase, dj.attempt,
-           dj.runs, m.attempts, i.project_id, i.phase, i.phase_attempts, i.attempts_total,
-           i.max_attempts_per_phase, i.max_attempts_total, r.ready_at
+           dj.runs, dj.max_runs - dj.runs, i.project_id, i.phase, i.phase_attempts,
+           i.attempts_total, i.max_attempts_per_phase, i.max_attempts_total, r.ready_at
     from held
-    join mq_msgs m on m.id = held.job_id
+    join damascus_jobs dj on dj.job_id = held.job_id
     join unnest(v_ready_ids, v_ready) as r (id, ready_at) on r.id = held.job_id
-    left join damascus_jobs dj on dj.job_id = held.job_id
-    left join work_items i on i.id = dj.item_id;
+    join work_items i on i.id = dj.item_id;
 end;
 $$;
 
 -- Extends the leases of the claims named by p_tokens and returns the tokens still
 -- held: a claim missing from the result was lost (its lease ran out and another claim
 -- took the job), and its run must stop. The slots are locked in slot order first, then
--- the queue rows, the order every end of a claim uses: a group commit locks several of
+-- the job rows, the order every end of a claim uses: a group commit locks several of
 -- a worker's slots in slot order, and a keep-alive that updated them in the table's
 -- physical order (which in-place updates shuffle) could hold one the group wants while
 -- waiting for one the group holds.
@@ -1227,13 +1036,13 @@ begin
         where s.slot = locked.slot
         returning s.job_id, s.claim_token
     ), extended as (
-        update mq_msgs m
-        set attempt_at = now() + p_lease
+        update damascus_jobs j
+        set run_at = now() + p_lease
         from held
-        where m.id = held.job_id
-        returning m.id
+        where j.job_id = held.job_id
+        returning j.job_id
     )
-    select held.claim_token from held join extended on extended.id = held.job_id;
+    select held.claim_token from held join extended on extended.job_id = held.job_id;
 end;
 $$;
 
@@ -1248,26 +1057,21 @@ begin
     set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where job_id = p_job;
     -- A worker waiting for a free slot (the cap is reached) wakes at once.
-    perform pg_notify('mq_' || damascus_job_channel(), '');
+    perform pg_notify(damascus_job_channel(), '');
 end;
 $$;
 
--- Ending a job deletes its queue row and frees its slot; one call instead of two round
--- trips on the hot path of every finish.
+-- Ending a job frees its slot and deletes its row; one call instead of two round trips.
 create function damascus_delete_job(p_job uuid) returns void
 language plpgsql as $$
 begin
     perform damascus_free_slot(p_job);
-    perform mq_delete(array[p_job]);
+    delete from damascus_jobs where job_id = p_job;
 end;
 $$;
 
--- Group commit of finishes: a worker ends several claims in one transaction, so the
--- jobs of a batch are deleted in one call. Same meaning as damascus_delete_job for
--- each of them (free or remove the slot, delete the queue row, its payload and, by
--- cascade, its damascus_jobs row), with one wake-up for the whole batch. The queue
--- rows are deleted directly: sqlxmq's mq_delete only adds a NOTIFY for ordered
--- messages, and Damascus never enqueues ordered ones.
+-- damascus_delete_job for several jobs in one call (free or remove each slot, delete
+-- each job), with one wake-up for the whole batch.
 create function damascus_delete_jobs(p_jobs uuid[]) returns void
 language plpgsql as $$
 begin
@@ -1278,9 +1082,8 @@ begin
     set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
     where job_id = any (p_jobs);
     -- A worker waiting for a free slot (the cap is reached) wakes at once.
-    perform pg_notify('mq_' || damascus_job_channel(), '');
-    delete from mq_msgs where id = any (p_jobs);
-    delete from mq_payloads where id = any (p_jobs);
+    perform pg_notify(damascus_job_channel(), '');
+    delete from damascus_jobs where job_id = any (p_jobs);
 end;
 $$;
 
@@ -1430,8 +1233,7 @@ begin
             returning s.slot
         )
         select array_agg(freed.slot) into v_freed from freed;
-        delete from mq_msgs m where m.id = any (v_jobs);
-        delete from mq_payloads p where p.id = any (v_jobs);
+        delete from damascus_jobs j where j.job_id = any (v_jobs);
         perform damascus_record_verdicts(p_ends, v_claims);
         return query select c, null::uuid, null::uuid, null::integer, null::bigint,
             null::work_phase, null::integer, null::integer, null::integer, null::bigint,
@@ -1466,7 +1268,7 @@ begin
     if v_freed is not null
        and exists (select 1 from damascus_slots s
                    where s.slot = any (v_freed) and s.job_id is null) then
-        perform pg_notify('mq_' || damascus_job_channel(), '');
+        perform pg_notify(damascus_job_channel(), '');
     end if;
 end;
 $$;
@@ -1656,7 +1458,7 @@ join projects p on p.id = i.project_id;
 -- A job whose lease lapsed shows as queued (or dead), without its former worker.
 create view damascus_queue as
 select
-    m.id as job_id,
+    dj.job_id,
     dj.item_id,
     p.name as project,
     dj.phase,
@@ -1664,26 +1466,24 @@ select
     dj.runs,
     case
         when s.slot is not null and s.lease_until >= now() then 'running'
-        when m.attempts <= 0 and (m.attempt_at is null or m.attempt_at <= now()) then 'dead'
-        when m.attempt_at <= now() then 'queued'
+        when dj.runs >= dj.max_runs and dj.run_at <= now() then 'dead'
+        when dj.run_at <= now() then 'queued'
         else 'retry_wait'
     end as state,
-    m.attempts as attempts_left,
-    m.attempt_at as runnable_at,
+    dj.max_runs - dj.runs as attempts_left,
+    dj.run_at as runnable_at,
     case when s.lease_until >= now() then s.slot end as slot,
     case when s.lease_until >= now() then w.host end as worker_host,
     case when s.lease_until >= now() then w.pid end as worker_pid,
     case when s.lease_until >= now() then s.claimed_at end as claimed_at,
     case when s.lease_until >= now() then s.lease_until end as lease_until,
     dj.last_error,
-    m.created_at
-from mq_msgs m
-left join damascus_jobs dj on dj.job_id = m.id
-left join work_items i on i.id = dj.item_id
-left join projects p on p.id = i.project_id
-left join damascus_slots s on s.job_id = m.id
-left join damascus_worker_processes w on w.id = s.worker_id
-where m.id != uuid_nil() and m.channel_name = damascus_job_channel();
+    dj.created_at
+from damascus_jobs dj
+join work_items i on i.id = dj.item_id
+join projects p on p.id = i.project_id
+left join damascus_slots s on s.job_id = dj.job_id
+left join damascus_worker_processes w on w.id = s.worker_id;
 
 create view damascus_workers as
 select
@@ -1739,9 +1539,6 @@ order by w.name;
 -- ===================================================================================
 -- Initial rows
 -- ===================================================================================
-
--- Insert dummy message so that the 'nil' UUID can be referenced
-INSERT INTO mq_msgs (id, channel_name, channel_args, after_message_id) VALUES (uuid_nil(), '', '', NULL);
 
 -- The queue settings' one row, and one slot per phase its default concurrency (4) lets
 -- run at once; damascus_set_concurrency keeps the slots in step when the cap changes.

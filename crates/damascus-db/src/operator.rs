@@ -59,11 +59,7 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
         )));
     }
     if let Some((job_id, _)) = job {
-        sqlx::query("select damascus_free_slot($1)")
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("select mq_delete(array[$1])")
+        sqlx::query("select damascus_delete_job($1)")
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
@@ -167,18 +163,17 @@ pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     // slot names touches no slot row, so this never locks a queue row before a slot.
     // SKIP LOCKED: a job being claimed right now is treated as running.
     let withdrawn: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "select m.id from mq_msgs m
-         join damascus_jobs j on j.job_id = m.id
+        "select j.job_id from damascus_jobs j
          join work_items i on i.id = j.item_id
          where i.project_id = $1
-           and not exists (select 1 from damascus_slots s where s.job_id = m.id)
-         for update of m skip locked",
+           and not exists (select 1 from damascus_slots s where s.job_id = j.job_id)
+         for update of j skip locked",
     )
     .bind(id)
     .fetch_all(&mut *tx)
     .await?;
     if !withdrawn.is_empty() {
-        sqlx::query("select mq_delete($1)")
+        sqlx::query("delete from damascus_jobs where job_id = any($1)")
             .bind(&withdrawn)
             .execute(&mut *tx)
             .await?;

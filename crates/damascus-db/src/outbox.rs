@@ -1,4 +1,4 @@
-//! Pruning the event outbox and what the queue leaves behind. The rule for which events
+//! Pruning the event outbox. The rule for which events
 //! may go lives in the database (`damascus_prune_events`): older than the retention
 //! period, of a finished item, and delivered (or dead) at every registered webhook.
 //! Delivery itself is `webhooks`.
@@ -13,24 +13,16 @@ use crate::error::DbResult;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub events: u64,
-    pub orphan_payloads: u64,
 }
 
 /// Removes events older than `age` that `damascus_prune_events` allows (item finished,
-/// every webhook done with them), and queue payloads whose message is gone.
+/// every webhook done with them).
 pub async fn prune(pool: &PgPool, age: Duration) -> DbResult<Pruned> {
     let events: i64 = sqlx::query_scalar("select damascus_prune_events(make_interval(secs => $1))")
         .bind(age.as_secs_f64())
         .fetch_one(pool)
         .await?;
-    let orphan_payloads = sqlx::query(
-        "delete from mq_payloads p where not exists (select 1 from mq_msgs m where m.id = p.id)",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected();
     Ok(Pruned {
         events: events as u64,
-        orphan_payloads,
     })
 }

@@ -10,8 +10,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The channel the spawn trigger (through sqlxmq's `mq_insert`) and freed slots notify.
-pub const QUEUE_CHANNEL: &str = "mq_damascus.advance";
+/// The channel the spawn trigger and freed slots notify (`damascus_job_channel()`).
+pub const QUEUE_CHANNEL: &str = "damascus_jobs";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Listens on the queue channel (pokes `wake`), the cancel channel (pokes `check`) and

@@ -8,7 +8,7 @@
 //!   with jitter) succeeds or, after the webhook's `max_attempts`, it is dead until a
 //!   redrive.
 //! - `Retention` prunes what `damascus_prune_events` allows (old events of finished
-//!   items that every webhook is done with), orphaned queue payloads, and log files
+//!   items that every webhook is done with), and log files
 //!   older than the retention age.
 //!
 //! Both are small named services with the same lifecycle: `start` spawns, `stop` stops
@@ -267,7 +267,7 @@ impl Retention {
     }
 }
 
-/// One retention pass: old events and payloads, then old log files.
+/// One retention pass: old events, then old log files.
 pub async fn prune_once(
     pool: &PgPool,
     config: &RetentionConfig,

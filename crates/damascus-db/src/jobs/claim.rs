@@ -126,15 +126,12 @@ fn claimed_item(row: &sqlx::postgres::PgRow) -> DbResult<Option<ClaimedItem>> {
 }
 
 /// How long until the next job becomes runnable (`None`: no job waits). Reads the
-/// first entry of the queue's attempt_at index.
+/// first entry of the ready jobs' index (`damascus_jobs_ready_idx`).
 pub async fn next_runnable_in(pool: &PgPool) -> DbResult<Option<Duration>> {
     let seconds: Option<f64> = sqlx::query_scalar(
-        "select greatest(extract(epoch from (m.attempt_at - now())), 0)::float8
-         from mq_msgs m
-         where m.channel_name = damascus_job_channel() and m.channel_args = ''
-           and m.id != uuid_nil() and not mq_uuid_exists(m.after_message_id)
-           and m.attempts > 0
-         order by m.attempt_at limit 1",
+        "select greatest(extract(epoch from (run_at - now())), 0)::float8
+         from damascus_jobs where runs < max_runs
+         order by run_at limit 1",
     )
     .fetch_optional(pool)
     .await?;

@@ -400,10 +400,11 @@ pub async fn retry_later(
         tx.commit().await?;
         return Ok(Ended::Superseded);
     }
-    let attempts_left: i32 = sqlx::query_scalar("select attempts from mq_msgs where id = $1")
-        .bind(job.job_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let attempts_left: i32 =
+        sqlx::query_scalar("select max_runs - runs from damascus_jobs where job_id = $1")
+            .bind(job.job_id)
+            .fetch_one(&mut *tx)
+            .await?;
     if attempts_left <= 0 {
         let question = format!(
             "{} of this item failed with a transient error on each of its {} runs; last error: {reason}. Fix the cause, then retry the item",
@@ -417,13 +418,9 @@ pub async fn retry_later(
         return Ok(Ended::Exhausted);
     }
     record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
-    sqlx::query("update mq_msgs set attempt_at = now() + $2 where id = $1")
+    sqlx::query("update damascus_jobs set run_at = now() + $2, last_error = $3 where job_id = $1")
         .bind(job.job_id)
         .bind(interval(delay))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("update damascus_jobs set last_error = $2 where job_id = $1")
-        .bind(job.job_id)
         .bind(reason)
         .execute(&mut *tx)
         .await?;
@@ -458,14 +455,12 @@ pub async fn release(pool: &PgPool, worker: WorkerId, job: &ClaimedJob) -> DbRes
     if !lock_claim(&mut tx, worker, job).await? {
         return Ok(Ended::LostClaim);
     }
-    sqlx::query("update mq_msgs set attempt_at = now(), attempts = attempts + 1 where id = $1")
-        .bind(job.job_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("update damascus_jobs set runs = greatest(runs - 1, 0) where job_id = $1")
-        .bind(job.job_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "update damascus_jobs set run_at = now(), runs = greatest(runs - 1, 0) where job_id = $1",
+    )
+    .bind(job.job_id)
+    .execute(&mut *tx)
+    .await?;
     // Freeing the slot also wakes the other workers: this job is runnable now.
     sqlx::query("select damascus_free_slot($1)")
         .bind(job.job_id)

@@ -30,9 +30,7 @@ pub struct Reaped {
 pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
     let mut reaped = Reaped::default();
     let candidates: Vec<Uuid> = sqlx::query_scalar(
-        "select m.id from mq_msgs m
-         where m.channel_name = damascus_job_channel() and m.id != uuid_nil()
-           and m.attempts <= 0 and m.attempt_at <= now()",
+        "select job_id from damascus_jobs where runs >= max_runs and run_at <= now()",
     )
     .fetch_all(pool)
     .await?;
@@ -120,7 +118,9 @@ async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
         None => None,
     };
     let still_dead: Option<Uuid> = sqlx::query_scalar(
-        "select id from mq_msgs where id = $1 and attempts <= 0 and attempt_at <= now() for update skip locked",
+        "select job_id from damascus_jobs
+         where job_id = $1 and runs >= max_runs and run_at <= now()
+         for update skip locked",
     )
     .bind(job_id)
     .fetch_optional(&mut *tx)

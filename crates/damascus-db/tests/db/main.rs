@@ -4,5 +4,5 @@
 mod cluster;
 mod items;
 mod projects;
+mod queue_view;
 mod schema;
-mod sqlxmq;

@@ -158,8 +158,8 @@ async fn every_product_table_exists() {
         "human_issues",
         "cost_ledger",
         "events_outbox",
-        "mq_msgs",
-        "mq_payloads",
+        "damascus_jobs",
+        "damascus_slots",
     ] {
         let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
             .bind(table)

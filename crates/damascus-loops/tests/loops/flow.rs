@@ -384,7 +384,7 @@ async fn cancel_kills_a_running_agent_and_leaves_no_orphan() {
             .unwrap();
     assert_eq!(kinds.last().map(String::as_str), Some("item.cancelled"));
     assert_eq!(
-        sqlx::query_scalar::<_, i64>("select count(*) from mq_msgs where id != uuid_nil()")
+        sqlx::query_scalar::<_, i64>("select count(*) from damascus_jobs")
             .fetch_one(&setup.db.pool)
             .await
             .unwrap(),

@@ -61,11 +61,7 @@ async fn a_thousand_items_through_two_processes_each_step_exactly_once() {
         "both processes worked"
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from mq_msgs where id != uuid_nil()"
-        )
-        .await,
+        count(&db.pool, "select count(*) from damascus_jobs").await,
         0
     );
     assert_eq!(

@@ -248,7 +248,7 @@ pub async fn wait_until_blocked_by(pool: &PgPool, blocker: i32, waiter: Option<i
 }
 
 /// The channel the queue's listener LISTENs on (`damascus_queue::listener`, private).
-const QUEUE_CHANNEL: &str = "mq_damascus.advance";
+const QUEUE_CHANNEL: &str = "damascus_jobs";
 
 /// A one-connection pool of its own for watching `pg_stat_activity`: the worker pool's
 /// connections keep the last statement they ran, and borrowing one of them to look

@@ -11,7 +11,7 @@ use crate::support::{
     warm_pool, Script,
 };
 
-const JOBS: &str = "select count(*) from mq_msgs where id != uuid_nil()";
+const JOBS: &str = "select count(*) from damascus_jobs";
 
 #[tokio::test]
 async fn a_rolled_back_change_leaves_no_job_and_a_committed_one_exactly_one() {

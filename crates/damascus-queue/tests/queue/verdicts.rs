@@ -34,11 +34,7 @@ async fn passes_take_items_to_merged_with_one_event_per_step() {
         20
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from mq_msgs where id != uuid_nil()"
-        )
-        .await,
+        count(&db.pool, "select count(*) from damascus_jobs").await,
         0
     );
     for id in ids {
@@ -177,11 +173,7 @@ async fn transient_errors_retry_with_backoff_then_block_never_silently() {
         2
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from mq_msgs where id != uuid_nil()"
-        )
-        .await,
+        count(&db.pool, "select count(*) from damascus_jobs").await,
         0
     );
 }
@@ -211,7 +203,7 @@ async fn a_reclaimed_job_is_named_by_one_slot_only() {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+    sqlx::query("update damascus_jobs set run_at = now() - interval '1 second' where job_id = $1")
         .bind(lapsed.job_id)
         .execute(&db.pool)
         .await
@@ -356,7 +348,7 @@ async fn the_reaper_handles_dead_jobs_and_jobless_items() {
     } else {
         ids[0]
     };
-    sqlx::query("select mq_delete(array_agg(job_id)) from damascus_jobs where item_id = $1")
+    sqlx::query("delete from damascus_jobs where item_id = $1")
         .bind(other)
         .execute(&db.pool)
         .await
@@ -472,7 +464,7 @@ async fn lose_claim_to(pool: &sqlx::PgPool, job: &jobs::ClaimedJob, other: jobs:
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query("update mq_msgs set attempt_at = now() - interval '1 second' where id = $1")
+    sqlx::query("update damascus_jobs set run_at = now() - interval '1 second' where job_id = $1")
         .bind(job.job_id)
         .execute(pool)
         .await
@@ -830,8 +822,8 @@ async fn a_group_end_notifies_only_for_slots_it_leaves_free() {
     let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
         .await
         .unwrap();
-    // The queue's channel (sqlxmq's `mq_` and Damascus's job channel).
-    listener.listen("mq_damascus.advance").await.unwrap();
+    // The queue's channel (`damascus_job_channel()`).
+    listener.listen("damascus_jobs").await.unwrap();
     let claimed = jobs::claim(&db.pool, worker, 2, Duration::from_secs(5))
         .await
         .unwrap();
