@@ -1383,7 +1383,7 @@ CREATE TRIGGER work_items_open_dependents AFTER UPDATE OF phase ON public.work_i
 
 CREATE TRIGGER work_items_release_locks AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((old.phase = 'review'::public.work_phase) AND (new.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_release_locks();
 
-CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_spawn_job();
+CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW WHEN ((new.phase = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase]))) EXECUTE FUNCTION public.damascus_spawn_job();
 
 CREATE TRIGGER work_items_touch BEFORE UPDATE ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_work_items_touch();
 

@@ -681,9 +681,12 @@ $$;
 -- (a verdict, an answer, an UPDATE in psql), or a deliberate touch of updated_at (the
 -- reaper's safety net, an opened gate, a lock handed over). A change of cost or title
 -- alone never spawns a job.
+-- It fires only for a working phase: a move to merged, blocked or cancelled (most of
+-- the moves that are not a spawn) costs no call.
 create trigger work_items_spawn_job after insert or update of phase, phase_attempts, resume_phase, updated_at
     on work_items
-    for each row execute function damascus_spawn_job();
+    for each row when (new.phase in ('spec', 'build', 'review'))
+    execute function damascus_spawn_job();
 
 -- A merge opens the depends_on gates that wait for it, in the merge's transaction.
 create function damascus_open_dependents() returns trigger
