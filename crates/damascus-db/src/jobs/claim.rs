@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use damascus_core::{Budget, Phase};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::{interval, JobTarget, WorkerId};
@@ -51,6 +51,13 @@ pub(super) const CLAIM_COLUMNS: &str =
     extract(epoch from now() - ready_at)::float8 as waited_secs";
 
 /// Claims up to `max` ready jobs, each with a free global slot.
+///
+/// The claim commits without waiting for its WAL flush (`synchronous_commit = off` for
+/// its own transaction only): a claim the server loses in a crash is a lease that never
+/// was, which the fencing already handles (the phase's keep-alive and end find another
+/// token, or none, and write nothing; the job is claimable again), and the group end
+/// that records the job's verdict commits durably, flushing the claim's WAL before its
+/// own. The pickup saves one flush.
 pub async fn claim(
     pool: &PgPool,
     worker: WorkerId,
@@ -60,24 +67,16 @@ pub async fn claim(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut conn = pool.acquire().await?;
-    claim_on(&mut conn, worker, max, lease).await
-}
-
-/// `claim` on a connection, inside whatever transaction it has open.
-async fn claim_on(
-    conn: &mut PgConnection,
-    worker: WorkerId,
-    max: u32,
-    lease: Duration,
-) -> DbResult<Vec<ClaimedJob>> {
     let rows = sqlx::query(&format!(
-        "select {CLAIM_COLUMNS} from damascus_claim($1, $2, $3)"
+        "select {CLAIM_COLUMNS}
+         from (select set_config('synchronous_commit', 'off', true) as async) a
+         cross join lateral (
+             select * from damascus_claim($1, $2, $3) where a.async is not null) c"
     ))
     .bind(worker.0)
     .bind(max as i32)
     .bind(interval(lease))
-    .fetch_all(&mut *conn)
+    .fetch_all(pool)
     .await?;
     claimed_jobs(&rows)
 }
