@@ -246,7 +246,8 @@ fn question_context(verdict: &Verdict) -> String {
 /// One verdict as `damascus_record_verdicts` and `damascus_end_group` take it: the
 /// claim (claim token, job) when a claim ran it, the item as the transition was decided
 /// from (the fence), what `decide` made of it, the verdict's columns and event, the
-/// run's costs, and the question it asks when it blocks.
+/// run's costs, and the question it asks when it blocks, with `context` beside it (by
+/// default the verdict's own: a question's context, a failure's log tail).
 pub(crate) fn verdict_entry(
     claim: Option<(uuid::Uuid, uuid::Uuid)>,
     item: &LockedItem,
@@ -254,27 +255,9 @@ pub(crate) fn verdict_entry(
     verdict: &Verdict,
     to: &Transition,
     costs: &[CostEntry],
+    context: Option<&str>,
 ) -> serde_json::Value {
-    verdict_entry_with_context(
-        claim,
-        item,
-        attempt,
-        verdict,
-        to,
-        costs,
-        &question_context(verdict),
-    )
-}
-
-fn verdict_entry_with_context(
-    claim: Option<(uuid::Uuid, uuid::Uuid)>,
-    item: &LockedItem,
-    attempt: i32,
-    verdict: &Verdict,
-    to: &Transition,
-    costs: &[CostEntry],
-    context: &str,
-) -> serde_json::Value {
+    let context = context.map_or_else(|| question_context(verdict), str::to_owned);
     let VerdictColumns {
         reason,
         output,
@@ -344,7 +327,7 @@ pub(crate) fn blocked_entry(
     let verdict = Verdict::TransientError {
         reason: question.to_owned(),
     };
-    verdict_entry_with_context(claim, item, attempt, &verdict, &to, costs, context)
+    verdict_entry(claim, item, attempt, &verdict, &to, costs, Some(context))
 }
 
 /// An item as unblocking reads it, locked for the rest of the transaction.

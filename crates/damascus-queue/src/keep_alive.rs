@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use damascus_db::jobs;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::pool::{Shared, StopReason};
 
@@ -26,13 +25,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tokio::time::sleep(shared.config.keep_alive_every()) => {}
             _ = shared.check_claims.notified() => {}
         }
-        let claims: Vec<Uuid> = shared
-            .running
-            .lock()
-            .expect("running map lock")
-            .keys()
-            .copied()
-            .collect();
+        let claims = shared.running_claims();
         let kept = async {
             jobs::heartbeat(&shared.pool, &shared.registered, &shared.info).await?;
             jobs::keep_alive(&shared.pool, &claims, shared.config.lease).await

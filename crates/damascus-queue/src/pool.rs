@@ -122,6 +122,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The claims of the phases running now.
+    pub(crate) fn running_claims(&self) -> Vec<Uuid> {
+        self.running
+            .lock()
+            .expect("running map lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
     pub(crate) fn stop_running(&self, claim: &Uuid, why: StopReason) {
         if let Some(running) = self.running.lock().expect("running map lock").get(claim) {
             *running.reason.lock().expect("reason lock") = Some(why);

@@ -136,14 +136,7 @@ impl Producer {
         })
         .await;
         if drained.is_err() {
-            let ids: Vec<Uuid> = self
-                .shared
-                .running
-                .lock()
-                .expect("running map lock")
-                .keys()
-                .copied()
-                .collect();
+            let ids = self.shared.running_claims();
             tracing::warn!(
                 jobs = ids.len(),
                 "grace period over; stopping running phases and releasing their jobs"

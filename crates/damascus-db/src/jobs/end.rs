@@ -185,7 +185,15 @@ pub async fn finish_many(
                     let item = followers.iter().find(|f| f.id == b.item_id)?;
                     let to = decide(item.phase, item.budget, &b.verdict);
                     let attempt = item.budget.phase_attempts + 1;
-                    Some(verdict_entry(None, item, attempt, &b.verdict, &to, &[]))
+                    Some(verdict_entry(
+                        None,
+                        item,
+                        attempt,
+                        &b.verdict,
+                        &to,
+                        &[],
+                        None,
+                    ))
                 })
                 .collect();
             record_verdicts(&mut tx, &entries).await?;
@@ -204,6 +212,7 @@ pub async fn finish_many(
                 &report.verdict,
                 &to,
                 &report.costs,
+                None,
             ));
             results[*n] = Some(Ended::Advanced {
                 from: item.phase,
@@ -279,6 +288,7 @@ pub async fn end_group(
                     &report.verdict,
                     &to,
                     &report.costs,
+                    None,
                 ));
                 Some(Ended::Advanced {
                     from: item.phase,
@@ -418,16 +428,7 @@ pub async fn retry_later(
         return Ok(Ended::Exhausted);
     }
     record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
-    sqlx::query("update damascus_jobs set run_at = now() + $2, last_error = $3 where job_id = $1")
-        .bind(job.job_id)
-        .bind(interval(delay))
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("select damascus_free_slot($1)")
-        .bind(job.job_id)
-        .execute(&mut *tx)
-        .await?;
+    put_back(&mut tx, job.job_id, delay, false, Some(reason)).await?;
     events::record(
         &mut tx,
         Some(item.id),
@@ -455,17 +456,36 @@ pub async fn release(pool: &PgPool, worker: WorkerId, job: &ClaimedJob) -> DbRes
     if !lock_claim(&mut tx, worker, job).await? {
         return Ok(Ended::LostClaim);
     }
-    sqlx::query(
-        "update damascus_jobs set run_at = now(), runs = greatest(runs - 1, 0) where job_id = $1",
-    )
-    .bind(job.job_id)
-    .execute(&mut *tx)
-    .await?;
-    // Freeing the slot also wakes the other workers: this job is runnable now.
-    sqlx::query("select damascus_free_slot($1)")
-        .bind(job.job_id)
-        .execute(&mut *tx)
-        .await?;
+    put_back(&mut tx, job.job_id, Duration::ZERO, true, None).await?;
     tx.commit().await?;
     Ok(Ended::Released)
+}
+
+/// Puts a claimed job back in the queue, runnable after `delay`, and frees its slot,
+/// which wakes the other workers. `give_back_run`: the run it used is returned (a
+/// release); `last_error`: why it waits (a retry).
+async fn put_back(
+    conn: &mut PgConnection,
+    job: Uuid,
+    delay: Duration,
+    give_back_run: bool,
+    last_error: Option<&str>,
+) -> DbResult<()> {
+    sqlx::query(
+        "update damascus_jobs
+         set run_at = now() + $2, runs = greatest(runs - $3, 0),
+             last_error = coalesce($4, last_error)
+         where job_id = $1",
+    )
+    .bind(job)
+    .bind(interval(delay))
+    .bind(i32::from(give_back_run))
+    .bind(last_error)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("select damascus_free_slot($1)")
+        .bind(job)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
