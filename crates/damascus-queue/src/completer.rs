@@ -162,7 +162,7 @@ async fn record_group(shared: &Shared, conn: &mut GroupConnection, group: Vec<Fi
             shared
                 .failed_groups
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
+            tracing::warn!(error = %crate::error_chain::Chain(&e), verdicts = group.len(), "cannot record a group of verdicts; recording each alone");
             for request in group {
                 let _ = request.reply.send(None);
             }
@@ -205,12 +205,12 @@ pub(crate) async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Op
                 return Some(ended);
             }
             Err(e) if tokio::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a job; retrying");
+                tracing::warn!(job = %job.job_id, error = %crate::error_chain::Chain(&e), "cannot record the end of a job; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
-                tracing::error!(job = %job.job_id, error = %e, "gave up recording the end of a job; it runs again after its lease");
+                tracing::error!(job = %job.job_id, error = %crate::error_chain::Chain(&e), "gave up recording the end of a job; it runs again after its lease");
                 return None;
             }
         }

@@ -33,7 +33,7 @@ pub(crate) async fn run_phase(
         // An earlier run of this job may have died with its worker on this host: what
         // it left running goes before the job runs again.
         if let Err(e) = crate::orphans::sweep(&shared.pool).await {
-            tracing::warn!(error = %e, "cannot look for process groups dead workers left running");
+            tracing::warn!(error = %crate::error_chain::Chain(&e), "cannot look for process groups dead workers left running");
         }
     }
     let span = tracing::info_span!("phase", job = %job.job_id, item = target.item_id, phase = %target.phase, attempt = target.attempt);

@@ -33,7 +33,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         // A keep-alive that hangs (a lock it waits for, a server that stopped answering)
         // counts as failed once the next one is due, so the check below still runs.
         let kept = match tokio::time::timeout(shared.config.keep_alive_every(), kept).await {
-            Ok(kept) => kept.map_err(|e| e.to_string()),
+            Ok(kept) => kept.map_err(|e| crate::error_chain::Chain(&e).to_string()),
             Err(_) => Err(format!(
                 "no answer within {:?}",
                 shared.config.keep_alive_every()

@@ -10,6 +10,7 @@
 
 mod completer;
 mod config;
+mod error_chain;
 mod executor;
 mod keep_alive;
 mod listener;

@@ -29,7 +29,7 @@ pub async fn listen(
         let mut listener = match connect(&pool).await {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, "queue listener cannot connect; retrying");
+                tracing::warn!(error = %crate::error_chain::Chain(&e), "queue listener cannot connect; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -52,7 +52,7 @@ pub async fn listen(
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "queue listener failed; reconnecting");
+                        tracing::warn!(error = %crate::error_chain::Chain(&e), "queue listener failed; reconnecting");
                         break;
                     }
                 }

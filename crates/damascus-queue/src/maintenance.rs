@@ -91,17 +91,17 @@ impl Reaper {
             match jobs::respawn_jobless(&self.pool).await {
                 Ok(0) => {}
                 Ok(respawned) => tracing::info!(respawned, "respawned after a lock hand-over"),
-                Err(e) => tracing::warn!(error = %e, "respawn failed"),
+                Err(e) => tracing::warn!(error = %crate::error_chain::Chain(&e), "respawn failed"),
             }
             return;
         }
         match jobs::reap(&self.pool, self.stale_worker_after).await {
             Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reaper failed"),
+            Err(e) => tracing::warn!(error = %crate::error_chain::Chain(&e), "reaper failed"),
         }
         if let Err(e) = crate::orphans::sweep(&self.pool).await {
-            tracing::warn!(error = %e, "cannot look for process groups dead workers left running");
+            tracing::warn!(error = %crate::error_chain::Chain(&e), "cannot look for process groups dead workers left running");
         }
     }
 }

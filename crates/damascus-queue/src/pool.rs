@@ -230,7 +230,7 @@ impl WorkerPool {
         match self.main.await {
             Ok(summary) => summary,
             Err(e) => {
-                tracing::error!(error = %e, "worker pool task failed");
+                tracing::error!(error = %crate::error_chain::Chain(&e), "worker pool task failed");
                 CycleSummary::default()
             }
         }
@@ -284,7 +284,7 @@ async fn run(
     let mut summary = producer.release_unstarted().await;
     summary.failed_groups = shared.failed_groups.load(Ordering::Relaxed);
     if let Err(e) = jobs::deregister_worker(&shared.pool, shared.worker).await {
-        tracing::warn!(error = %e, "cannot deregister the worker; the reaper will");
+        tracing::warn!(error = %crate::error_chain::Chain(&e), "cannot deregister the worker; the reaper will");
     }
     summary
 }

@@ -78,7 +78,7 @@ impl Producer {
                             let due = match jobs::next_runnable_in(&shared.pool).await {
                                 Ok(due) => due,
                                 Err(e) => {
-                                    tracing::warn!(error = %e, "cannot read the next due job");
+                                    tracing::warn!(error = %crate::error_chain::Chain(&e), "cannot read the next due job");
                                     None
                                 }
                             };
@@ -96,7 +96,7 @@ impl Producer {
                     Err(e) => {
                         failures += 1;
                         let backoff = Duration::from_millis(100u64 << failures.min(6));
-                        tracing::warn!(error = %e, ?backoff, "claiming jobs failed; retrying");
+                        tracing::warn!(error = %crate::error_chain::Chain(&e), ?backoff, "claiming jobs failed; retrying");
                         wait = backoff;
                     }
                 }
@@ -160,7 +160,7 @@ impl Producer {
                 match jobs::release(&shared.pool, shared.worker, &job).await {
                     Ok(ended) => self.summary.record(&ended),
                     Err(e) => {
-                        tracing::warn!(job = %job.job_id, error = %e, "cannot release a job claimed during shutdown; it runs again after its lease");
+                        tracing::warn!(job = %job.job_id, error = %crate::error_chain::Chain(&e), "cannot release a job claimed during shutdown; it runs again after its lease");
                         self.summary.end_errors += 1;
                     }
                 }
@@ -183,7 +183,7 @@ impl Producer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "a phase task panicked; its job runs again after its lease");
+                tracing::error!(error = %crate::error_chain::Chain(&e), "a phase task panicked; its job runs again after its lease");
                 self.summary.end_errors += 1;
             }
         }
