@@ -166,22 +166,6 @@ begin
 end;
 $$;
 
-CREATE FUNCTION public.damascus_delete_jobs(p_jobs uuid[]) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-begin
-    delete from damascus_slots s
-    using damascus_queue_settings q
-    where s.job_id = any (p_jobs) and s.slot > q.concurrency;
-    update damascus_slots
-    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-    where job_id = any (p_jobs);
-    -- A worker waiting for a free slot (the cap is reached) wakes at once.
-    perform pg_notify(damascus_job_channel(), '');
-    delete from damascus_jobs where job_id = any (p_jobs);
-end;
-$$;
-
 CREATE FUNCTION public.damascus_end_group(p_worker bigint, p_ends jsonb, p_claim_max integer, p_running_besides integer, p_lease interval) RETURNS TABLE(recorded uuid, job_id uuid, claim_token uuid, slot integer, item_id bigint, phase public.work_phase, attempt integer, runs integer, attempts_left integer, item_project_id bigint, item_phase public.work_phase, item_phase_attempts integer, item_attempts_total integer, item_max_attempts_per_phase integer, item_max_attempts_total integer, ready_at timestamp with time zone)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'

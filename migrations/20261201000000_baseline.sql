@@ -318,7 +318,7 @@ create table damascus_worker_processes (
 -- is true by construction: damascus_claim takes slots and job rows FOR UPDATE SKIP
 -- LOCKED and mints each token with gen_random_uuid(). job_id has no foreign key: every
 -- path that deletes a job row frees its slot first (damascus_delete_job,
--- damascus_delete_jobs, damascus_end_group) or only deletes rows no slot names (pausing
+-- damascus_end_group) or only deletes rows no slot names (pausing
 -- a project); a slot naming a vanished job is reclaimed when its lease ends.
 create table damascus_slots (
     slot integer primary key
@@ -1070,23 +1070,6 @@ language plpgsql as $$
 begin
     perform damascus_free_slot(p_job);
     delete from damascus_jobs where job_id = p_job;
-end;
-$$;
-
--- damascus_delete_job for several jobs in one call (free or remove each slot, delete
--- each job), with one wake-up for the whole batch.
-create function damascus_delete_jobs(p_jobs uuid[]) returns void
-language plpgsql as $$
-begin
-    delete from damascus_slots s
-    using damascus_queue_settings q
-    where s.job_id = any (p_jobs) and s.slot > q.concurrency;
-    update damascus_slots
-    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-    where job_id = any (p_jobs);
-    -- A worker waiting for a free slot (the cap is reached) wakes at once.
-    perform pg_notify(damascus_job_channel(), '');
-    delete from damascus_jobs where job_id = any (p_jobs);
 end;
 $$;
 

@@ -59,10 +59,7 @@ pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled
         )));
     }
     if let Some((job_id, _)) = job {
-        sqlx::query("select damascus_delete_job($1)")
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
+        crate::jobs::delete_job(&mut tx, job_id).await?;
     }
     sqlx::query("update work_items set phase = 'cancelled', resume_phase = null where id = $1")
         .bind(item_id)

@@ -34,31 +34,6 @@ pub(crate) async fn lock_item(conn: &mut PgConnection, item_id: i64) -> DbResult
     locked_item_from_row(&row)
 }
 
-/// Locks the slot holding a claim and the item together (`None`: the claim is not
-/// held, or the item is gone).
-pub(crate) async fn lock_claimed_item(
-    conn: &mut PgConnection,
-    worker: i64,
-    job: uuid::Uuid,
-    claim: uuid::Uuid,
-    item_id: i64,
-) -> DbResult<Option<LockedItem>> {
-    let row = sqlx::query(
-        "select i.id, i.project_id, i.phase::text as phase, i.phase_attempts, i.attempts_total,
-                i.max_attempts_per_phase, i.max_attempts_total
-         from damascus_slots s, work_items i
-         where s.job_id = $1 and s.claim_token = $2 and s.worker_id = $3 and i.id = $4
-         for update of s, i",
-    )
-    .bind(job)
-    .bind(claim)
-    .bind(worker)
-    .bind(item_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(locked_item_from_row).transpose()
-}
-
 /// Locks the slots of several claims of one worker and their items together, slots in
 /// slot order; returns the locked item of each claim still held, by claim token (a
 /// claim not held, or whose item is gone, is missing).

@@ -48,7 +48,7 @@ async fn lock_claim(conn: &mut PgConnection, worker: WorkerId, job: &ClaimedJob)
 }
 
 /// Frees the job's slot and deletes the job (its `damascus_jobs` row goes with it).
-pub(super) async fn delete_job(conn: &mut PgConnection, job: Uuid) -> DbResult<()> {
+pub(crate) async fn delete_job(conn: &mut PgConnection, job: Uuid) -> DbResult<()> {
     sqlx::query("select damascus_delete_job($1)")
         .bind(job)
         .execute(&mut *conn)
@@ -81,15 +81,9 @@ async fn lock_for_end(
     // The common case in one round trip: the claim's slot and its item together. No
     // one locks an item and then a slot, so taking both in one statement is safe.
     if let Some(target) = job.target {
-        if let Some(item) = crate::transitions::lock_claimed_item(
-            conn,
-            worker.0,
-            job.job_id,
-            job.claim,
-            target.item_id,
-        )
-        .await?
-        {
+        let claim = [(job.claim, job.job_id, target.item_id)];
+        let mut locked = crate::transitions::lock_claimed_items(conn, worker.0, &claim).await?;
+        if let Some(item) = locked.remove(&job.claim) {
             if item.phase != target.phase {
                 return Ok(Err(supersede(conn, job).await?));
             }
