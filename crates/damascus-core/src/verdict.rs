@@ -23,6 +23,14 @@ pub enum Verdict {
     Fail { reason: String, log_tail: String },
     NeedsHuman { question: String, context: String },
     TransientError { reason: String },
+    /// A service the phase needs (a forge's rate limit) asked to be left alone until
+    /// `until`: the job waits until then with its run given back. A wait is not an
+    /// attempt: it never counts against a budget, and what the phase finished before it
+    /// (an agent's commit, a push) is kept for the run after it.
+    Deferred {
+        reason: String,
+        until: std::time::SystemTime,
+    },
 }
 
 impl Verdict {
@@ -31,7 +39,9 @@ impl Verdict {
             Verdict::Pass(_) => crate::VerdictKind::Pass,
             Verdict::Fail { .. } => crate::VerdictKind::Fail,
             Verdict::NeedsHuman { .. } => crate::VerdictKind::NeedsHuman,
-            Verdict::TransientError { .. } => crate::VerdictKind::TransientError,
+            Verdict::TransientError { .. } | Verdict::Deferred { .. } => {
+                crate::VerdictKind::TransientError
+            }
         }
     }
 
@@ -189,7 +199,7 @@ pub fn decide(phase: Phase, budget: Budget, verdict: &Verdict) -> Transition {
             }
         }
         Verdict::NeedsHuman { question, .. } => blocked(question.clone(), phase_attempts),
-        Verdict::TransientError { reason } => blocked(
+        Verdict::TransientError { reason } | Verdict::Deferred { reason, .. } => blocked(
             format!("{phase} hit a transient error that was not retried: {reason}"),
             budget.phase_attempts,
         ),

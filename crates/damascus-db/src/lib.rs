@@ -7,10 +7,12 @@
 //! that runs one transaction, and writes its `events_outbox` row in that transaction.
 
 pub mod budget;
+pub mod build_steps;
 pub mod cluster;
 pub mod connect;
 pub mod error;
 pub mod events;
+pub mod forge_waits;
 pub mod history;
 pub mod human;
 pub mod items;

@@ -186,7 +186,9 @@ fn verdict_columns<'a>(
         Verdict::Pass(output) => (None, Some(output)),
         Verdict::Fail { reason, .. } => (Some(reason.clone()), None),
         Verdict::NeedsHuman { question, .. } => (Some(question.clone()), None),
-        Verdict::TransientError { reason } => (Some(reason.clone()), None),
+        Verdict::TransientError { reason } | Verdict::Deferred { reason, .. } => {
+            (Some(reason.clone()), None)
+        }
     };
     let log_tail = match verdict {
         Verdict::Fail { log_tail, .. } => Some(log_tail.as_str()),

@@ -40,6 +40,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::limits::{LimitHeaders, LimitKey};
 use crate::rest::{self, FoundPull, Listed, PullsApi};
 use crate::{ForgeError, ForgeFuture, MergeOutcome};
 
@@ -218,13 +219,20 @@ impl GiteaForge {
             .await
             .map_err(|e| ForgeError::Transient(format!("{}: {}", self.host(), e.without_url())))?;
         let status = response.status().as_u16();
+        let limits = LimitHeaders::of(&response);
         let body = rest::read_body(response, self.host()).await?;
         match status {
+            // Gitea's own limiter, or a proxy in front of it, answers 429; a 503 with
+            // Retry-After says when the forge is back.
+            429 => Err(limits.rate_limited(self.host(), "it answered 429 Too Many Requests")),
+            503 if limits.retry_after.is_some() => {
+                Err(limits.rate_limited(self.host(), "it answered 503 with Retry-After"))
+            }
             401 | 403 => Err(ForgeError::Other(format!(
                 "{} refused the token ({status}); check the project's Gitea token and its repository permissions",
                 self.host()
             ))),
-            500..=599 | 429 => Err(ForgeError::Transient(format!("{} answered {status}", self.host()))),
+            500..=599 => Err(ForgeError::Transient(format!("{} answered {status}", self.host()))),
             _ => Ok((status, body)),
         }
     }
@@ -615,6 +623,10 @@ impl PullsApi for GiteaForge {
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome> {
         Box::pin(self.merge_now(branch, base, expected_head, message))
+    }
+
+    fn limits(&self) -> LimitKey {
+        LimitKey::new(&self.host, &self.token)
     }
 
     fn comment_pull<'a>(&'a self, number: i64, text: &'a str) -> ForgeFuture<'a, ()> {

@@ -15,9 +15,11 @@
 //!   transient; 409 (head moved) means review again;
 //! - comment: `POST …/issues/{number}/comments`.
 //!
-//! Rate limits are respected: an answer with `x-ratelimit-remaining: 0` (or a 429) is a
-//! transient error that says when the limit resets, and so is the secondary rate limit
-//! (a 403 with `retry-after`, or one that says so), which is not a refused token. User info in the API URL is dropped
+//! Rate limits are kept to: an answer with `x-ratelimit-remaining: 0` (or a 429), the
+//! secondary rate limit (a 403 with `retry-after`, or one that says so; not a refused
+//! token) and a 503 with `retry-after` are `ForgeError::RateLimited` with the time
+//! GitHub named (`retry-after`, else `x-ratelimit-reset`, else a minute), for the caller
+//! to wait out. Writes of one token go one at a time, a second apart, in this process. User info in the API URL is dropped
 //! (the token authenticates), so errors and `Debug` name the host only.
 
 use std::time::Duration;
@@ -25,8 +27,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::limits::{LimitHeaders, LimitKey, WritePacer};
 use crate::rest::{self, FoundPull, Listed, PullsApi};
 use crate::{ForgeError, ForgeFuture, MergeOutcome, MergeStyle};
+
+/// GitHub's REST best practices: at least a second between writes of one token.
+pub const GITHUB_WRITE_GAP: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct GithubForge {
@@ -39,6 +45,8 @@ pub struct GithubForge {
     repo: String,
     token: String,
     style: MergeStyle,
+    limits: LimitKey,
+    pacer: WritePacer,
 }
 
 impl std::fmt::Debug for GithubForge {
@@ -110,15 +118,26 @@ impl GithubForge {
             .user_agent("damascus")
             .build()
             .map_err(|e| ForgeError::Other(e.to_string()))?;
+        let host = rest::host_of(&address);
+        let limits = LimitKey::new(&host, token);
         Ok(GithubForge {
             http,
             api: address.as_str().trim_end_matches('/').to_owned(),
-            host: rest::host_of(&address),
+            pacer: WritePacer::for_key(&limits, GITHUB_WRITE_GAP),
+            limits,
+            host,
             owner: owner.to_owned(),
             repo: name.to_owned(),
             token: token.to_owned(),
             style,
         })
+    }
+
+    /// Paces this token's writes `gap` apart instead of GitHub's second (a GitHub
+    /// Enterprise that allows more, or a test).
+    pub fn with_write_gap(mut self, gap: Duration) -> GithubForge {
+        self.pacer = WritePacer::for_key(&self.limits, gap);
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -130,50 +149,43 @@ impl GithubForge {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), ForgeError> {
-        let response = request
+        let request = request
             .bearer_auth(&self.token)
             .header("accept", "application/vnd.github+json")
             .header("x-github-api-version", "2022-11-28")
-            .send()
-            .await
-            .map_err(|e| ForgeError::Transient(format!("{}: {}", self.host(), e.without_url())))?;
+            .build()
+            .map_err(|e| ForgeError::Other(format!("{}: {}", self.host(), e.without_url())))?;
+        // GitHub's REST best practices: writes of one token one at a time, a second
+        // apart; reads go at once.
+        let response = if request.method() == reqwest::Method::GET {
+            self.http.execute(request).await
+        } else {
+            self.pacer.paced(self.http.execute(request)).await
+        }
+        .map_err(|e| ForgeError::Transient(format!("{}: {}", self.host(), e.without_url())))?;
         let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
-        let reset = header("x-ratelimit-reset");
-        let retry_after = header("retry-after");
+        let limits = LimitHeaders::of(&response);
         let body = rest::read_body(response, self.host()).await?;
-        if status == 429 || (exhausted && status == 403) {
-            return Err(ForgeError::Transient(format!(
-                "{} rate limit reached; it resets at unix time {}",
-                self.host(),
-                reset.unwrap_or_else(|| "(unknown)".into())
-            )));
+        if status == 429 || (limits.exhausted() && status == 403) {
+            return Err(limits.rate_limited(self.host(), "its rate limit is used up"));
         }
         // A secondary rate limit is a 403 with retry-after, or one that says so.
         if status == 403
-            && (retry_after.is_some()
+            && (limits.retry_after.is_some()
                 || rest::forge_message(&body)
                     .to_lowercase()
                     .contains("secondary rate limit"))
         {
-            return Err(ForgeError::Transient(format!(
-                "{} secondary rate limit reached; retry after {} s",
-                self.host(),
-                retry_after.unwrap_or_else(|| "60".into())
-            )));
+            return Err(limits.rate_limited(self.host(), "its secondary rate limit was hit"));
         }
         match status {
             401 | 403 => Err(ForgeError::Other(format!(
                 "{} refused the token ({status}); check DAMASCUS_GITHUB_TOKEN and its repository permissions",
                 self.host()
             ))),
+            503 if limits.retry_after.is_some() => {
+                Err(limits.rate_limited(self.host(), "it answered 503 with retry-after"))
+            }
             500..=599 => Err(ForgeError::Transient(format!("{} answered {status}", self.host()))),
             _ => Ok((status, body)),
         }
@@ -440,6 +452,10 @@ impl PullsApi for GithubForge {
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome> {
         Box::pin(self.merge_now(branch, base, expected_head, message))
+    }
+
+    fn limits(&self) -> LimitKey {
+        self.limits.clone()
     }
 
     fn comment_pull<'a>(&'a self, number: i64, text: &'a str) -> ForgeFuture<'a, ()> {

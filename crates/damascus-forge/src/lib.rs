@@ -10,6 +10,7 @@
 
 mod gitea;
 mod github;
+mod limits;
 mod local;
 mod rest;
 
@@ -17,7 +18,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use gitea::{GiteaForge, MergeStyle};
-pub use github::GithubForge;
+pub use github::{GithubForge, GITHUB_WRITE_GAP};
+pub use limits::LimitKey;
 pub use local::LocalForge;
 
 /// A pull request, as the forge identifies it.
@@ -68,6 +70,14 @@ pub enum ForgeError {
     Conflict { base: String, detail: String },
     #[error("no pull request for branch {0}")]
     NotFound(String),
+    /// The forge said to come back at `until` (a rate limit, `retry-after`): nothing
+    /// should reach it with this token before then.
+    #[error("{host} asked to be left alone until {}: {detail}", httpdate::fmt_http_date(*until))]
+    RateLimited {
+        host: String,
+        until: std::time::SystemTime,
+        detail: String,
+    },
     /// Worth retrying later (network, a forge that is not ready).
     #[error("the forge is unavailable: {0}")]
     Transient(String),
@@ -99,4 +109,18 @@ pub trait Forge: Send + Sync {
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome>;
     fn comment<'a>(&'a self, branch: &'a str, text: &'a str) -> ForgeFuture<'a, ()>;
+    /// Waits (bounded, with backoff) until the open PR of `branch` names `commit` as
+    /// its head: a forge may see a push a few seconds after it, and a merge sent before
+    /// would be refused as "head modified". `ForgeError::Transient` when it does not
+    /// within `within`.
+    fn wait_for_head<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+        commit: &'a str,
+        within: std::time::Duration,
+    ) -> ForgeFuture<'a, ()>;
+    /// Whom this forge's rate limits apply to (its host and token), so that a deadline
+    /// it names can be kept by every process; `None` for a forge without limits.
+    fn limit_key(&self) -> Option<LimitKey>;
 }

@@ -218,6 +218,30 @@ impl Forge for LocalForge {
             Ok(())
         })
     }
+
+    fn wait_for_head<'a>(
+        &'a self,
+        branch: &'a str,
+        _base: &'a str,
+        commit: &'a str,
+        _within: Duration,
+    ) -> ForgeFuture<'a, ()> {
+        Box::pin(async move {
+            // The branch is the pull request: its head is what was pushed, at once.
+            match self.head(branch).await? {
+                Some(head) if head == commit => Ok(()),
+                Some(head) => Err(ForgeError::HeadMoved {
+                    expected: commit.to_owned(),
+                    actual: head,
+                }),
+                None => Err(ForgeError::NotFound(branch.to_owned())),
+            }
+        })
+    }
+
+    fn limit_key(&self) -> Option<crate::LimitKey> {
+        None
+    }
 }
 
 #[cfg(test)]

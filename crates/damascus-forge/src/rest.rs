@@ -58,6 +58,8 @@ pub(crate) trait PullsApi: Send + Sync {
         message: &'a str,
     ) -> ForgeFuture<'a, MergeOutcome>;
     fn comment_pull<'a>(&'a self, number: i64, text: &'a str) -> ForgeFuture<'a, ()>;
+    /// The host and token its limits apply to.
+    fn limits(&self) -> crate::LimitKey;
 }
 
 impl<T: PullsApi> Forge for T {
@@ -117,6 +119,39 @@ impl<T: PullsApi> Forge for T {
                 .ok_or_else(|| ForgeError::NotFound(branch.to_owned()))?;
             self.comment_pull(pull.number, text).await
         })
+    }
+
+    fn wait_for_head<'a>(
+        &'a self,
+        branch: &'a str,
+        base: &'a str,
+        commit: &'a str,
+        within: std::time::Duration,
+    ) -> ForgeFuture<'a, ()> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + within;
+            let mut pause = std::time::Duration::from_millis(100);
+            loop {
+                let seen = match self.find_pull(branch, Some(base)).await? {
+                    Some(pull) if pull.head_sha == commit || pull.merged => return Ok(()),
+                    Some(pull) => pull.head_sha,
+                    None => return Err(ForgeError::NotFound(branch.to_owned())),
+                };
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(ForgeError::Transient(format!(
+                        "the pull request of {branch} still names {seen} as its head, not the pushed {commit}, after {} s",
+                        within.as_secs()
+                    )));
+                }
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        })
+    }
+
+    fn limit_key(&self) -> Option<crate::LimitKey> {
+        Some(self.limits())
     }
 }
 

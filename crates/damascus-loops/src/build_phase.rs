@@ -1,9 +1,17 @@
-//! The code-builder. Idempotent: the branch is `damascus/<project>-<item>`; a second
-//! run starts from what the first pushed (or from the default branch), a run whose
-//! agent changes nothing but whose branch already holds commits passes again, and the
-//! forge returns the PR already open for the branch instead of opening another.
+//! The code-builder: the agent's run, the commit, the push, the pull request. Each
+//! finished step is recorded with the item (`damascus_db::build_steps`) under the
+//! claim, so a run after a failure resumes at the step that failed: a push or a forge
+//! call that failed after the agent ran is tried again, never the agent (unless its
+//! commit is on another host). A forge's rate limit ends the run as
+//! `Verdict::Deferred`, waited out without counting an attempt.
+//!
+//! Idempotent: the branch is `damascus/<project>-<item>`; a second run starts from
+//! what the first pushed (or from the default branch), a run whose agent changes
+//! nothing but whose branch already holds commits passes again, and the forge returns
+//! the PR already open for the branch instead of opening another.
 
 use damascus_core::{BranchUpdate, PhaseOutput, PhaseReport, Spec, Verdict};
+use damascus_db::build_steps::BuildSteps;
 
 use crate::branch_update::{update, Update};
 use crate::transient;
@@ -44,11 +52,16 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
                 "",
             )
         })?;
-    let forge = forge_for(&input.project, config)?;
+    let forge = forge_for(input, config)?;
     let project = &input.project;
     let branch = input.branch();
     let base = format!("origin/{}", project.default_branch);
     let dir = input.worktree_dir(config, "");
+    let steps = damascus_db::build_steps::get(&input.job.pool, input.item.id)
+        .await
+        .map_err(|e| Verdict::TransientError {
+            reason: format!("cannot read the build's finished steps: {e}"),
+        })?;
     let tree = {
         // The workspace (and its lock) lives only while the worktree is prepared.
         let workspace = input.workspace(config).await?;
@@ -62,8 +75,135 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
             .await
             .map_err(transient("cannot prepare the worktree"))?
     };
-    let conflicts = catch_up_with_base(&tree, &base).await?;
 
+    // The agent's work from an earlier run of this build, if it is still here: then
+    // only the steps after it run again.
+    let kept = match &steps {
+        Some(steps) => kept_commit(&tree, steps).await,
+        None => None,
+    };
+    let (commit, costs) = match kept {
+        Some(commit) => {
+            tracing::info!(%commit, "the agent's work of an earlier run is kept; resuming after it");
+            (commit, Vec::new())
+        }
+        None => match run_agent(inner, input, &spec, &tree, &dir, &base).await? {
+            Ok(ran) => ran,
+            Err(report) => return Ok(report),
+        },
+    };
+
+    // What the agent spent is recorded whatever happens after it ran.
+    let pushed_before = steps
+        .as_ref()
+        .filter(|s| s.committed == commit)
+        .and_then(|s| s.pushed.clone());
+    let pr_before = steps
+        .as_ref()
+        .filter(|s| s.committed == commit)
+        .and_then(|s| s.pr_url.clone());
+    let published = async {
+        let pool = &input.job.pool;
+        let (claim, item) = (input.job.claim, input.item.id);
+        if pushed_before.as_deref() != Some(commit.as_str()) {
+            tree.run(&[
+                "push",
+                "--quiet",
+                "--force-with-lease",
+                "origin",
+                &format!("{commit}:refs/heads/{branch}"),
+            ])
+            .await
+            .map_err(transient("cannot push the branch"))?;
+            keep_step(damascus_db::build_steps::pushed(pool, claim, item, &commit).await)?;
+        }
+        let pr_url = match pr_before {
+            Some(url) => url,
+            None => {
+                let pr = forge
+                    .open_or_find(
+                        &branch,
+                        &project.default_branch,
+                        &input.item.title,
+                        &spec.summary,
+                    )
+                    .await
+                    .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
+                keep_step(damascus_db::build_steps::pull_request(pool, claim, item, &pr.url).await)?;
+                let _ = forge
+                    .comment(
+                        &branch,
+                        &format!(
+                            "damascus: build attempt {} pushed {commit}",
+                            input.job.attempt
+                        ),
+                    )
+                    .await;
+                pr.url
+            }
+        };
+        Ok(Verdict::Pass(PhaseOutput {
+            branch: Some(branch.clone()),
+            pr_url: Some(pr_url),
+            ..PhaseOutput::default()
+        }))
+    }
+    .await;
+    match published {
+        Ok(verdict) | Err(verdict) => Ok(report(verdict, costs)),
+    }
+}
+
+/// The commit an earlier run of this build left, when it can be used here: one
+/// already pushed is on the branch this run checked out; one only committed is in
+/// this host's cache (a run on another host cannot see it, and the agent runs again).
+async fn kept_commit(tree: &damascus_git::Git, steps: &BuildSteps) -> Option<String> {
+    let head = tree.run(&["rev-parse", "HEAD"]).await.ok()?;
+    if steps.pushed.as_deref() == Some(head.as_str()) && head == steps.committed {
+        return Some(head);
+    }
+    match tree.resolve(&steps.committed).await {
+        Ok(Some(_)) => {
+            tree.run(&["reset", "--quiet", "--hard", &steps.committed])
+                .await
+                .ok()?;
+            Some(steps.committed.clone())
+        }
+        _ => {
+            tracing::info!(commit = %steps.committed, "the agent's work of an earlier run is not on this host; the agent runs again");
+            None
+        }
+    }
+}
+
+/// A step recorded, or why the run must stop: a claim that no longer holds its slot
+/// belongs to another run now. A database error only loses the shortcut for the next
+/// run, so the run goes on.
+fn keep_step(recorded: damascus_db::DbResult<bool>) -> Result<(), Verdict> {
+    match recorded {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Verdict::TransientError {
+            reason: "the job's claim was lost during the build; another run has it".into(),
+        }),
+        Err(e) => {
+            tracing::warn!("cannot record a finished build step: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// The agent's run and its commit: `Ok(Ok((commit, costs)))`, or
+/// `Ok(Err(report))` for a run that ended the phase (its costs in the report).
+async fn run_agent(
+    inner: &Inner,
+    input: &PhaseInput,
+    spec: &Spec,
+    tree: &damascus_git::Git,
+    dir: &std::path::Path,
+    base: &str,
+) -> Result<Result<(String, Vec<damascus_core::CostEntry>), PhaseReport>, Verdict> {
+    let project = &input.project;
+    let conflicts = catch_up_with_base(tree, base).await?;
     let mut prompt = spec.to_prompt(&input.item.title);
     if let Ok(Some((reason, log_tail))) =
         damascus_db::items::last_failure(&input.job.pool, input.item.id).await
@@ -81,17 +221,18 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
     }
 
     let log_name = format!("build-{}", input.job.attempt);
-    let run = match crate::agent::run(inner, input, prompt, &dir, "build", &log_name).await {
+    let run = match crate::agent::run(inner, input, prompt, dir, "build", &log_name).await {
         Ok(run) => run,
-        Err(failure) => return Ok(report(failure.verdict, failure.costs)),
+        Err(failure) => return Ok(Err(report(failure.verdict, failure.costs))),
     };
     let (costs, tail) = (run.costs, run.tail);
+    let ended = |verdict: Verdict, costs: Vec<damascus_core::CostEntry>| Ok(Err(report(verdict, costs)));
 
     // A conflict handed to the agent must be resolved, not committed with its markers.
-    let unresolved = crate::agent::unresolved(&dir, &conflicts);
+    let unresolved = crate::agent::unresolved(dir, &conflicts);
     if !unresolved.is_empty() {
         let _ = tree.run(&["merge", "--abort"]).await;
-        return Ok(report(
+        return ended(
             fail(
                 format!(
                     "the agent left conflict markers in {}; resolve the conflicts with {}",
@@ -101,62 +242,37 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
                 tail,
             ),
             costs,
-        ));
-    }
-    // What the agent spent is recorded whatever happens after it ran.
-    let published = async {
-        let message = format!(
-            "{}\n\nDamascus item {}, build attempt {}.",
-            input.item.title, input.item.id, input.job.attempt
         );
-        let committed = tree
-            .commit_all(&message)
+    }
+    let message = format!(
+        "{}\n\nDamascus item {}, build attempt {}.",
+        input.item.title, input.item.id, input.job.attempt
+    );
+    let committed = match tree.commit_all(&message).await {
+        Ok(committed) => committed,
+        Err(e) => return ended(transient("cannot commit")(e), costs),
+    };
+    if committed.is_none() {
+        let ahead = match tree
+            .run(&["rev-list", "--count", &format!("{base}..HEAD")])
             .await
-            .map_err(transient("cannot commit"))?;
-        if committed.is_none() {
-            let ahead = tree
-                .run(&["rev-list", "--count", &format!("{base}..HEAD")])
-                .await
-                .map_err(transient("cannot compare with the default branch"))?;
-            if ahead == "0" {
-                return Err(fail("the agent wrote nothing: no file changed", tail));
-            }
+        {
+            Ok(ahead) => ahead,
+            Err(e) => return ended(transient("cannot compare with the default branch")(e), costs),
+        };
+        if ahead == "0" {
+            return ended(fail("the agent wrote nothing: no file changed", tail), costs);
         }
-        tree.run(&[
-            "push",
-            "--quiet",
-            "--force-with-lease",
-            "origin",
-            &format!("HEAD:refs/heads/{branch}"),
-        ])
-        .await
-        .map_err(transient("cannot push the branch"))?;
-        let pr = forge
-            .open_or_find(
-                &branch,
-                &project.default_branch,
-                &input.item.title,
-                &spec.summary,
-            )
-            .await
-            .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
-        let _ = forge
-            .comment(
-                &branch,
-                &format!(
-                    "damascus: build attempt {} pushed {}",
-                    input.job.attempt, pr.head
-                ),
-            )
+    }
+    let commit = match tree.run(&["rev-parse", "HEAD"]).await {
+        Ok(commit) => commit,
+        Err(e) => return ended(transient("cannot read the build's commit")(e), costs),
+    };
+    let recorded =
+        damascus_db::build_steps::committed(&input.job.pool, input.job.claim, input.item.id, &commit)
             .await;
-        Ok(Verdict::Pass(PhaseOutput {
-            branch: Some(branch),
-            pr_url: Some(pr.url),
-            ..PhaseOutput::default()
-        }))
+    if let Err(verdict) = keep_step(recorded) {
+        return ended(verdict, costs);
     }
-    .await;
-    match published {
-        Ok(verdict) | Err(verdict) => Ok(report(verdict, costs)),
-    }
+    Ok(Ok((commit, costs)))
 }

@@ -22,6 +22,7 @@ mod agent;
 mod agent_result;
 mod branch_update;
 mod build_phase;
+mod forge_guard;
 pub mod llm;
 mod process;
 mod review_phase;
@@ -41,6 +42,7 @@ use damascus_forge::{Forge, LocalForge};
 use damascus_git::Identity;
 use damascus_queue::{JobContext, PhaseFuture, PhaseRunner};
 
+pub use damascus_forge::GITHUB_WRITE_GAP;
 pub use llm::LlmConfig;
 pub use sandbox::AgentUser;
 
@@ -65,7 +67,16 @@ pub struct LoopsConfig {
     /// The longest one git command may run (a clone, a fetch, a push) before it is
     /// killed and the phase ends with a transient error.
     pub git_timeout: Duration,
+    /// The least time between two writes of one GitHub token (GitHub asks for a
+    /// second; `damascus_forge::GITHUB_WRITE_GAP`).
+    pub github_write_gap: Duration,
+    /// How long a merge waits for the forge's pull request to show the commit that was
+    /// pushed (a forge may see a push seconds after it) before the phase is retried.
+    pub head_wait: Duration,
 }
+
+/// How long a merge waits for the pull request's head by default.
+pub const DEFAULT_HEAD_WAIT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for LoopsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +92,8 @@ impl std::fmt::Debug for LoopsConfig {
             .field("github_token", &self.github_token.as_ref().map(|_| "***"))
             .field("agent_user", &self.agent_user)
             .field("git_timeout", &self.git_timeout)
+            .field("github_write_gap", &self.github_write_gap)
+            .field("head_wait", &self.head_wait)
             .finish()
     }
 }
@@ -290,6 +303,18 @@ async fn load(job: &JobContext) -> Result<PhaseInput, damascus_db::DbError> {
 /// at once instead of after every retry.
 pub(crate) fn forge_failure(what: &str, error: damascus_forge::ForgeError) -> Verdict {
     match error {
+        // A forge's "come back later" is waited out, not counted (and not retried early).
+        damascus_forge::ForgeError::RateLimited {
+            host,
+            until,
+            detail,
+        } => Verdict::Deferred {
+            reason: format!(
+                "{what}: waiting for {host}'s rate limit until {} ({detail})",
+                chrono::DateTime::<chrono::Utc>::from(until).format("%H:%M:%S UTC")
+            ),
+            until,
+        },
         damascus_forge::ForgeError::Other(detail) => Verdict::NeedsHuman {
             question: format!("{what}: {detail}. Fix it, then answer to try again"),
             context: String::new(),
@@ -308,11 +333,17 @@ fn merge_style(project: &Project) -> damascus_forge::MergeStyle {
     }
 }
 
-/// The forge a project's pull requests live on.
-pub(crate) fn forge_for(
-    project: &Project,
-    config: &LoopsConfig,
-) -> Result<Box<dyn Forge>, Verdict> {
+/// The forge a project's pull requests live on, as a phase of `input` calls it: its
+/// rate-limit deadlines kept in the database for every process (`forge_guard`).
+pub(crate) fn forge_for(input: &PhaseInput, config: &LoopsConfig) -> Result<Box<dyn Forge>, Verdict> {
+    let forge = project_forge(&input.project, config)?;
+    Ok(Box::new(forge_guard::GuardedForge::new(
+        forge,
+        input.job.pool.clone(),
+    )))
+}
+
+fn project_forge(project: &Project, config: &LoopsConfig) -> Result<Box<dyn Forge>, Verdict> {
     let ask = |question: String| Verdict::NeedsHuman {
         question,
         context: String::new(),
@@ -357,7 +388,7 @@ pub(crate) fn forge_for(
                 .as_deref()
                 .unwrap_or("https://api.github.com");
             damascus_forge::GithubForge::new(api, repo, token, merge_style(project))
-                .map(|f| Box::new(f) as Box<dyn Forge>)
+                .map(|f| Box::new(f.with_write_gap(config.github_write_gap)) as Box<dyn Forge>)
                 .map_err(|e| ask(e.to_string()))
         }
     }

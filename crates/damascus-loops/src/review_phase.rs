@@ -93,11 +93,11 @@ struct Outcome {
 
 async fn review(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict> {
     let project = &input.project;
-    let forge = forge_for(project, &inner.config)?;
+    let forge = forge_for(input, &inner.config)?;
     let test_command = test_command_of(project, &input.item)
         .ok_or_else(|| fail("the item has no test command; its spec must name one", ""))?;
     let branch = branch_of(project, &input.item);
-    let head = match forge.state(&branch, &project.default_branch).await {
+    match forge.state(&branch, &project.default_branch).await {
         Ok(PrState::Merged { .. }) => return Ok(Verdict::pass().into()),
         Ok(PrState::Closed) => {
             return Err(fail(
@@ -105,9 +105,19 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdic
                 "",
             ))
         }
-        Ok(PrState::Open { head }) => head,
+        Ok(PrState::Open { .. }) => {}
         Err(e) => return Err(crate::forge_failure("cannot read the pull request", e)),
-    };
+    }
+    // Each branch's head as the repository has it, not as the forge's pull request
+    // reports it: a forge may show a push seconds late, and a merge or a push lease
+    // that named a stale head would be refused.
+    let heads = BranchHeads::read(inner, input).await?;
+    let head = heads.of(&branch).ok_or_else(|| {
+        fail(
+            format!("the branch {branch} is gone from the repository; build it again"),
+            "",
+        )
+    })?;
     let mut members = vec![Member {
         item_id: input.item.id,
         title: input.item.title.clone(),
@@ -115,7 +125,7 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdic
         head,
     }];
     let mut already_merged = Vec::new();
-    for (member, merged) in followers(input, forge.as_ref(), &test_command).await {
+    for (member, merged) in followers(input, forge.as_ref(), &heads, &test_command).await {
         if merged {
             already_merged.push(BatchVerdict {
                 item_id: member.item_id,
@@ -175,6 +185,7 @@ async fn review(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdic
 async fn followers(
     input: &PhaseInput,
     forge: &dyn Forge,
+    heads: &BranchHeads,
     test_command: &str,
 ) -> Vec<(Member, bool)> {
     let pool = &input.job.pool;
@@ -199,10 +210,13 @@ async fn followers(
             continue;
         }
         let branch = branch_of(&project, &item);
-        let (head, merged) = match forge.state(&branch, &project.default_branch).await {
-            Ok(PrState::Open { head }) => (head, false),
-            Ok(PrState::Merged { head }) => (head, true),
+        let merged = match forge.state(&branch, &project.default_branch).await {
+            Ok(PrState::Open { .. }) => false,
+            Ok(PrState::Merged { .. }) => true,
             _ => continue,
+        };
+        let Some(head) = heads.of(&branch) else {
+            continue;
         };
         out.push((
             Member {
@@ -215,6 +229,40 @@ async fn followers(
         ));
     }
     out
+}
+
+/// The heads of the item branches as the repository has them (read from its cache
+/// clone, fetched just now).
+struct BranchHeads {
+    heads: std::collections::HashMap<String, String>,
+}
+
+impl BranchHeads {
+    async fn read(inner: &Inner, input: &PhaseInput) -> Result<BranchHeads, Verdict> {
+        let workspace = input.workspace(&inner.config).await?;
+        let refs = workspace
+            .cache()
+            .run(&[
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/remotes/origin/damascus/",
+            ])
+            .await
+            .map_err(transient("cannot read the item branches"))?;
+        let heads = refs
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter_map(|(commit, name)| {
+                let branch = name.strip_prefix("refs/remotes/origin/")?;
+                Some((branch.to_owned(), commit.to_owned()))
+            })
+            .collect();
+        Ok(BranchHeads { heads })
+    }
+
+    fn of(&self, branch: &str) -> Option<String> {
+        self.heads.get(branch).cloned()
+    }
 }
 
 /// Why a round ended without an outcome.
@@ -583,10 +631,26 @@ impl Run<'_> {
             };
             let merged = match pushed {
                 Ok(()) => {
+                    // The merge names the commit pushed, once the forge shows it as the
+                    // pull request's head (a merge sent before is refused).
                     let message = format!("Merge {}: {}", member.branch, member.title);
-                    self.forge
-                        .merge(&member.branch, &project.default_branch, commit, &message)
+                    match self
+                        .forge
+                        .wait_for_head(
+                            &member.branch,
+                            &project.default_branch,
+                            commit,
+                            self.inner.config.head_wait,
+                        )
                         .await
+                    {
+                        Ok(()) => {
+                            self.forge
+                                .merge(&member.branch, &project.default_branch, commit, &message)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(why) => Err(ForgeError::Transient(why)),
             };

@@ -92,7 +92,9 @@ impl Secrets {
                 self.scrub_in_place(question);
                 self.scrub_in_place(context);
             }
-            Verdict::TransientError { reason } => self.scrub_in_place(reason),
+            Verdict::TransientError { reason } | Verdict::Deferred { reason, .. } => {
+                self.scrub_in_place(reason)
+            }
         }
     }
 
@@ -140,6 +142,8 @@ mod tests {
             gitea_token: Some("gitea-0123456789".into()),
             github_token: Some("ghp_abcdefghijkl".into()),
             git_timeout: std::time::Duration::from_secs(1),
+            github_write_gap: std::time::Duration::from_millis(20),
+            head_wait: crate::DEFAULT_HEAD_WAIT,
             agent_user: None,
         }
     }

@@ -27,6 +27,11 @@ pub(crate) enum End {
         costs: Vec<damascus_core::CostEntry>,
         delay: Duration,
     },
+    Defer {
+        reason: String,
+        costs: Vec<damascus_core::CostEntry>,
+        until: std::time::SystemTime,
+    },
     Release,
 }
 
@@ -197,6 +202,11 @@ pub(crate) async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Op
                 costs,
                 delay,
             } => jobs::retry_later(&shared.pool, shared.worker, job, reason, costs, *delay).await,
+            End::Defer {
+                reason,
+                costs,
+                until,
+            } => jobs::defer(&shared.pool, shared.worker, job, reason, costs, *until).await,
             End::Release => jobs::release(&shared.pool, shared.worker, job).await,
         };
         match result {

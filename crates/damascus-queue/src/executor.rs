@@ -68,6 +68,17 @@ pub(crate) async fn run_phase(
                 delay,
             }
         }
+        // A wait the runner was asked for (a forge's rate limit): the job waits until
+        // then with its run given back; it is not an attempt.
+        Some(PhaseReport {
+            verdict: Verdict::Deferred { reason, until },
+            costs,
+            batch: _,
+        }) => End::Defer {
+            reason,
+            costs,
+            until,
+        },
         Some(report) => End::Report(report),
         None => match *reason.lock().expect("reason lock") {
             Some(StopReason::Shutdown) => End::Release,

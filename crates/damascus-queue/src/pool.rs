@@ -36,6 +36,8 @@ pub struct CycleSummary {
     /// Counted verdicts recorded, by (from, to) phase.
     pub transitions: BTreeMap<(String, String), u64>,
     pub retries_scheduled: u64,
+    /// Jobs that wait for a time a service asked for (a forge's rate limit).
+    pub deferred: u64,
     pub exhausted: u64,
     pub released: u64,
     pub superseded: u64,
@@ -61,6 +63,7 @@ impl CycleSummary {
                     .or_default() += 1;
             }
             Ended::RetryScheduled { .. } => self.retries_scheduled += 1,
+            Ended::Deferred { .. } => self.deferred += 1,
             Ended::Exhausted => self.exhausted += 1,
             Ended::Released => self.released += 1,
             Ended::Superseded => self.superseded += 1,
@@ -77,8 +80,8 @@ impl fmt::Display for CycleSummary {
         }
         write!(
             f,
-            "retries scheduled: {}, out of attempts: {}, released: {}, superseded: {}, lost claims: {}, unrecorded ends: {}",
-            self.retries_scheduled, self.exhausted, self.released, self.superseded, self.lost_claims, self.end_errors
+            "retries scheduled: {}, waiting: {}, out of attempts: {}, released: {}, superseded: {}, lost claims: {}, unrecorded ends: {}",
+            self.retries_scheduled, self.deferred, self.exhausted, self.released, self.superseded, self.lost_claims, self.end_errors
         )
     }
 }

@@ -69,6 +69,8 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
             .transpose()
             .map_err(anyhow::Error::msg)?,
         git_timeout: Duration::from_secs(args.git_timeout_secs),
+        github_write_gap: damascus_loops::GITHUB_WRITE_GAP,
+        head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
     })
 }
 

@@ -26,6 +26,8 @@ pub enum Ended {
     RetryScheduled { delay: Duration, attempts_left: i32 },
     /// The job ran out of attempts; its item is blocked with a human issue.
     Exhausted,
+    /// The job waits until `until`, with its run given back (a forge's rate limit).
+    Deferred { until: std::time::SystemTime },
     /// The job went back to the queue untouched (shutdown).
     Released,
     /// The item had moved on (cancelled, moved by hand) or was gone; the result was dropped.
@@ -266,7 +268,10 @@ pub async fn end_group(
             (Some(target), Some(item))
                 if item.phase == target.phase
                     && report.batch.is_empty()
-                    && !matches!(report.verdict, Verdict::TransientError { .. }) =>
+                    && !matches!(
+                        report.verdict,
+                        Verdict::TransientError { .. } | Verdict::Deferred { .. }
+                    ) =>
             {
                 let to = decide(item.phase, item.budget, &report.verdict);
                 let locked = crate::transitions::LockedItem {
@@ -441,6 +446,54 @@ pub async fn retry_later(
         delay,
         attempts_left,
     })
+}
+
+/// Puts a job back to wait until `until` (a forge asked to be left alone until then),
+/// with the run it used given back: a wait is not an attempt, so no number of waits
+/// blocks the item. The costs of the run are recorded; `reason` shows as the job's last
+/// error (`damascus_queue`, status) and in a `job.waiting` event.
+pub async fn defer(
+    pool: &PgPool,
+    worker: WorkerId,
+    job: &ClaimedJob,
+    reason: &str,
+    costs: &[CostEntry],
+    until: std::time::SystemTime,
+) -> DbResult<Ended> {
+    let mut tx = pool.begin().await?;
+    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
+        Ok(locked) => locked,
+        Err(ended) => {
+            tx.commit().await?;
+            return Ok(ended);
+        }
+    };
+    record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+    let until_at = chrono::DateTime::<chrono::Utc>::from(until);
+    sqlx::query(
+        "update damascus_jobs
+         set run_at = greatest($2, now()), runs = greatest(runs - 1, 0), last_error = $3
+         where job_id = $1",
+    )
+    .bind(job.job_id)
+    .bind(until_at)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select damascus_free_slot($1)")
+        .bind(job.job_id)
+        .execute(&mut *tx)
+        .await?;
+    events::record(
+        &mut tx,
+        Some(item.id),
+        Some(item.project_id),
+        "job.waiting",
+        &json!({ "phase": target.phase, "reason": reason, "until": until_at }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ended::Deferred { until })
 }
 
 /// Gives a job back untouched, runnable at once, with the attempt it used returned:

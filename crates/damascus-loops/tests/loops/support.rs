@@ -81,6 +81,8 @@ impl Setup {
             github_token: None,
             agent_user: None,
             git_timeout: damascus_git::DEFAULT_TIMEOUT,
+            github_write_gap: std::time::Duration::from_millis(20),
+            head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
         }
     }
 

@@ -82,6 +82,8 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         github_token: None,
         agent_user: None,
         git_timeout: damascus_git::DEFAULT_TIMEOUT,
+        github_write_gap: damascus_loops::GITHUB_WRITE_GAP,
+        head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
     })?;
     let queue = QueueConfig {
         concurrency: Some(2),
