@@ -20,9 +20,17 @@ pub struct PhaseOutput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Pass(PhaseOutput),
-    Fail { reason: String, log_tail: String },
-    NeedsHuman { question: String, context: String },
-    TransientError { reason: String },
+    Fail {
+        reason: String,
+        log_tail: String,
+    },
+    NeedsHuman {
+        question: String,
+        context: String,
+    },
+    TransientError {
+        reason: String,
+    },
     /// A service the phase needs (a forge's rate limit) asked to be left alone until
     /// `until`: the job waits until then with its run given back. A wait is not an
     /// attempt: it never counts against a budget, and what the phase finished before it

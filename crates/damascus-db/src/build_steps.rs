@@ -24,12 +24,12 @@ pub struct BuildSteps {
 
 /// The steps recorded for `item`, if any.
 pub async fn get<'e>(db: impl PgExecutor<'e>, item: i64) -> DbResult<Option<BuildSteps>> {
-    Ok(sqlx::query_as(
-        "select committed, pushed, pr_url from build_steps where item_id = $1",
+    Ok(
+        sqlx::query_as("select committed, pushed, pr_url from build_steps where item_id = $1")
+            .bind(item)
+            .fetch_optional(db)
+            .await?,
     )
-    .bind(item)
-    .fetch_optional(db)
-    .await?)
 }
 
 /// Records that the agent's work is in `commit`, forgetting any later step of an
@@ -62,7 +62,12 @@ pub async fn committed<'e>(
 }
 
 /// Records that `commit` (the one recorded as committed) is on the item's branch.
-pub async fn pushed<'e>(db: impl PgExecutor<'e>, claim: Uuid, item: i64, commit: &str) -> DbResult<bool> {
+pub async fn pushed<'e>(
+    db: impl PgExecutor<'e>,
+    claim: Uuid,
+    item: i64,
+    commit: &str,
+) -> DbResult<bool> {
     let written = sqlx::query(
         "update build_steps set pushed = $2, claim_token = $3, updated_at = now()
          where item_id = $1 and committed = $2

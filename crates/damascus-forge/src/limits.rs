@@ -72,7 +72,10 @@ impl LimitHeaders {
     /// When the forge said to come back, if it said: `retry-after` (seconds, or an
     /// HTTP date) first, then `x-ratelimit-reset` (unix seconds).
     pub fn until(&self, now: SystemTime) -> Option<SystemTime> {
-        let after = self.retry_after.as_deref().and_then(|v| retry_after(v, now));
+        let after = self
+            .retry_after
+            .as_deref()
+            .and_then(|v| retry_after(v, now));
         let reset = self
             .reset
             .as_deref()
@@ -114,8 +117,9 @@ pub(crate) struct WritePacer {
 }
 
 /// One pacer per forge and token in the process: every client of one token shares it.
-static PACERS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>>> =
-    LazyLock::new(Mutex::default);
+static PACERS: LazyLock<
+    Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>>,
+> = LazyLock::new(Mutex::default);
 
 impl WritePacer {
     pub fn for_key(key: &LimitKey, gap: Duration) -> WritePacer {
@@ -145,7 +149,11 @@ impl WritePacer {
 mod tests {
     use super::*;
 
-    fn headers(retry_after: Option<&str>, remaining: Option<&str>, reset: Option<&str>) -> LimitHeaders {
+    fn headers(
+        retry_after: Option<&str>,
+        remaining: Option<&str>,
+        reset: Option<&str>,
+    ) -> LimitHeaders {
         LimitHeaders {
             retry_after: retry_after.map(str::to_owned),
             remaining: remaining.map(str::to_owned),
@@ -157,7 +165,10 @@ mod tests {
     fn when_to_come_back() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        assert_eq!(headers(Some("30"), None, None).until(now), Some(at(1_800_000_030)));
+        assert_eq!(
+            headers(Some("30"), None, None).until(now),
+            Some(at(1_800_000_030))
+        );
         assert_eq!(
             headers(Some("Fri, 15 Jan 2027 08:00:00 GMT"), None, None).until(now),
             Some(at(1_800_000_000 + 3600)),
@@ -167,7 +178,10 @@ mod tests {
             headers(Some("Sun, 06 Nov 1994 08:49:37 GMT"), None, None).until(now),
             Some(at(784_111_777))
         );
-        assert_eq!(headers(None, Some("0"), Some("1800000120")).until(now), Some(at(1_800_000_120)));
+        assert_eq!(
+            headers(None, Some("0"), Some("1800000120")).until(now),
+            Some(at(1_800_000_120))
+        );
         assert_eq!(
             headers(Some("5"), Some("0"), Some("1800000120")).until(now),
             Some(at(1_800_000_005)),
@@ -182,7 +196,9 @@ mod tests {
     #[test]
     fn a_limit_without_a_time_waits_the_default_and_a_past_one_a_moment() {
         let before = SystemTime::now();
-        let ForgeError::RateLimited { until, .. } = headers(None, None, None).rate_limited("h", "x") else {
+        let ForgeError::RateLimited { until, .. } =
+            headers(None, None, None).rate_limited("h", "x")
+        else {
             panic!("not a rate limit");
         };
         assert!(until >= before + DEFAULT_WAIT);

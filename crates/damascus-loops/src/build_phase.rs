@@ -129,7 +129,9 @@ async fn build(inner: &Inner, input: &PhaseInput) -> Result<PhaseReport, Verdict
                     )
                     .await
                     .map_err(|e| crate::forge_failure("cannot open the pull request", e))?;
-                keep_step(damascus_db::build_steps::pull_request(pool, claim, item, &pr.url).await)?;
+                keep_step(
+                    damascus_db::build_steps::pull_request(pool, claim, item, &pr.url).await,
+                )?;
                 let _ = forge
                     .comment(
                         &branch,
@@ -226,7 +228,8 @@ async fn run_agent(
         Err(failure) => return Ok(Err(report(failure.verdict, failure.costs))),
     };
     let (costs, tail) = (run.costs, run.tail);
-    let ended = |verdict: Verdict, costs: Vec<damascus_core::CostEntry>| Ok(Err(report(verdict, costs)));
+    let ended =
+        |verdict: Verdict, costs: Vec<damascus_core::CostEntry>| Ok(Err(report(verdict, costs)));
 
     // A conflict handed to the agent must be resolved, not committed with its markers.
     let unresolved = crate::agent::unresolved(dir, &conflicts);
@@ -258,19 +261,31 @@ async fn run_agent(
             .await
         {
             Ok(ahead) => ahead,
-            Err(e) => return ended(transient("cannot compare with the default branch")(e), costs),
+            Err(e) => {
+                return ended(
+                    transient("cannot compare with the default branch")(e),
+                    costs,
+                )
+            }
         };
         if ahead == "0" {
-            return ended(fail("the agent wrote nothing: no file changed", tail), costs);
+            return ended(
+                fail("the agent wrote nothing: no file changed", tail),
+                costs,
+            );
         }
     }
     let commit = match tree.run(&["rev-parse", "HEAD"]).await {
         Ok(commit) => commit,
         Err(e) => return ended(transient("cannot read the build's commit")(e), costs),
     };
-    let recorded =
-        damascus_db::build_steps::committed(&input.job.pool, input.job.claim, input.item.id, &commit)
-            .await;
+    let recorded = damascus_db::build_steps::committed(
+        &input.job.pool,
+        input.job.claim,
+        input.item.id,
+        &commit,
+    )
+    .await;
     if let Err(verdict) = keep_step(recorded) {
         return ended(verdict, costs);
     }

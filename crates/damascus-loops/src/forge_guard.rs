@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use damascus_forge::{Forge, ForgeError, ForgeFuture, LimitKey, MergeOutcome, PrState, PullRequest};
+use damascus_forge::{
+    Forge, ForgeError, ForgeFuture, LimitKey, MergeOutcome, PrState, PullRequest,
+};
 use sqlx::PgPool;
 
 pub(crate) struct GuardedForge {
@@ -45,7 +47,9 @@ impl GuardedForge {
 
     /// Records the deadline a forge's answer named, for every process.
     async fn note<T>(&self, result: Result<T, ForgeError>) -> Result<T, ForgeError> {
-        if let (Err(ForgeError::RateLimited { until, detail, .. }), Some(key)) = (&result, &self.key) {
+        if let (Err(ForgeError::RateLimited { until, detail, .. }), Some(key)) =
+            (&result, &self.key)
+        {
             let until = chrono::DateTime::<chrono::Utc>::from(*until);
             if let Err(e) =
                 damascus_db::forge_waits::record(&self.pool, &key.key, &key.host, until, detail)

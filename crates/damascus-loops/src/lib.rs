@@ -335,7 +335,10 @@ fn merge_style(project: &Project) -> damascus_forge::MergeStyle {
 
 /// The forge a project's pull requests live on, as a phase of `input` calls it: its
 /// rate-limit deadlines kept in the database for every process (`forge_guard`).
-pub(crate) fn forge_for(input: &PhaseInput, config: &LoopsConfig) -> Result<Box<dyn Forge>, Verdict> {
+pub(crate) fn forge_for(
+    input: &PhaseInput,
+    config: &LoopsConfig,
+) -> Result<Box<dyn Forge>, Verdict> {
     let forge = project_forge(&input.project, config)?;
     Ok(Box::new(forge_guard::GuardedForge::new(
         forge,

@@ -25,7 +25,8 @@ mod registry;
 pub use claim::{claim, next_runnable_in, ClaimedItem, ClaimedJob};
 pub(crate) use end::delete_job;
 pub use end::{
-    defer, end_group, finish, finish_many, release, retry_later, ClaimNext, Ended, GroupEnded};
+    defer, end_group, finish, finish_many, release, retry_later, ClaimNext, Ended, GroupEnded,
+};
 pub use keep_alive::keep_alive;
 pub use maintenance::{reap, respawn_jobless, Reaped, RESPAWN_CHANNEL};
 pub use registry::{

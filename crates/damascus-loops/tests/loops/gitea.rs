@@ -31,7 +31,7 @@ struct Pull {
 type SeenRequest = (String, String, String, Value);
 
 #[derive(Clone)]
-struct FakeGitea {
+pub(crate) struct FakeGitea {
     remote: std::path::PathBuf,
     pulls: Arc<Mutex<Vec<Pull>>>,
     /// Every request: method, path, authorization header, body.
@@ -44,7 +44,7 @@ struct FakeGitea {
 
 impl FakeGitea {
     /// Asserts that every request so far carried the token.
-    fn assert_authenticated(&self) {
+    pub(crate) fn assert_authenticated(&self) {
         assert_eq!(
             *self.auth_failures.lock().unwrap(),
             Vec::<String>::new(),
@@ -235,7 +235,8 @@ async fn comment(
     (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
 }
 
-async fn serve(g: FakeGitea) -> String {
+/// Serves the fake with `faults` played on top of its API.
+pub(crate) async fn serve_with(g: FakeGitea, faults: crate::faults::Faults) -> String {
     let failures = g.auth_failures.clone();
     let app = Router::new()
         .route("/api/v1/repos/{owner}/{repo}/pulls", post(create).get(list))
@@ -245,6 +246,9 @@ async fn serve(g: FakeGitea) -> String {
             "/api/v1/repos/{owner}/{repo}/issues/{n}/comments",
             post(comment),
         )
+        .layer(axum::middleware::from_fn(move |request, next| {
+            faults.clone().middleware(request, next)
+        }))
         // Gitea answers 401 to a token it does not know, before any route; the fake
         // records it, and each test asserts on what was refused.
         .layer(axum::middleware::from_fn(
@@ -305,6 +309,17 @@ async fn project_on_fake_gitea(
     not_mergeable_first: u32,
     edit: impl FnOnce(&mut damascus_core::NewProject),
 ) -> FakeGitea {
+    project_on_faulty_gitea(setup, agent, not_mergeable_first, Default::default(), edit).await
+}
+
+/// `project_on_fake_gitea` with `faults` played on top of the fake's API.
+pub(crate) async fn project_on_faulty_gitea(
+    setup: &Setup,
+    agent: &str,
+    not_mergeable_first: u32,
+    faults: crate::faults::Faults,
+    edit: impl FnOnce(&mut damascus_core::NewProject),
+) -> FakeGitea {
     let gitea = FakeGitea {
         remote: setup.remote.clone(),
         pulls: Arc::default(),
@@ -312,7 +327,7 @@ async fn project_on_fake_gitea(
         not_mergeable_first: Arc::new(Mutex::new(not_mergeable_first)),
         auth_failures: Arc::default(),
     };
-    let url = serve(gitea.clone()).await;
+    let url = serve_with(gitea.clone(), faults).await;
     setup
         .project(agent, SpecMode::Passthrough, |p| {
             p.forge_kind = ForgeKind::Gitea;

@@ -17,9 +17,17 @@ use serde_json::{json, Value};
 
 use crate::merge_queue::{changelog_agent, changelog_case, changelog_setup, CHANGELOG_TEST};
 
+/// A branch's head as the fake's pull requests show it, and a newer head it has seen
+/// in the repository since (when), shown once it is `lag` old.
+type ShownHead = (String, Option<(String, std::time::Instant)>);
+
 #[derive(Clone)]
-struct FakeGithub {
+pub(crate) struct FakeGithub {
     remote: std::path::PathBuf,
+    /// How long after a push the pull request's head still names the old commit, as on
+    /// GitHub, where a PR's head follows a push by a few seconds.
+    lag: std::time::Duration,
+    shown: Arc<Mutex<std::collections::HashMap<String, ShownHead>>>,
     /// number, branch, merged
     pulls: Arc<Mutex<Vec<(i64, String, bool)>>>,
     /// Every merge request's body.
@@ -29,6 +37,44 @@ struct FakeGithub {
 }
 
 impl FakeGithub {
+    pub(crate) fn new(remote: std::path::PathBuf, lag: std::time::Duration) -> FakeGithub {
+        FakeGithub {
+            remote,
+            lag,
+            shown: Arc::default(),
+            pulls: Arc::default(),
+            merges: Arc::default(),
+            auth_failures: Arc::default(),
+        }
+    }
+
+    /// Every merge request's body.
+    pub(crate) fn merges(&self) -> Vec<Value> {
+        self.merges.lock().unwrap().clone()
+    }
+
+    /// The head a pull request of `branch` shows now: the repository's, `lag` late.
+    async fn pr_head(&self, branch: &str) -> String {
+        let real = self.head_of(branch).await.unwrap_or_default();
+        if self.lag.is_zero() {
+            return real;
+        }
+        let mut shown = self.shown.lock().unwrap();
+        let entry = shown
+            .entry(branch.to_owned())
+            .or_insert_with(|| (real.clone(), None));
+        if entry.0 != real {
+            match &entry.1 {
+                Some((sha, since)) if *sha == real && since.elapsed() >= self.lag => {
+                    *entry = (real, None);
+                }
+                Some((sha, _)) if *sha == real => {}
+                _ => entry.1 = Some((real, std::time::Instant::now())),
+            }
+        }
+        entry.0.clone()
+    }
+
     async fn head_of(&self, branch: &str) -> Option<String> {
         Git::new(&self.remote, Identity::default())
             .resolve(&format!("refs/heads/{branch}"))
@@ -37,7 +83,7 @@ impl FakeGithub {
     }
 
     async fn json(&self, number: i64, branch: &str, merged: bool) -> Value {
-        let sha = self.head_of(branch).await.unwrap_or_default();
+        let sha = self.pr_head(branch).await;
         json!({
             "number": number,
             "html_url": format!("https://github.test/acme/web/pull/{number}"),
@@ -119,7 +165,7 @@ async fn merge(
     };
     let sha = body["sha"].as_str().unwrap_or_default();
     // GitHub: 409 when the head is not the `sha` named.
-    if g.head_of(&branch).await.as_deref() != Some(sha) {
+    if g.pr_head(&branch).await != sha {
         return (
             StatusCode::CONFLICT,
             Json(json!({"message": "Head branch was modified. Review and try the merge again."})),
@@ -158,13 +204,21 @@ async fn comment() -> Response {
     (StatusCode::CREATED, Json(json!({"id": 1}))).into_response()
 }
 
-async fn serve(g: FakeGithub) -> String {
+pub(crate) async fn serve(g: FakeGithub) -> String {
+    serve_with(g, crate::faults::Faults::default()).await
+}
+
+/// Serves the fake with `faults` played on top of its API.
+pub(crate) async fn serve_with(g: FakeGithub, faults: crate::faults::Faults) -> String {
     let failures = g.auth_failures.clone();
     let app = Router::new()
         .route("/repos/{owner}/{repo}/pulls", post(create).get(list))
         .route("/repos/{owner}/{repo}/pulls/{n}", get(one))
         .route("/repos/{owner}/{repo}/pulls/{n}/merge", put(merge))
         .route("/repos/{owner}/{repo}/issues/{n}/comments", post(comment))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            faults.clone().middleware(request, next)
+        }))
         // GitHub answers 401 "Bad credentials" to a token it does not know, before any
         // route; the fake records it, and the test asserts that none was refused.
         .layer(axum::middleware::from_fn(
@@ -206,12 +260,7 @@ async fn serve(g: FakeGithub) -> String {
 async fn the_changelog_case_through_the_github_api() {
     let setup = changelog_setup().await;
     let agent = changelog_agent(&setup);
-    let github = FakeGithub {
-        remote: setup.remote.clone(),
-        pulls: Arc::default(),
-        merges: Arc::default(),
-        auth_failures: Arc::default(),
-    };
+    let github = FakeGithub::new(setup.remote.clone(), std::time::Duration::ZERO);
     let url = serve(github.clone()).await;
     setup
         .project(&agent, damascus_core::SpecMode::Passthrough, |p| {

@@ -4,7 +4,9 @@
 
 mod agents;
 mod claude_code;
+mod faults;
 mod flow;
+mod forge_faults;
 mod gitea;
 mod github;
 mod hangs;
