@@ -331,6 +331,15 @@ CREATE FUNCTION public.damascus_events_head() RETURNS bigint
         0)
 $$;
 
+CREATE FUNCTION public.damascus_forget_build_steps() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    delete from build_steps where item_id = new.id;
+    return null;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -807,6 +816,20 @@ ALTER TABLE public.budget_reservations ALTER COLUMN id ADD GENERATED ALWAYS AS I
     CACHE 1
 );
 
+CREATE TABLE public.build_steps (
+    item_id bigint NOT NULL,
+    committed text NOT NULL,
+    pushed text,
+    pr_url text,
+    claim_token uuid NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT build_steps_committed_is_a_commit CHECK ((committed ~ '^[0-9a-f]{40,64}$'::text)),
+    CONSTRAINT build_steps_pr_after_push CHECK (((pr_url IS NULL) OR (pushed IS NOT NULL))),
+    CONSTRAINT build_steps_pushed_is_a_commit CHECK ((pushed ~ '^[0-9a-f]{40,64}$'::text))
+);
+
+COMMENT ON TABLE public.build_steps IS 'What a build of the item finished (commit, push, pull request), so a retry resumes at the step that failed.';
+
 CREATE TABLE public.coordination_gates (
     id bigint NOT NULL,
     item_id bigint NOT NULL,
@@ -1153,6 +1176,17 @@ ALTER TABLE public.events_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
     CACHE 1
 );
 
+CREATE TABLE public.forge_waits (
+    forge text NOT NULL,
+    host text NOT NULL,
+    until timestamp with time zone NOT NULL,
+    reason text NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT forge_waits_forge_present CHECK ((btrim(forge) <> ''::text))
+);
+
+COMMENT ON TABLE public.forge_waits IS 'Rate-limit deadlines per forge host and token: no call to that forge before until.';
+
 ALTER TABLE public.human_issues ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.human_issues_id_seq
     START WITH 1
@@ -1235,6 +1269,9 @@ ALTER TABLE ONLY public.api_tokens
 ALTER TABLE ONLY public.budget_reservations
     ADD CONSTRAINT budget_reservations_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.build_steps
+    ADD CONSTRAINT build_steps_pkey PRIMARY KEY (item_id);
+
 ALTER TABLE ONLY public.coordination_gates
     ADD CONSTRAINT coordination_gates_pkey PRIMARY KEY (id);
 
@@ -1261,6 +1298,9 @@ ALTER TABLE ONLY public.damascus_worker_processes
 
 ALTER TABLE ONLY public.events_outbox
     ADD CONSTRAINT events_outbox_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.forge_waits
+    ADD CONSTRAINT forge_waits_pkey PRIMARY KEY (forge);
 
 ALTER TABLE ONLY public.human_issues
     ADD CONSTRAINT human_issues_pkey PRIMARY KEY (id);
@@ -1361,6 +1401,8 @@ CREATE TRIGGER work_items_enter_merge_queue AFTER UPDATE OF phase ON public.work
 
 CREATE TRIGGER work_items_enter_merge_queue_on_insert AFTER INSERT ON public.work_items FOR EACH ROW WHEN ((new.phase = 'review'::public.work_phase)) EXECUTE FUNCTION public.damascus_enter_merge_queue();
 
+CREATE TRIGGER work_items_forget_build_steps AFTER UPDATE OF phase, attempts_total ON public.work_items FOR EACH ROW WHEN ((((new.attempts_total <> old.attempts_total) AND (new.last_verdict = 'fail'::public.verdict_kind)) OR ((new.phase <> old.phase) AND (new.phase = ANY (ARRAY['merged'::public.work_phase, 'cancelled'::public.work_phase, 'spec'::public.work_phase, 'intake'::public.work_phase]))))) EXECUTE FUNCTION public.damascus_forget_build_steps();
+
 CREATE TRIGGER work_items_leave_merge_queue AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((old.phase = 'review'::public.work_phase) AND (new.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_leave_merge_queue();
 
 CREATE TRIGGER work_items_open_dependents AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'merged'::public.work_phase) AND (old.phase IS DISTINCT FROM 'merged'::public.work_phase))) EXECUTE FUNCTION public.damascus_open_dependents();
@@ -1376,6 +1418,9 @@ ALTER TABLE ONLY public.budget_reservations
 
 ALTER TABLE ONLY public.budget_reservations
     ADD CONSTRAINT budget_reservations_project_id_fkey FOREIGN KEY (project_id) REFERENCES public.projects(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.build_steps
+    ADD CONSTRAINT build_steps_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.coordination_gates
     ADD CONSTRAINT coordination_gates_depends_on_item_id_fkey FOREIGN KEY (depends_on_item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;

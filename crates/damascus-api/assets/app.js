@@ -706,6 +706,7 @@ function renderDrawer(d) {
       ${i.pr_url ? `<a id="pr-link" href="${esc(i.pr_url)}" target="_blank" rel="noopener">Pull request ↗</a>` : ""}
       ${d.merge_queue ? `<span>merge queue <b>${esc(d.merge_queue.position)}/${esc(d.merge_queue.length)}</b> ${pill(d.merge_queue.state)}</span>` : ""}
       ${waitingApproval ? `<span class="pill spec plain">waits for spec approval</span>` : ""}
+      ${d.waiting ? `<span id="drawer-waiting" class="muted">waiting until <b>${esc(new Date(d.waiting.until).toLocaleTimeString())}</b>: ${esc(d.waiting.reason)}</span>` : ""}
     </div>
     <div class="actions-row" style="margin-top:.75rem" aria-label="Actions">
       ${approval ? `<button type="button" data-action="approve" class="${waitingApproval ? "" : "secondary"}">Approve spec</button>` : ""}

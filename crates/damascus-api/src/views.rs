@@ -26,6 +26,9 @@ use crate::webhooks::{WebhookJson, WebhookList};
 pub struct ItemDetail {
     pub item: ItemJson,
     pub merge_queue: Option<MergeQueueJson>,
+    /// Set while the item's job waits to run again: until when, and why (a forge's
+    /// rate limit, or the backoff after a transient error).
+    pub waiting: Option<WaitingJson>,
     /// The `item.phase_changed` events of `events`.
     pub attempts: Vec<EventJson>,
     /// Each visit of a phase, oldest first; the last is the current one.
@@ -36,6 +39,12 @@ pub struct ItemDetail {
     pub events: Vec<EventJson>,
     pub gates: Vec<GateJson>,
     pub human_issues: Vec<HumanIssueJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WaitingJson {
+    pub until: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// A stay in one phase: `left_at` is null for the current phase, whose `seconds` run
@@ -67,13 +76,14 @@ pub struct ModelCostJson {
 
 pub async fn item_detail(pool: &PgPool, id: i64) -> Result<ItemDetail, DbError> {
     let item = items::get_item(pool, id).await?;
-    let (timeline, issues, costs, gates, queued, project) = tokio::try_join!(
+    let (timeline, issues, costs, gates, queued, project, waiting) = tokio::try_join!(
         events::for_item(pool, id),
         items::human_issues_for_item(pool, id),
         items::costs_for_item(pool, id),
         items::gates_for_item(pool, id),
         damascus_db::merge_queue::entry(pool, id),
         projects::get_project(pool, item.project_id),
+        items::waiting(pool, id),
     )?;
     let attempts = timeline
         .iter()
@@ -90,6 +100,10 @@ pub async fn item_detail(pool: &PgPool, id: i64) -> Result<ItemDetail, DbError> 
     Ok(ItemDetail {
         item: ItemJson::from(item),
         merge_queue: queued.map(MergeQueueJson::from),
+        waiting: waiting.map(|w| WaitingJson {
+            until: w.until,
+            reason: w.reason,
+        }),
         attempts,
         phases,
         budget: ItemBudgetJson {

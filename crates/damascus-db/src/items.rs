@@ -426,6 +426,28 @@ pub async fn costs_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResu
         .collect()
 }
 
+/// Why an item's job is not running now though it is queued: it waits until `until`
+/// (a forge's rate limit, or the backoff after a transient error), for `reason`.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Waiting {
+    pub until: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// What the item's job waits for, if it waits.
+pub async fn waiting<'e>(db: impl sqlx::PgExecutor<'e>, item: i64) -> DbResult<Option<Waiting>> {
+    Ok(sqlx::query_as(
+        "select run_at as until, coalesce(last_error, 'waiting') as reason
+         from damascus_jobs
+         where item_id = $1 and run_at > now() and runs < max_runs
+           and not exists (select 1 from damascus_slots s
+                           where s.job_id = damascus_jobs.job_id and s.lease_until >= now())",
+    )
+    .bind(item)
+    .fetch_optional(db)
+    .await?)
+}
+
 /// The most recent failure of an item (its reason and output tail), which the next
 /// build reads as feedback.
 pub async fn last_failure<'e>(

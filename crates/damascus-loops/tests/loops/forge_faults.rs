@@ -98,15 +98,17 @@ fn config_for(setup: &Setup) -> damascus_loops::LoopsConfig {
 }
 
 /// Runs one worker pool, or two side by side (each its own registered worker, sharing
-/// only the database), until every item merged, or fails after `within`.
+/// only the database), until every item merged, or fails after `within`. Returns what
+/// the items were seen waiting for between the runs (`damascus show`'s "waiting").
 async fn until_merged(
     setup: &Setup,
     config: damascus_loops::LoopsConfig,
     two_workers: bool,
     items: usize,
     within: Duration,
-) {
+) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + within;
+    let mut waits = Vec::new();
     loop {
         if two_workers {
             tokio::join!(
@@ -117,7 +119,19 @@ async fn until_merged(
             setup.cycle_at(config.clone(), 2).await;
         }
         if setup.phase_counts().await == [format!("merged={items}")] {
-            return;
+            return waits;
+        }
+        let ids: Vec<i64> = sqlx::query_scalar("select id from work_items order by id")
+            .fetch_all(&setup.db.pool)
+            .await
+            .unwrap();
+        for id in ids {
+            if let Some(wait) = damascus_db::items::waiting(&setup.db.pool, id)
+                .await
+                .unwrap()
+            {
+                waits.push(wait.reason);
+            }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -154,7 +168,13 @@ async fn rate_limited(kind: Forge, refused: Refused) {
     let first = setup.ingest("First", STORY).await;
     let second = setup.ingest("Second", STORY).await;
     write_agent(&setup, second, 2);
-    until_merged(&setup, config_for(&setup), true, 2, Duration::from_secs(90)).await;
+    let waits = until_merged(&setup, config_for(&setup), true, 2, Duration::from_secs(90)).await;
+    assert!(
+        waits
+            .iter()
+            .any(|w| w.contains("waiting for 127.0.0.1:") && w.contains("'s rate limit until")),
+        "the wait is visible with its forge and time: {waits:?}"
+    );
 
     let limited = faults.faulted();
     assert_eq!(

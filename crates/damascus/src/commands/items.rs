@@ -79,6 +79,13 @@ pub async fn show(target: &Target, id: i64, json: bool) -> anyhow::Result<()> {
             q.state_since.format("%H:%M:%S UTC")
         );
     }
+    if let Some(wait) = items::waiting(&db.pool, id).await? {
+        println!(
+            "waiting    until {}: {}",
+            wait.until.format("%H:%M:%S UTC"),
+            wait.reason
+        );
+    }
     println!(
         "attempts   {} in this phase (of {}), {} in all (of {})",
         item.phase_attempts,

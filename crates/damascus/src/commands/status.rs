@@ -83,6 +83,14 @@ pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
         overview.jobs_retry_wait,
         overview.jobs_dead
     );
+    for wait in damascus_db::forge_waits::all_active(&db.pool).await? {
+        println!(
+            "forge      waiting for {}'s rate limit until {} ({})",
+            wait.host,
+            wait.until.format("%H:%M:%S UTC"),
+            wait.reason
+        );
+    }
     println!("questions  {} open", overview.open_human_issues);
     println!(
         "events     {} deliveries to webhooks retrying, {} dead{}",
