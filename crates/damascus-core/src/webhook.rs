@@ -12,6 +12,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "item.cancelled",
     "item.retried",
     "job.retry_scheduled",
+    "job.waiting",
     "human_issue.answered",
     "merge_queue.entered",
     "merge_queue.left",

@@ -113,13 +113,15 @@ fn retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
 #[derive(Debug, Clone)]
 pub(crate) struct WritePacer {
     gap: Duration,
-    last: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
+    last: LastWrite,
 }
 
+/// When the last write of one forge and token ended (`None`: none yet); its lock is
+/// held through each write, so writes go one at a time.
+type LastWrite = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
+
 /// One pacer per forge and token in the process: every client of one token shares it.
-static PACERS: LazyLock<
-    Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>>,
-> = LazyLock::new(Mutex::default);
+static PACERS: LazyLock<Mutex<HashMap<String, LastWrite>>> = LazyLock::new(Mutex::default);
 
 impl WritePacer {
     pub fn for_key(key: &LimitKey, gap: Duration) -> WritePacer {
@@ -170,7 +172,7 @@ mod tests {
             Some(at(1_800_000_030))
         );
         assert_eq!(
-            headers(Some("Fri, 15 Jan 2027 08:00:00 GMT"), None, None).until(now),
+            headers(Some("Sat, 16 Jan 2027 08:00:00 GMT"), None, None).until(now),
             Some(at(1_800_000_000 + 3600)),
             "a date an hour or more away is held to the longest wait"
         );

@@ -389,11 +389,15 @@ async fn errors_say_what_to_do() {
     ));
     *fake.everything.lock().unwrap() = 0;
     *fake.rate_limited.lock().unwrap() = true;
+    // The reset it names (x-ratelimit-reset) is past already: wait a moment, not zero.
     let err = forge.state("b", "main").await.unwrap_err();
-    assert!(
-        matches!(err, ForgeError::Transient(_)) && err.to_string().contains("1790000000"),
-        "{err}"
-    );
+    match &err {
+        ForgeError::RateLimited { until, detail, .. } => {
+            assert!(*until > std::time::SystemTime::now(), "{err}");
+            assert!(detail.contains("rate limit is used up"), "{err}");
+        }
+        other => panic!("not a rate limit: {other:?}"),
+    }
     *fake.rate_limited.lock().unwrap() = false;
     assert!(matches!(
         forge.merge("nothing", "main", HEAD, "m").await,
@@ -487,7 +491,8 @@ async fn credentials_in_the_api_url_never_reach_an_error() {
     fake.assert_authenticated();
 }
 
-/// Refusals a retry cannot change ask a person; limits that pass are retried.
+/// Refusals a retry cannot change ask a person; limits that pass are waited out until
+/// the time GitHub names.
 #[tokio::test]
 async fn github_refusals_that_last_ask_and_limits_that_pass_are_retried() {
     let fake = Fake::default();
@@ -508,12 +513,17 @@ async fn github_refusals_that_last_ask_and_limits_that_pass_are_retried() {
     }
     // The secondary rate limit is a 403 too, but not a refused token.
     *fake.secondary_limited.lock().unwrap() = true;
+    let asked = std::time::SystemTime::now();
     match forge.state("damascus/web-1", "main").await {
-        Err(ForgeError::Transient(text)) => {
+        Err(ForgeError::RateLimited { until, detail, .. }) => {
+            assert!(detail.contains("secondary rate limit"), "{detail}");
+            // retry-after: 30
+            let wait = until.duration_since(asked).unwrap();
             assert!(
-                text.contains("secondary rate limit") && text.contains("30"),
-                "{text}"
-            )
+                wait >= std::time::Duration::from_secs(29)
+                    && wait <= std::time::Duration::from_secs(31),
+                "{wait:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
