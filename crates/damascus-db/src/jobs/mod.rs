@@ -23,7 +23,6 @@ mod maintenance;
 mod registry;
 
 pub use claim::{claim, next_runnable_in, ClaimedItem, ClaimedJob};
-pub(crate) use end::delete_job;
 pub use end::{end_group, finish, finish_many, release, retry_later, ClaimNext, Ended, GroupEnded};
 pub use keep_alive::keep_alive;
 pub use maintenance::{reap, respawn_jobless, Reaped, RESPAWN_CHANNEL};
