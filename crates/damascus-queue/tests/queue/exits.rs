@@ -45,6 +45,10 @@ impl PhaseRunner for PanicsOnce {
             .await
             .unwrap();
             if job.item_id == panicking && earlier == 0 {
+                let granted = budget::reserve(&job.pool, job.claim, job.item_id)
+                    .await
+                    .unwrap();
+                assert_eq!(granted, Reservation::Granted(2.5));
                 panic!("the runner tripped over item {panicking}");
             }
             Verdict::pass().into()
@@ -55,6 +59,7 @@ impl PhaseRunner for PanicsOnce {
 #[tokio::test]
 async fn a_phase_that_panics_runs_again_and_the_pool_keeps_working() {
     let db = database().await;
+    set_daily_budget(&db.pool, 2.5).await;
     let ids = items(&db.pool, 3, 3, 10).await;
     let runner = Arc::new(PanicsOnce { panicking: ids[0] });
     let summary = tokio::time::timeout(
@@ -105,6 +110,107 @@ async fn a_phase_that_panics_runs_again_and_the_pool_keeps_working() {
     assert_eq!(
         left, 4,
         "the panicked run counts as one of the job's 5 runs"
+    );
+    // What the panicked run reserved is recorded as spent.
+    let spent = unknown_spend(&db.pool, ids[0]).await;
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0].0, 2.5);
+    assert!(spent[0].1.contains("panicked"), "{spent:?}");
+}
+
+/// A claim lost with its worker (its lease ran out, another claim took the job): its
+/// reservation keeps counting against the cap until the reaper records it as spent.
+#[tokio::test]
+async fn a_lost_claims_reservation_counts_until_the_reaper_records_it() {
+    let db = database().await;
+    set_daily_budget(&db.pool, 3.0).await;
+    let ids = items(&db.pool, 2, 3, 10).await;
+    let dead = test_worker(&db.pool, 1, 4).await;
+    let claimed = jobs::claim(&db.pool, dead, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let lost = &claimed[0];
+    let item = lost.target.unwrap().item_id;
+    let other = if item == ids[0] { ids[1] } else { ids[0] };
+    assert_eq!(
+        budget::reserve(&db.pool, lost.claim, item).await.unwrap(),
+        Reservation::Granted(3.0)
+    );
+    // The worker dies: its lease runs out and another worker takes the job.
+    sqlx::query("update damascus_slots set lease_until = now() - interval '1 second' where claim_token = $1")
+        .bind(lost.claim)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update damascus_jobs set run_at = now() - interval '1 second' where job_id = $1")
+        .bind(lost.job_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let live = test_worker(&db.pool, 2, 4).await;
+    let again = jobs::claim(&db.pool, live, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 2);
+    let other_claim = again
+        .iter()
+        .find(|j| j.target.unwrap().item_id == other)
+        .unwrap()
+        .claim;
+    // Not settled yet: it still holds the whole cap.
+    assert!(matches!(
+        budget::reserve(&db.pool, other_claim, other).await.unwrap(),
+        Reservation::Held { .. }
+    ));
+    let reaped = jobs::reap(&db.pool).await.unwrap();
+    assert_eq!(reaped.unreported_reservations, 1, "{reaped:?}");
+    let spent = unknown_spend(&db.pool, item).await;
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0].0, 3.0);
+    assert!(spent[0].1.contains("claim was lost"), "{spent:?}");
+    assert_eq!(
+        budget::reserve(&db.pool, other_claim, other).await.unwrap(),
+        Reservation::ProjectSpent { left: 0.0 }
+    );
+}
+
+/// The database keeps a finished item jobless: the move to cancelled (typed into psql)
+/// deletes its job and frees its slot, and a job row for it is refused.
+#[tokio::test]
+async fn a_finished_item_has_no_job() {
+    let db = database().await;
+    let ids = items(&db.pool, 1, 3, 10).await;
+    let worker = test_worker(&db.pool, 1, 4).await;
+    jobs::claim(&db.pool, worker, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    sqlx::query("update work_items set phase = 'cancelled' where id = $1")
+        .bind(ids[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&db.pool, "select count(*) from damascus_jobs").await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from damascus_slots where job_id is not null"
+        )
+        .await,
+        0
+    );
+    let refused = sqlx::query(
+        "insert into damascus_jobs (item_id, phase, attempt, max_runs) values ($1, 'spec', 1, 5)",
+    )
+    .bind(ids[0])
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("a finished item gets no job"),
+        "{refused}"
     );
 }
 
