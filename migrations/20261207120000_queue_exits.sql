@@ -77,6 +77,12 @@ $$;
 -- shutdown, a panic, a claim lost and reaped), which turns it into a cost_ledger row
 -- that says its spend is unknown, for the amount reserved
 -- (damascus_record_unreported_spend). phase and attempt are the run's, for that row.
+-- Under the baseline a reservation lapsed when its claim left its slot, and lapsed rows
+-- were deleted only by the next reservation of their project: those rows were settled
+-- then (their end recorded the real cost, or the claim was lost), and must not count
+-- from now on.
+delete from budget_reservations r
+where not exists (select 1 from damascus_slots s where s.claim_token = r.claim_token);
 alter table budget_reservations add column phase work_phase;
 alter table budget_reservations add column attempt integer;
 create index budget_reservations_claim_idx on budget_reservations (claim_token);
