@@ -246,10 +246,14 @@ language plpgsql as $$
 declare
     v_job uuid;
 begin
-    perform damascus_record_unreported_spend(
-        array(select r.claim_token from budget_reservations r where r.item_id = new.id),
-        case when new.phase = 'cancelled' then 'the item was cancelled'
-             else 'the run ended' end);
+    -- Most moves to merged hold no reservation (the merging verdict settled its own):
+    -- one index probe, and nothing more.
+    if exists (select 1 from budget_reservations r where r.item_id = new.id) then
+        perform damascus_record_unreported_spend(
+            array(select r.claim_token from budget_reservations r where r.item_id = new.id),
+            case when new.phase = 'cancelled' then 'the item was cancelled'
+                 else 'the run ended' end);
+    end if;
     select j.job_id into v_job from damascus_jobs j where j.item_id = new.id;
     if found then
         perform damascus_delete_job(v_job);
