@@ -1,7 +1,8 @@
 //! Ending a claim: finishing it with a verdict (one claim, many, or a group end that
 //! also claims the next jobs), retrying it later, or releasing it, each in one
-//! transaction with the item change and its events, fenced on the claim token (slot row,
-//! then item row, then queue row). It must not take claims except through
+//! transaction with the item change, its events and what the run spent (its reported
+//! costs, or its reservations as spend unknown: `budget::Spend`), fenced on the claim
+//! token (slot row, then item row, then queue row). It must not take claims except through
 //! `damascus_end_group`, nor reap jobs no worker holds (that is `maintenance`).
 
 use std::time::Duration;
