@@ -128,9 +128,7 @@ begin
     -- v_slots (locked just above), and one among v_slots that the pairing below leaves
     -- without a job (more free slots than ready jobs). Every row this touches is locked
     -- by this claim already.
-    update damascus_slots s
-    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-    where s.job_id = any (v_jobs);
+    perform damascus_free_slots(v_jobs);
     update damascus_jobs dj
     set run_at = now() + p_lease, runs = dj.runs + 1
     where dj.job_id = any (v_jobs);
@@ -196,18 +194,11 @@ begin
         for update of s, i
     ) locked;
     if v_jobs is not null then
-        delete from damascus_slots s
-        using damascus_queue_settings q
-        where s.job_id = any (v_jobs) and s.slot > q.concurrency;
-        with freed as (
-            update damascus_slots s
-            set job_id = null, worker_id = null, claim_token = null, claimed_at = null,
-                lease_until = null
-            where s.job_id = any (v_jobs)
-            returning s.slot
-        )
-        select array_agg(freed.slot) into v_freed from freed;
+        v_freed := damascus_free_slots(v_jobs);
         delete from damascus_jobs j where j.job_id = any (v_jobs);
+        -- The verdicts carry the runs' real costs: their reservations are settled
+        -- (before the items move, so a move to merged finds none to record as unknown).
+        delete from budget_reservations r where r.claim_token = any (v_claims);
         perform damascus_record_verdicts(p_ends, v_claims);
         return query select c, null::uuid, null::uuid, null::integer, null::bigint,
             null::work_phase, null::integer, null::integer, null::integer, null::bigint,
@@ -227,7 +218,7 @@ begin
         select greatest(1, floor(q.concurrency::numeric / greatest(1, (
                select count(*) from damascus_worker_processes w
                where not w.stopping
-                 and w.heartbeat_at >= now() - 4 * w.lease_ms * interval '1 millisecond'))))::integer
+                 and damascus_worker_alive(w.heartbeat_at, w.lease_ms)))))::integer
         into v_share
         from damascus_queue_settings q;
         return query select null::uuid, c.*
@@ -244,6 +235,28 @@ begin
                    where s.slot = any (v_freed) and s.job_id is null) then
         perform pg_notify(damascus_job_channel(), '');
     end if;
+end;
+$$;
+
+CREATE FUNCTION public.damascus_end_jobs_of_finished_item() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_job uuid;
+begin
+    -- Most moves to merged hold no reservation (the merging verdict settled its own):
+    -- one index probe, and nothing more.
+    if exists (select 1 from budget_reservations r where r.item_id = new.id) then
+        perform damascus_record_unreported_spend(
+            array(select r.claim_token from budget_reservations r where r.item_id = new.id),
+            case when new.phase = 'cancelled' then 'the item was cancelled'
+                 else 'the run ended' end);
+    end if;
+    select j.job_id into v_job from damascus_jobs j where j.item_id = new.id;
+    if found then
+        perform damascus_delete_job(v_job);
+    end if;
+    return null;
 end;
 $$;
 
@@ -344,14 +357,29 @@ CREATE FUNCTION public.damascus_free_slot(p_job uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
 begin
+    perform damascus_free_slots(array[p_job]);
+    perform pg_notify(damascus_job_channel(), '');
+end;
+$$;
+
+CREATE FUNCTION public.damascus_free_slots(p_jobs uuid[]) RETURNS integer[]
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_freed integer[];
+begin
     delete from damascus_slots s
     using damascus_queue_settings q
-    where s.job_id = p_job and s.slot > q.concurrency;
-    update damascus_slots
-    set job_id = null, worker_id = null, claim_token = null, claimed_at = null, lease_until = null
-    where job_id = p_job;
-    -- A worker waiting for a free slot (the cap is reached) wakes at once.
-    perform pg_notify(damascus_job_channel(), '');
+    where s.job_id = any (p_jobs) and s.slot > q.concurrency;
+    with freed as (
+        update damascus_slots s
+        set job_id = null, worker_id = null, claim_token = null, claimed_at = null,
+            lease_until = null
+        where s.job_id = any (p_jobs)
+        returning s.slot
+    )
+    select array_agg(freed.slot) into v_freed from freed;
+    return v_freed;
 end;
 $$;
 
@@ -411,6 +439,21 @@ $$;
 CREATE FUNCTION public.damascus_job_channel() RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ select 'damascus_jobs'::text $$;
+
+CREATE FUNCTION public.damascus_job_for_live_item() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_phase work_phase;
+begin
+    select i.phase into v_phase from work_items i where i.id = new.item_id;
+    if v_phase in ('merged', 'cancelled') then
+        raise exception 'item % is %: a finished item gets no job', new.item_id, v_phase
+            using errcode = 'check_violation';
+    end if;
+    return new;
+end;
+$$;
 
 CREATE FUNCTION public.damascus_keep_alive(p_tokens uuid[], p_lease interval) RETURNS SETOF uuid
     LANGUAGE plpgsql
@@ -546,6 +589,42 @@ CREATE FUNCTION public.damascus_prune_events(p_age interval) RETURNS bigint
     select count(*) from gone
 $$;
 
+CREATE FUNCTION public.damascus_record_unreported_spend(p_claims uuid[], p_why text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    v_recorded integer;
+begin
+    with gone as (
+        delete from budget_reservations r
+        where r.claim_token = any (p_claims)
+        returning r.item_id, r.phase, r.attempt, r.usd
+    ), rows as (
+        select gone.item_id,
+               coalesce(gone.phase, case when i.phase in ('spec', 'build', 'review')
+                                         then i.phase else 'build' end) as phase,
+               greatest(coalesce(gone.attempt, i.phase_attempts + 1), 1) as attempt,
+               gone.usd
+        from gone join work_items i on i.id = gone.item_id
+    ), ledger as (
+        insert into cost_ledger (item_id, phase, attempt, source, model, usd)
+        select rows.item_id, rows.phase, rows.attempt,
+               case when rows.phase = 'spec' then 'llm' else 'agent' end::cost_source,
+               'budget reservation (spend unknown: ' || p_why || ' before it reported)',
+               rows.usd
+        from rows
+        returning item_id, usd
+    ), items as (
+        update work_items w set cost_usd = w.cost_usd + spent.usd
+        from (select item_id, sum(usd) as usd from ledger group by item_id) spent
+        where w.id = spent.item_id
+        returning w.id
+    )
+    select count(*) into v_recorded from ledger;
+    return v_recorded;
+end;
+$$;
+
 CREATE FUNCTION public.damascus_record_verdicts(p_ends jsonb, p_only uuid[] DEFAULT NULL::uuid[]) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -631,6 +710,8 @@ declare
     v_item_left numeric;
     v_project_left numeric;
     v_grant numeric;
+    v_phase work_phase;
+    v_attempt integer;
 begin
     select i.project_id, i.cost_budget_usd, i.cost_usd
     into v_project, v_item_budget, v_item_spent
@@ -646,14 +727,13 @@ begin
         return query select null::numeric, null::text, null::numeric, null::numeric;
         return;
     end if;
-    if not exists (select 1 from damascus_slots s where s.claim_token = p_claim) then
+    select j.phase, j.attempt into v_phase, v_attempt
+    from damascus_slots s join damascus_jobs j on j.job_id = s.job_id
+    where s.claim_token = p_claim;
+    if not found then
         return query select null::numeric, 'claim'::text, null::numeric, null::numeric;
         return;
     end if;
-    -- Reservations whose claim ended (settled, or its worker died) hold nothing.
-    delete from budget_reservations r
-    where r.project_id = v_project
-      and not exists (select 1 from damascus_slots s where s.claim_token = r.claim_token);
     select coalesce(sum(r.usd) filter (where r.item_id = p_item), 0), coalesce(sum(r.usd), 0)
     into v_item_held, v_project_held
     from budget_reservations r where r.project_id = v_project;
@@ -680,8 +760,8 @@ begin
         return query select null::numeric, 'held'::text, v_item_left, v_project_left;
         return;
     end if;
-    insert into budget_reservations (claim_token, item_id, project_id, usd)
-    values (p_claim, p_item, v_project, v_grant);
+    insert into budget_reservations (claim_token, item_id, project_id, usd, phase, attempt)
+    values (p_claim, p_item, v_project, v_grant, v_phase, v_attempt);
     return query select v_grant, null::text, v_item_left, v_project_left;
 end;
 $$;
@@ -708,9 +788,7 @@ begin
     if exists (select 1 from damascus_jobs where item_id = new.id) then
         return null;
     end if;
-    -- A paused project's row is share-locked: a resume committing right now waits for
-    -- this transaction, and its look at the project's items then sees this one.
-    perform 1 from projects where id = new.project_id and paused for share;
+    perform 1 from projects where id = new.project_id for key share;
     if not damascus_may_run(new.id, new.phase, new.project_id) then
         return null;
     end if;
@@ -775,6 +853,12 @@ begin
 end;
 $$;
 
+CREATE FUNCTION public.damascus_worker_alive(p_heartbeat_at timestamp with time zone, p_lease_ms bigint) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select p_heartbeat_at >= now() - 4 * p_lease_ms * interval '1 millisecond'
+$$;
+
 CREATE TABLE public.api_tokens (
     id bigint NOT NULL,
     name text NOT NULL,
@@ -802,10 +886,12 @@ CREATE TABLE public.budget_reservations (
     project_id bigint NOT NULL,
     usd numeric(14,6) NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    phase public.work_phase,
+    attempt integer,
     CONSTRAINT budget_reservations_usd_positive CHECK ((usd > (0)::numeric))
 );
 
-COMMENT ON TABLE public.budget_reservations IS 'Budget held by running model and agent calls; live while its claim_token holds a slot in damascus_slots.';
+COMMENT ON TABLE public.budget_reservations IS 'Budget held by model and agent calls, counted against caps until settled: deleted when the run''s real costs are recorded, or made a "spend unknown" cost_ledger row when its run ended without them.';
 
 ALTER TABLE public.budget_reservations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.budget_reservations_id_seq
@@ -1160,7 +1246,7 @@ CREATE VIEW public.damascus_workers AS
     w.concurrency,
     w.started_at,
     w.heartbeat_at,
-    (w.heartbeat_at > (now() - '00:00:30'::interval)) AS alive,
+    public.damascus_worker_alive(w.heartbeat_at, w.lease_ms) AS alive,
     w.stopping,
     ( SELECT count(*) AS count
            FROM public.damascus_slots s
@@ -1329,6 +1415,8 @@ ALTER TABLE ONLY public.webhooks
 ALTER TABLE ONLY public.work_items
     ADD CONSTRAINT work_items_pkey PRIMARY KEY (id);
 
+CREATE INDEX budget_reservations_claim_idx ON public.budget_reservations USING btree (claim_token);
+
 CREATE INDEX budget_reservations_item_idx ON public.budget_reservations USING btree (item_id);
 
 CREATE INDEX budget_reservations_project_idx ON public.budget_reservations USING btree (project_id);
@@ -1389,6 +1477,8 @@ CREATE OR REPLACE VIEW public.damascus_webhooks AS
 
 CREATE TRIGGER coordination_gates_opened AFTER UPDATE OF opened_at ON public.coordination_gates FOR EACH ROW WHEN (((old.opened_at IS NULL) AND (new.opened_at IS NOT NULL) AND (new.kind <> 'lock'::public.gate_kind))) EXECUTE FUNCTION public.damascus_gate_opened();
 
+CREATE TRIGGER damascus_jobs_live_item BEFORE INSERT OR UPDATE OF item_id ON public.damascus_jobs FOR EACH ROW EXECUTE FUNCTION public.damascus_job_for_live_item();
+
 CREATE TRIGGER events_outbox_fan_out AFTER INSERT ON public.events_outbox REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION public.damascus_events_fan_out();
 
 CREATE TRIGGER human_issues_on_answer BEFORE INSERT ON public.human_issues FOR EACH ROW EXECUTE FUNCTION public.damascus_human_issue_on_answer();
@@ -1396,6 +1486,8 @@ CREATE TRIGGER human_issues_on_answer BEFORE INSERT ON public.human_issues FOR E
 CREATE TRIGGER named_locks_hand_over AFTER DELETE ON public.named_locks FOR EACH ROW EXECUTE FUNCTION public.damascus_hand_over_lock();
 
 CREATE TRIGGER projects_touch_updated_at BEFORE UPDATE ON public.projects FOR EACH ROW EXECUTE FUNCTION public.damascus_touch_updated_at();
+
+CREATE TRIGGER work_items_end_jobs_when_finished AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = ANY (ARRAY['merged'::public.work_phase, 'cancelled'::public.work_phase])) AND (old.phase IS DISTINCT FROM new.phase))) EXECUTE FUNCTION public.damascus_end_jobs_of_finished_item();
 
 CREATE TRIGGER work_items_enter_merge_queue AFTER UPDATE OF phase ON public.work_items FOR EACH ROW WHEN (((new.phase = 'review'::public.work_phase) AND (old.phase IS DISTINCT FROM 'review'::public.work_phase))) EXECUTE FUNCTION public.damascus_enter_merge_queue();
 

@@ -355,7 +355,8 @@ impl From<CostLine> for CostJson {
 }
 
 /// A worker process: `state` is live, stopping (draining after SIGTERM) or silent (no
-/// heartbeat within its lease; its jobs run again elsewhere).
+/// heartbeat within four of its leases, `damascus_worker_alive`; its jobs run again
+/// elsewhere).
 #[derive(Debug, Serialize)]
 pub struct WorkerJson {
     pub id: i64,

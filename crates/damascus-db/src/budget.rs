@@ -1,9 +1,12 @@
 //! Budget reservations: what a model or agent call may spend, held in the database
 //! before the call so that concurrent calls of one project cannot overspend its caps
-//! together. A reservation lapses when its claim ends, in the transaction that records
-//! the call's real cost (see migration `budget_reservations`).
+//! together. A reservation counts against the caps until it is settled, in the
+//! transaction that ends its claim: an end that records the run's real costs deletes
+//! it (`settle`); an end without them (a cancel, a release at shutdown, a panic, a claim
+//! lost and reaped) records it as a "spend unknown" ledger row for the amount reserved
+//! (`record_unreported`). Must not touch: claims or items beyond their cost.
 
-use sqlx::{PgExecutor, Row};
+use sqlx::{PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::DbResult;
@@ -58,4 +61,41 @@ pub async fn reserve<'e>(db: impl PgExecutor<'e>, claim: Uuid, item: i64) -> DbR
             project_left,
         },
     })
+}
+
+/// What a run that ends spent, as far as the end knows it.
+#[derive(Debug, Clone, Copy)]
+pub enum Spend<'a> {
+    /// The run reported its costs: they are recorded, and its reservations settled.
+    Reported(&'a [damascus_core::CostEntry]),
+    /// The run ended without a report (`why`, e.g. "the phase panicked"): what it
+    /// reserved is recorded as spend unknown.
+    Unreported { why: &'a str },
+}
+
+/// Settles the reservations of `claim`, whose real costs the caller records in the same
+/// transaction.
+pub(crate) async fn settle(conn: &mut PgConnection, claim: Uuid) -> DbResult<()> {
+    sqlx::query("delete from budget_reservations where claim_token = $1")
+        .bind(claim)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the reservations of `claims` as "spend unknown" ledger rows for the amounts
+/// reserved (`damascus_record_unreported_spend`); the caller has locked their items.
+/// Returns how many it recorded.
+pub(crate) async fn record_unreported(
+    conn: &mut PgConnection,
+    claims: &[Uuid],
+    why: &str,
+) -> DbResult<i32> {
+    Ok(
+        sqlx::query_scalar("select damascus_record_unreported_spend($1, $2)")
+            .bind(claims)
+            .bind(why)
+            .fetch_one(conn)
+            .await?,
+    )
 }

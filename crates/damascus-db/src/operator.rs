@@ -3,10 +3,10 @@
 
 use damascus_core::Phase;
 use serde_json::json;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::error::{DbError, DbResult};
-use crate::{events, parse_enum};
+use crate::events;
 
 /// The channel a cancel notifies; workers answer by checking their claims at once.
 pub const CANCEL_CHANNEL: &str = "damascus_cancel";
@@ -19,73 +19,106 @@ pub struct Cancelled {
     pub was_running: bool,
 }
 
-/// Locks the item's row for this transaction: its project and phase.
-async fn lock_item(
+/// How often a cancel starts again when a claim changed the item's job between its
+/// look and its locks; each round waits only for the ends it found under way.
+const CANCEL_ROUNDS: usize = 20;
+
+/// Cancels an item in any phase but merged or cancelled. The move to `cancelled` ends
+/// its job in the same transaction (`work_items_end_jobs_when_finished`): the job is
+/// deleted, its slot freed, and what its run reserved recorded as spend unknown; a
+/// worker running it finds its claim gone when the NOTIFY arrives and kills the phase's
+/// processes.
+pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled> {
+    for _ in 0..CANCEL_ROUNDS {
+        let mut tx = pool.begin().await?;
+        let Some(locked) = lock_item_and_its_job(&mut tx, item_id).await? else {
+            // A claim took the job between the look and the locks: look again.
+            tx.rollback().await?;
+            continue;
+        };
+        let (item, was_running) = locked;
+        if item.phase.is_final() {
+            return Err(DbError::Conflict(format!(
+                "item {item_id} is already {}, so there is nothing to cancel; only items that are not merged or cancelled can be cancelled",
+                item.phase
+            )));
+        }
+        sqlx::query("update work_items set phase = 'cancelled', resume_phase = null where id = $1")
+            .bind(item_id)
+            .execute(&mut *tx)
+            .await?;
+        dismiss_open_question(&mut tx, item_id, by).await?;
+        events::record(
+            &mut tx,
+            Some(item_id),
+            Some(item.project_id),
+            "item.cancelled",
+            &json!({ "from": item.phase, "by": by, "was_running": was_running }),
+        )
+        .await?;
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(CANCEL_CHANNEL)
+            .bind(item_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(Cancelled {
+            item_id,
+            from: item.phase,
+            was_running,
+        });
+    }
+    Err(DbError::Conflict(format!(
+        "item {item_id}'s job changed hands {CANCEL_ROUNDS} times while it was being cancelled; cancel it again"
+    )))
+}
+
+/// Locks, in the queue's order, the slot that holds the item's job (if one does), the
+/// item, and its job's row; returns the item and whether its job runs under a live
+/// lease. `None` when the job's slot is not the one locked (a claim or a phase's end
+/// changed it after the first look): the caller starts again.
+///
+/// Why this serialises with a phase's end: an end locks its slot and the item, and in
+/// the same statement may spawn the item's next job and claim it. The slot is locked
+/// first here, so a cancel that arrives during that end waits for it; with the item's
+/// row locked, no job can be spawned for it, and with its job row locked, no claim can
+/// take the job (claims skip locked rows), so the slot seen after the locks is the
+/// job's slot until commit. If it is not the slot locked first, the locks are given
+/// back and the cancel looks again.
+async fn lock_item_and_its_job(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     item_id: i64,
-) -> DbResult<(i64, Phase)> {
-    let row = sqlx::query(
-        "select project_id, phase::text as phase from work_items where id = $1 for update",
+) -> DbResult<Option<(crate::transitions::LockedItem, bool)>> {
+    let job_slot = "select s.slot from damascus_jobs j
+                    join damascus_slots s on s.job_id = j.job_id
+                    where j.item_id = $1";
+    let seen: Option<i32> = sqlx::query_scalar(job_slot)
+        .bind(item_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(slot) = seen {
+        sqlx::query("select slot from damascus_slots where slot = $1 for update")
+            .bind(slot)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let item = crate::transitions::lock_item(tx, item_id).await?;
+    sqlx::query("select 1 from damascus_jobs where item_id = $1 for update")
+        .bind(item_id)
+        .execute(&mut **tx)
+        .await?;
+    let now: Option<(i32, bool)> = sqlx::query_as(
+        "select s.slot, s.lease_until >= now() from damascus_jobs j
+         join damascus_slots s on s.job_id = j.job_id
+         where j.item_id = $1",
     )
     .bind(item_id)
     .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(DbError::ItemNotFound(item_id))?;
-    Ok((row.try_get("project_id")?, parse_enum(&row, "phase")?))
-}
-
-/// Cancels an item in any phase but merged or cancelled. Its job is deleted in the same
-/// transaction; a worker running it loses its claim and kills the phase's processes.
-pub async fn cancel(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Cancelled> {
-    let mut tx = pool.begin().await?;
-    // Lock order as everywhere: the slot (through the job) before the item.
-    let job: Option<(uuid::Uuid, bool)> = sqlx::query_as(
-        "select j.job_id, exists (select 1 from damascus_slots s where s.job_id = j.job_id and s.lease_until >= now())
-         from damascus_jobs j where j.item_id = $1",
-    )
-    .bind(item_id)
-    .fetch_optional(&mut *tx)
     .await?;
-    if let Some((job_id, _)) = job {
-        sqlx::query("select slot from damascus_slots where job_id = $1 for update")
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
+    if now.map(|(slot, _)| slot) != seen {
+        return Ok(None);
     }
-    let (project_id, from) = lock_item(&mut tx, item_id).await?;
-    if from.is_final() {
-        return Err(DbError::Conflict(format!(
-            "item {item_id} is already {from}, so there is nothing to cancel; only items that are not merged or cancelled can be cancelled"
-        )));
-    }
-    if let Some((job_id, _)) = job {
-        crate::jobs::delete_job(&mut tx, job_id).await?;
-    }
-    sqlx::query("update work_items set phase = 'cancelled', resume_phase = null where id = $1")
-        .bind(item_id)
-        .execute(&mut *tx)
-        .await?;
-    dismiss_open_question(&mut tx, item_id, by).await?;
-    let was_running = job.is_some_and(|(_, running)| running);
-    events::record(
-        &mut tx,
-        Some(item_id),
-        Some(project_id),
-        "item.cancelled",
-        &json!({ "from": from, "by": by, "was_running": was_running }),
-    )
-    .await?;
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(CANCEL_CHANNEL)
-        .bind(item_id.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Cancelled {
-        item_id,
-        from,
-        was_running,
-    })
+    Ok(Some((item, now.is_some_and(|(_, live)| live))))
 }
 
 /// Closes an item's open question without an answer (the item was cancelled or retried).
@@ -145,16 +178,30 @@ pub async fn retry(pool: &PgPool, item_id: i64, by: &str) -> DbResult<Phase> {
     Ok(resume)
 }
 
+/// Locks a project's row FOR UPDATE to pause or resume it. That lock conflicts with the
+/// KEY SHARE every spawn of the project takes (`damascus_spawn_job`), so a pause (or
+/// resume) and a spawn serialise: either the spawn sees the project as the pause left
+/// it, or the pause's look at the project's jobs (items) sees the spawn's.
+async fn lock_project_to_pause(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+) -> DbResult<i64> {
+    sqlx::query_scalar("select id from projects where name = $1 for update")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))
+}
+
 /// Pauses a project: its queued jobs are withdrawn and no new ones are spawned;
 /// phases running now finish. Returns how many queued jobs were withdrawn.
 pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     let mut tx = pool.begin().await?;
-    let id: i64 =
-        sqlx::query_scalar("update projects set paused = true where name = $1 returning id")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    let id = lock_project_to_pause(&mut tx, name).await?;
+    sqlx::query("update projects set paused = true where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     // Queued only: a job any slot names (running, or a lapsed claim) is left to its
     // holder's end, which respawns nothing for a paused project. Deleting only jobs no
     // slot names touches no slot row, so this never locks a queue row before a slot.
@@ -190,12 +237,11 @@ pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
 /// Resumes a project: its items in working phases get their jobs again.
 pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     let mut tx = pool.begin().await?;
-    let id: i64 =
-        sqlx::query_scalar("update projects set paused = false where name = $1 returning id")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| DbError::ProjectNotFound(name.to_owned()))?;
+    let id = lock_project_to_pause(&mut tx, name).await?;
+    sqlx::query("update projects set paused = false where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     // SKIP LOCKED: an item locked right now is being finished or answered, and that
     // change itself runs the spawn trigger; waiting for it could deadlock with a merge
     // that opens gates.
@@ -225,7 +271,8 @@ pub async fn resume_project(pool: &PgPool, name: &str) -> DbResult<u64> {
 /// build. Refused when the item has no closed approval gate.
 pub async fn approve(pool: &PgPool, item_id: i64, by: &str) -> DbResult<()> {
     let mut tx = pool.begin().await?;
-    let (project_id, phase) = lock_item(&mut tx, item_id).await?;
+    let item = crate::transitions::lock_item(&mut tx, item_id).await?;
+    let (project_id, phase) = (item.project_id, item.phase);
     if phase.is_final() {
         return Err(DbError::Conflict(format!(
             "item {item_id} is {phase}, so there is nothing to approve; approve items in spec that wait for approval"

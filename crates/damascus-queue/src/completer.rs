@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use damascus_core::PhaseReport;
+use damascus_db::budget::Spend;
 use damascus_db::jobs::{self, ClaimedJob, Ended};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,11 @@ pub(crate) enum End {
         reason: String,
         costs: Vec<damascus_core::CostEntry>,
         until: std::time::SystemTime,
+    },
+    /// The phase panicked: a retry whose run reported no costs.
+    Panicked {
+        message: String,
+        delay: Duration,
     },
     Release,
 }
@@ -157,7 +163,7 @@ async fn record_group(shared: &Shared, conn: &mut GroupConnection, group: Vec<Fi
                 let _ = shared.claimed.send(finished.claimed);
             }
             // An end not recorded here (a lost claim, an item changed meanwhile, a
-            // verdict that blocks) is recorded by its phase alone, as `finish`.
+            // merge-queue head's batch) is recorded by its phase alone, as `finish`.
             for (request, ended) in group.into_iter().zip(finished.ended) {
                 tracing::debug!(job = %request.job.job_id, ?ended, "claim ended");
                 let _ = request.reply.send(ended);
@@ -201,7 +207,17 @@ pub(crate) async fn end_claim(shared: &Shared, job: &ClaimedJob, end: End) -> Op
                 reason,
                 costs,
                 delay,
-            } => jobs::retry_later(&shared.pool, shared.worker, job, reason, costs, *delay).await,
+            } => {
+                let spend = Spend::Reported(costs);
+                jobs::retry_later(&shared.pool, shared.worker, job, reason, spend, *delay).await
+            }
+            End::Panicked { message, delay } => {
+                let reason = format!("the phase panicked: {message}");
+                let spend = Spend::Unreported {
+                    why: "the phase panicked",
+                };
+                jobs::retry_later(&shared.pool, shared.worker, job, &reason, spend, *delay).await
+            }
             End::Defer {
                 reason,
                 costs,

@@ -39,11 +39,6 @@ impl QueueConfig {
     pub fn keep_alive_every(&self) -> Duration {
         self.lease / 3
     }
-
-    /// A worker whose heartbeat is older than this is gone.
-    pub fn stale_worker_after(&self) -> Duration {
-        (self.lease * 4).max(Duration::from_secs(30))
-    }
 }
 
 /// Exponential backoff with jitter for transient errors.

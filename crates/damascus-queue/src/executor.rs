@@ -1,7 +1,7 @@
 //! The executor: runs one claimed job's phase through the `PhaseRunner`, outside any
-//! transaction, until it reports or its claim is stopped (lost, or the worker shutting
-//! down), and turns the outcome into the claim's end: the verdict, a retry after a
-//! backoff for a transient error, or a release.
+//! transaction, until it reports, panics or its claim is stopped (lost, or the worker
+//! shutting down), and turns the outcome into the claim's end: the verdict, a retry
+//! after a backoff for a transient error or a panic, or a release.
 //!
 //! Must not touch: claiming (the producer's), how an end is written (the completer's),
 //! or leases (the keep-alive's).
@@ -47,19 +47,33 @@ pub(crate) async fn run_phase(
         cancel: cancel.clone(),
     };
     let started = std::time::Instant::now();
+    let run = crate::unwind::catch_panic(async { shared.runner.run(context).await });
     let report = tokio::select! {
-        report = shared.runner.run(context).instrument(span) => Some(report),
+        report = run.instrument(span) => Some(report),
         _ = cancel.cancelled() => None,
     };
     damascus_metrics::phase_ran(target.phase.as_str(), started.elapsed());
-    let verdict = report.as_ref().map(|r| r.verdict.kind());
+    let verdict = report
+        .as_ref()
+        .and_then(|r| r.as_ref().ok())
+        .map(|r| r.verdict.kind());
     let end = match report {
-        Some(PhaseReport {
+        // A panicking phase runs again like a transient error; what it reserved is
+        // recorded as spend unknown.
+        Some(Err(message)) => {
+            tracing::error!(job = %job.job_id, phase = %target.phase, %message, "the phase panicked; its job runs again");
+            let runs = u32::try_from(job.runs).unwrap_or(1);
+            End::Panicked {
+                message,
+                delay: shared.config.retry.delay(runs, rand::thread_rng().gen()),
+            }
+        }
+        Some(Ok(PhaseReport {
             verdict: Verdict::TransientError { reason },
             costs,
             // A batch is decided again when the job runs again.
             batch: _,
-        }) => {
+        })) => {
             let runs = u32::try_from(job.runs).unwrap_or(1);
             let delay = shared.config.retry.delay(runs, rand::thread_rng().gen());
             End::Retry {
@@ -70,16 +84,16 @@ pub(crate) async fn run_phase(
         }
         // A wait the runner was asked for (a forge's rate limit): the job waits until
         // then with its run given back; it is not an attempt.
-        Some(PhaseReport {
+        Some(Ok(PhaseReport {
             verdict: Verdict::Deferred { reason, until },
             costs,
             batch: _,
-        }) => End::Defer {
+        })) => End::Defer {
             reason,
             costs,
             until,
         },
-        Some(report) => End::Report(report),
+        Some(Ok(report)) => End::Report(report),
         None => match *reason.lock().expect("reason lock") {
             Some(StopReason::Shutdown) => End::Release,
             Some(StopReason::LostClaim) | None => {

@@ -19,6 +19,7 @@ pub mod orphans;
 mod phase;
 mod pool;
 mod producer;
+mod unwind;
 
 pub use config::{QueueConfig, RetryPolicy};
 pub use phase::{JobContext, PhaseFuture, PhaseRunner};

@@ -53,7 +53,6 @@ impl Service {
 pub(crate) struct Reaper {
     pool: PgPool,
     interval: Duration,
-    stale_worker_after: Duration,
 }
 
 impl Reaper {
@@ -65,7 +64,6 @@ impl Reaper {
         let reaper = Reaper {
             pool,
             interval: config.reap_interval,
-            stale_worker_after: config.stale_worker_after(),
         };
         Service::spawn(move |stop| async move {
             let mut next_reap = tokio::time::Instant::now();
@@ -95,7 +93,7 @@ impl Reaper {
             }
             return;
         }
-        match jobs::reap(&self.pool, self.stale_worker_after).await {
+        match jobs::reap(&self.pool).await {
             Ok(reaped) if reaped != jobs::Reaped::default() => tracing::info!(?reaped, "reaper"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %crate::error_chain::Chain(&e), "reaper failed"),

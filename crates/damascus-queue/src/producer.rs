@@ -25,6 +25,8 @@ pub(crate) struct Producer {
     /// Jobs the completer's group commit claimed, for this loop to run.
     claimed_jobs: mpsc::UnboundedReceiver<Vec<ClaimedJob>>,
     phases: JoinSet<(Uuid, Option<Ended>)>,
+    /// The claim each phase task runs, for a task that fails instead of returning it.
+    claims: std::collections::HashMap<tokio::task::Id, Uuid>,
     summary: CycleSummary,
 }
 
@@ -37,6 +39,7 @@ impl Producer {
             shared,
             claimed_jobs,
             phases: JoinSet::new(),
+            claims: Default::default(),
             summary: CycleSummary::default(),
         }
     }
@@ -170,23 +173,42 @@ impl Producer {
     }
 
     fn record_done(&mut self, done: Result<(Uuid, Option<Ended>), tokio::task::JoinError>) {
+        let task = match &done {
+            Ok(_) => None,
+            Err(e) => Some(e.id()),
+        };
         match done {
-            Ok((job, ended)) => {
-                self.shared
-                    .running
-                    .lock()
-                    .expect("running map lock")
-                    .remove(&job);
+            Ok((claim, ended)) => {
+                self.forget(&claim);
                 match ended {
                     Some(ended) => self.summary.record(&ended),
                     None => self.summary.end_errors += 1,
                 }
             }
             Err(e) => {
-                tracing::error!(error = %crate::error_chain::Chain(&e), "a phase task panicked; its job runs again after its lease");
+                // A panic of the runner is caught in the executor; this is the queue's
+                // own code failing while it ended the claim. The keep-alive lets go of
+                // the claim, so the job runs again once its lease ends.
+                if let Some(claim) = task.and_then(|id| self.claims.get(&id).copied()) {
+                    self.forget(&claim);
+                }
+                tracing::error!(error = %crate::error_chain::Chain(&e), "a phase task failed; its job runs again after its lease");
                 self.summary.end_errors += 1;
             }
         }
+        if let Some(id) = task {
+            self.claims.remove(&id);
+        }
+    }
+
+    /// Drops a claim from the running phases: the keep-alive extends it no more.
+    fn forget(&mut self, claim: &Uuid) {
+        self.shared
+            .running
+            .lock()
+            .expect("running map lock")
+            .remove(claim);
+        self.claims.retain(|_, c| c != claim);
     }
 
     fn spawn_claimed(&mut self, jobs: Vec<ClaimedJob>) {
@@ -212,10 +234,11 @@ impl Producer {
                 },
             );
         let shared = self.shared.clone();
-        self.phases.spawn(async move {
-            let claim = job.claim;
+        let claim = job.claim;
+        let task = self.phases.spawn(async move {
             let ended = run_phase(&shared, job, cancel, reason).await;
             (claim, ended)
         });
+        self.claims.insert(task.id(), claim);
     }
 }

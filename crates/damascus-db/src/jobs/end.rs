@@ -1,7 +1,8 @@
 //! Ending a claim: finishing it with a verdict (one claim, many, or a group end that
 //! also claims the next jobs), retrying it later, or releasing it, each in one
-//! transaction with the item change and its events, fenced on the claim token (slot row,
-//! then item row, then queue row). It must not take claims except through
+//! transaction with the item change, its events and what the run spent (its reported
+//! costs, or its reservations as spend unknown: `budget::Spend`), fenced on the claim
+//! token (slot row, then item row, then queue row). It must not take claims except through
 //! `damascus_end_group`, nor reap jobs no worker holds (that is `maintenance`).
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use super::claim::{claimed_jobs, ClaimedJob, CLAIM_COLUMNS};
 use super::{interval, JobTarget, WorkerId};
+use crate::budget::{self, Spend};
 use crate::error::DbResult;
 use crate::events;
 use crate::transitions::{blocked_entry, lock_item, record_costs, record_verdicts, verdict_entry};
@@ -58,10 +60,28 @@ pub(crate) async fn delete_job(conn: &mut PgConnection, job: Uuid) -> DbResult<(
     Ok(())
 }
 
-/// Deletes the job and asks for its item to be looked at again
-/// (`damascus_look_again`), so that an item that may still run gets the job it should
-/// have.
-async fn supersede(conn: &mut PgConnection, job: &ClaimedJob) -> DbResult<Ended> {
+/// Records what a run that ends spent, under its claim (held, its item locked): its
+/// reported costs, which settle its reservations, or its reservations as spend unknown.
+async fn record_spend(conn: &mut PgConnection, job: &ClaimedJob, spend: Spend<'_>) -> DbResult<()> {
+    match spend {
+        Spend::Reported(costs) => {
+            if let Some(target) = job.target {
+                record_costs(conn, target.item_id, target.phase, target.attempt, costs).await?;
+            }
+            budget::settle(conn, job.claim).await
+        }
+        Spend::Unreported { why } => {
+            budget::record_unreported(conn, &[job.claim], why).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Records what the run spent, deletes the job and asks for its item to be looked at
+/// again (`damascus_look_again`), so that an item that may still run gets the job it
+/// should have.
+async fn supersede(conn: &mut PgConnection, job: &ClaimedJob, spend: Spend<'_>) -> DbResult<Ended> {
+    record_spend(conn, job, spend).await?;
     delete_job(conn, job.job_id).await?;
     if let Some(target) = job.target {
         sqlx::query("select damascus_look_again(array[$1::bigint])")
@@ -79,6 +99,7 @@ async fn lock_for_end(
     conn: &mut PgConnection,
     worker: WorkerId,
     job: &ClaimedJob,
+    spend: Spend<'_>,
 ) -> DbResult<Result<(JobTarget, crate::transitions::LockedItem), Ended>> {
     // The common case in one round trip: the claim's slot and its item together. No
     // one locks an item and then a slot, so taking both in one statement is safe.
@@ -87,12 +108,12 @@ async fn lock_for_end(
         let mut locked = crate::transitions::lock_claimed_items(conn, worker.0, &claim).await?;
         if let Some(item) = locked.remove(&job.claim) {
             if item.phase != target.phase {
-                return Ok(Err(supersede(conn, job).await?));
+                return Ok(Err(supersede(conn, job, spend).await?));
             }
             return Ok(Ok((target, item)));
         }
     }
-    lock_for_end_by_parts(conn, worker, job).await
+    lock_for_end_by_parts(conn, worker, job, spend).await
 }
 
 /// `lock_for_end` one row at a time: the claim's slot, then its item. For the claims
@@ -101,16 +122,17 @@ async fn lock_for_end_by_parts(
     conn: &mut PgConnection,
     worker: WorkerId,
     job: &ClaimedJob,
+    spend: Spend<'_>,
 ) -> DbResult<Result<(JobTarget, crate::transitions::LockedItem), Ended>> {
     if !lock_claim(conn, worker, job).await? {
         return Ok(Err(Ended::LostClaim));
     }
     let Some(target) = job.target else {
-        return Ok(Err(supersede(conn, job).await?));
+        return Ok(Err(supersede(conn, job, spend).await?));
     };
     let item = lock_item(conn, target.item_id).await?;
     if item.phase != target.phase {
-        return Ok(Err(supersede(conn, job).await?));
+        return Ok(Err(supersede(conn, job, spend).await?));
     }
     Ok(Ok((target, item)))
 }
@@ -152,12 +174,13 @@ pub async fn finish_many(
     let mut results: Vec<Option<Ended>> = vec![None; ends.len()];
     // (index in `ends`, target, locked item) of the claims whose verdict is recorded.
     let mut recorded = Vec::new();
-    for (n, (job, _)) in ends.iter().enumerate() {
+    for (n, (job, report)) in ends.iter().enumerate() {
         let found = job.target.zip(locked.remove(&job.claim));
+        let spend = Spend::Reported(&report.costs);
         let end = match found {
             Some((target, item)) if item.phase == target.phase => Ok((target, item)),
-            Some(_) => Err(supersede(&mut tx, job).await?),
-            None => lock_for_end_by_parts(&mut tx, worker, job).await?,
+            Some(_) => Err(supersede(&mut tx, job, spend).await?),
+            None => lock_for_end_by_parts(&mut tx, worker, job, spend).await?,
         };
         match end {
             Ok((target, item)) => recorded.push((n, target, item)),
@@ -239,8 +262,8 @@ pub struct ClaimNext {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupEnded {
     /// How each claim ended, in the order given; `None` when it was not recorded here
-    /// (its claim is lost, its item changed since the claim, or its verdict blocks the
-    /// item): end those with `finish`, which handles each of these.
+    /// (its claim is lost, its item changed since the claim, or its report decides for
+    /// a merge-queue batch): end those with `finish`, which handles each of these.
     pub ended: Vec<Option<Ended>>,
     /// The jobs claimed for the freed slots.
     pub claimed: Vec<ClaimedJob>,
@@ -378,16 +401,18 @@ async fn record_locked_ends(
 
 /// Puts a job that hit a transient error back in the queue after `delay`, or, when it
 /// has no attempts left, blocks its item with a human issue that says what failed.
+/// `spend`: the run's reported costs, or why it reported none (a panic), in which case
+/// what it reserved is recorded as spend unknown.
 pub async fn retry_later(
     pool: &PgPool,
     worker: WorkerId,
     job: &ClaimedJob,
     reason: &str,
-    costs: &[CostEntry],
+    spend: Spend<'_>,
     delay: Duration,
 ) -> DbResult<Ended> {
     let mut tx = pool.begin().await?;
-    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
+    let (target, item) = match lock_for_end(&mut tx, worker, job, spend).await? {
         Ok(locked) => locked,
         Err(ended) => {
             tx.commit().await?;
@@ -404,7 +429,7 @@ pub async fn retry_later(
         .fetch_one(&mut *tx)
         .await?;
     if !may_run {
-        record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+        record_spend(&mut tx, job, spend).await?;
         delete_job(&mut tx, job.job_id).await?;
         tx.commit().await?;
         return Ok(Ended::Superseded);
@@ -421,12 +446,19 @@ pub async fn retry_later(
         );
         let context = format!("job {}", job.job_id);
         let claim = Some((job.claim, job.job_id));
+        let costs = match spend {
+            Spend::Reported(costs) => costs,
+            Spend::Unreported { .. } => {
+                record_spend(&mut tx, job, spend).await?;
+                &[]
+            }
+        };
         let entry = blocked_entry(claim, &item, target.attempt, &question, &context, costs);
         record_locked_ends(&mut tx, worker, &[entry]).await?;
         tx.commit().await?;
         return Ok(Ended::Exhausted);
     }
-    record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+    record_spend(&mut tx, job, spend).await?;
     put_back(&mut tx, job.job_id, delay, false, Some(reason)).await?;
     events::record(
         &mut tx,
@@ -460,15 +492,16 @@ pub async fn defer(
     costs: &[CostEntry],
     until: std::time::SystemTime,
 ) -> DbResult<Ended> {
+    let spend = Spend::Reported(costs);
     let mut tx = pool.begin().await?;
-    let (target, item) = match lock_for_end(&mut tx, worker, job).await? {
+    let (target, item) = match lock_for_end(&mut tx, worker, job, spend).await? {
         Ok(locked) => locked,
         Err(ended) => {
             tx.commit().await?;
             return Ok(ended);
         }
     };
-    record_costs(&mut tx, item.id, target.phase, target.attempt, costs).await?;
+    record_spend(&mut tx, job, spend).await?;
     let until_at = chrono::DateTime::<chrono::Utc>::from(until);
     sqlx::query(
         "update damascus_jobs
@@ -496,12 +529,25 @@ pub async fn defer(
     Ok(Ended::Deferred { until })
 }
 
-/// Gives a job back untouched, runnable at once, with the attempt it used returned:
-/// the worker is shutting down, the job did nothing wrong.
+/// Gives a job back, runnable at once, with the attempt it used returned: the worker
+/// is shutting down, the job did nothing wrong. A run stopped for it reported nothing:
+/// what it reserved is recorded as spend unknown.
 pub async fn release(pool: &PgPool, worker: WorkerId, job: &ClaimedJob) -> DbResult<Ended> {
     let mut tx = pool.begin().await?;
     if !lock_claim(&mut tx, worker, job).await? {
         return Ok(Ended::LostClaim);
+    }
+    if let Some(target) = job.target {
+        // The item's row before its reservations, the order every end takes.
+        match lock_item(&mut tx, target.item_id).await {
+            Ok(_) => {
+                let why = "the worker stopped the run at shutdown";
+                budget::record_unreported(&mut tx, &[job.claim], why).await?;
+            }
+            // Its reservations went with it.
+            Err(crate::error::DbError::ItemNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
     put_back(&mut tx, job.job_id, Duration::ZERO, true, None).await?;
     tx.commit().await?;

@@ -1,15 +1,13 @@
-//! The safety net behind the normal paths: the reaper (dead jobs, silent workers) and
-//! the respawn pass that gives jobless working items their job. It must not end a claim
-//! a live worker holds: it takes only expired slots and never waits for a busy row.
-
-use std::time::Duration;
+//! The safety net behind the normal paths: the reaper (dead jobs, reservations of lost
+//! claims, silent workers) and the respawn pass that gives jobless working items their
+//! job. It must not end a claim a live worker holds: it takes only expired slots (never
+//! waiting for a busy slot or job row) and reservations no slot names.
 
 use damascus_core::Phase;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use super::end::delete_job;
-use super::interval;
 use crate::error::DbResult;
 use crate::parse_opt_enum;
 use crate::transitions::{blocked_entry, lock_item, record_verdicts};
@@ -19,15 +17,18 @@ use crate::transitions::{blocked_entry, lock_item, record_verdicts};
 pub struct Reaped {
     /// Jobs whose every attempt was claimed and lost (workers died); their items are blocked.
     pub dead_jobs: u64,
+    /// Reservations of lost claims, recorded as spend unknown.
+    pub unreported_reservations: u64,
     /// Worker rows whose heartbeat stopped.
     pub stale_workers: u64,
     /// Items in a working phase that had no job (e.g. its queue row was deleted by hand).
     pub respawned: u64,
 }
 
-/// The safety net behind the normal paths: blocks the items of dead jobs, forgets
-/// workers that stopped heartbeating, and gives jobless working items their job.
-pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
+/// The safety net behind the normal paths: blocks the items of dead jobs, records the
+/// reservations of claims that ended without settling them as spend, forgets workers
+/// that stopped heartbeating, and gives jobless working items their job.
+pub async fn reap(pool: &PgPool) -> DbResult<Reaped> {
     let mut reaped = Reaped::default();
     let candidates: Vec<Uuid> = sqlx::query_scalar(
         "select job_id from damascus_jobs where runs >= max_runs and run_at <= now()",
@@ -39,18 +40,52 @@ pub async fn reap(pool: &PgPool, min_stale: Duration) -> DbResult<Reaped> {
             reaped.dead_jobs += 1;
         }
     }
-    // Each worker is judged by its own lease: silent for four of them (and at least
-    // `min_stale`) means gone.
+    reaped.unreported_reservations = record_lost_reservations(pool).await?;
+    // Each worker is judged by its own lease (`damascus_worker_alive`).
     reaped.stale_workers = sqlx::query(
         "delete from damascus_worker_processes
-         where heartbeat_at < now() - greatest($1, 4 * lease_ms * interval '1 millisecond')",
+         where not damascus_worker_alive(heartbeat_at, lease_ms)",
     )
-    .bind(interval(min_stale))
     .execute(pool)
     .await?
     .rows_affected();
     reaped.respawned = respawn_jobless(pool).await?;
     Ok(reaped)
+}
+
+/// Records as spend unknown the reservations whose claim holds no slot any more and
+/// that no end settled: the claim was lost (its worker died, or its lease ran out and
+/// another claim took the job). One transaction per item, which locks the item's row
+/// first, the order every end takes; a claim still named by a slot is left to its end.
+async fn record_lost_reservations(pool: &PgPool) -> DbResult<u64> {
+    let items: Vec<i64> = sqlx::query_scalar(
+        "select distinct r.item_id from budget_reservations r
+         where not exists (select 1 from damascus_slots s where s.claim_token = r.claim_token)",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut recorded = 0;
+    for item in items {
+        let mut tx = pool.begin().await?;
+        match lock_item(&mut tx, item).await {
+            Ok(_) => {}
+            // Its reservations went with it.
+            Err(crate::error::DbError::ItemNotFound(_)) => continue,
+            Err(e) => return Err(e),
+        }
+        let lost: Vec<Uuid> = sqlx::query_scalar(
+            "select distinct r.claim_token from budget_reservations r
+             where r.item_id = $1
+               and not exists (select 1 from damascus_slots s where s.claim_token = r.claim_token)",
+        )
+        .bind(item)
+        .fetch_all(&mut *tx)
+        .await?;
+        let why = "its claim was lost";
+        recorded += crate::budget::record_unreported(&mut tx, &lost, why).await? as u64;
+        tx.commit().await?;
+    }
+    Ok(recorded)
 }
 
 /// The channel on which a lock hand-over that passed over a busy waiter asks the
@@ -77,9 +112,9 @@ pub async fn respawn_jobless(pool: &PgPool) -> DbResult<u64> {
 }
 
 /// Blocks the item of one dead job, in a transaction of its own. Locks in the order
-/// every end of a claim uses (slot, item, queue row), and never waits: a job whose slot
-/// or row is busy (its last holder may be finishing it right now) is left for the next
-/// pass.
+/// every end of a claim uses (slot, item, queue row); it never waits for the slot or the
+/// job row (a job whose slot or row is busy, its last holder may be finishing it right
+/// now, is left for the next pass), and waits for the item's row like every end.
 async fn reap_dead_job(pool: &PgPool, job_id: Uuid) -> DbResult<bool> {
     let mut tx = pool.begin().await?;
     let named: i64 = sqlx::query_scalar("select count(*) from damascus_slots where job_id = $1")

@@ -23,7 +23,6 @@ mod maintenance;
 mod registry;
 
 pub use claim::{claim, next_runnable_in, ClaimedItem, ClaimedJob};
-pub(crate) use end::delete_job;
 pub use end::{
     defer, end_group, finish, finish_many, release, retry_later, ClaimNext, Ended, GroupEnded,
 };

@@ -6,3 +6,4 @@ mod items;
 mod projects;
 mod queue_view;
 mod schema;
+mod upgrade;

@@ -5,6 +5,7 @@
 //! `worker_process::entry` then runs a worker pool until it receives SIGTERM.
 
 mod cap_and_processes;
+mod exits;
 mod hangs;
 mod operator;
 mod support;

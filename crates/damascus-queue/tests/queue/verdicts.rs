@@ -354,7 +354,7 @@ async fn the_reaper_handles_dead_jobs_and_jobless_items() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let reaped = jobs::reap(&db.pool, Duration::from_secs(60)).await.unwrap();
+    let reaped = jobs::reap(&db.pool).await.unwrap();
     assert_eq!((reaped.dead_jobs, reaped.respawned), (1, 1));
     let blocked: String = sqlx::query_scalar("select question from human_issues")
         .fetch_one(&db.pool)
