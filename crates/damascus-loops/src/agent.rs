@@ -112,13 +112,15 @@ pub(crate) async fn run(
     .await;
     confined.handed.release().await;
     let end = end.map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
-    // A run killed before it reported leaves a ledger row that says its spend is unknown.
+    // A run killed before it reported leaves a ledger row that says its spend is
+    // unknown, for the amount reserved for it: recording the row settles the
+    // reservation, so anything less would let the caps forget what it may have spent.
     let unreported = |why: &str| CostEntry {
         source: damascus_core::CostSource::Agent,
         model: format!("{model} (spend unknown: {why} before it reported)"),
         tokens_in: 0,
         tokens_out: 0,
-        usd: 0.0,
+        usd: budget.unwrap_or(0.0),
     };
     let reserved = budget
         .map(|usd| {
@@ -154,7 +156,10 @@ pub(crate) async fn run(
     // What the agent reports spending counts whatever its exit code: per model, with
     // its tokens, when the result says.
     let result = crate::agent_result::parse(&stdout);
-    let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
+    let mut costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
+    if code != Some(0) && result.is_none() {
+        costs.push(unreported("it failed"));
+    }
     if code != Some(0) {
         return Err(AgentFailure {
             verdict: fail(

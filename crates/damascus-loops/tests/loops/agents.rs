@@ -139,7 +139,8 @@ async fn an_agent_killed_at_its_limit_leaves_a_ledger_row_that_says_its_spend_is
                 "{} (spend unknown: killed at its time limit before it reported)",
                 agent
             ),
-            0.0
-        )]
+            0.5
+        )],
+        "the row holds what was reserved for the run, so the caps keep counting it"
     );
 }
