@@ -1273,6 +1273,14 @@ CREATE TABLE public.forge_waits (
 
 COMMENT ON TABLE public.forge_waits IS 'Rate-limit deadlines per forge host and token: no call to that forge before until.';
 
+CREATE TABLE public.forge_write_turns (
+    forge text NOT NULL,
+    last_turn_at timestamp with time zone NOT NULL,
+    CONSTRAINT forge_write_turns_forge_present CHECK ((btrim(forge) <> ''::text))
+);
+
+COMMENT ON TABLE public.forge_write_turns IS 'When the latest write turn per forge host and token starts: the next write goes a gap after it.';
+
 ALTER TABLE public.human_issues ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.human_issues_id_seq
     START WITH 1
@@ -1387,6 +1395,9 @@ ALTER TABLE ONLY public.events_outbox
 
 ALTER TABLE ONLY public.forge_waits
     ADD CONSTRAINT forge_waits_pkey PRIMARY KEY (forge);
+
+ALTER TABLE ONLY public.forge_write_turns
+    ADD CONSTRAINT forge_write_turns_pkey PRIMARY KEY (forge);
 
 ALTER TABLE ONLY public.human_issues
     ADD CONSTRAINT human_issues_pkey PRIMARY KEY (id);

@@ -58,3 +58,16 @@ create table forge_waits (
 
 comment on table forge_waits is
     'Rate-limit deadlines per forge host and token: no call to that forge before until.';
+
+-- The last write turn taken per forge host and token, across every worker process:
+-- a write (GitHub asks for one at a time per token, a second apart) takes the next
+-- turn, `gap` after the last one, and waits for it. One row per forge, updated in
+-- place; the upsert's row lock orders concurrent takers.
+create table forge_write_turns (
+    forge text primary key
+        constraint forge_write_turns_forge_present check (btrim(forge) <> ''),
+    last_turn_at timestamptz not null
+);
+
+comment on table forge_write_turns is
+    'When the latest write turn per forge host and token starts: the next write goes a gap after it.';

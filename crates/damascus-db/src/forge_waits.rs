@@ -3,6 +3,10 @@
 //! reads it before calling that forge with that token. A deadline only ever moves
 //! later, so two processes told different times keep the later one.
 //!
+//! Writes of one token take turns here too (`take_write_turn`): each takes the next
+//! turn, a gap after the last one taken by any process, so that a forge that asks for
+//! writes a second apart per token sees that from a whole deployment.
+//!
 //! Must not touch: jobs (the waiting job's run-at is set by `jobs::defer`) or forges.
 
 use chrono::{DateTime, Utc};
@@ -61,4 +65,29 @@ pub async fn all_active<'e>(db: impl PgExecutor<'e>) -> DbResult<Vec<ForgeWait>>
     )
     .fetch_all(db)
     .await?)
+}
+
+/// Takes the next write turn of `forge`: `gap` after the last turn taken by any
+/// process, or now if that is later. Returns how long to wait for it.
+pub async fn take_write_turn<'e>(
+    db: impl PgExecutor<'e>,
+    forge: &str,
+    gap: std::time::Duration,
+) -> DbResult<std::time::Duration> {
+    let gap = sqlx::postgres::types::PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(gap.as_micros()).unwrap_or(i64::MAX),
+    };
+    let wait: f64 = sqlx::query_scalar(
+        "insert into forge_write_turns as t (forge, last_turn_at) values ($1, clock_timestamp())
+         on conflict (forge) do update
+         set last_turn_at = greatest(t.last_turn_at + $2, clock_timestamp())
+         returning greatest(extract(epoch from (last_turn_at - clock_timestamp())), 0)::float8",
+    )
+    .bind(forge)
+    .bind(gap)
+    .fetch_one(db)
+    .await?;
+    Ok(std::time::Duration::from_secs_f64(wait))
 }

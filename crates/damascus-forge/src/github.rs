@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::limits::{LimitHeaders, LimitKey, WritePacer};
+use crate::limits::{LimitHeaders, LimitKey, WritePacer, WriteTurns};
 use crate::rest::{self, FoundPull, Listed, PullsApi};
 use crate::{ForgeError, ForgeFuture, MergeOutcome, MergeStyle};
 
@@ -47,6 +47,8 @@ pub struct GithubForge {
     style: MergeStyle,
     limits: LimitKey,
     pacer: WritePacer,
+    write_gap: Duration,
+    turns: Option<std::sync::Arc<dyn WriteTurns>>,
 }
 
 impl std::fmt::Debug for GithubForge {
@@ -123,7 +125,9 @@ impl GithubForge {
         Ok(GithubForge {
             http,
             api: address.as_str().trim_end_matches('/').to_owned(),
-            pacer: WritePacer::for_key(&limits, GITHUB_WRITE_GAP),
+            pacer: WritePacer::for_key(&limits, GITHUB_WRITE_GAP, None),
+            write_gap: GITHUB_WRITE_GAP,
+            turns: None,
             limits,
             host,
             owner: owner.to_owned(),
@@ -136,7 +140,16 @@ impl GithubForge {
     /// Paces this token's writes `gap` apart instead of GitHub's second (a GitHub
     /// Enterprise that allows more, or a test).
     pub fn with_write_gap(mut self, gap: Duration) -> GithubForge {
-        self.pacer = WritePacer::for_key(&self.limits, gap);
+        self.write_gap = gap;
+        self.pacer = WritePacer::for_key(&self.limits, gap, self.turns.clone());
+        self
+    }
+
+    /// Takes each write's turn from `turns` too, so that every process using this
+    /// token keeps the gap between their writes, not only this one.
+    pub fn with_write_turns(mut self, turns: std::sync::Arc<dyn WriteTurns>) -> GithubForge {
+        self.turns = Some(turns);
+        self.pacer = WritePacer::for_key(&self.limits, self.write_gap, self.turns.clone());
         self
     }
 

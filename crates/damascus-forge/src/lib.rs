@@ -19,7 +19,7 @@ use std::pin::Pin;
 
 pub use gitea::{GiteaForge, MergeStyle};
 pub use github::{GithubForge, GITHUB_WRITE_GAP};
-pub use limits::LimitKey;
+pub use limits::{LimitKey, WriteTurns};
 pub use local::LocalForge;
 
 /// A pull request, as the forge identifies it.

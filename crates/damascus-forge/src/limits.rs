@@ -109,11 +109,38 @@ fn retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
     httpdate::parse_http_date(value).ok()
 }
 
-/// Writes one at a time per forge and token, at least `gap` apart, in this process.
-#[derive(Debug, Clone)]
+/// Write turns shared beyond this process: the caller keeps them where every process
+/// that uses the token sees them (Damascus: its database), so a forge's "a second
+/// apart per token" holds for a whole deployment.
+pub trait WriteTurns: Send + Sync {
+    /// Waits for the next write turn of `key`: `gap` after the previous one taken
+    /// anywhere. An `Err` says why the turn could not be taken; the write then goes
+    /// with this process's own pacing only.
+    fn take<'a>(
+        &'a self,
+        key: &'a LimitKey,
+        gap: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// Writes one at a time per forge and token, at least `gap` apart: in this process by
+/// a lock held through each write, and across processes by `turns` when given.
+#[derive(Clone)]
 pub(crate) struct WritePacer {
     gap: Duration,
     last: LastWrite,
+    key: LimitKey,
+    turns: Option<Arc<dyn WriteTurns>>,
+}
+
+impl std::fmt::Debug for WritePacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritePacer")
+            .field("gap", &self.gap)
+            .field("key", &self.key.key)
+            .field("shared", &self.turns.is_some())
+            .finish()
+    }
 }
 
 /// When the last write of one forge and token ended (`None`: none yet); its lock is
@@ -124,14 +151,23 @@ type LastWrite = Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>;
 static PACERS: LazyLock<Mutex<HashMap<String, LastWrite>>> = LazyLock::new(Mutex::default);
 
 impl WritePacer {
-    pub fn for_key(key: &LimitKey, gap: Duration) -> WritePacer {
+    pub fn for_key(
+        key: &LimitKey,
+        gap: Duration,
+        turns: Option<Arc<dyn WriteTurns>>,
+    ) -> WritePacer {
         let last = PACERS
             .lock()
             .expect("the pacer map is never poisoned")
             .entry(key.key.clone())
             .or_default()
             .clone();
-        WritePacer { gap, last }
+        WritePacer {
+            gap,
+            last,
+            key: key.clone(),
+            turns,
+        }
     }
 
     /// Runs `write` when it is this write's turn: after the previous write of the same
@@ -140,6 +176,11 @@ impl WritePacer {
         let mut last = self.last.lock().await;
         if let Some(at) = *last {
             tokio::time::sleep_until(at + self.gap).await;
+        }
+        if let Some(turns) = &self.turns {
+            if let Err(e) = turns.take(&self.key, self.gap).await {
+                tracing::warn!(forge = %self.key.host, "cannot take a shared write turn, pacing this process only: {e}");
+            }
         }
         let out = write.await;
         *last = Some(tokio::time::Instant::now());
@@ -223,8 +264,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_of_one_token_go_one_at_a_time_a_gap_apart() {
         let key = LimitKey::new("pacer.test", "t");
-        let pacer = WritePacer::for_key(&key, Duration::from_secs(1));
-        let other = WritePacer::for_key(&key, Duration::from_secs(1));
+        let pacer = WritePacer::for_key(&key, Duration::from_secs(1), None);
+        let other = WritePacer::for_key(&key, Duration::from_secs(1), None);
         let start = tokio::time::Instant::now();
         pacer.paced(async {}).await;
         other.paced(async {}).await;

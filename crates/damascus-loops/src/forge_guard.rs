@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use damascus_forge::{
-    Forge, ForgeError, ForgeFuture, LimitKey, MergeOutcome, PrState, PullRequest,
+    Forge, ForgeError, ForgeFuture, LimitKey, MergeOutcome, PrState, PullRequest, WriteTurns,
 };
 use sqlx::PgPool;
 
@@ -121,5 +121,27 @@ impl Forge for GuardedForge {
 
     fn limit_key(&self) -> Option<LimitKey> {
         self.key.clone()
+    }
+}
+
+/// Write turns kept in the database (`forge_write_turns`), shared by every worker
+/// process that uses the token.
+pub(crate) struct DbWriteTurns {
+    pub pool: PgPool,
+}
+
+impl WriteTurns for DbWriteTurns {
+    fn take<'a>(
+        &'a self,
+        key: &'a LimitKey,
+        gap: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let wait = damascus_db::forge_waits::take_write_turn(&self.pool, &key.key, gap)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::sleep(wait).await;
+            Ok(())
+        })
     }
 }

@@ -339,14 +339,18 @@ pub(crate) fn forge_for(
     input: &PhaseInput,
     config: &LoopsConfig,
 ) -> Result<Box<dyn Forge>, Verdict> {
-    let forge = project_forge(&input.project, config)?;
+    let forge = project_forge(&input.project, config, &input.job.pool)?;
     Ok(Box::new(forge_guard::GuardedForge::new(
         forge,
         input.job.pool.clone(),
     )))
 }
 
-fn project_forge(project: &Project, config: &LoopsConfig) -> Result<Box<dyn Forge>, Verdict> {
+fn project_forge(
+    project: &Project,
+    config: &LoopsConfig,
+    pool: &sqlx::PgPool,
+) -> Result<Box<dyn Forge>, Verdict> {
     let ask = |question: String| Verdict::NeedsHuman {
         question,
         context: String::new(),
@@ -391,7 +395,13 @@ fn project_forge(project: &Project, config: &LoopsConfig) -> Result<Box<dyn Forg
                 .as_deref()
                 .unwrap_or("https://api.github.com");
             damascus_forge::GithubForge::new(api, repo, token, merge_style(project))
-                .map(|f| Box::new(f.with_write_gap(config.github_write_gap)) as Box<dyn Forge>)
+                .map(|f| {
+                    let turns = Arc::new(forge_guard::DbWriteTurns { pool: pool.clone() });
+                    Box::new(
+                        f.with_write_gap(config.github_write_gap)
+                            .with_write_turns(turns),
+                    ) as Box<dyn Forge>
+                })
                 .map_err(|e| ask(e.to_string()))
         }
     }

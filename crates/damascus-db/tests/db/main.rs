@@ -2,6 +2,7 @@
 //! the harness's cluster and template.
 
 mod cluster;
+mod forge_limits;
 mod items;
 mod projects;
 mod queue_view;
