@@ -230,7 +230,16 @@ async fn claude_project(
     addr: SocketAddr,
     edit: impl FnOnce(&mut damascus_core::NewProject),
 ) -> (Setup, damascus_loops::LoopsConfig) {
-    let setup = Setup::new().await;
+    claude_project_in(Setup::new().await, claude, addr, edit).await
+}
+
+/// `claude_project` in a setup made by the caller.
+async fn claude_project_in(
+    setup: Setup,
+    claude: &std::path::Path,
+    addr: SocketAddr,
+    edit: impl FnOnce(&mut damascus_core::NewProject),
+) -> (Setup, damascus_loops::LoopsConfig) {
     let bin = setup.dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(claude, bin.join("claude")).unwrap();
@@ -385,4 +394,51 @@ async fn the_real_claude_code_stops_at_the_reserved_budget() {
         question.contains("has spent 0.6008 USD of its 0.1000 USD budget"),
         "{question}"
     );
+}
+
+/// The real Claude Code, on a Gitea that answers the pull request's creation with a
+/// rate limit: the agent's one conversation is kept, the limit is waited out, and the
+/// story merges with the model asked once.
+#[tokio::test]
+async fn the_real_claude_code_runs_once_when_the_forge_says_slow_down() {
+    let Some(claude) = installed_claude() else {
+        return;
+    };
+    let (addr, seen) = serve(1000).await;
+    let setup = Setup::new().await;
+    let faults =
+        crate::faults::Faults::with(vec![crate::faults::rate_limit("POST", "/pulls", 429, 2)]);
+    let url = crate::gitea::serve_faulty_gitea(&setup.remote, faults.clone()).await;
+    let (setup, config) = claude_project_in(setup, &claude, addr, |p| {
+        p.max_attempts_per_phase = 1;
+        p.forge_kind = damascus_core::ForgeKind::Gitea;
+        p.forge_repo = Some("acme/web".into());
+        p.forge_url = Some(url.clone());
+    })
+    .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while setup.phase(item).await != "merged" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not merged: {}",
+            setup.phase(item).await
+        );
+        setup.cycle_with(config.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(faults.faulted().len(), 1, "the rate limit was played");
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        seen.messages.len(),
+        2,
+        "one conversation of two turns: the agent ran once; others: {:?}",
+        seen.others
+    );
+    let agent_rows = ledger(&setup, item)
+        .await
+        .into_iter()
+        .filter(|r| r.0 == "agent")
+        .count();
+    assert_eq!(agent_rows, 1, "one agent run's cost, recorded once");
 }

@@ -312,6 +312,21 @@ async fn project_on_fake_gitea(
     project_on_faulty_gitea(setup, agent, not_mergeable_first, Default::default(), edit).await
 }
 
+/// A fake Gitea over `remote` with `faults` played on top of its API: its URL.
+pub(crate) async fn serve_faulty_gitea(
+    remote: &std::path::Path,
+    faults: crate::faults::Faults,
+) -> String {
+    let gitea = FakeGitea {
+        remote: remote.to_path_buf(),
+        pulls: Arc::default(),
+        seen: Arc::default(),
+        not_mergeable_first: Arc::new(Mutex::new(0)),
+        auth_failures: Arc::default(),
+    };
+    serve_with(gitea, faults).await
+}
+
 /// `project_on_fake_gitea` with `faults` played on top of the fake's API.
 pub(crate) async fn project_on_faulty_gitea(
     setup: &Setup,
