@@ -197,6 +197,15 @@ async fn lock_project_to_pause(
 /// phases running now finish. Returns how many queued jobs were withdrawn.
 pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     let mut tx = pool.begin().await?;
+    // Every slot first, waiting for each: a claim in flight holds the slots it is
+    // taking until it commits, so once they are all held here no claim is under way,
+    // and none can start until the pause commits (a claim skips locked slots). A claim
+    // that committed before is a phase that started before the pause. Slots before the
+    // project row, as everywhere (a group end locks its slots, then its spawn trigger
+    // the project). A pause is rare and holds them for a few statements.
+    sqlx::query("select slot from damascus_slots order by slot for update")
+        .execute(&mut *tx)
+        .await?;
     let id = lock_project_to_pause(&mut tx, name).await?;
     sqlx::query("update projects set paused = true where id = $1")
         .bind(id)
@@ -205,7 +214,8 @@ pub async fn pause_project(pool: &PgPool, name: &str) -> DbResult<u64> {
     // Queued only: a job any slot names (running, or a lapsed claim) is left to its
     // holder's end, which respawns nothing for a paused project. Deleting only jobs no
     // slot names touches no slot row, so this never locks a queue row before a slot.
-    // SKIP LOCKED: a job being claimed right now is treated as running.
+    // No claim is under way (the slots are held), so SKIP LOCKED passes over only a job
+    // a cancel is deleting.
     let withdrawn: Vec<uuid::Uuid> = sqlx::query_scalar(
         "select j.job_id from damascus_jobs j
          join work_items i on i.id = j.item_id

@@ -4,6 +4,7 @@
 mod cluster;
 mod forge_limits;
 mod items;
+mod pause;
 mod projects;
 mod queue_view;
 mod schema;
