@@ -10,8 +10,12 @@
 //!   queued items, and merges exactly the tested commits (bisecting a failed batch).
 //!
 //! Each phase is idempotent, because a lease can run it twice: the builder reuses the
-//! branch it pushed and the PR the forge already has; the reviewer treats a PR that is
-//! already merged as passed, and the forge refuses to merge a head it did not test.
+//! branch it pushed and the PR the forge already has, and resumes after the last step
+//! an earlier run finished (`damascus_db::build_steps`), so the agent's paid work is
+//! not thrown away by a forge error after it; the reviewer treats a PR that is already
+//! merged as passed, and the forge refuses to merge a head it did not test. Every forge
+//! call goes through `forge_guard`: a forge's rate limit is kept in the database for
+//! every worker and waited out (`Verdict::Deferred`), not counted.
 //! The coding agent's run (`agent`) is shared by the builder and the reviewer.
 //!
 //! Architecture invariants: no SQL (reads go through `damascus-db`); the verdict is

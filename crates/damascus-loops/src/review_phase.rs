@@ -20,7 +20,11 @@
 //!
 //! Idempotent: a PR that is already merged passes (a follower merged by a run whose
 //! verdict was lost passes in the next batch); the update of a branch is pushed with a
-//! lease on the head it started from; and merges name the tested commit.
+//! lease on the head it started from; and merges name the tested commit. Heads are
+//! read from the repository (its fetched branches), never from the forge's pull
+//! request, which may show a push seconds late; before each merge the run waits until
+//! the pull request shows the commit pushed, so the merge is not refused as "head
+//! modified".
 
 use std::path::Path;
 use std::time::Duration;
