@@ -68,17 +68,16 @@ pub async fn pushed<'e>(
     item: i64,
     commit: &str,
 ) -> DbResult<bool> {
-    let written = sqlx::query(
+    later_step(
+        db,
         "update build_steps set pushed = $2, claim_token = $3, updated_at = now()
          where item_id = $1 and committed = $2
            and exists (select 1 from damascus_slots where claim_token = $3)",
+        claim,
+        item,
+        commit,
     )
-    .bind(item)
-    .bind(commit)
-    .bind(claim)
-    .execute(db)
-    .await?;
-    Ok(written.rows_affected() == 1)
+    .await
 }
 
 /// Records the pull request opened for the pushed commit.
@@ -88,15 +87,31 @@ pub async fn pull_request<'e>(
     item: i64,
     pr_url: &str,
 ) -> DbResult<bool> {
-    let written = sqlx::query(
+    later_step(
+        db,
         "update build_steps set pr_url = $2, claim_token = $3, updated_at = now()
          where item_id = $1 and pushed is not null
            and exists (select 1 from damascus_slots where claim_token = $3)",
+        claim,
+        item,
+        pr_url,
     )
-    .bind(item)
-    .bind(pr_url)
-    .bind(claim)
-    .execute(db)
-    .await?;
+    .await
+}
+
+/// A step after the commit: `sql` sets it from `$2` on item `$1`, fenced on claim `$3`.
+async fn later_step<'e>(
+    db: impl PgExecutor<'e>,
+    sql: &'static str,
+    claim: Uuid,
+    item: i64,
+    value: &str,
+) -> DbResult<bool> {
+    let written = sqlx::query(sql)
+        .bind(item)
+        .bind(value)
+        .bind(claim)
+        .execute(db)
+        .await?;
     Ok(written.rows_affected() == 1)
 }

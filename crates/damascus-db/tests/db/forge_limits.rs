@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use damascus_core::{NewProject, ProjectName, Story};
-use damascus_db::jobs::{self, WorkerInfo};
-use damascus_db::{build_steps, forge_waits, items, projects};
+use damascus_db::jobs;
+use damascus_db::{build_steps, forge_waits};
 use damascus_testdb::TestDatabase;
 
 const C1: &str = "1111111111111111111111111111111111111111";
@@ -16,18 +15,7 @@ const C2: &str = "2222222222222222222222222222222222222222";
 /// A project, one item in build with its job claimed: the database, the item, the claim.
 async fn claimed_build() -> (TestDatabase, i64, uuid::Uuid) {
     let db = TestDatabase::new().await;
-    let name = ProjectName::parse("web").unwrap();
-    projects::add_project(
-        &db.pool,
-        &NewProject::local(name.clone(), "/srv/git/web.git"),
-    )
-    .await
-    .unwrap();
-    let story = Story::new("Greet", "As a user I want a greeting.").unwrap();
-    let item = items::ingest(&db.pool, &name, &story, "test")
-        .await
-        .unwrap()
-        .id;
+    let (item, worker) = crate::one_item_and_a_worker(&db).await;
     // Straight to build, as a spec pass would leave it (the trigger spawns its job).
     sqlx::query("delete from damascus_jobs where item_id = $1")
         .bind(item)
@@ -39,17 +27,8 @@ async fn claimed_build() -> (TestDatabase, i64, uuid::Uuid) {
         .execute(&db.pool)
         .await
         .unwrap();
-    let info = WorkerInfo {
-        host: "build-1".into(),
-        pid: 1,
-        lease: Duration::from_secs(30),
-    };
-    let worker = jobs::register_worker(&db.pool, &info, Some(2))
-        .await
-        .unwrap();
-    let claimed = jobs::claim(&db.pool, worker.id, 1, info.lease)
-        .await
-        .unwrap();
+    let lease = crate::worker_info().lease;
+    let claimed = jobs::claim(&db.pool, worker.id, 1, lease).await.unwrap();
     assert_eq!(claimed.len(), 1, "the build's job is claimed");
     (db, item, claimed[0].claim)
 }

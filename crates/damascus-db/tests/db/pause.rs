@@ -3,33 +3,13 @@
 
 use std::time::Duration;
 
-use damascus_core::{NewProject, ProjectName, Story};
-use damascus_db::jobs::{self, WorkerInfo};
-use damascus_db::{items, operator, projects};
+use damascus_db::{jobs, operator};
 use damascus_testdb::TestDatabase;
 
 #[tokio::test]
 async fn a_claim_under_way_commits_before_the_pause_that_races_it() {
     let db = TestDatabase::new().await;
-    let name = ProjectName::parse("web").unwrap();
-    projects::add_project(
-        &db.pool,
-        &NewProject::local(name.clone(), "/srv/git/web.git"),
-    )
-    .await
-    .unwrap();
-    let story = Story::new("Greet", "As a user I want a greeting.").unwrap();
-    items::ingest(&db.pool, &name, &story, "test")
-        .await
-        .unwrap();
-    let info = WorkerInfo {
-        host: "build-1".into(),
-        pid: 1,
-        lease: Duration::from_secs(30),
-    };
-    let worker = jobs::register_worker(&db.pool, &info, Some(2))
-        .await
-        .unwrap();
+    let (_, worker) = crate::one_item_and_a_worker(&db).await;
 
     // A claim under way: its statement ran, its transaction has not committed.
     let mut claim = db.pool.begin().await.unwrap();
@@ -73,7 +53,7 @@ async fn a_claim_under_way_commits_before_the_pause_that_races_it() {
         "the job was claimed before the pause: it runs, it is not withdrawn"
     );
     // After the pause, nothing of the project can be claimed.
-    let after = jobs::claim(&db.pool, worker.id, 2, info.lease)
+    let after = jobs::claim(&db.pool, worker.id, 2, crate::worker_info().lease)
         .await
         .unwrap();
     assert!(after.is_empty(), "{after:?}");
