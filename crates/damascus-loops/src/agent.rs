@@ -156,10 +156,7 @@ pub(crate) async fn run(
     // What the agent reports spending counts whatever its exit code: per model, with
     // its tokens, when the result says.
     let result = crate::agent_result::parse(&stdout);
-    let mut costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
-    if code != Some(0) && result.is_none() {
-        costs.push(unreported("it failed"));
-    }
+    let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
     if code != Some(0) {
         return Err(AgentFailure {
             verdict: fail(
