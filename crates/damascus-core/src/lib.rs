@@ -10,6 +10,7 @@ pub mod phase;
 pub mod project;
 pub mod spec;
 pub mod story;
+pub mod transcript;
 pub mod verdict;
 pub mod webhook;
 

@@ -42,7 +42,10 @@ fn argv(inner: &Inner, input: &PhaseInput, budget: Option<f64>) -> Vec<String> {
             "claude".into(),
             "-p".into(),
             "--output-format".into(),
-            "json".into(),
+            "stream-json".into(),
+            // stream-json needs --verbose: every message, tool call and result as it
+            // happens, for the transcript; the last line is the same result object.
+            "--verbose".into(),
             "--max-turns".into(),
             inner.config.claude_max_turns.to_string(),
             "--permission-mode".into(),
@@ -96,6 +99,8 @@ pub(crate) async fn run(
     }
     let confined = crate::sandbox::confine(inner, input, dir, argv, &extra).await?;
     let log_file = log_file(inner, input, log_name);
+    let (lines, transcript) =
+        crate::transcript_log::TranscriptLog::start(crate::transcript_log::path_for(&log_file));
     let end = process::run(
         ProcessSpec {
             argv: confined.argv,
@@ -106,11 +111,13 @@ pub(crate) async fn run(
             log_file: log_file.clone(),
             job: Some(input.job.clone()),
             user: confined.user,
+            stdout_lines: Some(lines),
         },
         &input.job.cancel,
     )
     .await;
     confined.handed.release().await;
+    let result_line = transcript.finish().await;
     let end = end.map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
     // A run killed before it reported leaves a ledger row that says its spend is
     // unknown, for the amount reserved for it: recording the row settles the
@@ -155,7 +162,12 @@ pub(crate) async fn run(
     };
     // What the agent reports spending counts whatever its exit code: per model, with
     // its tokens, when the result says.
-    let result = crate::agent_result::parse(&stdout);
+    // The result line the transcript saw (all of stdout may not be kept in memory),
+    // else the last JSON line of stdout.
+    let result = result_line
+        .as_deref()
+        .and_then(crate::agent_result::parse)
+        .or_else(|| crate::agent_result::parse(&stdout));
     let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
     if code != Some(0) {
         return Err(AgentFailure {

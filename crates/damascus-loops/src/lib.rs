@@ -33,6 +33,7 @@ mod review_phase;
 mod sandbox;
 mod scrub;
 mod spec_phase;
+mod transcript_log;
 mod workspace;
 
 use std::path::PathBuf;

@@ -30,6 +30,8 @@ pub struct ProcessSpec {
     pub job: Option<damascus_queue::JobContext>,
     /// The user and group to run as, when not the worker's (`--agent-user`).
     pub user: Option<(u32, u32)>,
+    /// Gets each line of stdout as it arrives (the agent's transcript follows it live).
+    pub stdout_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +80,15 @@ impl Drop for GroupGuard {
 /// shows a phase live.
 type SharedLog = std::sync::Arc<tokio::sync::Mutex<Option<tokio::fs::File>>>;
 
-async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin, log: SharedLog) -> Vec<u8> {
+async fn read_bounded(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    log: SharedLog,
+    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let mut dropped = 0usize;
+    let mut line = Vec::new();
     loop {
         match pipe.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -90,6 +97,16 @@ async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin, log: SharedLo
                     let _ = file.write_all(&chunk[..n]).await;
                     let _ = file.flush().await;
                 }
+                if let Some(lines) = &lines {
+                    for &byte in &chunk[..n] {
+                        if byte == b'\n' {
+                            let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
+                            line.clear();
+                        } else {
+                            line.push(byte);
+                        }
+                    }
+                }
                 if kept.len() + n <= KEEP_BYTES {
                     kept.extend_from_slice(&chunk[..n]);
                 } else {
@@ -97,6 +114,9 @@ async fn read_bounded(mut pipe: impl tokio::io::AsyncRead + Unpin, log: SharedLo
                 }
             }
         }
+    }
+    if let (Some(lines), false) = (&lines, line.is_empty()) {
+        let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
     }
     if dropped > 0 {
         kept.extend_from_slice(
@@ -166,10 +186,12 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
     let stdout = tokio::spawn(read_bounded(
         child.stdout.take().expect("stdout is piped"),
         log.clone(),
+        spec.stdout_lines,
     ));
     let stderr = tokio::spawn(read_bounded(
         child.stderr.take().expect("stderr is piped"),
         log.clone(),
+        None,
     ));
     // Wait for the process itself, not for its pipes: a background process it left
     // behind may hold them open.
@@ -277,6 +299,7 @@ mod tests {
             log_file: dir.join("logs/run.log"),
             job: None,
             user: None,
+            stdout_lines: None,
         }
     }
 

@@ -547,6 +547,7 @@ impl Run<'_> {
                 log_file: crate::agent::log_file(self.inner, self.input, &log_name),
                 job: Some(self.input.job.clone()),
                 user: confined.user,
+                stdout_lines: None,
             },
             &self.input.job.cancel,
         )

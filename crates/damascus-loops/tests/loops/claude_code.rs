@@ -333,6 +333,45 @@ async fn the_real_claude_code_builds_a_story_that_merges() {
     let priced = 2.0 * (INPUT_TOKENS as f64 * PRICE_IN + OUTPUT_TOKENS as f64 * PRICE_OUT);
     eprintln!("Claude Code reported {usd} USD for 2 turns (priced {priced})");
     assert!((usd - priced).abs() < 1e-6, "{usd} vs {priced}");
+
+    // The transcript beside the raw log: the conversation, normalised.
+    let path = setup
+        .dir
+        .path()
+        .join(format!("data/logs/{item}/build-1.transcript.jsonl"));
+    let events: Vec<damascus_core::transcript::TranscriptEvent> = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lines: Vec<String> = events.iter().map(|e| e.line()).collect();
+    eprintln!("{}", lines.join("\n"));
+    use damascus_core::transcript::TranscriptEvent as E;
+    assert!(
+        matches!(events.first(), Some(E::Started { .. })),
+        "{lines:#?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(e, E::ToolCall { tool, target, .. } if tool == "Write" && target.ends_with("hello.txt"))),
+        "{lines:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, E::ToolResult { ok: true, .. })),
+        "{lines:#?}"
+    );
+    assert!(
+        matches!(
+            events.last(),
+            Some(E::Result {
+                ok: true,
+                turns: Some(2),
+                ..
+            })
+        ),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test]

@@ -71,6 +71,13 @@ async fn demo_merges_one_story_and_blocks_the_other() {
         logs.contains("==> build-1.log <==") && logs.contains("wrote hello.txt"),
         "{logs}"
     );
+    // The scripted agent ends with Claude Code's result line: its transcript reads it,
+    // and the raw JSON line is not printed twice.
+    assert!(
+        logs.contains("==> build-1.transcript.jsonl <==") && logs.contains("── done (success"),
+        "{logs}"
+    );
+    assert!(!logs.contains("\"type\":\"result\""), "{logs}");
     assert!(
         logs.contains("review-") && logs.contains("No such file or directory"),
         "{logs}"
