@@ -130,6 +130,9 @@ try {
   }, 15000);
   const seen = await shown;
   assert.ok(seen - written <= 1000, `the marker showed ${seen - written} ms after it was written`);
+  // The agent's tool call shows in the transcript while the agent still runs.
+  await page.locator('#log-tail .ev-tool_call[data-tool="Bash"]', { hasText: `${MARKER}-tool` }).waitFor({ timeout: 5000 });
+  assert.equal((await item(tail.id)).item.phase, "build", "the tool call showed while the agent was running");
   await shot("drawer-log.png");
   await drawerPhase("merged").waitFor({ timeout: 60000 });
 

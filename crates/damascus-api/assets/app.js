@@ -840,6 +840,61 @@ async function runAction(action, item) {
   }
 }
 
+// An agent's transcript (`<name>.transcript.jsonl`): the normalised events of its run,
+// shown as a conversation.
+const TRANSCRIPT = ".transcript.jsonl";
+
+// A line of an agent's JSON stream (Claude Code's stream-json), which its transcript
+// shows readably.
+function isAgentStreamLine(text) {
+  if (!text.trimStart().startsWith("{")) return false;
+  try { return ["system", "assistant", "user", "result"].includes(JSON.parse(text).type); } catch (e) { return false; }
+}
+
+// One transcript event as an element: the agent's words, a tool call with its command
+// or file, a tool's result folded, errors and failures in red.
+function transcriptEvent(text) {
+  let e;
+  try { e = JSON.parse(text); } catch (err) { return document.createTextNode(text + "\n"); }
+  const el = document.createElement("div");
+  el.className = `ev ev-${e.kind}`;
+  el.dataset.kind = e.kind;
+  switch (e.kind) {
+    case "started":
+      el.textContent = `agent started${e.model ? `, model ${e.model}` : ""}`;
+      break;
+    case "message":
+      el.textContent = e.text;
+      break;
+    case "tool_call":
+      el.dataset.tool = e.tool;
+      el.innerHTML = `<b>${esc(e.tool)}</b> <code>${esc(e.target)}</code>`;
+      break;
+    case "tool_result": {
+      const details = document.createElement("details");
+      details.className = `ev ev-tool_result${e.ok ? "" : " error"}`;
+      details.dataset.kind = e.kind;
+      const first = (e.text || "").split("\n")[0];
+      details.innerHTML = `<summary>${e.ok ? "result" : "refused or failed"}: ${esc(first.slice(0, 120))}</summary><div class="ev-body">${esc(e.text)}</div>`;
+      return details;
+    }
+    case "usage":
+      el.textContent = `${e.tokens_in} tokens in, ${e.tokens_out} out`;
+      break;
+    case "result":
+      if (!e.ok) el.classList.add("error");
+      el.textContent = `${e.ok ? "done" : "failed"} (${e.subtype}${e.turns != null ? `, ${e.turns} turns` : ""}${e.usd != null ? `, ${Number(e.usd).toFixed(4)} USD` : ""})${e.text ? `: ${e.text}` : ""}`;
+      break;
+    case "error":
+      el.classList.add("error");
+      el.textContent = e.text;
+      break;
+    default:
+      el.textContent = text;
+  }
+  return el;
+}
+
 // The live log: everything so far, then new output as the agent writes it.
 async function followLog(id) {
   if (state.log) state.log.abort();
@@ -861,6 +916,7 @@ async function followLog(id) {
       $("#log-state").textContent = "following";
       $("#log-state").dataset.state = "following";
       retries = 0;
+      const pending = {};
       await readSse(response, (kind, data) => {
         if (kind !== "log") return;
         let line;
@@ -873,7 +929,23 @@ async function followLog(id) {
           pre.appendChild(head);
           lastFile = line.file;
         }
-        pre.appendChild(document.createTextNode(line.text));
+        const transcript = line.file.endsWith(TRANSCRIPT);
+        // An agent's raw log (build-N.log, resolve-N.log): its stream's JSON lines are
+        // read into the transcript beside it, so only its other lines show here.
+        const raw = /^(build|resolve)-.*\.log$/.test(line.file);
+        if (!transcript && !raw) {
+          pre.appendChild(document.createTextNode(line.text));
+        } else {
+          // Whole lines only: a transcript's events, and what of a raw agent log the
+          // transcript does not hold (its JSON lines are the transcript's source).
+          const text = (pending[line.file] || "") + line.text;
+          const lines = text.split("\n");
+          pending[line.file] = lines.pop();
+          for (const l of lines) {
+            if (transcript) pre.appendChild(transcriptEvent(l));
+            else if (!isAgentStreamLine(l)) pre.appendChild(document.createTextNode(l + "\n"));
+          }
+        }
         while (pre.childNodes.length > 4000) pre.removeChild(pre.firstChild);
         if (atBottom) pre.scrollTop = pre.scrollHeight;
       });

@@ -203,6 +203,9 @@ case "$prompt" in
     echo "agent: waiting for the go flag" >&2
     while [ ! -e '@GO@' ]; do sleep 0.05; done
     echo "agent: @MARKER@" >&2
+    # A tool call in Claude Code's stream-json, while the agent goes on working: the
+    # drawer's transcript shows it before the run ends.
+    printf '%s\n' '{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"Bash","input":{"command":"echo @MARKER@-tool"}}]}}'
     sleep 3
     ;;
 esac
