@@ -859,6 +859,20 @@ CREATE FUNCTION public.damascus_worker_alive(p_heartbeat_at timestamp with time 
     select p_heartbeat_at >= now() - 4 * p_lease_ms * interval '1 millisecond'
 $$;
 
+CREATE TABLE public.agent_sessions (
+    item_id bigint NOT NULL,
+    agent text NOT NULL,
+    session_id text NOT NULL,
+    host text NOT NULL,
+    worktree text NOT NULL,
+    claim_token uuid NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT agent_sessions_agent_present CHECK ((btrim(agent) <> ''::text)),
+    CONSTRAINT agent_sessions_session_present CHECK ((btrim(session_id) <> ''::text))
+);
+
+COMMENT ON TABLE public.agent_sessions IS 'The coding agent''s session per item (id, host, worktree), for a rebuild to continue it.';
+
 CREATE TABLE public.api_tokens (
     id bigint NOT NULL,
     name text NOT NULL,
@@ -1354,6 +1368,9 @@ ALTER TABLE public.work_items ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+ALTER TABLE ONLY public.agent_sessions
+    ADD CONSTRAINT agent_sessions_pkey PRIMARY KEY (item_id);
+
 ALTER TABLE ONLY public.api_tokens
     ADD CONSTRAINT api_tokens_name_key UNIQUE (name);
 
@@ -1515,6 +1532,9 @@ CREATE TRIGGER work_items_release_locks AFTER UPDATE OF phase ON public.work_ite
 CREATE TRIGGER work_items_spawn_job AFTER INSERT OR UPDATE OF phase, phase_attempts, resume_phase, updated_at ON public.work_items FOR EACH ROW WHEN ((new.phase = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase]))) EXECUTE FUNCTION public.damascus_spawn_job();
 
 CREATE TRIGGER work_items_touch BEFORE UPDATE ON public.work_items FOR EACH ROW EXECUTE FUNCTION public.damascus_work_items_touch();
+
+ALTER TABLE ONLY public.agent_sessions
+    ADD CONSTRAINT agent_sessions_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.budget_reservations
     ADD CONSTRAINT budget_reservations_item_id_fkey FOREIGN KEY (item_id) REFERENCES public.work_items(id) ON DELETE CASCADE;

@@ -13,6 +13,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "item.retried",
     "job.retry_scheduled",
     "job.waiting",
+    "agent.session",
     "human_issue.answered",
     "merge_queue.entered",
     "merge_queue.left",

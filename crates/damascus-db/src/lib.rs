@@ -6,6 +6,7 @@
 //! HTTP, JSON request shapes, the CLI or forges. Every state change is one function
 //! that runs one transaction, and writes its `events_outbox` row in that transaction.
 
+pub mod agent_sessions;
 pub mod budget;
 pub mod build_steps;
 pub mod cluster;

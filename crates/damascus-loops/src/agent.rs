@@ -36,7 +36,12 @@ impl From<Verdict> for AgentFailure {
 
 /// The agent's argv: the project's, or Claude Code's, which is told the budget
 /// reserved for it.
-fn argv(inner: &Inner, input: &PhaseInput, budget: Option<f64>) -> Vec<String> {
+fn argv(
+    inner: &Inner,
+    input: &PhaseInput,
+    budget: Option<f64>,
+    resume: Option<&str>,
+) -> Vec<String> {
     input.project.agent_command.clone().unwrap_or_else(|| {
         let mut argv = vec![
             "claude".into(),
@@ -56,8 +61,41 @@ fn argv(inner: &Inner, input: &PhaseInput, budget: Option<f64>) -> Vec<String> {
         if let Some(usd) = budget {
             argv.extend(["--max-budget-usd".into(), budget_text(usd)]);
         }
+        if let Some(session) = resume {
+            argv.extend(["--resume".into(), session.to_owned()]);
+        }
         argv
     })
+}
+
+/// The agent whose sessions Damascus records and continues: Claude Code, the default.
+const CLAUDE: &str = "claude";
+
+/// The session of the item's agent that a run in `dir` can continue: Claude Code's,
+/// recorded on this host for this worktree, whose file is still in the item's HOME.
+pub(crate) async fn resumable_session(
+    inner: &Inner,
+    input: &PhaseInput,
+    dir: &Path,
+) -> Option<String> {
+    if input.project.agent_command.is_some() {
+        return None;
+    }
+    let session = damascus_db::agent_sessions::get(&input.job.pool, input.item.id)
+        .await
+        .ok()??;
+    let here = damascus_queue::orphans::host_name();
+    if session.agent != CLAUDE || session.host != here || Path::new(&session.worktree) != dir {
+        return None;
+    }
+    // Claude Code keeps a session as `~/.claude/projects/<dir>/<session>.jsonl`.
+    let projects = crate::sandbox::home_dir(inner, input).join(".claude/projects");
+    let file = format!("{}.jsonl", session.session_id);
+    let found = std::fs::read_dir(projects)
+        .ok()?
+        .flatten()
+        .any(|entry| entry.path().join(&file).is_file());
+    found.then_some(session.session_id)
 }
 
 /// A budget as the agent is told it: rounded down to 1/10000 USD, so that rounding
@@ -85,10 +123,11 @@ pub(crate) async fn run(
     dir: &Path,
     task: &str,
     log_name: &str,
+    resume: Option<&str>,
 ) -> Result<AgentRun, AgentFailure> {
     let project = &input.project;
     let budget = input.reserve_budget().await?;
-    let argv = argv(inner, input, budget);
+    let argv = argv(inner, input, budget, resume);
     let model = argv.first().cloned().unwrap_or_default();
     let mut extra = inner.config.agent_env.clone();
     extra.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
@@ -169,6 +208,11 @@ pub(crate) async fn run(
         .and_then(crate::agent_result::parse)
         .or_else(|| crate::agent_result::parse(&stdout));
     let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
+    if let Some(session) = result.as_ref().and_then(|r| r.session_id.as_deref()) {
+        if project.agent_command.is_none() {
+            record_session(input, dir, session, resume == Some(session)).await;
+        }
+    }
     if code != Some(0) {
         return Err(AgentFailure {
             verdict: fail(
@@ -190,6 +234,23 @@ pub(crate) async fn run(
         });
     }
     Ok(AgentRun { costs, tail })
+}
+
+/// Records the session a run of Claude Code names, for a later run to continue.
+async fn record_session(input: &PhaseInput, dir: &Path, session: &str, resumed: bool) {
+    let run = damascus_db::agent_sessions::SessionRun {
+        agent: CLAUDE,
+        session_id: session,
+        host: damascus_queue::orphans::host_name(),
+        worktree: &dir.to_string_lossy(),
+        resumed,
+    };
+    if let Err(e) =
+        damascus_db::agent_sessions::record(&input.job.pool, input.job.claim, input.item.id, run)
+            .await
+    {
+        tracing::warn!("cannot record the agent's session: {e}");
+    }
 }
 
 /// The conflicted files among `files` that still hold conflict markers in `dir`.

@@ -12,6 +12,8 @@ pub struct AgentResult {
     pub total_cost_usd: Option<f64>,
     pub permission_denials: Vec<String>,
     pub result: String,
+    /// The agent's session, which a later run can continue (`--resume`).
+    pub session_id: Option<String>,
     /// What each model spent (`modelUsage`), or the whole run's `usage` under no model
     /// name when the result has no per-model figures.
     pub usage: Vec<ModelUsage>,
@@ -120,6 +122,11 @@ pub fn parse(stdout: &str) -> Option<AgentResult> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned(),
+        session_id: object
+            .get("session_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_owned),
         usage: usage(object),
     })
 }

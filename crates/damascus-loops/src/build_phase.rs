@@ -194,6 +194,9 @@ fn keep_step(recorded: damascus_db::DbResult<bool>) -> Result<(), Verdict> {
     }
 }
 
+/// How a prompt that continues the agent's session begins.
+const RESUMED: &str = "You worked on this change before, in this worktree, and the branch holds what you committed. What is new since then:\n";
+
 /// The agent's run and its commit: `Ok(Ok((commit, costs)))`, or
 /// `Ok(Err(report))` for a run that ended the phase (its costs in the report).
 async fn run_agent(
@@ -206,7 +209,13 @@ async fn run_agent(
 ) -> Result<Result<(String, Vec<damascus_core::CostEntry>), PhaseReport>, Verdict> {
     let project = &input.project;
     let conflicts = catch_up_with_base(tree, base).await?;
-    let mut prompt = spec.to_prompt(&input.item.title);
+    // The agent's own session, when it can go on here: it holds the spec and what the
+    // agent did with it, so the prompt is only what is new.
+    let resume = crate::agent::resumable_session(inner, input, dir).await;
+    let mut prompt = match resume {
+        Some(_) => RESUMED.to_owned(),
+        None => spec.to_prompt(&input.item.title),
+    };
     if let Ok(Some((reason, log_tail))) =
         damascus_db::items::last_failure(&input.job.pool, input.item.id).await
     {
@@ -222,8 +231,21 @@ async fn run_agent(
         ));
     }
 
+    if resume.is_some() && prompt == RESUMED {
+        prompt.push_str("\nNothing else changed: finish the task as specified.\n");
+    }
     let log_name = format!("build-{}", input.job.attempt);
-    let run = match crate::agent::run(inner, input, prompt, dir, "build", &log_name).await {
+    let run = match crate::agent::run(
+        inner,
+        input,
+        prompt,
+        dir,
+        "build",
+        &log_name,
+        resume.as_deref(),
+    )
+    .await
+    {
         Ok(run) => run,
         Err(failure) => return Ok(Err(report(failure.verdict, failure.costs))),
     };

@@ -483,6 +483,7 @@ impl Run<'_> {
             dir,
             "resolve-conflicts",
             &log_name,
+            None,
         )
         .await;
         let tail = match ran {

@@ -85,16 +85,38 @@ fn working_directory(body: &Value) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
-/// The scripted turn: a `Write` of hello.txt first; once its result is back, a final
-/// text.
-fn reply(body: &Value) -> (Vec<Value>, &'static str) {
-    let tool_result_back = body["messages"]
+/// The text of the last message of a request (its text blocks, or its string).
+fn last_message_text(body: &Value) -> String {
+    let last = &body["messages"]
         .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["content"].as_array())
-        .flatten()
-        .any(|c| c["type"] == "tool_result");
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_default();
+    match &last["content"] {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The scripted turn: a `Write` of hello.txt first (`hello`, or `hello again` when the
+/// prompt says the previous attempt failed); once its result is back, a final text.
+fn reply(body: &Value) -> (Vec<Value>, &'static str) {
+    // A resumed session's new prompt arrives in one user message with the earlier
+    // run's last tool result: the prompt wins.
+    let follow_up = last_message_text(body).contains("previous attempt failed");
+    let tool_result_back = !follow_up
+        && body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_array())
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "tool_result");
     if tool_result_back {
         return (
             vec![json!({"type": "text", "text": "hello.txt now holds hello."})],
@@ -103,12 +125,27 @@ fn reply(body: &Value) -> (Vec<Value>, &'static str) {
     }
     let dir =
         working_directory(body).expect("Claude Code's system prompt names its working directory");
+    let content = if follow_up {
+        "hello again\n"
+    } else {
+        "hello\n"
+    };
     (
         vec![json!({
-            "type": "tool_use", "id": "toolu_hello", "name": "Write",
-            "input": {"file_path": format!("{dir}/hello.txt"), "content": "hello\n"},
+            "type": "tool_use", "id": format!("toolu_hello_{}", message_id()), "name": "Write",
+            "input": {"file_path": format!("{dir}/hello.txt"), "content": content},
         })],
         "tool_use",
+    )
+}
+
+/// A new message id per reply, as the API gives: Claude Code rebuilds a resumed
+/// session from its messages by id, so replies sharing one id would merge.
+fn message_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "msg_scripted_{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     )
 }
 
@@ -117,7 +154,7 @@ fn stream(model: &str, content: &[Value], stop: &str, input_tokens: i64) -> Stri
     let mut events = vec![(
         "message_start",
         json!({"type": "message_start", "message": {
-            "id": "msg_scripted", "type": "message", "role": "assistant", "model": model,
+            "id": message_id(), "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": input_tokens, "output_tokens": 1},
         }}),
@@ -185,7 +222,7 @@ async fn messages(
             .into_response();
     }
     Json(json!({
-        "id": "msg_scripted", "type": "message", "role": "assistant", "model": name,
+        "id": message_id(), "type": "message", "role": "assistant", "model": name,
         "content": content, "stop_reason": stop, "stop_sequence": null,
         "usage": {"input_tokens": model.input_tokens, "output_tokens": OUTPUT_TOKENS},
     }))
@@ -480,4 +517,65 @@ async fn the_real_claude_code_runs_once_when_the_forge_says_slow_down() {
         .filter(|r| r.0 == "agent")
         .count();
     assert_eq!(agent_rows, 1, "one agent run's cost, recorded once");
+}
+
+/// A rebuild after a failed review continues the agent's own session: the model is
+/// sent the earlier conversation, and the failure as the last user message, with no
+/// second copy of the spec; the item's events say the session was resumed.
+#[tokio::test]
+async fn the_real_claude_code_continues_its_session_after_a_failed_review() {
+    let Some(claude) = installed_claude() else {
+        return;
+    };
+    let (addr, seen) = serve(1000).await;
+    let (setup, config) = claude_project(&claude, addr, |p| {
+        p.test_command = Some("grep -qx 'hello again' hello.txt".into());
+    })
+    .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    for _ in 0..5 {
+        setup.cycle_with(config.clone()).await;
+        if setup.phase(item).await == "merged" {
+            break;
+        }
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        setup.phase(item).await,
+        "merged",
+        "{:?}",
+        setup.steps(item).await
+    );
+    let follow_up = seen
+        .messages
+        .iter()
+        .find(|m| last_message_text(m).contains("previous attempt failed"))
+        .expect("a request carried the failure");
+    let text = last_message_text(follow_up);
+    assert!(text.contains("You worked on this change before"), "{text}");
+    assert!(
+        !text.contains("## Acceptance criteria"),
+        "the spec is not sent again: {text}"
+    );
+    let history = follow_up["messages"].to_string();
+    assert!(
+        follow_up["messages"].as_array().unwrap().len() > 1 && history.contains("toolu_hello"),
+        "the earlier turns are in the follow-up: {history}"
+    );
+    // Two builds, two conversations of two turns each; the second carried the first.
+    assert_eq!(seen.messages.len(), 4, "{} requests", seen.messages.len());
+    let sessions: Vec<(bool, String)> = sqlx::query_as(
+        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
+         where item_id = $1 and kind = 'agent.session' order by id",
+    )
+    .bind(item)
+    .fetch_all(&setup.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert!(
+        !sessions[0].0 && sessions[1].0,
+        "a fresh session, then the same one resumed: {sessions:?}"
+    );
+    assert_eq!(sessions[0].1, sessions[1].1);
 }
