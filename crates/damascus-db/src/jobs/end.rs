@@ -502,21 +502,12 @@ pub async fn defer(
         }
     };
     record_spend(&mut tx, job, spend).await?;
+    // A deadline already past waits for nothing.
+    let wait = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    put_back(&mut tx, job.job_id, wait, true, Some(reason)).await?;
     let until_at = chrono::DateTime::<chrono::Utc>::from(until);
-    sqlx::query(
-        "update damascus_jobs
-         set run_at = greatest($2, now()), runs = greatest(runs - 1, 0), last_error = $3
-         where job_id = $1",
-    )
-    .bind(job.job_id)
-    .bind(until_at)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("select damascus_free_slot($1)")
-        .bind(job.job_id)
-        .execute(&mut *tx)
-        .await?;
     events::record(
         &mut tx,
         Some(item.id),

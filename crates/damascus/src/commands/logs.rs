@@ -57,7 +57,7 @@ impl Printer {
                             Ok(event) => writeln!(out, "{}", event.line())?,
                             Err(_) => write!(out, "{line}")?,
                         }
-                    } else if !is_json_object(&line) {
+                    } else if !is_agent_stream_line(&line) {
                         // The raw log of a run with a transcript: its JSON lines are
                         // in the transcript, readably; the rest (plain text, stderr,
                         // how it ended) is printed as it is.
@@ -72,9 +72,16 @@ impl Printer {
     }
 }
 
-fn is_json_object(line: &str) -> bool {
+/// A line of an agent's JSON stream (Claude Code's stream-json), which its transcript
+/// shows readably; the console's live log hides the same lines.
+fn is_agent_stream_line(line: &str) -> bool {
     line.trim_start().starts_with('{')
-        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.is_object())
+        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            matches!(
+                v["type"].as_str(),
+                Some("system" | "assistant" | "user" | "result")
+            )
+        })
 }
 
 /// Whether `file` is a raw agent log whose transcript is beside it.
