@@ -7,6 +7,7 @@
 
 pub mod names;
 pub mod phase;
+pub mod prices;
 pub mod project;
 pub mod spec;
 pub mod story;
@@ -16,7 +17,7 @@ pub mod webhook;
 
 pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{
-    BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState, Phase,
+    AgentKind, BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState, Phase,
     Sandbox, SpecMode, UnknownVariant, VerdictKind,
 };
 pub use project::{NewProject, ProjectError};

@@ -138,6 +138,18 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// Which coding agent builds a project's items: Claude Code (the default), Codex,
+    /// Gemini CLI, OpenCode, or any command speaking Damascus's `DAMASCUS_*` contract.
+    AgentKind, "agent" {
+        Claude => "claude",
+        Codex => "codex",
+        Gemini => "gemini",
+        Opencode => "opencode",
+        Command => "command",
+    }
+}
+
+sql_enum! {
     /// How the spec phase treats a story: refined by a model, or taken as it is.
     SpecMode, "spec mode" {
         Refine => "refine",

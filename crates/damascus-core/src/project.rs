@@ -1,7 +1,8 @@
 //! What a project is made of before it is stored, and the checks that keep a bad
 //! configuration from reaching the loops.
 
-use crate::{BranchUpdate, ForgeKind, MergeMethod, ProjectName, Sandbox, SpecMode};
+use crate::prices::PriceTable;
+use crate::{AgentKind, BranchUpdate, ForgeKind, MergeMethod, ProjectName, Sandbox, SpecMode};
 
 /// The upper bound on attempt budgets: termination is guaranteed, so budgets are finite
 /// and small enough that a runaway item is noticed.
@@ -24,7 +25,14 @@ pub struct NewProject {
     pub max_attempts_total: i32,
     pub cost_budget_usd: Option<f64>,
     pub context_docs: Vec<String>,
-    /// The coding agent's argv; `None` runs Claude Code.
+    /// Which coding agent builds the items.
+    pub agent: AgentKind,
+    /// The model the agent is told to use (`--agent-model`); `None` leaves it to the
+    /// agent's own default.
+    pub agent_model: Option<String>,
+    /// Arguments added to the agent's command line after Damascus's own.
+    pub agent_args: Vec<String>,
+    /// The argv of a `command` agent (`agent` is `Command` exactly when this is set).
     pub agent_command: Option<Vec<String>>,
     pub agent_timeout_secs: i32,
     pub test_timeout_secs: i32,
@@ -80,6 +88,18 @@ pub enum ProjectError {
     EmptyTestCommand,
     #[error("the agent command is empty; give a program and its arguments, e.g. \"claude -p --output-format json\"")]
     EmptyAgentCommand,
+    #[error("--agent command needs the program to run: give --agent-command \"PROGRAM ARGS…\" (its argv), or choose another agent ({})", agent_kinds())]
+    CommandAgentWithoutArgv,
+    #[error("--agent-command runs a program of your own, so the agent is \"command\", not {0:?}; leave --agent out (or say --agent command), or leave --agent-command out to run {0}")]
+    AgentCommandForKind(AgentKind),
+    #[error("--agent-model {0:?} is not a model name; give one such as \"gpt-5\" or \"openai/gpt-5\" (no spaces), or leave it out for the agent's default")]
+    BadAgentModel(String),
+    #[error("--agent-arg {0:?} is empty; leave it out")]
+    EmptyAgentArg(String),
+    #[error("a command agent takes its arguments in --agent-command; put {0:?} there instead of in --agent-arg")]
+    ArgsForCommandAgent(String),
+    #[error("the project has a cost cap, and agent {agent} reports tokens, not dollars, so Damascus prices them: {problem}")]
+    UnpricedModel { agent: AgentKind, problem: String },
     #[error("{what} must be between 1 and {MAX_TIMEOUT_SECS} seconds, got {given}")]
     BadTimeout { what: &'static str, given: i32 },
     #[error("the merge batch size must be between 1 (test and merge one item at a time) and {MAX_MERGE_BATCH_SIZE}, got {0}")]
@@ -104,6 +124,9 @@ impl NewProject {
             max_attempts_total: 10,
             cost_budget_usd: None,
             context_docs: Vec::new(),
+            agent: AgentKind::Claude,
+            agent_model: None,
+            agent_args: Vec::new(),
             agent_command: None,
             agent_timeout_secs: 1800,
             test_timeout_secs: 900,
@@ -184,6 +207,27 @@ impl NewProject {
         {
             return Err(ProjectError::EmptyAgentCommand);
         }
+        match (self.agent, &self.agent_command) {
+            (AgentKind::Command, None) => return Err(ProjectError::CommandAgentWithoutArgv),
+            (AgentKind::Command, Some(_)) | (_, None) => {}
+            (kind, Some(_)) => return Err(ProjectError::AgentCommandForKind(kind)),
+        }
+        if let Some(model) = &self.agent_model {
+            if model.trim().is_empty()
+                || model.len() > 200
+                || model.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ProjectError::BadAgentModel(model.clone()));
+            }
+        }
+        for arg in &self.agent_args {
+            if self.agent == AgentKind::Command {
+                return Err(ProjectError::ArgsForCommandAgent(arg.clone()));
+            }
+            if arg.trim().is_empty() {
+                return Err(ProjectError::EmptyAgentArg(arg.clone()));
+            }
+        }
         for (what, given) in [
             ("the agent time limit", self.agent_timeout_secs),
             ("the test time limit", self.test_timeout_secs),
@@ -200,6 +244,65 @@ impl NewProject {
         }
         Ok(())
     }
+}
+
+impl NewProject {
+    /// Whether the project has a cost cap (per item or per day).
+    pub fn has_cost_cap(&self) -> bool {
+        self.cost_budget_usd.is_some() || self.daily_cost_budget_usd.is_some()
+    }
+
+    /// Refuses a capped project whose agent reports only tokens when its model has no
+    /// price in `prices`: a cap it could not keep.
+    pub fn check_price(&self, prices: &PriceTable) -> Result<(), ProjectError> {
+        if !self.has_cost_cap() {
+            return Ok(());
+        }
+        unpriced_model(self.agent, self.agent_model.as_deref(), prices)
+            .map_or(Ok(()), |problem| {
+                Err(ProjectError::UnpricedModel {
+                    agent: self.agent,
+                    problem,
+                })
+            })
+    }
+}
+
+/// Agents that report tokens but not dollars, priced from the price table: Codex and
+/// Gemini CLI report none; OpenCode's dollars are computed from the price Damascus
+/// writes into its configuration, from the same table.
+pub fn priced_by_damascus(agent: AgentKind) -> bool {
+    matches!(
+        agent,
+        AgentKind::Codex | AgentKind::Gemini | AgentKind::Opencode
+    )
+}
+
+/// Why `agent` running `model` cannot be priced from `prices`, or `None` when it can
+/// (or needs no price).
+pub fn unpriced_model(agent: AgentKind, model: Option<&str>, prices: &PriceTable) -> Option<String> {
+    if !priced_by_damascus(agent) {
+        return None;
+    }
+    match model {
+        None => Some(format!(
+            "name the model with --agent-model (one of the priced models: {}), since {agent}'s own default may change price",
+            prices.models().join(", ")
+        )),
+        Some(model) if prices.find(model).is_none() => Some(format!(
+            "model {model:?} has no price; give the worker one with --agent-price {model}=INPUT/CACHED/OUTPUT (USD per million tokens) or [agent_prices] in its configuration file, or choose a priced model ({})",
+            prices.models().join(", ")
+        )),
+        Some(_) => None,
+    }
+}
+
+fn agent_kinds() -> String {
+    AgentKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The URL with its user part masked, when that part holds a secret: a password
@@ -386,7 +489,34 @@ mod tests {
         );
         check(
             |p| p.agent_command = Some(vec!["./agent.sh".into()]),
+            Err(ProjectError::AgentCommandForKind(AgentKind::Claude)),
+        );
+        check(
+            |p| {
+                p.agent = AgentKind::Command;
+                p.agent_command = Some(vec!["./agent.sh".into()]);
+            },
             Ok(()),
+        );
+        check(
+            |p| p.agent = AgentKind::Command,
+            Err(ProjectError::CommandAgentWithoutArgv),
+        );
+        check(
+            |p| p.agent_model = Some("gpt 5".into()),
+            Err(ProjectError::BadAgentModel("gpt 5".into())),
+        );
+        check(
+            |p| p.agent_args = vec!["".into()],
+            Err(ProjectError::EmptyAgentArg("".into())),
+        );
+        check(
+            |p| {
+                p.agent = AgentKind::Command;
+                p.agent_command = Some(vec!["./agent.sh".into()]);
+                p.agent_args = vec!["--fast".into()];
+            },
+            Err(ProjectError::ArgsForCommandAgent("--fast".into())),
         );
         check(
             |p| p.merge_batch_size = 0,

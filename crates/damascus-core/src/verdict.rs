@@ -63,8 +63,14 @@ impl Verdict {
 pub struct CostEntry {
     pub source: crate::CostSource,
     pub model: String,
+    /// Every input token, cached ones included.
     pub tokens_in: i64,
     pub tokens_out: i64,
+    /// How many of `tokens_in` were read from the provider's cache.
+    pub tokens_cached: i64,
+    /// The price `usd` was computed at (`prices::FoundPrice::label`), or `None` when
+    /// the agent or the endpoint reported the dollars.
+    pub price: Option<String>,
     pub usd: f64,
 }
 

@@ -2,7 +2,7 @@
 //! default budgets.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{BranchUpdate, ForgeKind, MergeMethod, NewProject, Phase, Sandbox, SpecMode};
+use damascus_core::{AgentKind, BranchUpdate, ForgeKind, MergeMethod, NewProject, Phase, Sandbox, SpecMode};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
@@ -24,6 +24,9 @@ pub struct Project {
     pub max_attempts_total: i32,
     pub cost_budget_usd: Option<f64>,
     pub context_docs: Vec<String>,
+    pub agent: AgentKind,
+    pub agent_model: Option<String>,
+    pub agent_args: Vec<String>,
     pub agent_command: Option<Vec<String>>,
     pub agent_timeout_secs: i32,
     pub test_timeout_secs: i32,
@@ -54,7 +57,7 @@ const PROJECT_COLUMNS: &str =
     "p.id, p.name, p.repository, p.default_branch, p.forge_kind::text as forge_kind, \
      p.forge_repo, p.forge_url, p.test_command, p.spec_mode::text as spec_mode, \
      p.max_attempts_per_phase, p.max_attempts_total, p.cost_budget_usd::float8 as cost_budget_usd, \
-     p.context_docs, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, \
+     p.context_docs, p.agent, p.agent_model, p.agent_args, p.agent_command, p.agent_timeout_secs, p.test_timeout_secs, \
      p.daily_cost_budget_usd::float8 as daily_cost_budget_usd, p.merge_method, p.require_approval, \
      p.merge_batch_size, p.branch_update, p.sandbox, p.rounds_per_answer, p.paused, p.created_at";
 
@@ -73,6 +76,9 @@ fn project_from_row(row: &PgRow) -> DbResult<Project> {
         max_attempts_total: row.try_get("max_attempts_total")?,
         cost_budget_usd: row.try_get("cost_budget_usd")?,
         context_docs: row.try_get("context_docs")?,
+        agent: parse_enum(row, "agent")?,
+        agent_model: row.try_get("agent_model")?,
+        agent_args: row.try_get("agent_args")?,
         agent_command: row.try_get("agent_command")?,
         agent_timeout_secs: row.try_get("agent_timeout_secs")?,
         test_timeout_secs: row.try_get("test_timeout_secs")?,
@@ -95,8 +101,8 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
             insert into projects (name, repository, default_branch, forge_kind, forge_repo, forge_url,
                 test_command, spec_mode, max_attempts_per_phase, max_attempts_total, cost_budget_usd, context_docs,
                 agent_command, agent_timeout_secs, test_timeout_secs, daily_cost_budget_usd, merge_method, require_approval,
-                merge_batch_size, branch_update, rounds_per_answer, sandbox)
-            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18, $19, $20, $21, $22)
+                merge_batch_size, branch_update, rounds_per_answer, sandbox, agent, agent_model, agent_args)
+            values ($1, $2, $3, $4::forge_kind, $5, $6, $7, $8::spec_mode, $9, $10, $11::numeric, $12, $13, $14, $15, $16::numeric, $17, $18, $19, $20, $21, $22, $23, $24, $25)
             returning *)
          select {PROJECT_COLUMNS} from p"
     );
@@ -123,6 +129,9 @@ pub async fn add_project(pool: &PgPool, new: &NewProject) -> DbResult<Project> {
         .bind(new.branch_update.as_str())
         .bind(new.rounds_per_answer)
         .bind(new.sandbox.as_str())
+        .bind(new.agent.as_str())
+        .bind(&new.agent_model)
+        .bind(&new.agent_args)
         .fetch_one(pool)
         .await
         .map_err(

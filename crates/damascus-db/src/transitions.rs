@@ -128,8 +128,8 @@ pub(crate) async fn record_costs(
     let mut total = 0.0;
     for cost in costs {
         sqlx::query(
-            "insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd)
-             values ($1, $2::work_phase, $3, $4::cost_source, $5, $6, $7, $8::numeric)",
+            "insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd, tokens_cached, price)
+             values ($1, $2::work_phase, $3, $4::cost_source, $5, $6, $7, $8::numeric, $9, $10)",
         )
         .bind(item_id)
         .bind(phase.as_str())
@@ -139,6 +139,8 @@ pub(crate) async fn record_costs(
         .bind(cost.tokens_in.max(0))
         .bind(cost.tokens_out.max(0))
         .bind(cost.usd.max(0.0))
+        .bind(cost.tokens_cached.max(0))
+        .bind(&cost.price)
         .execute(&mut *conn)
         .await?;
         total += cost.usd.max(0.0);
@@ -249,6 +251,8 @@ pub(crate) fn verdict_entry(
                 "model": cost.model,
                 "tokens_in": cost.tokens_in.max(0),
                 "tokens_out": cost.tokens_out.max(0),
+                "tokens_cached": cost.tokens_cached.max(0),
+                "price": cost.price,
                 "usd": cost.usd.max(0.0),
             })
         })

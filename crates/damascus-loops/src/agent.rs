@@ -1,14 +1,20 @@
-//! One run of the project's coding agent: the builder's run, and the merge queue's
-//! conflict resolution at the head. Budget is reserved first and handed to the agent
-//! (Claude Code's `--max-budget-usd`, any agent's `DAMASCUS_BUDGET_USD`); the prompt
-//! goes on stdin; the process runs confined (`sandbox`) under the agent's time limit,
-//! and its log goes to the item's log directory.
+//! One run of the project's coding agent (`agents`: Claude Code, Codex, Gemini CLI,
+//! OpenCode, a command): the builder's run, and the merge queue's conflict resolution
+//! at the head. Budget is reserved first and handed to the agent (Claude Code's
+//! `--max-budget-usd`, any agent's `DAMASCUS_BUDGET_USD`); an agent that does not cap
+//! itself is stopped when its streamed usage, priced, reaches the reservation. The
+//! process runs confined (`sandbox`) under the agent's time limit; its raw log and its
+//! transcript go to the item's log directory; its spend is recorded whatever its end
+//! (`agent_spend`), and its session is recorded for a later run to continue.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use damascus_core::{CostEntry, Verdict};
 
+use crate::agent_spend::Pricing;
+use crate::agents::claude::budget_text;
+use crate::agents::{self, Agent, End, Launch, Task};
 use crate::process::{self, ProcessEnd, ProcessSpec};
 use crate::{fail, Inner, PhaseInput};
 
@@ -34,74 +40,29 @@ impl From<Verdict> for AgentFailure {
     }
 }
 
-/// The agent's argv: the project's, or Claude Code's, which is told the budget
-/// reserved for it.
-fn argv(
-    inner: &Inner,
-    input: &PhaseInput,
-    budget: Option<f64>,
-    resume: Option<&str>,
-) -> Vec<String> {
-    input.project.agent_command.clone().unwrap_or_else(|| {
-        let mut argv = vec![
-            "claude".into(),
-            "-p".into(),
-            "--output-format".into(),
-            "stream-json".into(),
-            // stream-json needs --verbose: every message, tool call and result as it
-            // happens, for the transcript; the last line is the same result object.
-            "--verbose".into(),
-            "--max-turns".into(),
-            inner.config.claude_max_turns.to_string(),
-            "--permission-mode".into(),
-            "dontAsk".into(),
-            "--allowedTools".into(),
-            "Read,Write,Edit,Bash".into(),
-        ];
-        if let Some(usd) = budget {
-            argv.extend(["--max-budget-usd".into(), budget_text(usd)]);
-        }
-        if let Some(session) = resume {
-            argv.extend(["--resume".into(), session.to_owned()]);
-        }
-        argv
-    })
-}
-
-/// The agent whose sessions Damascus records and continues: Claude Code, the default.
-const CLAUDE: &str = "claude";
-
-/// The session of the item's agent that a run in `dir` can continue: Claude Code's,
-/// recorded on this host for this worktree, whose file is still in the item's HOME.
+/// The session of the item's agent that a run in `dir` can continue: one recorded by
+/// the same agent on this host for this worktree, whose files are still in the item's
+/// HOME.
 pub(crate) async fn resumable_session(
     inner: &Inner,
     input: &PhaseInput,
     dir: &Path,
 ) -> Option<String> {
-    if input.project.agent_command.is_some() {
-        return None;
-    }
+    let agent = agents::for_kind(input.project.agent)?;
     let session = damascus_db::agent_sessions::get(&input.job.pool, input.item.id)
         .await
         .ok()??;
     let here = damascus_queue::orphans::host_name();
-    if session.agent != CLAUDE || session.host != here || Path::new(&session.worktree) != dir {
+    if session.agent != agent.kind().as_str()
+        || session.host != here
+        || Path::new(&session.worktree) != dir
+    {
         return None;
     }
-    // Claude Code keeps a session as `~/.claude/projects/<dir>/<session>.jsonl`.
-    let projects = crate::sandbox::home_dir(inner, input).join(".claude/projects");
-    let file = format!("{}.jsonl", session.session_id);
-    let found = std::fs::read_dir(projects)
-        .ok()?
-        .flatten()
-        .any(|entry| entry.path().join(&file).is_file());
-    found.then_some(session.session_id)
-}
-
-/// A budget as the agent is told it: rounded down to 1/10000 USD, so that rounding
-/// never grants more than was reserved.
-fn budget_text(usd: f64) -> String {
-    format!("{:.4}", (usd * 10_000.0).floor() / 10_000.0)
+    let home = crate::sandbox::home_dir(inner, input);
+    agent
+        .session_kept(&home, &session.session_id)
+        .then_some(session.session_id)
 }
 
 /// The log file of a phase's run: `logs/<item>/<name>.log` under the data dir.
@@ -114,58 +75,153 @@ pub(crate) fn log_file(inner: &Inner, input: &PhaseInput, name: &str) -> PathBuf
         .join(format!("{name}.log"))
 }
 
-/// Runs the agent in `dir` with `prompt` on stdin. `task` tells the agent what it is
-/// for (`DAMASCUS_TASK`: build, or resolve-conflicts).
+/// A question for a person that the run cannot start without.
+fn ask(question: String) -> AgentFailure {
+    Verdict::NeedsHuman {
+        question,
+        context: String::new(),
+    }
+    .into()
+}
+
+/// Runs the project's agent in `dir` with `prompt`, for `task`, continuing session
+/// `resume` when given.
 pub(crate) async fn run(
     inner: &Inner,
     input: &PhaseInput,
     prompt: String,
     dir: &Path,
-    task: &str,
+    task: Task,
     log_name: &str,
     resume: Option<&str>,
 ) -> Result<AgentRun, AgentFailure> {
     let project = &input.project;
+    let Some(agent) = agents::for_kind(project.agent) else {
+        return Err(ask(format!(
+            "project {} runs agent {}, which this worker's build of Damascus cannot run; upgrade the worker or choose another agent",
+            project.name, project.agent
+        )));
+    };
+    let prices = &inner.config.prices;
     let budget = input.reserve_budget().await?;
-    let argv = argv(inner, input, budget, resume);
-    let model = argv.first().cloned().unwrap_or_default();
-    let mut extra = inner.config.agent_env.clone();
+    // A cap cannot hold for tokens it cannot price.
+    if budget.is_some() {
+        if let Some(problem) =
+            damascus_core::project::unpriced_model(agent.kind(), project.agent_model.as_deref(), prices)
+        {
+            return Err(ask(format!(
+                "project {} has a cost cap, and agent {} reports tokens, not dollars, so Damascus prices them: {problem}; then answer to try again",
+                project.name,
+                agent.kind()
+            )));
+        }
+    }
+    let home = crate::sandbox::home_dir(inner, input);
+    let log_file = log_file(inner, input, log_name);
+    let result_file = log_file.with_extension("result.json");
+    let env = agents::env_for(agent, &inner.config.agent_env);
+    let price = project.agent_model.as_deref().and_then(|m| prices.find(m));
+    let launch = Launch {
+        task,
+        model: project.agent_model.as_deref(),
+        extra_args: &project.agent_args,
+        command: project.agent_command.as_deref(),
+        budget_usd: budget,
+        max_turns: inner.config.claude_max_turns,
+        resume,
+        home: &home,
+        worktree: dir,
+        env: &env,
+        price: price.as_ref(),
+        result_file: &result_file,
+    };
+    let invocation = agent
+        .invocation(&launch, prompt)
+        .map_err(|why| ask(format!("cannot start agent {}: {why}", agent.kind())))?;
+    for (path, text) in &invocation.home_files {
+        let path = home.join(path);
+        let written = async {
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::write(&path, text).await
+        };
+        written.await.map_err(|e| Verdict::TransientError {
+            reason: format!("cannot write the agent's settings {}: {e}", path.display()),
+        })?;
+    }
+    let program = invocation.argv.first().cloned().unwrap_or_default();
+    let mut extra = env.clone();
+    extra.extend(invocation.env.iter().cloned());
     extra.push(("DAMASCUS_ITEM_ID".into(), input.item.id.to_string()));
     extra.push(("DAMASCUS_ATTEMPT".into(), input.job.attempt.to_string()));
-    extra.push(("DAMASCUS_TASK".into(), task.to_owned()));
+    extra.push(("DAMASCUS_TASK".into(), task.as_str().to_owned()));
     if let Some(usd) = budget {
         extra.push(("DAMASCUS_BUDGET_USD".into(), budget_text(usd)));
     }
-    let confined = crate::sandbox::confine(inner, input, dir, argv, &extra).await?;
-    let log_file = log_file(inner, input, log_name);
-    let (lines, transcript) =
-        crate::transcript_log::TranscriptLog::start(crate::transcript_log::path_for(&log_file));
+    let confined = crate::sandbox::confine(inner, input, dir, invocation.argv, &extra).await?;
+    let pricing_model = project.agent_model.clone();
+    let program_name = program.clone();
+    let table = prices.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watch = budget
+        .filter(|_| !agent.caps_its_own_budget())
+        .map(|reserved| crate::transcript_log::BudgetWatch {
+            reserved,
+            usd: Box::new(move |reader: &dyn agents::StreamReader| {
+                Pricing {
+                    table: &table,
+                    model: pricing_model.as_deref(),
+                    program: &program_name,
+                }
+                .usd(&reader.spent())
+            }),
+            stop: stop.clone(),
+        });
+    let (lines, transcript) = crate::transcript_log::TranscriptLog::start(
+        crate::transcript_log::path_for(&log_file),
+        agent.reader(&launch),
+        watch,
+    );
     let end = process::run(
         ProcessSpec {
             argv: confined.argv,
             dir: dir.to_path_buf(),
             env: confined.env,
-            stdin: Some(prompt),
+            stdin: invocation.stdin,
             timeout: Duration::from_secs(project.agent_timeout_secs as u64),
             log_file: log_file.clone(),
             job: Some(input.job.clone()),
             user: confined.user,
             stdout_lines: Some(lines),
+            stop: Some(stop),
         },
         &input.job.cancel,
     )
     .await;
     confined.handed.release().await;
-    let result_line = transcript.finish().await;
-    let end = end.map_err(|e| fail(format!("{e}; check the project's --agent-command"), ""))?;
+    let reader = transcript.finish().await;
+    let end = end.map_err(|e| {
+        fail(
+            format!("{e}; install the agent ({}) or check the project's agent settings", agent.install_hint()),
+            "",
+        )
+    })?;
+    let pricing = Pricing {
+        table: prices,
+        model: project.agent_model.as_deref(),
+        program: &program,
+    };
     // A run killed before it reported leaves a ledger row that says its spend is
     // unknown, for the amount reserved for it: recording the row settles the
     // reservation, so anything less would let the caps forget what it may have spent.
     let unreported = |why: &str| CostEntry {
         source: damascus_core::CostSource::Agent,
-        model: format!("{model} (spend unknown: {why} before it reported)"),
+        model: format!("{program} (spend unknown: {why} before it reported)"),
         tokens_in: 0,
         tokens_out: 0,
+        tokens_cached: 0,
+        price: None,
         usd: budget.unwrap_or(0.0),
     };
     let reserved = budget
@@ -176,7 +232,7 @@ pub(crate) async fn run(
             )
         })
         .unwrap_or_default();
-    let (code, stdout, tail) = match end {
+    let (code, tail, stopped) = match end {
         ProcessEnd::Cancelled => {
             return Err(AgentFailure {
                 verdict: Verdict::TransientError {
@@ -197,49 +253,52 @@ pub(crate) async fn run(
                 costs: vec![unreported("killed at its time limit")],
             })
         }
-        ProcessEnd::Exited { code, stdout, tail } => (code, stdout, tail),
+        ProcessEnd::Exited { code, tail, .. } => (code, tail, false),
+        ProcessEnd::Stopped { tail, .. } => (None, tail, true),
     };
+    let outcome = reader.lock().expect("the reader does not panic").outcome(code);
     // What the agent reports spending counts whatever its exit code: per model, with
-    // its tokens, when the result says.
-    // The result line the transcript saw (all of stdout may not be kept in memory),
-    // else the last JSON line of stdout.
-    let result = result_line
-        .as_deref()
-        .and_then(crate::agent_result::parse)
-        .or_else(|| crate::agent_result::parse(&stdout));
-    let costs: Vec<CostEntry> = result.as_ref().map(|r| r.costs(&model)).unwrap_or_default();
-    if let Some(session) = result.as_ref().and_then(|r| r.session_id.as_deref()) {
-        if project.agent_command.is_none() {
-            record_session(input, dir, session, resume == Some(session)).await;
-        }
+    // its tokens, priced when it gives no dollars.
+    let costs = pricing.rows(&outcome.spend, budget);
+    if let Some(session) = &outcome.session {
+        record_session(input, agent, dir, session, resume == Some(session.as_str())).await;
     }
-    if code != Some(0) {
+    if stopped {
+        let spent = pricing.usd(&outcome.spend);
         return Err(AgentFailure {
             verdict: fail(
                 format!(
-                    "the agent exited with {}; its log is {}",
-                    code.map(|c| c.to_string())
-                        .unwrap_or_else(|| "a signal".into()),
-                    log_file.display()
+                    "the agent was stopped when its usage reached the {} USD reserved for it (it spent {spent:.4} USD); raise the item's budget to let it finish",
+                    budget_text(budget.unwrap_or(0.0))
                 ),
                 tail,
             ),
             costs,
         });
     }
-    if let Some(why) = result.as_ref().and_then(|r| r.failure()) {
-        return Err(AgentFailure {
-            verdict: fail(why, tail),
-            costs,
-        });
-    }
-    Ok(AgentRun { costs, tail })
+    let why = match outcome.end {
+        End::Success => return Ok(AgentRun { costs, tail }),
+        End::Failure(why) if code != Some(0) => {
+            format!("{why}; its log is {}", log_file.display())
+        }
+        End::Failure(why) | End::TurnLimit(why) | End::BudgetLimit(why) => why,
+    };
+    Err(AgentFailure {
+        verdict: fail(why, tail),
+        costs,
+    })
 }
 
-/// Records the session a run of Claude Code names, for a later run to continue.
-async fn record_session(input: &PhaseInput, dir: &Path, session: &str, resumed: bool) {
+/// Records the session a run names, for a later run to continue.
+async fn record_session(
+    input: &PhaseInput,
+    agent: &dyn Agent,
+    dir: &Path,
+    session: &str,
+    resumed: bool,
+) {
     let run = damascus_db::agent_sessions::SessionRun {
-        agent: CLAUDE,
+        agent: agent.kind().as_str(),
         session_id: session,
         host: damascus_queue::orphans::host_name(),
         worktree: &dir.to_string_lossy(),

@@ -2,7 +2,10 @@
 //! permission mode denied the tools it needed, so the exit status alone says little:
 //! `is_error`, `subtype` and `permission_denials` decide.
 
+use damascus_core::prices::Tokens;
 use serde_json::Value;
+
+use crate::agents::{End, ModelSpend};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentResult {
@@ -26,6 +29,8 @@ pub struct ModelUsage {
     pub model: Option<String>,
     /// Input tokens, cached ones (read and written) included.
     pub tokens_in: i64,
+    /// Of those, the ones read from the cache.
+    pub tokens_cached: i64,
     pub tokens_out: i64,
     /// `None` when the result gives no cost for it.
     pub usd: Option<f64>,
@@ -54,6 +59,7 @@ fn usage(object: &serde_json::Map<String, Value>) -> Vec<ModelUsage> {
                         ],
                     ),
                     tokens_out: int(u, &["outputTokens"]),
+                    tokens_cached: int(u, &["cacheReadInputTokens"]),
                     usd: u.get("costUSD").and_then(Value::as_f64),
                 })
                 .collect();
@@ -71,6 +77,7 @@ fn usage(object: &serde_json::Map<String, Value>) -> Vec<ModelUsage> {
                 ],
             ),
             tokens_out: int(u, &["output_tokens"]),
+            tokens_cached: int(u, &["cache_read_input_tokens"]),
             usd: None,
         }],
         _ => Vec::new(),
@@ -132,66 +139,84 @@ pub fn parse(stdout: &str) -> Option<AgentResult> {
 }
 
 impl AgentResult {
-    /// The run's cost rows: one per model when the result has per-model figures (each
-    /// with its cost; the rest of `total_cost_usd`, if any, goes to the first), else one
-    /// row named `program` with the run's tokens and total cost.
-    pub fn costs(&self, program: &str) -> Vec<damascus_core::CostEntry> {
+    /// What the run spent, per model when the result has per-model figures (each with
+    /// its cost; the rest of `total_cost_usd`, if any, goes to the first), else one
+    /// entry under no model name with the run's tokens and total cost.
+    pub(crate) fn spend(&self) -> Vec<ModelSpend> {
         let total = self.total_cost_usd.unwrap_or(0.0).max(0.0);
-        let entry =
-            |model: &str, tokens_in: i64, tokens_out: i64, usd: f64| damascus_core::CostEntry {
-                source: damascus_core::CostSource::Agent,
-                model: model.to_owned(),
-                tokens_in,
-                tokens_out,
-                usd,
-            };
+        let tokens = |u: &ModelUsage| Tokens {
+            input: u.tokens_in - u.tokens_cached,
+            cached_input: u.tokens_cached,
+            output: u.tokens_out,
+        };
         let per_model: Vec<&ModelUsage> = self.usage.iter().filter(|u| u.model.is_some()).collect();
         if per_model.is_empty() {
-            let (tokens_in, tokens_out) = self
-                .usage
-                .iter()
-                .fold((0, 0), |(i, o), u| (i + u.tokens_in, o + u.tokens_out));
-            if self.total_cost_usd.is_none() && tokens_in + tokens_out == 0 {
+            let summed = self.usage.iter().fold(Tokens::default(), |sum, u| {
+                let t = tokens(u);
+                Tokens {
+                    input: sum.input + t.input,
+                    cached_input: sum.cached_input + t.cached_input,
+                    output: sum.output + t.output,
+                }
+            });
+            if self.total_cost_usd.is_none() && summed.total() == 0 {
                 return Vec::new();
             }
-            return vec![entry(program, tokens_in, tokens_out, total)];
+            return vec![ModelSpend {
+                model: None,
+                tokens: summed,
+                usd: self.total_cost_usd.map(|_| total),
+            }];
         }
-        let mut rows: Vec<damascus_core::CostEntry> = per_model
+        let mut spend: Vec<ModelSpend> = per_model
             .iter()
-            .map(|u| {
-                entry(
-                    u.model.as_deref().unwrap_or(program),
-                    u.tokens_in,
-                    u.tokens_out,
-                    u.usd.unwrap_or(0.0).max(0.0),
-                )
+            .map(|u| ModelSpend {
+                model: u.model.clone(),
+                tokens: tokens(u),
+                usd: Some(u.usd.unwrap_or(0.0).max(0.0)),
             })
             .collect();
-        let counted: f64 = rows.iter().map(|r| r.usd).sum();
+        let counted: f64 = spend.iter().filter_map(|s| s.usd).sum();
         if total > counted + 1e-9 {
-            rows[0].usd += total - counted;
+            spend[0].usd = Some(spend[0].usd.unwrap_or(0.0) + total - counted);
         }
-        rows
+        spend
     }
 
-    /// Why this result is a failure, or `None` when it is a success.
-    pub fn failure(&self) -> Option<String> {
+    /// How the run ended, as the result says.
+    pub(crate) fn end(&self) -> End {
         if !self.permission_denials.is_empty() {
-            return Some(format!(
+            return End::Failure(format!(
                 "the agent was denied tools it tried to use ({}); allow them with --allowedTools or another permission mode",
                 self.permission_denials.join(", ")
             ));
         }
+        match self.subtype.as_str() {
+            "error_max_turns" => {
+                return End::TurnLimit(format!(
+                    "the agent used all its turns ({}) before it finished",
+                    self.num_turns
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "the limit".into())
+                ))
+            }
+            "error_max_budget_usd" => {
+                return End::BudgetLimit(
+                    "the agent stopped at the budget reserved for it before it finished".into(),
+                )
+            }
+            _ => {}
+        }
         if self.is_error {
-            return Some(format!("the agent reported an error: {}", self.result));
+            return End::Failure(format!("the agent reported an error: {}", self.result));
         }
         if self.subtype != "success" {
-            return Some(format!(
+            return End::Failure(format!(
                 "the agent stopped with {:?} instead of success",
                 self.subtype
             ));
         }
-        None
+        End::Success
     }
 }
 
@@ -201,9 +226,11 @@ mod tests {
 
     fn check(stdout: &str, failure: Option<&str>) {
         let result = parse(stdout).expect("a result");
-        match (result.failure(), failure) {
-            (None, None) => {}
-            (Some(got), Some(want)) => assert!(got.contains(want), "{got}"),
+        match (result.end(), failure) {
+            (End::Success, None) => {}
+            (End::Failure(got) | End::TurnLimit(got) | End::BudgetLimit(got), Some(want)) => {
+                assert!(got.contains(want), "{got}")
+            }
             (got, want) => panic!("{got:?} vs {want:?}"),
         }
     }
@@ -223,8 +250,8 @@ mod tests {
             Some("reported an error: API error"),
         );
         check(
-            r#"{"type":"result","subtype":"error_max_turns","is_error":false}"#,
-            Some("error_max_turns"),
+            r#"{"type":"result","subtype":"error_max_turns","is_error":false,"num_turns":30}"#,
+            Some("used all its turns (30)"),
         );
         check(
             "log line\n{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false}\n",
@@ -233,34 +260,41 @@ mod tests {
         assert_eq!(parse("plain text"), None);
         // Per-model figures name the models and their tokens; the total is kept.
         let capped = parse(r#"{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":0.0128,"usage":{"input_tokens":5,"cache_read_input_tokens":100,"output_tokens":40},"modelUsage":{"claude-sonnet-4-5":{"inputTokens":5,"outputTokens":40,"cacheReadInputTokens":100,"cacheCreationInputTokens":0,"costUSD":0.0120},"claude-haiku-4-5":{"inputTokens":7,"outputTokens":3,"costUSD":0.0008}}}"#).unwrap();
-        let mut costs = capped.costs("claude");
-        costs.sort_by(|a, b| a.model.cmp(&b.model));
-        let rows: Vec<(&str, i64, i64)> = costs
+        assert!(matches!(capped.end(), End::BudgetLimit(_)));
+        let mut spend = capped.spend();
+        spend.sort_by(|a, b| a.model.cmp(&b.model));
+        let rows: Vec<(Option<&str>, Tokens)> = spend
             .iter()
-            .map(|c| (c.model.as_str(), c.tokens_in, c.tokens_out))
+            .map(|s| (s.model.as_deref(), s.tokens))
             .collect();
+        let t = |input, cached_input, output| Tokens {
+            input,
+            cached_input,
+            output,
+        };
         assert_eq!(
             rows,
-            [("claude-haiku-4-5", 7, 3), ("claude-sonnet-4-5", 105, 40)]
+            [
+                (Some("claude-haiku-4-5"), t(7, 0, 3)),
+                (Some("claude-sonnet-4-5"), t(5, 100, 40))
+            ]
         );
-        let total: f64 = costs.iter().map(|c| c.usd).sum();
+        let total: f64 = spend.iter().filter_map(|s| s.usd).sum();
         assert!((total - 0.0128).abs() < 1e-9, "{total}");
-        // Only `usage`: one row under the program's name.
+        // Only `usage`: one entry under no model name.
         let plain = parse(r#"{"type":"result","subtype":"success","total_cost_usd":0.2,"usage":{"input_tokens":10,"output_tokens":2}}"#).unwrap();
-        let costs = plain.costs("my-agent");
         assert_eq!(
-            (
-                costs[0].model.as_str(),
-                costs[0].tokens_in,
-                costs[0].tokens_out,
-                costs[0].usd
-            ),
-            ("my-agent", 10, 2, 0.2)
+            plain.spend(),
+            [ModelSpend {
+                model: None,
+                tokens: t(10, 0, 2),
+                usd: Some(0.2)
+            }]
         );
-        // No figures at all: no row.
+        // No figures at all: nothing spent.
         assert!(parse(r#"{"type":"result","subtype":"success"}"#)
             .unwrap()
-            .costs("x")
+            .spend()
             .is_empty());
         assert_eq!(parse(r#"{"type":"assistant"}"#), None);
         assert_eq!(

@@ -240,7 +240,7 @@ async fn run_agent(
         input,
         prompt,
         dir,
-        "build",
+        crate::agents::Task::Build,
         &log_name,
         resume.as_deref(),
     )

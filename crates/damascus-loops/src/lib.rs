@@ -16,7 +16,8 @@
 //! merged as passed, and the forge refuses to merge a head it did not test. Every forge
 //! call goes through `forge_guard`: a forge's rate limit is kept in the database for
 //! every worker and waited out (`Verdict::Deferred`), not counted.
-//! The coding agent's run (`agent`) is shared by the builder and the reviewer.
+//! The coding agent's run (`agent`) is shared by the builder and the reviewer; each
+//! agent's CLI contract is a file of its own under `agents`.
 //!
 //! Architecture invariants: no SQL (reads go through `damascus-db`); the verdict is
 //! returned, never written here — the queue writes it in one transaction; story text
@@ -24,6 +25,8 @@
 
 mod agent;
 mod agent_result;
+mod agent_spend;
+pub mod agents;
 mod branch_update;
 mod build_phase;
 mod forge_guard;
@@ -78,6 +81,9 @@ pub struct LoopsConfig {
     /// How long a merge waits for the forge's pull request to show the commit that was
     /// pushed (a forge may see a push seconds after it) before the phase is retried.
     pub head_wait: Duration,
+    /// What agents' tokens cost, for agents that report no dollars (`data/prices.toml`
+    /// with the deployment's `--agent-price` overrides).
+    pub prices: damascus_core::prices::PriceTable,
 }
 
 /// How long a merge waits for the pull request's head by default.
@@ -99,6 +105,7 @@ impl std::fmt::Debug for LoopsConfig {
             .field("git_timeout", &self.git_timeout)
             .field("github_write_gap", &self.github_write_gap)
             .field("head_wait", &self.head_wait)
+            .field("prices", &self.prices.models().len())
             .finish()
     }
 }

@@ -32,7 +32,14 @@ pub struct ProcessSpec {
     pub user: Option<(u32, u32)>,
     /// Gets each line of stdout as it arrives (the agent's transcript follows it live).
     pub stdout_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Asks the process to stop (an agent whose streamed usage reached its
+    /// reservation): its group gets SIGTERM, and SIGKILL after `STOP_GRACE`.
+    pub stop: Option<CancellationToken>,
 }
+
+/// How long a process asked to stop has to end after SIGTERM before its group is
+/// killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessEnd {
@@ -45,6 +52,11 @@ pub enum ProcessEnd {
         tail: String,
     },
     Cancelled,
+    /// Stopped on request (`ProcessSpec::stop`); what it printed until then.
+    Stopped {
+        stdout: String,
+        tail: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +76,22 @@ struct GroupGuard(Option<nix::unistd::Pid>);
 
 impl GroupGuard {
     fn kill(&self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(group) = self.0 {
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(group, signal);
         }
     }
+}
+
+/// Why a process ended, before its output is read.
+enum Ending {
+    Exited(Option<i32>),
+    TimedOut,
+    Cancelled,
+    Stopped,
 }
 
 impl Drop for GroupGuard {
@@ -195,10 +219,17 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
     ));
     // Wait for the process itself, not for its pipes: a background process it left
     // behind may hold them open.
+    let stop = spec.stop.clone().unwrap_or_default();
     let ended = tokio::select! {
-        status = child.wait() => Ok(status.ok().and_then(|s| s.code())),
-        _ = tokio::time::sleep(spec.timeout) => Err(false),
-        _ = cancel.cancelled() => Err(true),
+        status = child.wait() => Ending::Exited(status.ok().and_then(|s| s.code())),
+        _ = tokio::time::sleep(spec.timeout) => Ending::TimedOut,
+        _ = cancel.cancelled() => Ending::Cancelled,
+        _ = stop.cancelled(), if spec.stop.is_some() => {
+            // Asked to stop: SIGTERM lets the agent write its last lines (its usage).
+            group.signal(nix::sys::signal::Signal::SIGTERM);
+            let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+            Ending::Stopped
+        }
     };
     // Whatever it started dies with it.
     group.kill();
@@ -225,29 +256,37 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         text.push_str("\n--- stderr ---\n");
         text.push_str(&String::from_utf8_lossy(&err));
     }
-    let note = match ended {
-        Ok(code) => format!(
+    let note = match &ended {
+        Ending::Exited(code) => format!(
             "\n[damascus: exited with {}]\n",
             code.map(|c| c.to_string())
                 .unwrap_or_else(|| "a signal".into())
         ),
-        Err(true) => "\n[damascus: cancelled]\n".to_owned(),
-        Err(false) => format!("\n[damascus: killed after {:?}]\n", spec.timeout),
+        Ending::Cancelled => "\n[damascus: cancelled]\n".to_owned(),
+        Ending::TimedOut => format!("\n[damascus: killed after {:?}]\n", spec.timeout),
+        Ending::Stopped => "\n[damascus: stopped: its usage reached what was reserved for it]\n".to_owned(),
     };
     if let Some(file) = log.lock().await.as_mut() {
         let _ = file.write_all(note.as_bytes()).await;
         let _ = file.flush().await;
     }
     match ended {
-        Ok(code) => Ok(ProcessEnd::Exited {
+        Ending::Exited(code) => Ok(ProcessEnd::Exited {
             code,
             stdout: String::from_utf8_lossy(&out).into_owned(),
             tail: tail(&text),
         }),
-        Err(true) => Ok(ProcessEnd::Cancelled),
-        Err(false) => {
+        Ending::Cancelled => Ok(ProcessEnd::Cancelled),
+        Ending::TimedOut => {
             text.push_str(note.trim_end());
             Ok(ProcessEnd::TimedOut { tail: tail(&text) })
+        }
+        Ending::Stopped => {
+            text.push_str(note.trim_end());
+            Ok(ProcessEnd::Stopped {
+                stdout: String::from_utf8_lossy(&out).into_owned(),
+                tail: tail(&text),
+            })
         }
     }
 }
@@ -300,6 +339,7 @@ mod tests {
             job: None,
             user: None,
             stdout_lines: None,
+            stop: None,
         }
     }
 
@@ -325,6 +365,48 @@ mod tests {
         assert!(std::fs::read_to_string(dir.path().join("logs/run.log"))
             .unwrap()
             .contains("from stdin"));
+    }
+
+    /// A stop asks with SIGTERM first (the process may print its last words), then
+    /// kills the group: a child that ignores SIGTERM dies too.
+    #[tokio::test]
+    async fn a_stop_terms_then_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let script = format!(
+            "cat; trap 'echo usage-so-far; exit 143' TERM; sh -c 'trap \"\" TERM; sleep 300' & echo $! > {}; echo started; wait; wait",
+            pidfile.display()
+        );
+        let stop = CancellationToken::new();
+        let (lines, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let mut spec = spec(dir.path(), &script, Duration::from_secs(60));
+        spec.stop = Some(stop.clone());
+        spec.stdout_lines = Some(lines);
+        let cancel = CancellationToken::new();
+        let run = tokio::spawn(async move { run(spec, &cancel).await });
+        while let Some(line) = seen.recv().await {
+            if line.contains("started") {
+                break;
+            }
+        }
+        stop.cancel();
+        let end = run.await.unwrap().unwrap();
+        let ProcessEnd::Stopped { stdout, tail } = end else {
+            panic!("{end:?}")
+        };
+        assert!(stdout.contains("usage-so-far"), "{stdout}");
+        assert!(tail.contains("reached what was reserved"), "{tail}");
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "the child that ignored SIGTERM survived: {state}"
+        );
     }
 
     #[tokio::test]

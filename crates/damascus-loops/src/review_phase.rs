@@ -481,7 +481,7 @@ impl Run<'_> {
             self.input,
             prompt,
             dir,
-            "resolve-conflicts",
+            crate::agents::Task::ResolveConflicts,
             &log_name,
             None,
         )
@@ -549,6 +549,7 @@ impl Run<'_> {
                 job: Some(self.input.job.clone()),
                 user: confined.user,
                 stdout_lines: None,
+                stop: None,
             },
             &self.input.job.cancel,
         )
@@ -558,7 +559,8 @@ impl Run<'_> {
             reason: e.to_string(),
         })?;
         Ok(match end {
-            ProcessEnd::Cancelled => {
+            // The tests have no stop token: only a cancel stops them.
+            ProcessEnd::Cancelled | ProcessEnd::Stopped { .. } => {
                 return Err(Verdict::TransientError {
                     reason: "the review was stopped".into(),
                 }

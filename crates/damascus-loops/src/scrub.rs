@@ -144,6 +144,7 @@ mod tests {
             git_timeout: std::time::Duration::from_secs(1),
             github_write_gap: std::time::Duration::from_millis(20),
             head_wait: crate::DEFAULT_HEAD_WAIT,
+            prices: damascus_core::prices::PriceTable::built_in(),
             agent_user: None,
         }
     }

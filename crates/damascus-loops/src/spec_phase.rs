@@ -92,6 +92,8 @@ async fn refine(inner: &Inner, input: &PhaseInput) -> PhaseReport {
                 model: llm.model().to_owned(),
                 tokens_in: reply.tokens_in,
                 tokens_out: reply.tokens_out,
+                tokens_cached: 0,
+                price: None,
                 usd: reply.usd,
             };
             let verdict = match parse_reply(&reply.content, input.project.test_command.as_deref()) {
@@ -136,6 +138,8 @@ fn unknown_spend(model: &str, why: &str) -> CostEntry {
         model: format!("{model} (spend unknown: {why})"),
         tokens_in: 0,
         tokens_out: 0,
+        tokens_cached: 0,
+        price: None,
         usd: 0.0,
     }
 }

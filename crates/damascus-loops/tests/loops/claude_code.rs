@@ -283,6 +283,7 @@ async fn claude_project_in(
     setup
         .project("unused", SpecMode::Passthrough, |p| {
             p.agent_command = None;
+            p.agent = damascus_core::AgentKind::Claude;
             edit(p);
         })
         .await;

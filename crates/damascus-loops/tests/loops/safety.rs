@@ -149,6 +149,7 @@ async fn hostile_run_as(sandbox: Sandbox, user: Option<AgentUser>) -> (Setup, St
     let remote = setup.remote.to_string_lossy().into_owned();
     setup
         .project(&agent, SpecMode::Passthrough, |p| {
+            p.agent = damascus_core::AgentKind::Command;
             p.agent_command = Some(vec![
                 agent.clone(),
                 socket,

@@ -48,6 +48,7 @@ impl Setup {
             self.remote.to_string_lossy(),
         );
         project.spec_mode = mode;
+        project.agent = damascus_core::AgentKind::Command;
         project.agent_command = Some(vec![agent.to_owned()]);
         project.agent_timeout_secs = 20;
         project.test_timeout_secs = 20;
@@ -83,6 +84,7 @@ impl Setup {
             git_timeout: damascus_git::DEFAULT_TIMEOUT,
             github_write_gap: std::time::Duration::from_millis(20),
             head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
+            prices: damascus_core::prices::PriceTable::built_in(),
         }
     }
 
@@ -212,3 +214,47 @@ pub const GREETING: &str = "Greet the reader.\n\n## Acceptance criteria\n- hello
 
 /// Claude Code's success result line.
 pub const CLAUDE_OK: &str = r#"echo '{"type":"result","subtype":"success","is_error":false,"num_turns":2,"total_cost_usd":0.25,"permission_denials":[],"result":"done"}'"#;
+
+/// The path of an agent CLI the tests run for real: `$DAMASCUS_<AGENT>_BIN`, else
+/// `program` on PATH. A missing one fails the test with how to install it (the
+/// version pinned in `tests/<version_file>`), unless `DAMASCUS_SKIP_<AGENT>` is set:
+/// then `None`, after saying so.
+pub fn installed_cli(program: &str, agent: &str, package: &str, version: &str) -> Option<PathBuf> {
+    let upper = agent.to_uppercase();
+    let found = match std::env::var_os(format!("DAMASCUS_{upper}_BIN")) {
+        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
+        None => std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        }),
+    };
+    if found.is_none() {
+        if std::env::var_os(format!("DAMASCUS_SKIP_{upper}")).is_some() {
+            eprintln!("skipped: {program} is not installed and DAMASCUS_SKIP_{upper} is set");
+            return None;
+        }
+        panic!(
+            "{program} is not on PATH nor at DAMASCUS_{upper}_BIN; install it (npm install -g {package}@{}) or set DAMASCUS_SKIP_{upper}=1 to skip its tests",
+            version.trim()
+        );
+    }
+    found
+}
+
+/// A directory holding `program` as a link to `bin`, first on a PATH for the agent
+/// (the agent's PATH is the worker's, which an `agent_env` PATH replaces).
+pub fn path_with(setup: &Setup, program: &str, bin: &std::path::Path) -> String {
+    let dir = setup.dir.path().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(program);
+    if !link.exists() {
+        std::os::unix::fs::symlink(bin, link).unwrap();
+    }
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap()
+    .to_string_lossy()
+    .into_owned()
+}

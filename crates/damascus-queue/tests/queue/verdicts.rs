@@ -614,6 +614,8 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
             model: "m1".into(),
             tokens_in: 120,
             tokens_out: 30,
+            tokens_cached: 100,
+            price: Some("m1 at 1/0.1/5 USD per Mtok".into()),
             usd: 0.25,
         }],
         batch: Vec::new(),
@@ -753,7 +755,8 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
     assert_eq!((last_verdict.as_str(), attempts), ("pass", 1));
     let (ledger, cost): (String, String) = sqlx::query_as(
         "select string_agg(phase::text || ' ' || attempt || ' ' || source::text || ' ' || model
-                           || ' ' || tokens_in || '/' || tokens_out || ' ' || usd, ', '),
+                           || ' ' || tokens_in || '/' || tokens_out || ' ' || usd
+                           || ' ' || tokens_cached || ' ' || coalesce(price, '-'), ', '),
                 (select cost_usd::text from work_items where id = $1)
          from cost_ledger where item_id = $1",
     )
@@ -761,7 +764,10 @@ async fn a_group_end_records_only_what_is_as_claimed_and_leaves_the_rest_to_fini
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(ledger, "spec 1 llm m1 120/30 0.250000");
+    assert_eq!(
+        ledger,
+        "spec 1 llm m1 120/30 0.250000 100 m1 at 1/0.1/5 USD per Mtok"
+    );
     assert_eq!(cost.parse::<f64>().unwrap(), 0.25);
     // The held claims' slots are free; the stolen claim still holds one.
     assert_eq!(held_slots(&db.pool).await, 1);

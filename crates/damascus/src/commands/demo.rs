@@ -40,6 +40,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
 
     let mut project = NewProject::local(ProjectName::parse("demo")?, remote.to_string_lossy());
     project.spec_mode = SpecMode::Passthrough;
+    project.agent = damascus_core::AgentKind::Command;
     project.agent_command = Some(vec![agent.to_string_lossy().into_owned()]);
     project.max_attempts_per_phase = 2;
     project.max_attempts_total = 5;
@@ -84,6 +85,7 @@ pub async fn run(target: &Target, data_dir: &Path) -> anyhow::Result<()> {
         git_timeout: damascus_git::DEFAULT_TIMEOUT,
         github_write_gap: damascus_loops::GITHUB_WRITE_GAP,
         head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
+        prices: damascus_core::prices::PriceTable::built_in(),
     })?;
     let queue = QueueConfig {
         concurrency: Some(2),

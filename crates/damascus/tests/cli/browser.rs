@@ -99,6 +99,7 @@ async fn the_web_ui_in_headless_chromium() {
         let mut project =
             NewProject::local(ProjectName::parse(name).unwrap(), remote.to_string_lossy());
         project.spec_mode = SpecMode::Passthrough;
+        project.agent = damascus_core::AgentKind::Command;
         project.agent_command = Some(vec![agent.to_string_lossy().into_owned()]);
         project.require_approval = approval;
         project.max_attempts_per_phase = if name == "ops" { 1 } else { 2 };
