@@ -651,12 +651,15 @@ begin
     )
     insert into events_outbox (item_id, project_id, kind, payload)
     select moved.id, moved.project_id, 'item.phase_changed', moved.payload from moved;
-    insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd)
-    select e.item, e.from_phase, e.attempt, c.source, c.model, c.tokens_in, c.tokens_out, c.usd
+    insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out,
+                             tokens_cached, price, usd)
+    select e.item, e.from_phase, e.attempt, c.source, c.model, c.tokens_in, c.tokens_out,
+           coalesce(c.tokens_cached, 0), c.price, c.usd
     from jsonb_to_recordset(p_ends) as e (
              claim uuid, item bigint, from_phase work_phase, attempt integer, costs jsonb)
          cross join lateral jsonb_to_recordset(coalesce(e.costs, '[]')) as c (
-             source cost_source, model text, tokens_in bigint, tokens_out bigint, usd numeric)
+             source cost_source, model text, tokens_in bigint, tokens_out bigint,
+             tokens_cached bigint, price text, usd numeric)
     where p_only is null or e.claim = any (p_only);
     if not exists (select 1 from jsonb_array_elements(p_ends) x where x ? 'question'
                    and jsonb_typeof(x -> 'question') = 'string') then
@@ -963,12 +966,17 @@ CREATE TABLE public.cost_ledger (
     tokens_out bigint DEFAULT 0 NOT NULL,
     usd numeric(14,6) DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    tokens_cached bigint DEFAULT 0 NOT NULL,
+    price text,
     CONSTRAINT cost_ledger_attempt_positive CHECK ((attempt >= 1)),
+    CONSTRAINT cost_ledger_tokens_cached_non_negative CHECK ((tokens_cached >= 0)),
     CONSTRAINT cost_ledger_tokens_in_non_negative CHECK ((tokens_in >= 0)),
     CONSTRAINT cost_ledger_tokens_out_non_negative CHECK ((tokens_out >= 0)),
     CONSTRAINT cost_ledger_usd_non_negative CHECK ((usd >= (0)::numeric)),
     CONSTRAINT cost_ledger_working_phase CHECK ((phase = ANY (ARRAY['spec'::public.work_phase, 'build'::public.work_phase, 'review'::public.work_phase])))
 );
+
+COMMENT ON COLUMN public.cost_ledger.price IS 'The price the row''s USD were computed at from its tokens, or null when reported by the agent.';
 
 ALTER TABLE public.cost_ledger ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.cost_ledger_id_seq
@@ -1024,9 +1032,15 @@ CREATE TABLE public.projects (
     branch_update text DEFAULT 'merge'::text NOT NULL,
     rounds_per_answer integer DEFAULT 1 NOT NULL,
     sandbox text DEFAULT 'none'::text NOT NULL,
+    agent text DEFAULT 'claude'::text NOT NULL,
+    agent_model text,
+    agent_args text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT projects_agent_command_present CHECK (((cardinality(agent_command) >= 1) AND (btrim(agent_command[1]) <> ''::text))),
+    CONSTRAINT projects_agent_known CHECK ((agent = ANY (ARRAY['claude'::text, 'codex'::text, 'gemini'::text, 'opencode'::text, 'command'::text]))),
+    CONSTRAINT projects_agent_model_present CHECK ((btrim(agent_model) <> ''::text)),
     CONSTRAINT projects_agent_timeout_range CHECK (((agent_timeout_secs >= 1) AND (agent_timeout_secs <= 86400))),
     CONSTRAINT projects_branch_update_known CHECK ((branch_update = ANY (ARRAY['merge'::text, 'rebase'::text]))),
+    CONSTRAINT projects_command_agent_has_argv CHECK (((agent = 'command'::text) = (agent_command IS NOT NULL))),
     CONSTRAINT projects_cost_budget_non_negative CHECK ((cost_budget_usd >= (0)::numeric)),
     CONSTRAINT projects_daily_cost_budget_non_negative CHECK ((daily_cost_budget_usd >= (0)::numeric)),
     CONSTRAINT projects_default_branch_present CHECK ((btrim(default_branch) <> ''::text)),
@@ -1046,6 +1060,8 @@ CREATE TABLE public.projects (
     CONSTRAINT projects_total_budget_range CHECK (((max_attempts_total >= 1) AND (max_attempts_total <= 100))),
     CONSTRAINT projects_total_covers_phase CHECK ((max_attempts_total >= max_attempts_per_phase))
 );
+
+COMMENT ON COLUMN public.projects.agent IS 'The coding agent: claude, codex, gemini, opencode, or command (agent_command''s argv).';
 
 CREATE TABLE public.work_items (
     id bigint NOT NULL,

@@ -435,7 +435,13 @@ pub struct ProjectSettingsJson {
     pub forge_repo: Option<String>,
     pub forge_url: Option<String>,
     pub test_command: Option<String>,
-    /// null: the worker's default agent.
+    /// claude, codex, gemini, opencode or command.
+    pub agent: String,
+    /// null: the agent's own default model.
+    pub agent_model: Option<String>,
+    /// Arguments added to the agent's command line (secret-looking ones masked).
+    pub agent_args: Vec<String>,
+    /// The command agent's argv; null for the other agents.
     pub agent_command: Option<Vec<String>>,
     pub agent_timeout_secs: i32,
     pub test_timeout_secs: i32,
@@ -516,6 +522,9 @@ impl From<ProjectSummary> for ProjectJson {
                 forge_repo: p.forge_repo,
                 forge_url: p.forge_url.map(masked),
                 test_command: p.test_command,
+                agent: p.agent.to_string(),
+                agent_model: p.agent_model,
+                agent_args: masked_command(p.agent_args),
                 agent_command: p.agent_command.map(masked_command),
                 agent_timeout_secs: p.agent_timeout_secs,
                 test_timeout_secs: p.test_timeout_secs,

@@ -16,7 +16,9 @@ use crate::json::ApiJson;
 use crate::{ApiError, AppState};
 
 /// The body: `name` and `repository` are required; every other field has the CLI's
-/// default. `agent_command` is an argument list (never run by a shell).
+/// default. `agent` is claude (the default), codex, gemini, opencode or command;
+/// `agent_command` (the command agent's argv, which alone means `agent: command`) and
+/// `agent_args` are argument lists (never run by a shell).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewProjectBody {
@@ -40,6 +42,10 @@ pub struct NewProjectBody {
     rounds_per_answer: Option<i32>,
     #[serde(default)]
     context_docs: Vec<String>,
+    agent: Option<String>,
+    agent_model: Option<String>,
+    #[serde(default)]
+    agent_args: Vec<String>,
     agent_command: Option<Vec<String>>,
     agent_timeout_secs: Option<i32>,
     test_timeout_secs: Option<i32>,
@@ -67,7 +73,7 @@ impl NewProjectBody {
         if let Some(argv) = &self.agent_command {
             if argv.first().is_none_or(|program| program.trim().is_empty()) {
                 return Err(ApiError::unprocessable(
-                    "agent_command: give the program and its arguments as a list, e.g. [\"claude\", \"--verbose\"], or leave it out for Claude Code",
+                    "agent_command: give the program and its arguments as a list, e.g. [\"/usr/local/bin/my-agent\", \"--fast\"], or leave it out and choose an agent with \"agent\"",
                 ));
             }
         }
@@ -91,6 +97,17 @@ impl NewProjectBody {
             sandbox: variant("sandbox", self.sandbox, d.sandbox)?,
             rounds_per_answer: self.rounds_per_answer.unwrap_or(d.rounds_per_answer),
             context_docs: self.context_docs,
+            agent: variant(
+                "agent",
+                self.agent,
+                if self.agent_command.is_some() {
+                    damascus_core::AgentKind::Command
+                } else {
+                    d.agent
+                },
+            )?,
+            agent_model: self.agent_model,
+            agent_args: self.agent_args,
             agent_command: self.agent_command,
             agent_timeout_secs: self.agent_timeout_secs.unwrap_or(d.agent_timeout_secs),
             test_timeout_secs: self.test_timeout_secs.unwrap_or(d.test_timeout_secs),
@@ -98,9 +115,22 @@ impl NewProjectBody {
         };
         project
             .validate()
+            .and_then(|()| project.check_price(&deployment_prices()))
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         Ok(project)
     }
+}
+
+/// The price table of this server: data/prices.toml with `DAMASCUS_AGENT_PRICES` (the
+/// worker refuses a malformed one at its start; here it is ignored).
+fn deployment_prices() -> damascus_core::prices::PriceTable {
+    let entries: Vec<String> = std::env::var("DAMASCUS_AGENT_PRICES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    damascus_core::prices::PriceTable::with_overrides(&entries)
+        .unwrap_or_else(|_| damascus_core::prices::PriceTable::built_in())
 }
 
 pub async fn add(

@@ -17,8 +17,8 @@ pub mod webhook;
 
 pub use names::{LockName, LockNameError, NameError, ProjectName};
 pub use phase::{
-    AgentKind, BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState, Phase,
-    Sandbox, SpecMode, UnknownVariant, VerdictKind,
+    AgentKind, BranchUpdate, CostSource, ForgeKind, HumanIssueStatus, MergeMethod, MergeQueueState,
+    Phase, Sandbox, SpecMode, UnknownVariant, VerdictKind,
 };
 pub use project::{NewProject, ProjectError};
 pub use spec::{Spec, SpecError};

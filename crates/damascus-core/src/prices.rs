@@ -213,7 +213,9 @@ mod tests {
             output: 100_000,
         });
         assert!((usd - (1.25 + 0.125 + 1.0)).abs() < 1e-9, "{usd}");
-        assert!(gpt5.label().starts_with("gpt-5 at 1.25/0.125/10 USD per Mtok"));
+        assert!(gpt5
+            .label()
+            .starts_with("gpt-5 at 1.25/0.125/10 USD per Mtok"));
         assert!(gpt5.label().contains("data/prices.toml as of"));
     }
 
@@ -234,10 +236,19 @@ mod tests {
             PriceTable::with_overrides(&["gpt-5=2/0.5/20".into(), "local-coder=0/0/0".into()])
                 .unwrap();
         let found = table.find("gpt-5").unwrap();
-        assert_eq!((found.source, found.price.output), (PriceSource::Override, 20.0));
+        assert_eq!(
+            (found.source, found.price.output),
+            (PriceSource::Override, 20.0)
+        );
         assert!(found.label().contains("--agent-price"));
         assert_eq!(table.find("local-coder").unwrap().price.input, 0.0);
-        for bad in ["gpt-5", "gpt-5=1/2", "=1/2/3", "gpt-5=a/b/c", "gpt-5=-1/0/0"] {
+        for bad in [
+            "gpt-5",
+            "gpt-5=1/2",
+            "=1/2/3",
+            "gpt-5=a/b/c",
+            "gpt-5=-1/0/0",
+        ] {
             let e = PriceTable::with_overrides(&[bad.into()]).unwrap_err();
             assert!(e.to_string().contains("MODEL=INPUT/CACHED/OUTPUT"), "{e}");
         }

@@ -258,13 +258,12 @@ impl NewProject {
         if !self.has_cost_cap() {
             return Ok(());
         }
-        unpriced_model(self.agent, self.agent_model.as_deref(), prices)
-            .map_or(Ok(()), |problem| {
-                Err(ProjectError::UnpricedModel {
-                    agent: self.agent,
-                    problem,
-                })
+        unpriced_model(self.agent, self.agent_model.as_deref(), prices).map_or(Ok(()), |problem| {
+            Err(ProjectError::UnpricedModel {
+                agent: self.agent,
+                problem,
             })
+        })
     }
 }
 
@@ -280,7 +279,11 @@ pub fn priced_by_damascus(agent: AgentKind) -> bool {
 
 /// Why `agent` running `model` cannot be priced from `prices`, or `None` when it can
 /// (or needs no price).
-pub fn unpriced_model(agent: AgentKind, model: Option<&str>, prices: &PriceTable) -> Option<String> {
+pub fn unpriced_model(
+    agent: AgentKind,
+    model: Option<&str>,
+    prices: &PriceTable,
+) -> Option<String> {
     if !priced_by_damascus(agent) {
         return None;
     }

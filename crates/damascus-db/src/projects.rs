@@ -2,7 +2,9 @@
 //! default budgets.
 
 use chrono::{DateTime, Utc};
-use damascus_core::{AgentKind, BranchUpdate, ForgeKind, MergeMethod, NewProject, Phase, Sandbox, SpecMode};
+use damascus_core::{
+    AgentKind, BranchUpdate, ForgeKind, MergeMethod, NewProject, Phase, Sandbox, SpecMode,
+};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 

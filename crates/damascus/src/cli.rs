@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use damascus_core::{BranchUpdate, ForgeKind, LockName, MergeMethod, Phase, Sandbox, SpecMode};
+use damascus_core::{
+    AgentKind, BranchUpdate, ForgeKind, LockName, MergeMethod, Phase, Sandbox, SpecMode,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,6 +119,13 @@ pub enum Command {
     /// Measure the product: `bench queue` (use a release build).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The coding agents this build can run: whether each is installed here, its
+    /// version, the variables it gets and how its spend is capped.
+    Agents {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. damascus completions bash >
     /// /etc/bash_completion.d/damascus).
     Completions {
@@ -207,9 +216,18 @@ pub struct LoopsArgs {
     /// must run as root or hold CAP_SETUID, CAP_SETGID, CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_KILL).
     #[arg(long, env = "DAMASCUS_AGENT_USER")]
     pub agent_user: Option<String>,
+    /// The price of a model whose agent reports tokens but not dollars (Codex, Gemini
+    /// CLI, OpenCode), MODEL=INPUT/CACHED/OUTPUT in USD per million tokens (repeatable);
+    /// overrides or adds to data/prices.toml.
+    #[arg(
+        long = "agent-price",
+        env = "DAMASCUS_AGENT_PRICES",
+        value_delimiter = ','
+    )]
+    pub agent_prices: Vec<String>,
     /// A variable of the worker's environment the agent and the tests also get
-    /// (repeatable; ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN and
-    /// ANTHROPIC_MODEL always pass). Damascus's own settings (DATABASE_URL, DAMASCUS_*,
+    /// (repeatable). Each agent's own key and base-URL variables always pass to it, and
+    /// never to another agent (`damascus agents` names them). Damascus's own settings (DATABASE_URL, DAMASCUS_*,
     /// PG*) are refused.
     #[arg(long = "agent-env", env = "DAMASCUS_AGENT_ENV", value_delimiter = ',')]
     pub agent_env: Vec<String>,
@@ -462,8 +480,21 @@ pub struct ProjectAddArgs {
     /// A document the spec-refiner reads with every story (repeatable).
     #[arg(long = "context-doc")]
     pub context_docs: Vec<String>,
-    /// The coding agent: a program and its arguments, split like a shell would split
-    /// them but never run by a shell [default: Claude Code].
+    /// The coding agent: claude (Claude Code), codex, gemini (Gemini CLI), opencode, or
+    /// command (your own program, --agent-command) [default: claude, or command when
+    /// --agent-command is given]. `damascus agents` lists them and which are installed.
+    #[arg(long, value_parser = parse_agent)]
+    pub agent: Option<AgentKind>,
+    /// The model the agent uses (e.g. gpt-5-codex, gemini-2.5-pro, openai/gpt-5); a
+    /// project with a cost cap whose agent reports only tokens needs a priced one.
+    #[arg(long)]
+    pub agent_model: Option<String>,
+    /// An argument added to the agent's command line after Damascus's own
+    /// (repeatable; e.g. --agent-arg=--verbose).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+    /// The command agent: a program and its arguments, split like a shell would split
+    /// them but never run by a shell.
     #[arg(long)]
     pub agent_command: Option<String>,
     /// Seconds the agent may run per build.
@@ -538,6 +569,11 @@ fn parse_merge_method(s: &str) -> Result<MergeMethod, String> {
 }
 
 fn parse_branch_update(s: &str) -> Result<BranchUpdate, String> {
+    s.parse()
+        .map_err(|e: damascus_core::UnknownVariant| e.to_string())
+}
+
+fn parse_agent(s: &str) -> Result<AgentKind, String> {
     s.parse()
         .map_err(|e: damascus_core::UnknownVariant| e.to_string())
 }

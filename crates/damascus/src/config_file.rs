@@ -26,6 +26,9 @@ pub struct ConfigFile {
     retention_days: Option<u32>,
     webhooks: Option<Vec<String>>,
     llm: Option<LlmSection>,
+    /// Model name → "INPUT/CACHED/OUTPUT" USD per million tokens, for agents that
+    /// report tokens but not dollars.
+    agent_prices: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,7 +93,20 @@ impl ConfigFile {
         if let Some(llm) = &self.llm {
             range("llm.timeout_secs", llm.timeout_secs, 1, 3600)?;
         }
+        if let Some(prices) = self.agent_price_entries() {
+            damascus_core::prices::PriceTable::with_overrides(&prices)
+                .map_err(|e| anyhow::anyhow!("[agent_prices]: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// `[agent_prices]` as `MODEL=IN/CACHED/OUT` entries.
+    fn agent_price_entries(&self) -> Option<Vec<String>> {
+        self.agent_prices.as_ref().map(|p| {
+            p.iter()
+                .map(|(model, price)| format!("{model}={price}"))
+                .collect()
+        })
     }
 
     /// The file's values as `DAMASCUS_*` variables (and `DATABASE_URL`).
@@ -133,6 +149,10 @@ impl ConfigFile {
         put(
             "DAMASCUS_WEBHOOKS",
             self.webhooks.as_ref().map(|w| w.join(",")),
+        );
+        put(
+            "DAMASCUS_AGENT_PRICES",
+            self.agent_price_entries().map(|p| p.join(",")),
         );
         if let Some(llm) = &self.llm {
             put("DAMASCUS_LLM_BASE_URL", llm.base_url.clone());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use damascus_core::prices::PriceTable;
 use damascus_db::Target;
 use damascus_git::Identity;
 use damascus_loops::{AgentUser, LlmConfig, LoopsConfig};
@@ -71,22 +72,16 @@ pub fn loops_config(args: &LoopsArgs, data_dir: &Path) -> anyhow::Result<LoopsCo
         git_timeout: Duration::from_secs(args.git_timeout_secs),
         github_write_gap: damascus_loops::GITHUB_WRITE_GAP,
         head_wait: damascus_loops::DEFAULT_HEAD_WAIT,
+        prices: agent_prices(&args.agent_prices)?,
     })
 }
 
-/// The variables the agent always gets from the worker's environment, when set.
-const AGENT_ENV: [&str; 4] = [
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_MODEL",
-];
-
-/// The agent's variables: `AGENT_ENV` and the names given with --agent-env, with their
+/// The agents' variables: those some agent needs (each agent gets only its own, see
+/// `damascus_loops::agents::env_for`) and the names given with --agent-env, with their
 /// values from this process's environment (unset and empty ones are left out: compose
 /// passes `VAR=` for a variable the operator did not set).
 fn agent_env(extra: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    let mut names: Vec<&str> = AGENT_ENV.to_vec();
+    let mut names: Vec<&str> = damascus_loops::agents::known_env_names();
     for name in extra.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
@@ -111,6 +106,23 @@ fn agent_env(extra: &[String]) -> anyhow::Result<Vec<(String, String)>> {
                 .map(|v| (k.to_owned(), v))
         })
         .collect())
+}
+
+/// The price table agents' tokens are priced with: data/prices.toml and `entries`
+/// (`--agent-price`, `DAMASCUS_AGENT_PRICES`, `[agent_prices]`).
+pub fn agent_prices(entries: &[String]) -> anyhow::Result<PriceTable> {
+    PriceTable::with_overrides(entries).map_err(|e| anyhow::anyhow!("--agent-price: {e}"))
+}
+
+/// The price table of this process's environment (`DAMASCUS_AGENT_PRICES`, which the
+/// configuration file's `[agent_prices]` sets), for commands without worker flags.
+pub fn agent_prices_from_env() -> anyhow::Result<PriceTable> {
+    let entries: Vec<String> = std::env::var("DAMASCUS_AGENT_PRICES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    agent_prices(&entries)
 }
 
 fn parse_prices(entries: &[String]) -> anyhow::Result<HashMap<String, (f64, f64)>> {

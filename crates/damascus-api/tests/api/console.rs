@@ -32,7 +32,7 @@ async fn projects_show_budgets_items_and_settings_but_no_secrets() {
         "update projects set
             repository = 'https://x-access-token:ghp_TOPSECRET0123456789@github.com/acme/web.git',
             forge_kind = 'github', forge_repo = 'acme/web', test_command = 'cargo test',
-            agent_command = array['agent', '--api-key', 'sk-live-TOPSECRET2'],
+            agent = 'command', agent_command = array['agent', '--api-key', 'sk-live-TOPSECRET2'],
             daily_cost_budget_usd = 5, cost_budget_usd = 1.5
          where name = 'web'",
     )

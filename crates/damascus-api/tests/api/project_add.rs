@@ -34,6 +34,37 @@ async fn a_project_is_added_with_the_clis_defaults() {
         project.agent_command,
         Some(vec!["/usr/share/damascus/examples/demo-agent.sh".to_owned()])
     );
+    assert_eq!(project.agent, damascus_core::AgentKind::Command);
+    // Another agent, with its model and arguments, under a cap its model's price keeps.
+    let (status, body) = app
+        .post(
+            "/v1/projects",
+            &json!({
+                "name": "gem",
+                "repository": "/srv/gem.git",
+                "agent": "gemini",
+                "agent_model": "gemini-2.5-flash",
+                "agent_args": ["--debug"],
+                "cost_budget_usd": 1.5,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let gem = damascus_db::projects::find_project(&app.db.pool, "gem")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            gem.agent,
+            gem.agent_model.as_deref(),
+            gem.agent_args.clone()
+        ),
+        (
+            damascus_core::AgentKind::Gemini,
+            Some("gemini-2.5-flash"),
+            vec!["--debug".to_owned()]
+        )
+    );
     // A story can go straight into it.
     let (status, body) = app
         .post(
@@ -87,6 +118,26 @@ async fn a_wrong_project_is_refused_naming_the_field() {
             json!({"name": "x", "repository": "/srv/x.git", "agent_command": []}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "agent_command:",
+        ),
+        (
+            json!({"name": "x", "repository": "/srv/x.git", "agent": "cursor"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent: unknown agent \"cursor\"",
+        ),
+        (
+            json!({"name": "x", "repository": "/srv/x.git", "agent": "command"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "needs the program to run",
+        ),
+        (
+            json!({"name": "x", "repository": "/srv/x.git", "agent": "codex", "agent_args": [""]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "is empty",
+        ),
+        (
+            json!({"name": "x", "repository": "/srv/x.git", "agent": "codex", "agent_model": "my-own-model", "cost_budget_usd": 3}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "\"my-own-model\" has no price",
         ),
         (
             json!({"name": "x", "repository": "/srv/x.git", "max_attempts_per_phase": 0}),

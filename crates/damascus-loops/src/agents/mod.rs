@@ -173,6 +173,7 @@ pub(crate) fn all() -> Vec<&'static dyn Agent> {
 }
 
 /// Every variable name some agent needs: the worker passes these through when set.
+/// (A unit test checks that another agent's key does not reach an agent.)
 pub fn known_env_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = all()
         .iter()
@@ -184,8 +185,12 @@ pub fn known_env_names() -> Vec<&'static str> {
 }
 
 /// The deployment's variables `agent` gets: its own, and those no agent names (given
-/// with `--agent-env`); another agent's key never reaches it.
+/// with `--agent-env`); another agent's key never reaches it. A `command` agent, the
+/// operator's own program (often a wrapper around one of the agents), gets them all.
 pub(crate) fn env_for(agent: &dyn Agent, all_env: &[(String, String)]) -> Vec<(String, String)> {
+    if agent.kind() == AgentKind::Command {
+        return all_env.to_vec();
+    }
     let others = known_env_names();
     all_env
         .iter()
@@ -251,4 +256,37 @@ pub fn catalogue() -> Vec<AgentInfo> {
             priced_by_damascus: damascus_core::project::priced_by_damascus(a.kind()),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_gets_its_own_variables_and_the_deployments_not_another_agents() {
+        let env: Vec<(String, String)> = [
+            ("ANTHROPIC_API_KEY", "a"),
+            ("MY_PROXY", "p"),
+            ("PATH", "/bin"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let names = |agent: &dyn Agent| -> Vec<String> {
+            env_for(agent, &env).into_iter().map(|(k, _)| k).collect()
+        };
+        assert_eq!(
+            names(&claude::Claude),
+            ["ANTHROPIC_API_KEY", "MY_PROXY", "PATH"]
+        );
+        assert_eq!(
+            names(&command::Command),
+            ["ANTHROPIC_API_KEY", "MY_PROXY", "PATH"]
+        );
+        for agent in all() {
+            if agent.kind() != AgentKind::Claude && agent.kind() != AgentKind::Command {
+                assert!(!names(agent).contains(&"ANTHROPIC_API_KEY".to_owned()));
+            }
+        }
+    }
 }

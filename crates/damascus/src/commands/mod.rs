@@ -1,5 +1,6 @@
 //! One module per command. Each takes plain settings, calls the libraries and prints.
 
+mod agents;
 mod bench;
 pub mod completions;
 mod config;
@@ -66,6 +67,7 @@ pub async fn dispatch(
         Command::Db(DbCommand::Stop) => db::stop(&target),
         Command::Bench(BenchCommand::Queue(args)) => bench::queue(&target, args).await,
         Command::Completions { shell } => return completions::print(shell),
+        Command::Agents { json } => agents::list(json).await,
     }?;
     Ok(ExitCode::SUCCESS)
 }

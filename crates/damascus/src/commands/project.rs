@@ -1,7 +1,7 @@
 //! `damascus project add|list` (`list --json`: `damascus_api::json::ProjectJson`).
 
 use damascus_api::json::ProjectJson;
-use damascus_core::{NewProject, ProjectName};
+use damascus_core::{AgentKind, NewProject, ProjectName};
 use damascus_db::{projects, Target};
 
 use crate::cli::ProjectAddArgs;
@@ -31,6 +31,14 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         max_attempts_total: args.max_attempts_total,
         cost_budget_usd: args.cost_budget_usd,
         context_docs: args.context_docs,
+        // --agent-command alone means the command agent.
+        agent: args.agent.unwrap_or(if agent_command.is_some() {
+            AgentKind::Command
+        } else {
+            AgentKind::Claude
+        }),
+        agent_model: args.agent_model,
+        agent_args: args.agent_args,
         agent_command,
         agent_timeout_secs: args.agent_timeout_secs,
         test_timeout_secs: args.test_timeout_secs,
@@ -43,6 +51,7 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         rounds_per_answer: args.rounds_per_answer,
     };
     project.validate()?;
+    project.check_price(&crate::settings::agent_prices_from_env()?)?;
     let db = open_migrated(target).await?;
     let added = projects::add_project(&db.pool, &project).await?;
     println!(

@@ -180,7 +180,7 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
     };
     let good = file(
         "good.toml",
-        "concurrency = 6\nretention_days = 7\ngit_timeout_secs = 30\nwebhooks = [\"https://hooks.example.com/T0/secret\"]\n[llm]\nbase_url = \"http://litellm:4000/v1\"\nmodel = \"m\"\napi_key = \"sk-hidden\"\n",
+        "concurrency = 6\nretention_days = 7\ngit_timeout_secs = 30\nwebhooks = [\"https://hooks.example.com/T0/secret\"]\n[llm]\nbase_url = \"http://litellm:4000/v1\"\nmodel = \"m\"\napi_key = \"sk-hidden\"\n[agent_prices]\n\"house-coder\" = \"0.5/0.05/2\"\n",
     );
     let out = crate::ok(
         crate::damascus()
@@ -249,6 +249,16 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
             "[llm]\ntimeout_secs = 0\n",
             2,
             &["llm.timeout_secs"],
+        ),
+        (
+            "prices.toml",
+            "[agent_prices]\n\"gpt-5\" = \"cheap\"\n",
+            2,
+            &[
+                "[agent_prices]",
+                "MODEL=INPUT/CACHED/OUTPUT",
+                "gpt-5=1.25/0.125/10",
+            ],
         ),
         (
             "syntax.toml",

@@ -258,6 +258,103 @@ async fn project_add_refusals() {
             &["agent command is empty"],
         ),
         (
+            &["project", "add", "api", "--repo", "/r", "--agent", "cursor"],
+            2,
+            &[
+                "unknown agent \"cursor\"",
+                "claude, codex, gemini, opencode, command",
+            ],
+        ),
+        (
+            &[
+                "project", "add", "api", "--repo", "/r", "--agent", "command",
+            ],
+            1,
+            &["--agent command needs", "--agent-command"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent",
+                "codex",
+                "--agent-command",
+                "./agent.sh",
+            ],
+            1,
+            &[
+                "--agent-command runs a program of your own",
+                "--agent command",
+            ],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent",
+                "codex",
+                "--agent-model",
+                "gpt 5",
+            ],
+            1,
+            &["--agent-model \"gpt 5\" is not a model name"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent-command",
+                "./agent.sh",
+                "--agent-arg=--fast",
+            ],
+            1,
+            &["put \"--fast\" there"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent",
+                "codex",
+                "--cost-budget-usd",
+                "2",
+            ],
+            1,
+            &["cost cap", "reports tokens", "--agent-model", "gpt-5-codex"],
+        ),
+        (
+            &[
+                "project",
+                "add",
+                "api",
+                "--repo",
+                "/r",
+                "--agent",
+                "gemini",
+                "--agent-model",
+                "gemini-9-ultra",
+                "--daily-cost-budget-usd",
+                "20",
+            ],
+            1,
+            &[
+                "\"gemini-9-ultra\" has no price",
+                "--agent-price gemini-9-ultra=INPUT/CACHED/OUTPUT",
+            ],
+        ),
+        (
             &[
                 "project",
                 "add",
@@ -288,6 +385,101 @@ async fn project_add_refusals() {
         refused(run(&db, args, ""), *code, needles);
     }
     assert_eq!(count(&db, "projects").await, 1);
+}
+
+/// The agent settings that are right are stored as given; a model priced only by the
+/// deployment's `DAMASCUS_AGENT_PRICES` passes under a cap.
+#[tokio::test]
+async fn project_add_stores_the_agent_settings() {
+    let db = with_web_project().await;
+    ok(run(
+        &db,
+        &[
+            "project",
+            "add",
+            "api",
+            "--repo",
+            "/r",
+            "--agent",
+            "codex",
+            "--agent-model",
+            "gpt-5-codex",
+            "--agent-arg=-c",
+            "--agent-arg=model_reasoning_effort=high",
+            "--cost-budget-usd",
+            "2",
+        ],
+        "",
+    ));
+    ok(run(
+        &db,
+        &[
+            "project",
+            "add",
+            "tools",
+            "--repo",
+            "/r",
+            "--agent-command",
+            "./agent.sh --fast",
+        ],
+        "",
+    ));
+    let mut local = damascus();
+    local
+        .env("DATABASE_URL", &db.url)
+        .env("DAMASCUS_AGENT_PRICES", "house-coder=0.5/0.05/2")
+        .args([
+            "project",
+            "add",
+            "house",
+            "--repo",
+            "/r",
+            "--agent",
+            "opencode",
+            "--agent-model",
+            "local/house-coder",
+            "--cost-budget-usd",
+            "1",
+        ]);
+    ok(local.output().unwrap());
+    let rows: Vec<(
+        String,
+        String,
+        Option<String>,
+        Vec<String>,
+        Option<Vec<String>>,
+    )> = sqlx::query_as(
+        "select name, agent, agent_model, agent_args, agent_command from projects order by id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows[1..],
+        [
+            (
+                "api".into(),
+                "codex".into(),
+                Some("gpt-5-codex".into()),
+                vec!["-c".into(), "model_reasoning_effort=high".into()],
+                None
+            ),
+            (
+                "tools".into(),
+                "command".into(),
+                None,
+                vec![],
+                Some(vec!["./agent.sh".into(), "--fast".into()])
+            ),
+            (
+                "house".into(),
+                "opencode".into(),
+                Some("local/house-coder".into()),
+                vec![],
+                None
+            ),
+        ]
+    );
 }
 
 /// A token in the repository URL would be stored, listed and passed to git on its

@@ -255,6 +255,18 @@ fn worker_setting_refusals() {
             &["MODEL=INPUT/OUTPUT"],
         ),
         (
+            &["cycle", "--agent-price", "gpt-5=1.25/10"],
+            &[],
+            1,
+            &["--agent-price", "MODEL=INPUT/CACHED/OUTPUT"],
+        ),
+        (
+            &["cycle"],
+            &[("DAMASCUS_AGENT_PRICES", "gpt-5=-1/0/0")],
+            1,
+            &["--agent-price", "\"gpt-5=-1/0/0\""],
+        ),
+        (
             &["cycle", "--git-author", "nobody"],
             &[],
             1,

@@ -30,6 +30,7 @@ pub fn damascus() -> Command {
         "DAMASCUS_LLM_MODEL",
         "DAMASCUS_LLM_API_KEY",
         "DAMASCUS_LLM_PRICES",
+        "DAMASCUS_AGENT_PRICES",
         "DAMASCUS_GIT_AUTHOR",
         "DAMASCUS_CONFIG",
         "DAMASCUS_CONCURRENCY",
