@@ -66,10 +66,10 @@ impl Agent for Opencode {
     }
 
     fn invocation(&self, launch: &Launch<'_>, prompt: String) -> Result<Invocation, String> {
-        let base_url = launch.var("OPENAI_BASE_URL").filter(|u| !u.trim().is_empty());
+        let base_url = base_url(launch);
         let model = match (base_url, launch.model) {
             (Some(_), None) => {
-                return Err("OPENAI_BASE_URL is set, so OpenCode runs the model there: name it with --agent-model".into())
+                return Err("the worker gives OPENAI_BASE_URL, so OpenCode runs the project's model there: name it with --agent-model (e.g. gpt-5)".into())
             }
             (Some(_), Some(model)) => Some(format!("{PROVIDER}/{model}")),
             (None, model) => model.map(str::to_owned),
@@ -112,7 +112,7 @@ impl Agent for Opencode {
 
     fn reader(&self, launch: &Launch<'_>) -> Box<dyn StreamReader> {
         let priced_in_config =
-            launch.var("OPENAI_BASE_URL").is_some() && launch.model.is_some() && launch.price.is_some();
+            base_url(launch).is_some() && launch.model.is_some() && launch.price.is_some();
         Box::new(EventReader {
             model: launch.model.map(str::to_owned),
             dollars: priced_in_config,
@@ -123,6 +123,13 @@ impl Agent for Opencode {
     fn session_kept(&self, home: &Path, id: &str) -> bool {
         session_in_database(&home.join(DATA_DIR), id)
     }
+}
+
+/// The worker's OpenAI-compatible endpoint, when it gives one.
+fn base_url<'a>(launch: &'a Launch<'_>) -> Option<&'a str> {
+    launch
+        .var("OPENAI_BASE_URL")
+        .filter(|url| !url.trim().is_empty())
 }
 
 /// The configuration OpenCode reads from `OPENCODE_CONFIG_CONTENT`.
@@ -360,7 +367,14 @@ fn error_text(error: &Value) -> String {
 
 /// What a tool call acts on: its command, file, pattern or URL, else its input.
 fn tool_target(input: &Value) -> String {
-    for key in ["command", "filePath", "path", "pattern", "url", "description"] {
+    for key in [
+        "command",
+        "filePath",
+        "path",
+        "pattern",
+        "url",
+        "description",
+    ] {
         if let Some(target) = input[key].as_str() {
             return target.to_owned();
         }

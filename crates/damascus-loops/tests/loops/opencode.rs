@@ -174,8 +174,10 @@ async fn completions(
     if model.fail_from.is_some_and(|from| call >= from) {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"message": "scripted bad request: the model is unavailable",
-                                  "type": "invalid_request_error"}})),
+            Json(
+                json!({"error": {"message": "scripted bad request: the model is unavailable",
+                                  "type": "invalid_request_error"}}),
+            ),
         )
             .into_response();
     }
@@ -322,7 +324,12 @@ async fn the_real_opencode_builds_a_story_that_merges() {
     let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
-        (MODEL, 2 * PROMPT_TOKENS, 2 * OUTPUT_TOKENS, 2 * CACHED_TOKENS)
+        (
+            MODEL,
+            2 * PROMPT_TOKENS,
+            2 * OUTPUT_TOKENS,
+            2 * CACHED_TOKENS
+        )
     );
     let want = priced(2, PROMPT_TOKENS);
     eprintln!("OpenCode reported {usd} USD for 2 steps (priced {want})");
@@ -333,7 +340,13 @@ async fn the_real_opencode_builds_a_story_that_merges() {
     let lines: Vec<String> = events.iter().map(|e| e.line()).collect();
     eprintln!("{}", lines.join("\n"));
     assert!(
-        matches!(events.first(), Some(E::Started { session: Some(_), .. })),
+        matches!(
+            events.first(),
+            Some(E::Started {
+                session: Some(_),
+                ..
+            })
+        ),
         "{lines:#?}"
     );
     assert!(
@@ -460,11 +473,10 @@ async fn the_real_opencode_whose_tool_calls_were_refused_fails() {
     };
     let (addr, _seen) = serve(1000, None).await;
     let ask = r#"{"bash":"ask","edit":"ask"}"#;
-    let (setup, config) =
-        opencode_project(&opencode, addr, &[("OPENCODE_PERMISSION", ask)], |p| {
-            p.max_attempts_per_phase = 1;
-        })
-        .await;
+    let (setup, config) = opencode_project(&opencode, addr, &[("OPENCODE_PERMISSION", ask)], |p| {
+        p.max_attempts_per_phase = 1;
+    })
+    .await;
     let item = setup.ingest("Greeting", GREETING).await;
     setup.cycle_with(config).await;
 
@@ -498,7 +510,8 @@ async fn the_real_opencode_that_exits_with_an_api_error() {
     assert_eq!(setup.phase(item).await, "blocked");
     let question = setup.open_question(item).await.1;
     assert!(
-        question.contains("the agent exited with 1: scripted bad request: the model is unavailable"),
+        question
+            .contains("the agent exited with 1: scripted bad request: the model is unavailable"),
         "{question}"
     );
     let rows = ledger(&setup, item).await;
