@@ -12,6 +12,7 @@ mod github;
 mod hangs;
 mod merge_queue;
 mod model;
+mod opencode;
 mod safety;
 mod secrets;
 mod support;
