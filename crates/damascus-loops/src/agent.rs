@@ -65,6 +65,9 @@ pub(crate) async fn resumable_session(
         .then_some(session.session_id)
 }
 
+/// How a prompt that continues the agent's session begins.
+pub(crate) const RESUMED: &str = "You worked on this change before, in this worktree, and the branch holds what you committed. What is new since then:\n";
+
 /// The log file of a phase's run: `logs/<item>/<name>.log` under the data dir.
 pub(crate) fn log_file(inner: &Inner, input: &PhaseInput, name: &str) -> PathBuf {
     inner

@@ -194,9 +194,6 @@ fn keep_step(recorded: damascus_db::DbResult<bool>) -> Result<(), Verdict> {
     }
 }
 
-/// How a prompt that continues the agent's session begins.
-const RESUMED: &str = "You worked on this change before, in this worktree, and the branch holds what you committed. What is new since then:\n";
-
 /// The agent's run and its commit: `Ok(Ok((commit, costs)))`, or
 /// `Ok(Err(report))` for a run that ended the phase (its costs in the report).
 async fn run_agent(
@@ -213,7 +210,7 @@ async fn run_agent(
     // agent did with it, so the prompt is only what is new.
     let resume = crate::agent::resumable_session(inner, input, dir).await;
     let mut prompt = match resume {
-        Some(_) => RESUMED.to_owned(),
+        Some(_) => crate::agent::RESUMED.to_owned(),
         None => spec.to_prompt(&input.item.title),
     };
     if let Ok(Some((reason, log_tail))) =
@@ -231,7 +228,7 @@ async fn run_agent(
         ));
     }
 
-    if resume.is_some() && prompt == RESUMED {
+    if resume.is_some() && prompt == crate::agent::RESUMED {
         prompt.push_str("\nNothing else changed: finish the task as specified.\n");
     }
     let log_name = format!("build-{}", input.job.attempt);

@@ -458,15 +458,49 @@ impl Run<'_> {
             Update::Done(commit) => return Ok(commit),
             Update::Conflicts(files) => files,
         };
-        let spec: Option<Spec> = self
-            .input
-            .item
-            .spec
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok());
-        let mut prompt = match spec {
-            Some(spec) => spec.to_prompt(&self.input.item.title),
-            None => format!("# {}\n\n{}\n", self.input.item.title, self.input.item.body),
+        // The agent's own session, when it can go on: it lives in the build's worktree,
+        // so the merge is redone there and the session resolves it with only what is
+        // new; otherwise a fresh session resolves it here with the whole spec.
+        let build_dir = self.input.worktree_dir(&self.inner.config, "");
+        let resume = crate::agent::resumable_session(self.inner, self.input, &build_dir).await;
+        let (work, work_dir, conflicts) = match &resume {
+            None => (tree.clone(), dir.to_path_buf(), conflicts),
+            Some(_) => {
+                let _ = tree.run(&["merge", "--abort"]).await;
+                let build = tree.at(&build_dir);
+                build
+                    .run(&[
+                        "checkout",
+                        "--quiet",
+                        "--force",
+                        "-B",
+                        &head.branch,
+                        &head.head,
+                    ])
+                    .await
+                    .map_err(transient(
+                        "cannot check out the head in the build's worktree",
+                    ))?;
+                match update(&build, base, BranchUpdate::Merge, &message).await? {
+                    Update::Done(commit) => return Ok(commit),
+                    Update::Conflicts(files) => (build, build_dir, files),
+                }
+            }
+        };
+        let mut prompt = match &resume {
+            Some(_) => crate::agent::RESUMED.to_owned(),
+            None => {
+                let spec: Option<Spec> = self
+                    .input
+                    .item
+                    .spec
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok());
+                match spec {
+                    Some(spec) => spec.to_prompt(&self.input.item.title),
+                    None => format!("# {}\n\n{}\n", self.input.item.title, self.input.item.body),
+                }
+            }
         };
         prompt.push_str(&crate::agent::conflicts_section(
             &project.default_branch,
@@ -480,10 +514,10 @@ impl Run<'_> {
             self.inner,
             self.input,
             prompt,
-            dir,
+            &work_dir,
             crate::agents::Task::ResolveConflicts,
             &log_name,
-            None,
+            resume.as_deref(),
         )
         .await;
         let tail = match ran {
@@ -493,13 +527,13 @@ impl Run<'_> {
             }
             Err(failure) => {
                 costs.extend(failure.costs);
-                let _ = tree.run(&["merge", "--abort"]).await;
+                let _ = work.run(&["merge", "--abort"]).await;
                 return Err(failure.verdict.into());
             }
         };
-        let unresolved = crate::agent::unresolved(dir, &conflicts);
+        let unresolved = crate::agent::unresolved(&work_dir, &conflicts);
         if !unresolved.is_empty() {
-            let _ = tree.run(&["merge", "--abort"]).await;
+            let _ = work.run(&["merge", "--abort"]).await;
             return Err(fail(
                 format!(
                     "the agent left conflict markers in {} when resolving the conflicts with {} at the head of the merge queue",
@@ -510,10 +544,12 @@ impl Run<'_> {
             )
             .into());
         }
-        tree.commit_all(&message)
+        work.commit_all(&message)
             .await
             .map_err(transient("cannot commit the resolved merge"))?;
-        Ok(tree
+        // The review goes on in its own worktree (it checks out what it tests); the
+        // worktrees share the cache clone's objects.
+        Ok(work
             .run(&["rev-parse", "HEAD"])
             .await
             .map_err(transient("cannot read the resolved merge"))?)

@@ -18,11 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agents::StreamReader;
 
+/// Dollars so far from what a reader has seen.
+pub(crate) type SpendSoFar = Box<dyn Fn(&dyn StreamReader) -> f64 + Send>;
+
 /// A stop asked when a run's priced usage reaches its reservation.
 pub(crate) struct BudgetWatch {
     pub reserved: f64,
-    /// Dollars so far from what the reader has seen.
-    pub usd: Box<dyn Fn(&dyn StreamReader) -> f64 + Send>,
+    pub usd: SpendSoFar,
     pub stop: CancellationToken,
 }
 

@@ -116,7 +116,7 @@ struct FileUsage {
 }
 
 impl CommandReader {
-    fn from_file(&self, exit: Option<i32>) -> Option<Outcome> {
+    fn outcome_in_file(&self, exit: Option<i32>) -> Option<Outcome> {
         let text = std::fs::read_to_string(&self.result_file).ok()?;
         let file: ResultFile = match serde_json::from_str(&text) {
             Ok(file) => file,
@@ -178,7 +178,7 @@ impl StreamReader for CommandReader {
     }
 
     fn outcome(&mut self, exit: Option<i32>) -> Outcome {
-        match self.from_file(exit) {
+        match self.outcome_in_file(exit) {
             Some(outcome) => outcome,
             None => {
                 let mut outcome = self.stdout.outcome(exit);
