@@ -15,6 +15,7 @@
 
 pub(crate) mod claude;
 pub(crate) mod command;
+pub(crate) mod gemini;
 
 use std::path::{Path, PathBuf};
 
@@ -163,7 +164,8 @@ pub(crate) fn for_kind(kind: AgentKind) -> Option<&'static dyn Agent> {
     match kind {
         AgentKind::Claude => Some(&claude::Claude),
         AgentKind::Command => Some(&command::Command),
-        AgentKind::Codex | AgentKind::Gemini | AgentKind::Opencode => None,
+        AgentKind::Gemini => Some(&gemini::Gemini),
+        AgentKind::Codex | AgentKind::Opencode => None,
     }
 }
 
