@@ -388,7 +388,13 @@ impl GeminiReader {
         let id = value["tool_id"].as_str().unwrap_or_default().to_owned();
         let ok = value["status"] == "success";
         let error = value["error"]["message"].as_str().unwrap_or_default();
-        let text = value["output"].as_str().unwrap_or(error).to_owned();
+        // A tool that succeeded says nothing more in the stream than its status.
+        let text = value["output"]
+            .as_str()
+            .or(Some(error).filter(|e| !e.is_empty()))
+            .or(value["status"].as_str())
+            .unwrap_or_default()
+            .to_owned();
         if !ok && refusal(value["error"]["type"].as_str().unwrap_or_default(), error) {
             let tool = self.tools.get(&id).map(String::as_str).unwrap_or("a tool");
             self.refused.push(format!("{tool}: {error}"));
@@ -570,7 +576,7 @@ mod tests {
             [
                 "── agent started, model gemini-2.5-pro, session fa3482c6-2bd3-4fb5-9207-e2a06fe55a01",
                 "→ write_file hello.txt",
-                "  ← ",
+                "  ← success",
                 "agent: hello.txt now holds hello.",
                 "── done (success)",
             ]
@@ -696,11 +702,11 @@ mod tests {
             .open(&path)
             .unwrap();
         use std::io::Write;
-        write!(file, "{}", r#"{"id":"2456","timestamp":"2026-12-08T01:24:31.130Z","type":"gemini","content":"done","tokens":{"input":1000,"output":50,"cached":200,"thoughts":0,"tool":0,"total":1050},"#).unwrap();
+        file.write_all(br#"{"id":"2456","timestamp":"2026-12-08T01:24:31.130Z","type":"gemini","content":"done","tokens":{"input":1000,"output":50,"cached":200,"thoughts":0,"tool":0,"total":1050},"#).unwrap();
         let (mut reader, _) = read(home.path(), &[INIT, TOOL_USE, TOOL_OK]);
         reader.line(TEXT);
         assert_eq!(reader.spent()[0].tokens, one);
-        writeln!(file, "{}", r#""model":"gemini-2.5-pro"}"#).unwrap();
+        file.write_all(b"\"model\":\"gemini-2.5-pro\"}\n").unwrap();
         reader.line(r#"{"type":"error","severity":"warning","message":"w"}"#);
         assert_eq!(reader.spent()[0].tokens.input, 1600);
         assert_eq!(
