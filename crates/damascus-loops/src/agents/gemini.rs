@@ -663,6 +663,23 @@ mod tests {
         );
         let (mut limited, _) = read(home.path(), &[]);
         assert!(matches!(limited.outcome(Some(53)).end, End::TurnLimit(_)));
+        let turn_limit = r#"{"type":"result","timestamp":"2026-12-08T01:35:04.467Z","status":"error","error":{"type":"FatalTurnLimitedError","message":"Reached max session turns for this session. Increase the number of turns by specifying maxSessionTurns in settings.json."},"stats":{"total_tokens":1080,"input_tokens":1000,"output_tokens":50,"cached":200,"input":800,"duration_ms":0,"tool_calls":1,"models":{"gemini-2.5-pro":{"total_tokens":1080,"input_tokens":1000,"output_tokens":50,"cached":200,"input":800}}}}"#;
+        let (mut limited, _) = read(home.path(), &[INIT, TOOL_USE, TOOL_OK, turn_limit]);
+        let outcome = limited.outcome(Some(53));
+        assert!(
+            matches!(&outcome.end, End::TurnLimit(why) if why.contains("Reached max session turns")),
+            "{:?}",
+            outcome.end
+        );
+        // 30 thinking tokens are in the total only; they are billed as output.
+        assert_eq!(
+            outcome.spend[0].tokens,
+            Tokens {
+                input: 800,
+                cached_input: 200,
+                output: 80
+            }
+        );
     }
 
     /// The session file as Gemini CLI 0.61.0 appends to it: each reply with its
