@@ -106,11 +106,9 @@ pub(crate) async fn run(
     let budget = input.reserve_budget().await?;
     // A cap cannot hold for tokens it cannot price.
     if budget.is_some() {
-        if let Some(problem) = damascus_core::project::unpriced_model(
-            agent.kind(),
-            project.agent_model.as_deref(),
-            prices,
-        ) {
+        if let Some(problem) =
+            damascus_core::project::unpriced_model(agent.kind(), project.agent_model.as_deref(), prices)
+        {
             return Err(ask(format!(
                 "project {} has a cost cap, and agent {} reports tokens, not dollars, so Damascus prices them: {problem}; then answer to try again",
                 project.name,
@@ -205,10 +203,7 @@ pub(crate) async fn run(
     let reader = transcript.finish().await;
     let end = end.map_err(|e| {
         fail(
-            format!(
-                "{e}; install the agent ({}) or check the project's agent settings",
-                agent.install_hint()
-            ),
+            format!("{e}; install the agent ({}) or check the project's agent settings", agent.install_hint()),
             "",
         )
     })?;
@@ -261,10 +256,7 @@ pub(crate) async fn run(
         ProcessEnd::Exited { code, tail, .. } => (code, tail, false),
         ProcessEnd::Stopped { tail, .. } => (None, tail, true),
     };
-    let outcome = reader
-        .lock()
-        .expect("the reader does not panic")
-        .outcome(code);
+    let outcome = reader.lock().expect("the reader does not panic").outcome(code);
     // What the agent reports spending counts whatever its exit code: per model, with
     // its tokens, priced when it gives no dollars.
     let costs = pricing.rows(&outcome.spend, budget);

@@ -86,13 +86,7 @@ mod tests {
     use super::*;
     use damascus_core::prices::Tokens;
 
-    fn spend(
-        model: Option<&str>,
-        input: i64,
-        cached: i64,
-        output: i64,
-        usd: Option<f64>,
-    ) -> ModelSpend {
+    fn spend(model: Option<&str>, input: i64, cached: i64, output: i64, usd: Option<f64>) -> ModelSpend {
         ModelSpend {
             model: model.map(str::to_owned),
             tokens: Tokens {
@@ -121,25 +115,11 @@ mod tests {
         let rows = pricing.rows(&run, Some(2.0));
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].model, "gpt-5");
-        assert_eq!(
-            (rows[0].tokens_in, rows[0].tokens_cached),
-            (3_000_000, 2_000_000)
-        );
-        assert!(
-            (rows[0].usd - (1.25 + 0.25 + 1.0)).abs() < 1e-9,
-            "{}",
-            rows[0].usd
-        );
-        assert!(rows[0]
-            .price
-            .as_deref()
-            .unwrap()
-            .starts_with("gpt-5 at 1.25/0.125/10"));
+        assert_eq!((rows[0].tokens_in, rows[0].tokens_cached), (3_000_000, 2_000_000));
+        assert!((rows[0].usd - (1.25 + 0.25 + 1.0)).abs() < 1e-9, "{}", rows[0].usd);
+        assert!(rows[0].price.as_deref().unwrap().starts_with("gpt-5 at 1.25/0.125/10"));
         assert_eq!((rows[1].usd, rows[1].price.clone()), (0.5, None));
-        assert_eq!(
-            rows[2].model,
-            "mystery (spend unknown: no price for its tokens)"
-        );
+        assert_eq!(rows[2].model, "mystery (spend unknown: no price for its tokens)");
         assert_eq!(rows[2].usd, 2.0);
         assert!((pricing.usd(&run) - 3.0).abs() < 1e-9);
     }

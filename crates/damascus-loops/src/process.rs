@@ -264,9 +264,7 @@ pub async fn run(spec: ProcessSpec, cancel: &CancellationToken) -> Result<Proces
         ),
         Ending::Cancelled => "\n[damascus: cancelled]\n".to_owned(),
         Ending::TimedOut => format!("\n[damascus: killed after {:?}]\n", spec.timeout),
-        Ending::Stopped => {
-            "\n[damascus: stopped: its usage reached what was reserved for it]\n".to_owned()
-        }
+        Ending::Stopped => "\n[damascus: stopped: its usage reached what was reserved for it]\n".to_owned(),
     };
     if let Some(file) = log.lock().await.as_mut() {
         let _ = file.write_all(note.as_bytes()).await;

@@ -151,9 +151,7 @@ impl CommandReader {
             .collect();
         let end = match (exit, file.ok, file.error) {
             (Some(0), Some(true) | None, None) => End::Success,
-            (Some(0), _, Some(error)) => {
-                End::Failure(format!("the agent reported an error: {error}"))
-            }
+            (Some(0), _, Some(error)) => End::Failure(format!("the agent reported an error: {error}")),
             (Some(0), Some(false), None) => {
                 End::Failure("the agent's result says it did not succeed".into())
             }
@@ -211,9 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = reader(
             dir.path(),
-            Some(
-                r#"{"ok":true,"turns":2,"usage":{"input_tokens":1200,"cached_input_tokens":1000,"output_tokens":300}}"#,
-            ),
+            Some(r#"{"ok":true,"turns":2,"usage":{"input_tokens":1200,"cached_input_tokens":1000,"output_tokens":300}}"#),
         );
         let outcome = r.outcome(Some(0));
         assert_eq!(outcome.end, End::Success);
