@@ -15,6 +15,7 @@
 
 pub(crate) mod claude;
 pub(crate) mod command;
+pub(crate) mod gemini;
 pub(crate) mod opencode;
 
 use std::path::{Path, PathBuf};
@@ -164,8 +165,9 @@ pub(crate) fn for_kind(kind: AgentKind) -> Option<&'static dyn Agent> {
     match kind {
         AgentKind::Claude => Some(&claude::Claude),
         AgentKind::Command => Some(&command::Command),
+        AgentKind::Gemini => Some(&gemini::Gemini),
         AgentKind::Opencode => Some(&opencode::Opencode),
-        AgentKind::Codex | AgentKind::Gemini => None,
+        AgentKind::Codex => None,
     }
 }
 

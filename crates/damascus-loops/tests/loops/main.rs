@@ -7,6 +7,7 @@ mod claude_code;
 mod faults;
 mod flow;
 mod forge_faults;
+mod gemini;
 mod gitea;
 mod github;
 mod hangs;
