@@ -14,6 +14,7 @@
 //! (`tests/loops/`), and a row in docs/AGENTS.md.
 
 pub(crate) mod claude;
+pub(crate) mod codex;
 pub(crate) mod command;
 pub(crate) mod opencode;
 
@@ -164,8 +165,9 @@ pub(crate) fn for_kind(kind: AgentKind) -> Option<&'static dyn Agent> {
     match kind {
         AgentKind::Claude => Some(&claude::Claude),
         AgentKind::Command => Some(&command::Command),
+        AgentKind::Codex => Some(&codex::Codex),
         AgentKind::Opencode => Some(&opencode::Opencode),
-        AgentKind::Codex | AgentKind::Gemini => None,
+        AgentKind::Gemini => None,
     }
 }
 
