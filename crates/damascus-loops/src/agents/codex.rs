@@ -47,8 +47,10 @@
 //! sends the whole thread again, then the new prompt as the last user message).
 //!
 //! Ends: exit 0 with `turn.completed` is success unless a tool call was refused (a
-//! failure naming the call and Codex's answer); `turn.failed`, an `error` event or a
-//! non-zero exit (every failure exits 1) is a failure with the message.
+//! failure naming the call and Codex's answer); `turn.failed` or a non-zero exit
+//! (every failure exits 1) is a failure with the turn's error, else the last `error`
+//! event's message. An `error` event alone is not a failure: Codex reports its stream
+//! retries that way ("Reconnecting... 1/5 (stream disconnected …)") and goes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -138,7 +140,12 @@ impl Agent for Codex {
     }
 
     fn session_kept(&self, home: &Path, id: &str) -> bool {
-        rollout_file(&codex_home(home), id).is_some()
+        !id.is_empty()
+            && super::file_named_under(
+                &codex_home(home).join("sessions"),
+                &format!("-{id}.jsonl"),
+                3,
+            )
     }
 }
 
@@ -170,7 +177,10 @@ fn config_toml(launch: &Launch<'_>) -> Result<String, String> {
         "[analytics]\nenabled = false".to_owned(),
         "[feedback]\nenabled = false".to_owned(),
     ];
-    if let Some(url) = launch.var("OPENAI_BASE_URL").filter(|u| !u.trim().is_empty()) {
+    if let Some(url) = launch
+        .var("OPENAI_BASE_URL")
+        .filter(|u| !u.trim().is_empty())
+    {
         let key = ["OPENAI_API_KEY", "CODEX_API_KEY"]
             .into_iter()
             .find(|name| launch.var(name).is_some_and(|v| !v.is_empty()))
@@ -201,7 +211,9 @@ fn find_file(dir: &Path, suffix: &str, depth: usize) -> Option<PathBuf> {
     entries.flatten().find_map(|entry| {
         let path = entry.path();
         if path.is_dir() {
-            (depth > 0).then(|| find_file(&path, suffix, depth - 1)).flatten()
+            (depth > 0)
+                .then(|| find_file(&path, suffix, depth - 1))
+                .flatten()
         } else {
             let name = entry.file_name();
             let name = name.to_string_lossy();
@@ -280,7 +292,10 @@ impl Rollout {
             ("turn_context", _) => self.take_model(&payload["model"]),
             ("event_msg", Some("item_completed")) => {
                 let item = &payload["item"];
-                if matches!(item["type"].as_str(), Some("CommandExecution" | "FileChange")) {
+                if matches!(
+                    item["type"].as_str(),
+                    Some("CommandExecution" | "FileChange")
+                ) {
                     if let Some(id) = item["id"].as_str() {
                         self.ran.insert(id.to_owned());
                     }
@@ -439,7 +454,11 @@ struct CodexReader {
     responses_before: i64,
     /// The thread's usage at `turn.completed` (cumulative over the thread).
     completed: Option<Usage>,
+    /// The message of `turn.failed`.
     failure: Option<String>,
+    /// The last `error` event's message: a retry notice ("Reconnecting... 1/5") the
+    /// run may recover from, or the error it exits with.
+    last_error: Option<String>,
     refusals: Vec<Refusal>,
     last_message: String,
 }
@@ -455,6 +474,7 @@ impl CodexReader {
             responses_before: 0,
             completed: None,
             failure: None,
+            last_error: None,
             refusals: Vec::new(),
             last_message: String::new(),
         };
@@ -502,9 +522,7 @@ impl CodexReader {
     /// This run's usage so far.
     fn usage(&self) -> Usage {
         let total = match (self.completed, self.follow.rollout.total) {
-            (Some(done), Some(seen)) if seen.input + seen.output > done.input + done.output => {
-                seen
-            }
+            (Some(done), Some(seen)) if seen.input + seen.output > done.input + done.output => seen,
             (Some(done), _) => done,
             (None, Some(seen)) => seen,
             (None, None) => return Usage::default(),
@@ -528,7 +546,10 @@ impl CodexReader {
         let first = self.refusals.first()?;
         let more = match self.refusals.len() - 1 {
             0 => String::new(),
-            n => format!(" (and {n} more refused call{})", if n == 1 { "" } else { "s" }),
+            n => format!(
+                " (and {n} more refused call{})",
+                if n == 1 { "" } else { "s" }
+            ),
         };
         Some(format!(
             "Codex refused the agent's tool call {} `{}`: {}{more}; let it write the worktree (its sandbox is workspace-write unless the project's agent args change it)",
@@ -637,22 +658,27 @@ impl CodexReader {
         ]
     }
 
-    fn failed(&mut self, message: &str, result: bool) -> Vec<TranscriptEvent> {
+    fn turn_failed(&mut self, message: &str) -> Vec<TranscriptEvent> {
         let message = error_message(message);
-        if self.failure.is_none() {
-            self.failure = Some(message.clone());
-        }
-        if result {
-            vec![TranscriptEvent::Result {
-                ok: false,
-                subtype: "turn_failed".into(),
-                usd: None,
-                turns: self.turns(),
-                text: message,
-            }]
-        } else {
-            vec![TranscriptEvent::Error { text: message }]
-        }
+        self.failure.get_or_insert(message.clone());
+        vec![TranscriptEvent::Result {
+            ok: false,
+            subtype: "turn_failed".into(),
+            usd: None,
+            turns: self.turns(),
+            text: message,
+        }]
+    }
+
+    fn error(&mut self, message: &str) -> Vec<TranscriptEvent> {
+        let message = error_message(message);
+        self.last_error = Some(message.clone());
+        vec![TranscriptEvent::Error { text: message }]
+    }
+
+    /// What the output says went wrong: the turn's failure, else the last error.
+    fn said(&self) -> Option<&str> {
+        self.failure.as_deref().or(self.last_error.as_deref())
     }
 }
 
@@ -685,11 +711,11 @@ impl StreamReader for CodexReader {
             "turn.completed" => events.extend(self.turn_completed(&value["usage"])),
             "turn.failed" => {
                 let message = value["error"]["message"].as_str().unwrap_or("turn failed");
-                events.extend(self.failed(message, true));
+                events.extend(self.turn_failed(message));
             }
             "error" => {
                 let message = value["message"].as_str().unwrap_or("error");
-                events.extend(self.failed(message, false));
+                events.extend(self.error(message));
             }
             _ => {}
         }
@@ -711,13 +737,17 @@ impl StreamReader for CodexReader {
     fn outcome(&mut self, exit: Option<i32>) -> Outcome {
         self.poll_rollout();
         let end = match (exit, &self.failure, self.refused()) {
-            (Some(0), None, None) if self.completed.is_some() => End::Success,
-            (Some(0), None, None) => End::Failure(
-                "Codex exited without completing its turn (no turn.completed in its output)".into(),
-            ),
             (Some(0), Some(failure), _) => End::Failure(format!("Codex failed: {failure}")),
             (Some(0), None, Some(refused)) => End::Failure(refused),
-            (other, failure, _) => super::exit_failure(other, failure.as_deref()),
+            (Some(0), None, None) if self.completed.is_some() => End::Success,
+            (Some(0), None, None) => End::Failure(format!(
+                "Codex exited without completing its turn (no turn.completed in its output){}",
+                self.last_error
+                    .as_deref()
+                    .map(|e| format!("; its last error: {e}"))
+                    .unwrap_or_default()
+            )),
+            (other, _, _) => super::exit_failure(other, self.said()),
         };
         Outcome {
             end,
@@ -733,7 +763,8 @@ mod tests {
     use super::*;
 
     /// Lines captured from `codex exec --json` 0.169.0 against a scripted server.
-    const STARTED: &str = r#"{"type":"thread.started","thread_id":"01a25340-968f-7a91-8ccf-333193845a86"}"#;
+    const STARTED: &str =
+        r#"{"type":"thread.started","thread_id":"01a25340-968f-7a91-8ccf-333193845a86"}"#;
     const WARNING: &str = r#"{"type":"item.completed","item":{"id":"item_0","type":"error","message":"Model metadata for `gpt-5-codex` not found. Defaulting to fallback metadata; this can degrade performance and cause issues."}}"#;
     const COMMAND_STARTED: &str = r#"{"type":"item.started","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \"printf 'hello\\\\n' > hello.txt\"","aggregated_output":"","exit_code":null,"status":"in_progress"}}"#;
     const COMMAND_DONE: &str = r#"{"type":"item.completed","item":{"id":"item_1","type":"command_execution","command":"/bin/bash -lc \"printf 'hello\\\\n' > hello.txt\"","aggregated_output":"","exit_code":0,"status":"completed"}}"#;
@@ -741,6 +772,7 @@ mod tests {
     const COMPLETED: &str = r#"{"type":"turn.completed","usage":{"input_tokens":2400,"cached_input_tokens":400,"cache_write_input_tokens":0,"output_tokens":100,"reasoning_output_tokens":20}}"#;
     const COMPLETED_AGAIN: &str = r#"{"type":"turn.completed","usage":{"input_tokens":4800,"cached_input_tokens":800,"cache_write_input_tokens":0,"output_tokens":200,"reasoning_output_tokens":40}}"#;
     const ERROR: &str = r#"{"type":"error","message":"{\"error\":{\"message\":\"bad model thing\",\"type\":\"invalid_request_error\"}}"}"#;
+    const RETRY: &str = r#"{"type":"error","message":"Reconnecting... 1/5 (stream disconnected before completion: stream closed before response.completed)"}"#;
     const FAILED: &str = r#"{"type":"turn.failed","error":{"message":"{\"error\":{\"message\":\"bad model thing\",\"type\":\"invalid_request_error\"}}"}}"#;
 
     /// Rollout lines (shortened to the fields read) of the same runs.
@@ -798,7 +830,10 @@ mod tests {
                 model: Some("gpt-5-codex".into())
             }]
         );
-        assert!(matches!(&r.line(WARNING)[..], [TranscriptEvent::Error { .. }]));
+        assert!(matches!(
+            &r.line(WARNING)[..],
+            [TranscriptEvent::Error { .. }]
+        ));
         write_lines(&file, &[CALL, USAGE_1]);
         assert!(matches!(
             &r.line(COMMAND_STARTED)[..],
@@ -839,7 +874,9 @@ mod tests {
         r.line(STARTED);
         write_lines(
             &file,
-            &[&USAGE_2.replace("2400", "3600").replace("\"output_tokens\":100", "\"output_tokens\":150")],
+            &[&USAGE_2
+                .replace("2400", "3600")
+                .replace("\"output_tokens\":100", "\"output_tokens\":150")],
         );
         r.line(COMMAND_STARTED);
         assert_eq!(r.spent()[0].tokens, tokens(1200, 0, 50));
@@ -868,7 +905,10 @@ mod tests {
                 "{events:?}"
             );
             let end = r.line(COMPLETED);
-            assert!(matches!(&end[1], TranscriptEvent::Result { ok: false, .. }), "{end:?}");
+            assert!(
+                matches!(&end[1], TranscriptEvent::Result { ok: false, .. }),
+                "{end:?}"
+            );
             match r.outcome(Some(0)).end {
                 End::Failure(why) => {
                     assert!(why.contains("refused") && why.contains(said), "{why}")
@@ -891,8 +931,13 @@ mod tests {
         let mut r = CodexReader::new(dir.path().to_path_buf(), Some("gpt-5-codex".into()), None);
         r.line(STARTED);
         write_lines(&file, &[USAGE_1]);
-        assert!(matches!(&r.line(ERROR)[..], [TranscriptEvent::Error { text }] if text.starts_with("bad model thing")));
-        assert!(matches!(&r.line(FAILED)[..], [TranscriptEvent::Result { ok: false, .. }]));
+        assert!(
+            matches!(&r.line(ERROR)[..], [TranscriptEvent::Error { text }] if text.starts_with("bad model thing"))
+        );
+        assert!(matches!(
+            &r.line(FAILED)[..],
+            [TranscriptEvent::Result { ok: false, .. }]
+        ));
         let outcome = r.outcome(Some(1));
         match &outcome.end {
             End::Failure(why) => assert!(
@@ -902,6 +947,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(outcome.spend[0].tokens, tokens(1000, 200, 50));
+        // A retry notice is an error event the run recovers from.
+        let mut retried = CodexReader::new(dir.path().to_path_buf(), None, None);
+        retried.line(STARTED);
+        assert!(matches!(
+            &retried.line(RETRY)[..],
+            [TranscriptEvent::Error { .. }]
+        ));
+        retried.line(MESSAGE);
+        retried.line(COMPLETED);
+        assert_eq!(retried.outcome(Some(0)).end, End::Success);
         let mut killed = CodexReader::new(dir.path().to_path_buf(), None, None);
         assert_eq!(
             killed.outcome(None).end,
@@ -913,7 +968,10 @@ mod tests {
     fn the_command_line_and_configuration() {
         let home = tempfile::tempdir().unwrap();
         let env = vec![
-            ("OPENAI_BASE_URL".to_owned(), "http://127.0.0.1:9/v1/".to_owned()),
+            (
+                "OPENAI_BASE_URL".to_owned(),
+                "http://127.0.0.1:9/v1/".to_owned(),
+            ),
             ("OPENAI_API_KEY".to_owned(), "sk-test".to_owned()),
         ];
         let extra = vec!["-s".to_owned(), "read-only".to_owned()];
@@ -954,14 +1012,23 @@ mod tests {
         }
 
         let no_key = vec![env[0].clone()];
-        let launch = Launch { env: &no_key, ..launch };
+        let launch = Launch {
+            env: &no_key,
+            ..launch
+        };
         let why = Codex.invocation(&launch, String::new()).unwrap_err();
         assert!(why.contains("OPENAI_API_KEY"), "{why}");
         let none: Vec<(String, String)> = Vec::new();
-        let launch = Launch { env: &none, resume: None, ..launch };
+        let launch = Launch {
+            env: &none,
+            resume: None,
+            ..launch
+        };
         let inv = Codex.invocation(&launch, String::new()).unwrap();
         assert!(!inv.home_files[0].1.contains("model_provider"));
-        assert!(inv.argv.ends_with(&["read-only".to_owned(), "-".to_owned()]));
+        assert!(inv
+            .argv
+            .ends_with(&["read-only".to_owned(), "-".to_owned()]));
         assert_eq!(toml_string("a\"b\\c\n"), r#""a\"b\\c\u000A""#);
     }
 
@@ -971,7 +1038,11 @@ mod tests {
         assert!(!Codex.session_kept(home.path(), THREAD));
         let day = home.path().join(".codex/sessions/2026/12/08");
         std::fs::create_dir_all(&day).unwrap();
-        std::fs::write(day.join(format!("rollout-2026-12-08T01-24-31-{THREAD}.jsonl")), "").unwrap();
+        std::fs::write(
+            day.join(format!("rollout-2026-12-08T01-24-31-{THREAD}.jsonl")),
+            "",
+        )
+        .unwrap();
         assert!(Codex.session_kept(home.path(), THREAD));
         assert!(!Codex.session_kept(home.path(), "01a25340"));
         assert!(!Codex.session_kept(home.path(), ""));

@@ -139,20 +139,25 @@ fn stream(item: &Value, input_tokens: i64) -> String {
     if item["type"] == "message" {
         let mut empty = item.clone();
         empty["content"] = json!([]);
-        events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": empty}));
-        events.push(json!({"type": "response.output_text.delta", "item_id": item["id"],
-            "output_index": 0, "content_index": 0, "delta": item["content"][0]["text"]}));
+        events
+            .push(json!({"type": "response.output_item.added", "output_index": 0, "item": empty}));
+        events.push(
+            json!({"type": "response.output_text.delta", "item_id": item["id"],
+            "output_index": 0, "content_index": 0, "delta": item["content"][0]["text"]}),
+        );
     } else {
         events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": item}));
     }
     events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
-    events.push(json!({"type": "response.completed", "response": {"id": id, "usage": {
-        "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": CACHED_TOKENS.min(input_tokens)},
-        "output_tokens": OUTPUT_TOKENS,
-        "output_tokens_details": {"reasoning_tokens": 10},
-        "total_tokens": input_tokens + OUTPUT_TOKENS,
-    }}}));
+    events.push(
+        json!({"type": "response.completed", "response": {"id": id, "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": CACHED_TOKENS.min(input_tokens)},
+            "output_tokens": OUTPUT_TOKENS,
+            "output_tokens_details": {"reasoning_tokens": 10},
+            "total_tokens": input_tokens + OUTPUT_TOKENS,
+        }}}),
+    );
     events
         .iter()
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
@@ -179,8 +184,10 @@ async fn responses(
     if model.script == Script::FailsSecond && count >= 2 {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"message": "the scripted model refuses this request",
-                "type": "invalid_request_error", "code": null}})),
+            Json(
+                json!({"error": {"message": "the scripted model refuses this request",
+                "type": "invalid_request_error", "code": null}}),
+            ),
         )
             .into_response();
     }
@@ -361,7 +368,12 @@ async fn the_real_codex_builds_a_story_that_merges() {
     let (model, tokens_in, tokens_out, tokens_cached, price, usd) = rows[0].clone();
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
-        (MODEL, 2 * INPUT_TOKENS, 2 * OUTPUT_TOKENS, 2 * CACHED_TOKENS)
+        (
+            MODEL,
+            2 * INPUT_TOKENS,
+            2 * OUTPUT_TOKENS,
+            2 * CACHED_TOKENS
+        )
     );
     let price = price.expect("a priced row names its price");
     assert!(
@@ -433,7 +445,9 @@ async fn the_real_codex_is_stopped_at_its_reservation() {
     assert!(took < std::time::Duration::from_secs(40), "{took:?}");
     let reason = last_failure(&setup, item).await;
     assert!(
-        reason.contains("the agent was stopped when its usage reached the 0.1000 USD reserved for it"),
+        reason.contains(
+            "the agent was stopped when its usage reached the 0.1000 USD reserved for it"
+        ),
         "{reason}"
     );
 
@@ -442,17 +456,16 @@ async fn the_real_codex_is_stopped_at_its_reservation() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
     let responses = tokens_in / BIG;
-    assert!(
-        responses >= 1 && tokens_in == responses * BIG,
-        "{rows:?}"
-    );
+    assert!(responses >= 1 && tokens_in == responses * BIG, "{rows:?}");
     assert_eq!(
         (model.as_str(), tokens_out, tokens_cached),
         (MODEL, responses * OUTPUT_TOKENS, responses * CACHED_TOKENS)
     );
     let expected = priced(responses, BIG);
     assert!((usd - expected).abs() < 1e-9, "{usd} vs {expected}");
-    eprintln!("Codex was stopped after {responses} response(s): {usd} USD under a {BUDGET} USD budget");
+    eprintln!(
+        "Codex was stopped after {responses} response(s): {usd} USD under a {BUDGET} USD budget"
+    );
 
     // No further run starts: the budget is spent, a person decides.
     assert_eq!(setup.phase(item).await, "blocked");
@@ -526,7 +539,12 @@ async fn the_real_codex_continues_its_thread_after_failed_tests() {
     for (model, tokens_in, tokens_out, tokens_cached, _, usd) in &rows {
         assert_eq!(
             (model.as_str(), *tokens_in, *tokens_out, *tokens_cached),
-            (MODEL, 2 * INPUT_TOKENS, 2 * OUTPUT_TOKENS, 2 * CACHED_TOKENS)
+            (
+                MODEL,
+                2 * INPUT_TOKENS,
+                2 * OUTPUT_TOKENS,
+                2 * CACHED_TOKENS
+            )
         );
         assert!((usd - priced(2, INPUT_TOKENS)).abs() < 1e-9, "{usd}");
     }
@@ -562,9 +580,9 @@ async fn the_real_codex_whose_tool_calls_were_refused_fails() {
     assert!(answer.contains("Read-only file system"), "{answer}");
     let events = transcript(&setup, item, "build-1");
     assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, E::ToolResult { ok: false, text, .. } if text.starts_with("refused:"))),
+        events.iter().any(
+            |e| matches!(e, E::ToolResult { ok: false, text, .. } if text.starts_with("refused:"))
+        ),
         "{events:#?}"
     );
     assert!(
