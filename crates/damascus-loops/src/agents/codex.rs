@@ -551,8 +551,17 @@ impl CodexReader {
                 if n == 1 { "" } else { "s" }
             ),
         };
+        // Codex's sandbox refuses every command when its home is under /tmp.
+        let hint = if self.codex_home.starts_with("/tmp") {
+            format!(
+                "Codex's sandbox refuses every command when its home ({}) is under /tmp: move the worker's data directory out of /tmp, or give the project the agent args `-s danger-full-access` when Damascus confines the agent itself (--sandbox bwrap)",
+                self.codex_home.display()
+            )
+        } else {
+            "let it write the worktree (its sandbox is workspace-write unless the project's agent args change it)".to_owned()
+        };
         Some(format!(
-            "Codex refused the agent's tool call {} `{}`: {}{more}; let it write the worktree (its sandbox is workspace-write unless the project's agent args change it)",
+            "Codex refused the agent's tool call {} `{}`: {}{more}; {hint}",
             first.tool, first.target, first.answer
         ))
     }
