@@ -14,6 +14,7 @@
 //! (`tests/loops/`), and a row in docs/AGENTS.md.
 
 pub(crate) mod claude;
+pub(crate) mod codex;
 pub(crate) mod command;
 pub(crate) mod gemini;
 pub(crate) mod opencode;
@@ -160,14 +161,15 @@ pub(crate) trait StreamReader: Send {
     fn outcome(&mut self, exit: Option<i32>) -> Outcome;
 }
 
-/// The agent of `kind`, or `None` when this build cannot run it.
+/// The agent of `kind` (every kind has one; `Option` leaves room for a kind a newer
+/// database knows and this build does not).
 pub(crate) fn for_kind(kind: AgentKind) -> Option<&'static dyn Agent> {
     match kind {
         AgentKind::Claude => Some(&claude::Claude),
         AgentKind::Command => Some(&command::Command),
+        AgentKind::Codex => Some(&codex::Codex),
         AgentKind::Gemini => Some(&gemini::Gemini),
         AgentKind::Opencode => Some(&opencode::Opencode),
-        AgentKind::Codex => None,
     }
 }
 

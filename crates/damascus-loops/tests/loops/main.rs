@@ -4,6 +4,7 @@
 
 mod agents;
 mod claude_code;
+mod codex;
 mod faults;
 mod flow;
 mod forge_faults;
