@@ -127,7 +127,6 @@ pub(crate) async fn run(
     let env = agents::env_for(agent, &inner.config.agent_env);
     let price = project.agent_model.as_deref().and_then(|m| prices.find(m));
     let launch = Launch {
-        task,
         model: project.agent_model.as_deref(),
         extra_args: &project.agent_args,
         command: project.agent_command.as_deref(),
@@ -135,7 +134,6 @@ pub(crate) async fn run(
         max_turns: inner.config.claude_max_turns,
         resume,
         home: &home,
-        worktree: dir,
         env: &env,
         price: price.as_ref(),
         result_file: &result_file,

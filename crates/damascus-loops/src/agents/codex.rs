@@ -985,7 +985,6 @@ mod tests {
         ];
         let extra = vec!["-s".to_owned(), "read-only".to_owned()];
         let launch = Launch {
-            task: super::super::Task::Build,
             model: Some("gpt-5-codex"),
             extra_args: &extra,
             command: None,
@@ -993,7 +992,6 @@ mod tests {
             max_turns: 5,
             resume: Some(THREAD),
             home: home.path(),
-            worktree: home.path(),
             env: &env,
             price: None,
             result_file: &home.path().join("r.json"),

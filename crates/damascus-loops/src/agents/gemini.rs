@@ -737,7 +737,6 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let env = vec![("GEMINI_API_KEY".to_owned(), "k".to_owned())];
         let launch = Launch {
-            task: super::super::Task::Build,
             model: None,
             extra_args: &["--debug".to_owned()],
             command: None,
@@ -745,7 +744,6 @@ mod tests {
             max_turns: 7,
             resume: Some("fa3482c6-2bd3-4fb5-9207-e2a06fe55a01"),
             home: home.path(),
-            worktree: home.path(),
             env: &env,
             price: None,
             result_file: &home.path().join("r.json"),

@@ -45,7 +45,6 @@ impl Task {
 
 /// Everything an agent's file needs to start one run.
 pub(crate) struct Launch<'a> {
-    pub task: Task,
     /// `--agent-model`, when the project names one.
     pub model: Option<&'a str>,
     /// `--agent-arg`s, appended after Damascus's own arguments.
@@ -60,7 +59,6 @@ pub(crate) struct Launch<'a> {
     pub resume: Option<&'a str>,
     /// The run's HOME: the agent's configuration and sessions live under it, per item.
     pub home: &'a Path,
-    pub worktree: &'a Path,
     /// The worker's variables this agent gets (its own names and `--agent-env`'s).
     pub env: &'a [(String, String)],
     /// The price of `model`, for an agent whose configuration carries it (OpenCode).

@@ -512,7 +512,6 @@ mod tests {
             ("OPENAI_API_KEY".to_owned(), "sk-x".to_owned()),
         ];
         let launch = Launch {
-            task: super::super::Task::Build,
             model: Some("gpt-5"),
             extra_args: &["--variant".into(), "high".into()],
             command: None,
@@ -520,7 +519,6 @@ mod tests {
             max_turns: 5,
             resume: Some("ses_1"),
             home: Path::new("/home"),
-            worktree: Path::new("/w"),
             env: &env,
             price: Some(&price),
             result_file: Path::new("/r"),

@@ -442,13 +442,15 @@ async fn project_add_stores_the_agent_settings() {
             "1",
         ]);
     ok(local.output().unwrap());
-    let rows: Vec<(
+    /// name, agent, agent_model, agent_args, agent_command
+    type AgentRow = (
         String,
         String,
         Option<String>,
         Vec<String>,
         Option<Vec<String>>,
-    )> = sqlx::query_as(
+    );
+    let rows: Vec<AgentRow> = sqlx::query_as(
         "select name, agent, agent_model, agent_args, agent_command from projects order by id",
     )
     .fetch_all(&db.pool)
