@@ -1003,6 +1003,7 @@ async function loadProjects() {
         <dt>Forge</dt><dd>${esc(p.forge)}</dd>
         <dt>Base branch</dt><dd class="mono">${esc(p.base_branch)}</dd>
         <dt>Spec mode</dt><dd>${esc(p.spec_mode)}</dd>
+        <dt>Agent</dt><dd data-agent>${esc(settings.agent || "claude")}${settings.agent_model ? ` <span class="mono">${esc(settings.agent_model)}</span>` : ""}</dd>
         <dt>Attempts</dt><dd>${esc(p.max_attempts_per_phase)} per phase, ${esc(p.max_attempts_total)} in all</dd>
       </dl>
       <details><summary>All settings</summary><dl class="kv" style="margin-top:.5rem">${Object.keys(settings).sort().map((k) => `<dt>${esc(k)}</dt><dd class="mono">${esc(typeof settings[k] === "object" && settings[k] !== null ? JSON.stringify(settings[k]) : settings[k] ?? "—")}</dd>`).join("")}</dl></details>

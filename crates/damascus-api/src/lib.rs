@@ -18,7 +18,7 @@ pub mod json;
 pub mod logs;
 mod metrics;
 mod operator;
-mod project_add;
+pub mod project_add;
 mod routes;
 pub mod views;
 pub mod webhooks;

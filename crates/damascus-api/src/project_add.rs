@@ -8,12 +8,77 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use damascus_core::{NewProject, ProjectName};
+use damascus_core::{AgentKind, NewProject, ProjectName};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::json::ApiJson;
 use crate::{ApiError, AppState};
+
+/// The deployment's defaults for a new project's agent, from the environment (the
+/// configuration file's `[project_defaults]` sets them): `DAMASCUS_AGENT` (a kind),
+/// `DAMASCUS_AGENT_MODEL`, `DAMASCUS_AGENT_ARGS` (a JSON list of strings). A project
+/// that names its own agent (or gives `agent_command`) takes none of them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentDefaults {
+    pub agent: Option<AgentKind>,
+    pub model: Option<String>,
+    pub args: Vec<String>,
+}
+
+impl AgentDefaults {
+    pub fn from_env() -> Result<AgentDefaults, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let agent = var("DAMASCUS_AGENT")
+            .map(|kind| {
+                kind.trim()
+                    .parse::<AgentKind>()
+                    .map_err(|e| format!("DAMASCUS_AGENT (project_defaults.agent): {e}"))
+            })
+            .transpose()?;
+        let args = var("DAMASCUS_AGENT_ARGS")
+            .map(|json| {
+                serde_json::from_str::<Vec<String>>(&json).map_err(|_| {
+                    "DAMASCUS_AGENT_ARGS (project_defaults.agent_args) must be a JSON list of strings, e.g. [\"-c\", \"model_reasoning_effort=high\"]".to_owned()
+                })
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(AgentDefaults {
+            agent,
+            model: var("DAMASCUS_AGENT_MODEL"),
+            args,
+        })
+    }
+
+    /// The agent settings of a project that gives `agent`, `model`, `args` and
+    /// `command` itself: its own where it names an agent or a command, else these
+    /// defaults.
+    pub fn apply(
+        &self,
+        agent: Option<AgentKind>,
+        model: Option<String>,
+        args: Vec<String>,
+        command: Option<&Vec<String>>,
+    ) -> (AgentKind, Option<String>, Vec<String>) {
+        match (agent, command) {
+            (Some(agent), _) => (agent, model, args),
+            (None, Some(_)) => (AgentKind::Command, model, args),
+            (None, None) => match self.agent {
+                Some(default) => (
+                    default,
+                    model.or_else(|| self.model.clone()),
+                    if args.is_empty() {
+                        self.args.clone()
+                    } else {
+                        args
+                    },
+                ),
+                None => (AgentKind::Claude, model, args),
+            },
+        }
+    }
+}
 
 /// The body: `name` and `repository` are required; every other field has the CLI's
 /// default. `agent` is claude (the default), codex, gemini, opencode or command;
@@ -70,6 +135,19 @@ impl NewProjectBody {
         let name = ProjectName::parse(&self.name)
             .map_err(|e| ApiError::unprocessable(format!("name: {e}")))?;
         let d = NewProject::local(name, self.repository);
+        let kind = match self.agent {
+            None => None,
+            Some(kind) => Some(kind.parse().map_err(|e: damascus_core::UnknownVariant| {
+                ApiError::unprocessable(format!("agent: {e}"))
+            })?),
+        };
+        let defaults = AgentDefaults::from_env().map_err(ApiError::unprocessable)?;
+        let (agent, agent_model, agent_args) = defaults.apply(
+            kind,
+            self.agent_model,
+            self.agent_args,
+            self.agent_command.as_ref(),
+        );
         if let Some(argv) = &self.agent_command {
             if argv.first().is_none_or(|program| program.trim().is_empty()) {
                 return Err(ApiError::unprocessable(
@@ -97,17 +175,9 @@ impl NewProjectBody {
             sandbox: variant("sandbox", self.sandbox, d.sandbox)?,
             rounds_per_answer: self.rounds_per_answer.unwrap_or(d.rounds_per_answer),
             context_docs: self.context_docs,
-            agent: variant(
-                "agent",
-                self.agent,
-                if self.agent_command.is_some() {
-                    damascus_core::AgentKind::Command
-                } else {
-                    d.agent
-                },
-            )?,
-            agent_model: self.agent_model,
-            agent_args: self.agent_args,
+            agent,
+            agent_model,
+            agent_args,
             agent_command: self.agent_command,
             agent_timeout_secs: self.agent_timeout_secs.unwrap_or(d.agent_timeout_secs),
             test_timeout_secs: self.test_timeout_secs.unwrap_or(d.test_timeout_secs),

@@ -481,8 +481,10 @@ pub struct ProjectAddArgs {
     #[arg(long = "context-doc")]
     pub context_docs: Vec<String>,
     /// The coding agent: claude (Claude Code), codex, gemini (Gemini CLI), opencode, or
-    /// command (your own program, --agent-command) [default: claude, or command when
-    /// --agent-command is given]. `damascus agents` lists them and which are installed.
+    /// command (your own program, --agent-command) [default: command when
+    /// --agent-command is given, else the configuration file's project_defaults
+    /// (DAMASCUS_AGENT, _AGENT_MODEL, _AGENT_ARGS), else claude]. `damascus agents`
+    /// lists them and which are installed.
     #[arg(long, value_parser = parse_agent)]
     pub agent: Option<AgentKind>,
     /// The model the agent uses (e.g. gpt-5-codex, gemini-2.5-pro, openai/gpt-5); a

@@ -29,6 +29,17 @@ pub struct ConfigFile {
     /// Model name → "INPUT/CACHED/OUTPUT" USD per million tokens, for agents that
     /// report tokens but not dollars.
     agent_prices: Option<BTreeMap<String, String>>,
+    /// What `damascus project add` and `POST /v1/projects` give a project that names
+    /// no agent.
+    project_defaults: Option<ProjectDefaults>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectDefaults {
+    agent: Option<String>,
+    agent_model: Option<String>,
+    agent_args: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +104,25 @@ impl ConfigFile {
         if let Some(llm) = &self.llm {
             range("llm.timeout_secs", llm.timeout_secs, 1, 3600)?;
         }
+        if let Some(defaults) = &self.project_defaults {
+            if let Some(agent) = &defaults.agent {
+                agent
+                    .parse::<damascus_core::AgentKind>()
+                    .map_err(|e| anyhow::anyhow!("project_defaults.agent: {e}"))?;
+            }
+            if defaults
+                .agent_model
+                .as_deref()
+                .is_some_and(|m| m.trim().is_empty() || m.contains(char::is_whitespace))
+            {
+                bail!("project_defaults.agent_model must be a model name such as \"gpt-5-codex\" (no spaces)");
+            }
+            if defaults.agent.is_none()
+                && (defaults.agent_model.is_some() || defaults.agent_args.is_some())
+            {
+                bail!("project_defaults: agent_model and agent_args go with an agent; add agent = \"codex\" (or another) beside them");
+            }
+        }
         if let Some(prices) = self.agent_price_entries() {
             damascus_core::prices::PriceTable::with_overrides(&prices)
                 .map_err(|e| anyhow::anyhow!("[agent_prices]: {e}"))?;
@@ -150,6 +180,17 @@ impl ConfigFile {
             "DAMASCUS_WEBHOOKS",
             self.webhooks.as_ref().map(|w| w.join(",")),
         );
+        if let Some(defaults) = &self.project_defaults {
+            put("DAMASCUS_AGENT", defaults.agent.clone());
+            put("DAMASCUS_AGENT_MODEL", defaults.agent_model.clone());
+            put(
+                "DAMASCUS_AGENT_ARGS",
+                defaults
+                    .agent_args
+                    .as_ref()
+                    .map(|a| serde_json::to_string(a).expect("strings are JSON")),
+            );
+        }
         put(
             "DAMASCUS_AGENT_PRICES",
             self.agent_price_entries().map(|p| p.join(",")),

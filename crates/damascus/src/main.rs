@@ -45,6 +45,11 @@ fn run(args: cli::Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Nor does the list of agents.
+    if let cli::Command::Agents { json } = args.command {
+        runtime.block_on(commands::agents::list(json))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let target = settings::database_target(&args.database)?;
     let data_dir = settings::data_dir(&args.database)?;
     runtime.block_on(commands::dispatch(

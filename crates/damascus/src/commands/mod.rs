@@ -1,6 +1,6 @@
 //! One module per command. Each takes plain settings, calls the libraries and prints.
 
-mod agents;
+pub mod agents;
 mod bench;
 pub mod completions;
 mod config;

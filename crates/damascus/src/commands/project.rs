@@ -1,7 +1,7 @@
 //! `damascus project add|list` (`list --json`: `damascus_api::json::ProjectJson`).
 
 use damascus_api::json::ProjectJson;
-use damascus_core::{AgentKind, NewProject, ProjectName};
+use damascus_core::{NewProject, ProjectName};
 use damascus_db::{projects, Target};
 
 use crate::cli::ProjectAddArgs;
@@ -18,6 +18,16 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
             })
         })
         .transpose()?;
+    // --agent-command alone means the command agent; without either, the
+    // deployment's [project_defaults].
+    let defaults =
+        damascus_api::project_add::AgentDefaults::from_env().map_err(anyhow::Error::msg)?;
+    let (agent, agent_model, agent_args) = defaults.apply(
+        args.agent,
+        args.agent_model,
+        args.agent_args,
+        agent_command.as_ref(),
+    );
     let project = NewProject {
         name: ProjectName::parse(&args.name)?,
         repository: args.repo,
@@ -31,14 +41,9 @@ pub async fn add(target: &Target, args: ProjectAddArgs) -> anyhow::Result<()> {
         max_attempts_total: args.max_attempts_total,
         cost_budget_usd: args.cost_budget_usd,
         context_docs: args.context_docs,
-        // --agent-command alone means the command agent.
-        agent: args.agent.unwrap_or(if agent_command.is_some() {
-            AgentKind::Command
-        } else {
-            AgentKind::Claude
-        }),
-        agent_model: args.agent_model,
-        agent_args: args.agent_args,
+        agent,
+        agent_model,
+        agent_args,
         agent_command,
         agent_timeout_secs: args.agent_timeout_secs,
         test_timeout_secs: args.test_timeout_secs,

@@ -251,6 +251,18 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
             &["llm.timeout_secs"],
         ),
         (
+            "defaults.toml",
+            "[project_defaults]\nagent = \"cursor\"\n",
+            2,
+            &["project_defaults.agent", "unknown agent \"cursor\""],
+        ),
+        (
+            "defaults-model.toml",
+            "[project_defaults]\nagent_model = \"gpt-5\"\n",
+            2,
+            &["agent_model and agent_args go with an agent"],
+        ),
+        (
             "prices.toml",
             "[agent_prices]\n\"gpt-5\" = \"cheap\"\n",
             2,

@@ -450,6 +450,27 @@ async fn project_add_stores_the_agent_settings() {
         Vec<String>,
         Option<Vec<String>>,
     );
+    // The configuration file's [project_defaults] for a project that names no agent.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("damascus.toml");
+    std::fs::write(
+        &config,
+        "[project_defaults]\nagent = \"gemini\"\nagent_model = \"gemini-2.5-flash\"\nagent_args = [\"--debug\"]\n",
+    )
+    .unwrap();
+    let mut defaulted = damascus();
+    defaulted.env("DATABASE_URL", &db.url).args([
+        "--config",
+        &config.to_string_lossy(),
+        "project",
+        "add",
+        "gem",
+        "--repo",
+        "/r",
+        "--cost-budget-usd",
+        "1",
+    ]);
+    ok(defaulted.output().unwrap());
     let rows: Vec<AgentRow> = sqlx::query_as(
         "select name, agent, agent_model, agent_args, agent_command from projects order by id",
     )
@@ -478,6 +499,13 @@ async fn project_add_stores_the_agent_settings() {
                 "opencode".into(),
                 Some("local/house-coder".into()),
                 vec![],
+                None
+            ),
+            (
+                "gem".into(),
+                "gemini".into(),
+                Some("gemini-2.5-flash".into()),
+                vec!["--debug".into()],
                 None
             ),
         ]

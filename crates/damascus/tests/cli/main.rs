@@ -1,6 +1,7 @@
 //! The `damascus` binary, run as a user would run it, against a real PostgreSQL: one
 //! test binary so every test shares the harness's cluster.
 
+mod agents;
 mod api;
 mod bad_input;
 mod browser;
@@ -31,6 +32,9 @@ pub fn damascus() -> Command {
         "DAMASCUS_LLM_API_KEY",
         "DAMASCUS_LLM_PRICES",
         "DAMASCUS_AGENT_PRICES",
+        "DAMASCUS_AGENT",
+        "DAMASCUS_AGENT_MODEL",
+        "DAMASCUS_AGENT_ARGS",
         "DAMASCUS_GIT_AUTHOR",
         "DAMASCUS_CONFIG",
         "DAMASCUS_CONCURRENCY",
