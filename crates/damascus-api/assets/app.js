@@ -754,8 +754,8 @@ function renderDrawer(d) {
     </details>`;
   $("#drawer-costs").innerHTML = `
     <h2 style="margin-bottom:.6rem">Cost per model</h2>
-    ${costs.length ? `<div class="table-wrap"><table><thead><tr><th>Model</th><th class="num">Input tokens</th><th class="num">Output tokens</th><th class="num">USD</th></tr></thead><tbody>
-      ${costs.map((c) => `<tr data-model="${esc(c.model)}"><td class="mono">${esc(c.model)}</td><td class="num">${esc(c.input_tokens)}</td><td class="num">${esc(c.output_tokens)}</td><td class="num">${usd(c.usd)}</td></tr>`).join("")}
+    ${costs.length ? `<div class="table-wrap"><table><thead><tr><th>Model</th><th class="num">Input tokens</th><th class="num">Cached</th><th class="num">Output tokens</th><th class="num">USD</th></tr></thead><tbody>
+      ${costs.map((c) => `<tr data-model="${esc(c.model)}"><td class="mono"${(c.prices || []).length ? ` title="priced: ${esc(c.prices.join("; "))}"` : ""}>${esc(c.model)}${(c.prices || []).length ? ` <span class="faint">(priced)</span>` : ""}</td><td class="num">${esc(c.input_tokens)}</td><td class="num">${esc(c.cached_tokens ?? 0)}</td><td class="num">${esc(c.output_tokens)}</td><td class="num">${usd(c.usd)}</td></tr>`).join("")}
       </tbody></table></div>` : `<p class="empty">Nothing spent yet.</p>`}`;
 }
 
@@ -844,11 +844,12 @@ async function runAction(action, item) {
 // shown as a conversation.
 const TRANSCRIPT = ".transcript.jsonl";
 
-// A line of an agent's JSON stream (Claude Code's stream-json), which its transcript
+// A line of an agent's JSON stream (every agent's events are JSON objects with a
+// `type`: Claude Code's, Codex's, Gemini CLI's, OpenCode's), which its transcript
 // shows readably.
 function isAgentStreamLine(text) {
   if (!text.trimStart().startsWith("{")) return false;
-  try { return ["system", "assistant", "user", "result"].includes(JSON.parse(text).type); } catch (e) { return false; }
+  try { return typeof JSON.parse(text).type === "string"; } catch (e) { return false; }
 }
 
 // One transcript event as an element: the agent's words, a tool call with its command

@@ -336,8 +336,12 @@ pub struct CostJson {
     pub phase: String,
     pub model: String,
     pub calls: i64,
+    /// Every input token, cached ones included.
     pub tokens_in: i64,
     pub tokens_out: i64,
+    pub tokens_cached: i64,
+    /// The price Damascus computed `usd` at; null when the agent or endpoint reported it.
+    pub price: Option<String>,
     pub usd: f64,
 }
 
@@ -349,6 +353,8 @@ impl From<CostLine> for CostJson {
             calls: c.calls,
             tokens_in: c.tokens_in,
             tokens_out: c.tokens_out,
+            tokens_cached: c.tokens_cached,
+            price: c.price,
             usd: c.usd,
         }
     }

@@ -72,6 +72,10 @@ pub struct ModelCostJson {
     pub usd: f64,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// Of `input_tokens`, those read from the provider's cache.
+    pub cached_tokens: i64,
+    /// The prices Damascus computed the dollars at (none when they were reported).
+    pub prices: Vec<String>,
 }
 
 pub async fn item_detail(pool: &PgPool, id: i64) -> Result<ItemDetail, DbError> {
@@ -181,10 +185,18 @@ fn costs_per_model(lines: &[CostLine]) -> Vec<ModelCostJson> {
                 usd: 0.0,
                 input_tokens: 0,
                 output_tokens: 0,
+                cached_tokens: 0,
+                prices: Vec::new(),
             });
         sum.usd += line.usd;
         sum.input_tokens += line.tokens_in;
         sum.output_tokens += line.tokens_out;
+        sum.cached_tokens += line.tokens_cached;
+        if let Some(price) = &line.price {
+            if !sum.prices.contains(price) {
+                sum.prices.push(price.clone());
+            }
+        }
     }
     let mut sums: Vec<ModelCostJson> = per_model.into_values().collect();
     sums.sort_by(|a, b| b.usd.total_cmp(&a.usd).then_with(|| a.model.cmp(&b.model)));
@@ -450,6 +462,8 @@ mod tests {
             calls: 1,
             tokens_in,
             tokens_out,
+            tokens_cached: tokens_in / 5,
+            price: (model == "big").then(|| "big at 1/0.1/5 USD per Mtok".to_owned()),
             usd,
         };
         let sums = costs_per_model(&[
@@ -464,13 +478,17 @@ mod tests {
                     model: "big".into(),
                     usd: 2.0,
                     input_tokens: 100,
-                    output_tokens: 20
+                    output_tokens: 20,
+                    cached_tokens: 20,
+                    prices: vec!["big at 1/0.1/5 USD per Mtok".into()]
                 },
                 ModelCostJson {
                     model: "small".into(),
                     usd: 0.75,
                     input_tokens: 15,
-                    output_tokens: 3
+                    output_tokens: 3,
+                    cached_tokens: 3,
+                    prices: vec![]
                 },
             ]
         );

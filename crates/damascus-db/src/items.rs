@@ -400,14 +400,20 @@ pub struct CostLine {
     pub calls: i64,
     pub tokens_in: i64,
     pub tokens_out: i64,
+    /// Of `tokens_in`, those read from the provider's cache.
+    pub tokens_cached: i64,
+    /// The price Damascus computed the dollars at, or `None` when they were reported.
+    pub price: Option<String>,
     pub usd: f64,
 }
 
 pub async fn costs_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResult<Vec<CostLine>> {
     let rows = sqlx::query(
         "select phase::text as phase, model, count(*) as calls, sum(tokens_in)::int8 as tokens_in,
-                sum(tokens_out)::int8 as tokens_out, sum(usd)::float8 as usd
-         from cost_ledger where item_id = $1 group by phase, model order by phase, model",
+                sum(tokens_out)::int8 as tokens_out, sum(tokens_cached)::int8 as tokens_cached,
+                price, sum(usd)::float8 as usd
+         from cost_ledger where item_id = $1
+         group by phase, model, price order by phase, model, price",
     )
     .bind(item_id)
     .fetch_all(db)
@@ -420,6 +426,8 @@ pub async fn costs_for_item<'e>(db: impl PgExecutor<'e>, item_id: i64) -> DbResu
                 calls: row.try_get("calls")?,
                 tokens_in: row.try_get("tokens_in")?,
                 tokens_out: row.try_get("tokens_out")?,
+                tokens_cached: row.try_get("tokens_cached")?,
+                price: row.try_get("price")?,
                 usd: row.try_get("usd")?,
             })
         })

@@ -171,10 +171,18 @@ pub async fn show(target: &Target, id: i64, json: bool) -> anyhow::Result<()> {
     if !costs.is_empty() {
         println!("\ncosts");
         for c in &costs {
+            let cached = if c.tokens_cached > 0 {
+                format!(" ({} cached)", c.tokens_cached)
+            } else {
+                String::new()
+            };
             println!(
-                "  {:<7} {:<24} {} calls, {} in / {} out tokens, {:.4} USD",
+                "  {:<7} {:<24} {} calls, {} in{cached} / {} out tokens, {:.4} USD",
                 c.phase, c.model, c.calls, c.tokens_in, c.tokens_out, c.usd
             );
+            if let Some(price) = &c.price {
+                println!("          priced: {price}");
+            }
         }
     }
     println!("\nevents");

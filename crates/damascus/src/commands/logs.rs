@@ -72,16 +72,12 @@ impl Printer {
     }
 }
 
-/// A line of an agent's JSON stream (Claude Code's stream-json), which its transcript
+/// A line of an agent's JSON stream (every agent's events are JSON objects with a
+/// `type`: Claude Code's, Codex's, Gemini CLI's, OpenCode's), which its transcript
 /// shows readably; the console's live log hides the same lines.
 fn is_agent_stream_line(line: &str) -> bool {
     line.trim_start().starts_with('{')
-        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
-            matches!(
-                v["type"].as_str(),
-                Some("system" | "assistant" | "user" | "result")
-            )
-        })
+        && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["type"].is_string())
 }
 
 /// Whether `file` is a raw agent log whose transcript is beside it.
