@@ -31,14 +31,14 @@ use crate::support::{Setup, GREETING};
 
 /// The model the agent is told to use and the server answers as; Claude Code knows its
 /// price (3 USD per million input tokens, 15 per million output tokens).
-const MODEL: &str = "claude-sonnet-4-5-20250929";
+pub(crate) const MODEL: &str = "claude-sonnet-4-5-20250929";
 const PRICE_IN: f64 = 3.0 / 1e6;
 const PRICE_OUT: f64 = 15.0 / 1e6;
 const OUTPUT_TOKENS: i64 = 50;
 
 /// `claude`'s path, or `None` (after saying so) when it is not installed and not
 /// required.
-fn installed_claude() -> Option<PathBuf> {
+pub(crate) fn installed_claude() -> Option<PathBuf> {
     let found = match std::env::var_os("DAMASCUS_CLAUDE_BIN") {
         Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
         None => std::env::var_os("PATH").and_then(|path| {
@@ -78,7 +78,7 @@ struct Model {
 }
 
 /// The directory Claude Code runs in, from its system prompt's environment section.
-fn working_directory(body: &Value) -> Option<String> {
+pub(crate) fn working_directory(body: &Value) -> Option<String> {
     let system = body["system"].to_string();
     let (_, rest) = system.split_once("Primary working directory: ")?;
     let end = rest.find("\\n")?;
@@ -86,7 +86,7 @@ fn working_directory(body: &Value) -> Option<String> {
 }
 
 /// The text of the last message of a request (its text blocks, or its string).
-fn last_message_text(body: &Value) -> String {
+pub(crate) fn last_message_text(body: &Value) -> String {
     let last = &body["messages"]
         .as_array()
         .and_then(|m| m.last())
@@ -105,7 +105,7 @@ fn last_message_text(body: &Value) -> String {
 
 /// The scripted turn: a `Write` of hello.txt first (`hello`, or `hello again` when the
 /// prompt says the previous attempt failed); once its result is back, a final text.
-fn reply(body: &Value) -> (Vec<Value>, &'static str) {
+pub(crate) fn reply(body: &Value) -> (Vec<Value>, &'static str) {
     // A resumed session's new prompt arrives in one user message with the earlier
     // run's last tool result: the prompt wins.
     let follow_up = last_message_text(body).contains("previous attempt failed");
@@ -141,7 +141,7 @@ fn reply(body: &Value) -> (Vec<Value>, &'static str) {
 
 /// A new message id per reply, as the API gives: Claude Code rebuilds a resumed
 /// session from its messages by id, so replies sharing one id would merge.
-fn message_id() -> String {
+pub(crate) fn message_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     format!(
         "msg_scripted_{}",
@@ -262,7 +262,7 @@ async fn serve(input_tokens: i64) -> (SocketAddr, Arc<Mutex<Seen>>) {
 /// A passthrough project on the default agent, and the agent's environment: `claude`
 /// first on PATH (the agent's PATH is the worker's, which an `agent_env` PATH
 /// replaces), the scripted server, and no traffic to anywhere else.
-async fn claude_project(
+pub(crate) async fn claude_project(
     claude: &std::path::Path,
     addr: SocketAddr,
     edit: impl FnOnce(&mut damascus_core::NewProject),

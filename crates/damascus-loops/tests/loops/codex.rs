@@ -36,14 +36,14 @@ use serde_json::{json, Value};
 use crate::support::{installed_cli, path_with, Setup, GREETING};
 
 /// A model in data/prices.toml, so Damascus prices the tokens Codex reports.
-const MODEL: &str = "gpt-5-codex";
+pub(crate) const MODEL: &str = "gpt-5-codex";
 /// Its price per token: input, cached input, output.
 const PRICE: (f64, f64, f64) = (1.25e-6, 0.125e-6, 10e-6);
 const INPUT_TOKENS: i64 = 1000;
 const CACHED_TOKENS: i64 = 200;
 const OUTPUT_TOKENS: i64 = 50;
 
-fn installed_codex() -> Option<std::path::PathBuf> {
+pub(crate) fn installed_codex() -> Option<std::path::PathBuf> {
     installed_cli(
         "codex",
         "codex",
@@ -54,7 +54,7 @@ fn installed_codex() -> Option<std::path::PathBuf> {
 
 /// How the scripted model plays.
 #[derive(Clone, Copy, PartialEq)]
-enum Script {
+pub(crate) enum Script {
     /// A shell call writing hello.txt, then, once its output is back, a final message.
     Hello,
     /// Shell calls, one after another, never done.
@@ -87,7 +87,7 @@ fn next_id() -> u64 {
 }
 
 /// The text of the last user message of a request.
-fn last_user_text(body: &Value) -> String {
+pub(crate) fn last_user_text(body: &Value) -> String {
     body["input"]
         .as_array()
         .into_iter()
@@ -112,7 +112,7 @@ fn tool_output_back(body: &Value) -> bool {
 
 /// The next output item: a shell call writing hello.txt (`hello again` when the prompt
 /// says the previous attempt failed), or a final message.
-fn reply(script: Script, body: &Value) -> Value {
+pub(crate) fn reply(script: Script, body: &Value) -> Value {
     if tool_output_back(body) && script != Script::Forever {
         return json!({
             "type": "message", "id": format!("msg_{}", next_id()), "role": "assistant",
@@ -251,7 +251,7 @@ async fn setup_outside_tmp() -> Setup {
 
 /// A passthrough project on Codex with `MODEL`, and the agent's environment: `codex`
 /// first on PATH, the scripted server as `OPENAI_BASE_URL`, a test key.
-async fn codex_project(
+pub(crate) async fn codex_project(
     codex: &std::path::Path,
     addr: SocketAddr,
     edit: impl FnOnce(&mut damascus_core::NewProject),

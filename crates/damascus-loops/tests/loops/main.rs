@@ -7,6 +7,7 @@ mod claude_code;
 mod codex;
 mod faults;
 mod flow;
+mod follow_up;
 mod forge_faults;
 mod gemini;
 mod gitea;
