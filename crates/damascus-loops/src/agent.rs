@@ -205,13 +205,16 @@ pub(crate) async fn run(
     confined.handed.release().await;
     let reader = transcript.finish().await;
     let end = end.map_err(|e| {
-        fail(
-            format!(
-                "{e}; install the agent ({}) or check the project's agent settings",
-                agent.install_hint()
-            ),
-            "",
-        )
+        let why = format!(
+            "{e}; install the agent ({}) on this worker or check the project's agent settings",
+            agent.install_hint()
+        );
+        // A program that is not there will not be there on the next attempt either.
+        if e.source.kind() == std::io::ErrorKind::NotFound {
+            ask(format!("{why}, then answer to try again"))
+        } else {
+            fail(why, "").into()
+        }
     })?;
     let pricing = Pricing {
         table: prices,

@@ -2,7 +2,8 @@
 //! `claude -p --output-format stream-json --verbose` with the prompt on stdin, its
 //! tools allowed under `--permission-mode dontAsk`, `--max-turns`, and the reservation
 //! as `--max-budget-usd` (it stops itself there and reports what it spent in dollars);
-//! `--model` for `--agent-model`; `--resume SESSION` to continue its session, kept as
+//! `--model` for `--agent-model`; `CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS=1` (Damascus
+//! commits; see `invocation`); `--resume SESSION` to continue its session, kept as
 //! `~/.claude/projects/<dir>/<session>.jsonl` in the item's HOME. Its stream's last
 //! line is a `result` object (`crate::agent_result`).
 
@@ -15,6 +16,9 @@ use super::{Agent, End, Invocation, Launch, ModelSpend, Outcome, StreamReader};
 use crate::agent_result::{self, AgentResult};
 
 pub(crate) struct Claude;
+
+/// Claude Code's switch for the git instructions and status in its system prompt.
+const GIT_INSTRUCTIONS: &str = "CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS";
 
 /// A budget as the agent is told it: rounded down to 1/10000 USD, so that rounding
 /// never grants more than was reserved.
@@ -81,8 +85,20 @@ impl Agent for Claude {
             argv.extend(["--resume".into(), session.to_owned()]);
         }
         argv.extend(launch.extra_args.iter().cloned());
+        // Damascus makes the commits, so Claude Code's git instructions and git status
+        // are of no use to it, and the status (the recent commits) changes with every
+        // build: left out, a resumed session's first request repeats the earlier one
+        // up to the new prompt, which a prompt cache bills at its cached price
+        // (measured in tests/loops/follow_up.rs: 0.018 instead of 0.043 USD for a
+        // rebuild). A deployment that wants them passes the variable as `0` with
+        // --agent-env.
+        let mut env = Vec::new();
+        if launch.var(GIT_INSTRUCTIONS).is_none() {
+            env.push((GIT_INSTRUCTIONS.to_owned(), "1".to_owned()));
+        }
         Ok(Invocation {
             argv,
+            env,
             stdin: Some(prompt),
             ..Invocation::default()
         })

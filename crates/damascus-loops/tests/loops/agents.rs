@@ -144,3 +144,50 @@ async fn an_agent_killed_at_its_limit_leaves_a_ledger_row_that_says_its_spend_is
         "the row holds what was reserved for the run, so the caps keep counting it"
     );
 }
+
+/// A capped project whose agent reports only tokens, with a model this worker cannot
+/// price (its price came from another process's `--agent-price`), is not run: a
+/// person is asked, with how to give the price, before anything is spent.
+#[tokio::test]
+async fn a_model_the_worker_cannot_price_under_a_cap_is_refused_before_the_run() {
+    let setup = Setup::new().await;
+    setup
+        .project("unused", SpecMode::Passthrough, |p| {
+            p.agent = damascus_core::AgentKind::Codex;
+            p.agent_command = None;
+            p.agent_model = Some("house-coder".into());
+            p.cost_budget_usd = Some(1.0);
+        })
+        .await;
+    let item = setup.ingest("Greeting", GREETING).await;
+    setup.cycle().await;
+    assert_eq!(setup.phase(item).await, "blocked");
+    let question = setup.open_question(item).await.1;
+    assert!(
+        question.contains("model \"house-coder\" has no price")
+            && question.contains("--agent-price house-coder=INPUT/CACHED/OUTPUT"),
+        "{question}"
+    );
+    let spent: i64 = sqlx::query_scalar("select count(*) from cost_ledger where item_id = $1")
+        .bind(item)
+        .fetch_one(&setup.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(spent, 0);
+    // With the price given to the worker, the same project runs (here its agent is
+    // not installed under that name, which is the next thing it says).
+    let mut config = setup.loops_config(None);
+    config.prices =
+        damascus_core::prices::PriceTable::with_overrides(&["house-coder=1/0.1/5".into()]).unwrap();
+    config.agent_env = vec![("PATH".into(), "/nonexistent".into())];
+    let issue = setup.open_question(item).await.0;
+    damascus_db::human::answer(&setup.db.pool, issue, "priced now", "test")
+        .await
+        .unwrap();
+    setup.cycle_with(config).await;
+    let question = setup.open_question(item).await.1;
+    assert!(
+        question.contains("npm install -g @openai/codex"),
+        "{question}"
+    );
+}

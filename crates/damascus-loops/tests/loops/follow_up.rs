@@ -12,10 +12,11 @@
 //!   is a fresh session with the whole spec and the failure. Claude Code refuses to
 //!   overwrite a file its session has not read, so its fresh rebuild takes two more
 //!   turns (the refused Write, a Read, the Write again);
-//! - **resumed, no git status** (Claude Code): resumed, with
-//!   `CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS=1`. Claude Code's system prompt holds a git
-//!   status with the recent commits; the first build's commit changes it, and with it
-//!   the prefix every later element of the resumed session's first request follows.
+//! - **resumed, with git status** (Claude Code): resumed, with
+//!   `CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS=0` (Damascus sets it to 1). Claude Code's
+//!   system prompt then holds a git status with the recent commits; the first build's
+//!   commit changes it, and with it the prefix every later element of the resumed
+//!   session's first request follows.
 //!
 //! The servers measure what they receive and report usage from it, so the figures the
 //! CLIs see (and Claude Code's dollars, and the ledger) are the measured ones:
@@ -422,9 +423,9 @@ enum Variant {
     Resumed,
     /// The session's files are gone when the rebuild starts.
     Fresh,
-    /// Claude Code only: resumed, with `CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS=1`, which
-    /// leaves the git status (its recent commits) out of the system prompt.
-    ResumedWithoutGitStatus,
+    /// Claude Code only: resumed, with `CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS=0`, which
+    /// puts the git status (its recent commits) back into the system prompt.
+    ResumedWithGitStatus,
 }
 
 impl Variant {
@@ -432,7 +433,7 @@ impl Variant {
         match self {
             Variant::Resumed => "resumed",
             Variant::Fresh => "fresh",
-            Variant::ResumedWithoutGitStatus => "resumed, no git status",
+            Variant::ResumedWithGitStatus => "resumed, with git status",
         }
     }
 }
@@ -643,7 +644,7 @@ fn check(runs: &[Run], api: Api, earlier_call: &str, last_user_text: fn(&Value) 
         let prompt = last_user_text(&run.follow_up.body);
         assert!(prompt.contains(FAILURE), "{prompt}");
         match run.variant {
-            Variant::Resumed | Variant::ResumedWithoutGitStatus => {
+            Variant::Resumed | Variant::ResumedWithGitStatus => {
                 assert!(
                     history.contains(earlier_call),
                     "the earlier turns are in the follow-up: {history}"
@@ -692,7 +693,7 @@ async fn claude_code_follow_up_against_a_fresh_run() {
     for variant in [
         Variant::Resumed,
         Variant::Fresh,
-        Variant::ResumedWithoutGitStatus,
+        Variant::ResumedWithGitStatus,
     ] {
         let cli = match variant {
             Variant::Fresh => forgetful(wrappers.path(), &claude, "\"${HOME:?}/.claude/projects\""),
@@ -703,10 +704,10 @@ async fn claude_code_follow_up_against_a_fresh_run() {
                 p.test_command = Some(TEST_COMMAND.into());
             })
             .await;
-            if variant == Variant::ResumedWithoutGitStatus {
+            if variant == Variant::ResumedWithGitStatus {
                 config
                     .agent_env
-                    .push(("CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS".into(), "1".into()));
+                    .push(("CLAUDE_CODE_DISABLE_GIT_INSTRUCTIONS".into(), "0".into()));
             }
             (setup, config)
         };
@@ -751,7 +752,7 @@ async fn codex_follow_up_against_a_fresh_run() {
         let cli = match variant {
             Variant::Resumed => codex.clone(),
             Variant::Fresh => forgetful(wrappers.path(), &codex, "\"${CODEX_HOME:?}/sessions\""),
-            Variant::ResumedWithoutGitStatus => unreachable!(),
+            Variant::ResumedWithGitStatus => unreachable!(),
         };
         let project = |cli: PathBuf, addr| async move {
             codex::codex_project(&cli, addr, |p| {
