@@ -153,6 +153,11 @@ impl PriceTable {
         None
     }
 
+    /// The models the deployment priced (`--agent-price`), by name.
+    pub fn overridden(&self) -> Vec<String> {
+        self.overrides.keys().cloned().collect()
+    }
+
     /// Every model priced, overrides included, by name.
     pub fn models(&self) -> Vec<String> {
         let mut all: Vec<String> = self

@@ -109,6 +109,39 @@ pub fn check(
             format!("{} (values masked)", agent_env.join(", "))
         },
     );
+    let overridden = loops.prices.overridden();
+    show(
+        "agent_prices",
+        format!(
+            "{} models (data/prices.toml{})",
+            loops.prices.models().len(),
+            if overridden.is_empty() {
+                String::new()
+            } else {
+                format!("; --agent-price: {}", overridden.join(", "))
+            }
+        ),
+    );
+    let defaults =
+        damascus_api::project_add::AgentDefaults::from_env().map_err(anyhow::Error::msg)?;
+    show(
+        "project_defaults",
+        match defaults.agent {
+            None => "(none: a project without --agent runs claude)".into(),
+            Some(agent) => format!(
+                "agent {agent}{}{}",
+                defaults
+                    .model
+                    .map(|m| format!(", model {m}"))
+                    .unwrap_or_default(),
+                if defaults.args.is_empty() {
+                    String::new()
+                } else {
+                    format!(", args {:?}", defaults.args)
+                }
+            ),
+        },
+    );
     let hooks: Vec<String> = args
         .webhooks
         .iter()

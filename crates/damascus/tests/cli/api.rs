@@ -196,6 +196,9 @@ fn config_files_and_settings_are_checked_with_the_key_named() {
         "llm.api_key      *** (set)",
         "https://hooks.example.com/***",
         "app:***@db",
+        "agent_prices",
+        "--agent-price: house-coder",
+        "project_defaults (none: a project without --agent runs claude)",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
