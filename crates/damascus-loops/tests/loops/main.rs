@@ -18,4 +18,5 @@ mod model;
 mod opencode;
 mod safety;
 mod secrets;
+mod sessions;
 mod support;
