@@ -587,10 +587,10 @@ async fn an_item_shows_its_time_per_phase_budget_and_cost_per_model() {
     sql(
         &app,
         &format!(
-            "insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, usd) values
-                ({id}, 'spec', 1, 'llm', 'small', 100, 10, 0.5),
-                ({id}, 'build', 1, 'agent', 'big', 1000, 200, 2),
-                ({id}, 'build', 2, 'llm', 'small', 50, 5, 0.25)"
+            "insert into cost_ledger (item_id, phase, attempt, source, model, tokens_in, tokens_out, tokens_cached, price, usd) values
+                ({id}, 'spec', 1, 'llm', 'small', 100, 10, 0, null, 0.5),
+                ({id}, 'build', 1, 'agent', 'big', 1000, 200, 400, 'big at 1/0.1/5 USD per Mtok (in/cached/out; data/prices.toml)', 2),
+                ({id}, 'build', 2, 'llm', 'small', 50, 5, 0, null, 0.25)"
         ),
     )
     .await;
@@ -606,9 +606,26 @@ async fn an_item_shows_its_time_per_phase_budget_and_cost_per_model() {
     assert_eq!(
         detail["costs_per_model"],
         json!([
-            {"model": "big", "usd": 2.0, "input_tokens": 1000, "output_tokens": 200},
-            {"model": "small", "usd": 0.75, "input_tokens": 150, "output_tokens": 15},
+            {"model": "big", "usd": 2.0, "input_tokens": 1000, "output_tokens": 200,
+             "cached_tokens": 400,
+             "prices": ["big at 1/0.1/5 USD per Mtok (in/cached/out; data/prices.toml)"]},
+            {"model": "small", "usd": 0.75, "input_tokens": 150, "output_tokens": 15,
+             "cached_tokens": 0, "prices": []},
         ])
+    );
+    let build = detail["costs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "big")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            &build["tokens_cached"],
+            build["price"].as_str().map(|p| p.starts_with("big at"))
+        ),
+        (&json!(400), Some(true))
     );
 }
 
