@@ -55,12 +55,21 @@ impl TranscriptLog {
             // that prints plain text) leaves no transcript, only its raw log.
             let mut file: Option<tokio::fs::File> = None;
             let mut failed = false;
+            // A run that reported its end is not stopped for what that end says it
+            // spent: there is nothing left to stop, only a result to keep.
+            let mut ended = false;
             while let Some(line) = received.recv().await {
                 let events = {
                     let mut reader = shared.lock().expect("the reader does not panic");
                     let events = reader.line(&line);
+                    ended |= events.iter().any(|e| {
+                        matches!(e, damascus_core::transcript::TranscriptEvent::Result { .. })
+                    });
                     if let Some(watch) = &watch {
-                        if !watch.stop.is_cancelled() && (watch.usd)(&**reader) >= watch.reserved {
+                        if !ended
+                            && !watch.stop.is_cancelled()
+                            && (watch.usd)(&**reader) >= watch.reserved
+                        {
                             tracing::info!(
                                 reserved = watch.reserved,
                                 "the agent's usage reached its reservation; stopping it"
