@@ -770,6 +770,7 @@ impl StreamReader for CodexReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agents::test_launch;
 
     /// Lines captured from `codex exec --json` 0.169.0 against a scripted server.
     const STARTED: &str =
@@ -984,17 +985,12 @@ mod tests {
             ("OPENAI_API_KEY".to_owned(), "sk-test".to_owned()),
         ];
         let extra = vec!["-s".to_owned(), "read-only".to_owned()];
+        let result = home.path().join("r.json");
         let launch = Launch {
             model: Some("gpt-5-codex"),
             extra_args: &extra,
-            command: None,
-            budget_usd: Some(1.0),
-            max_turns: 5,
             resume: Some(THREAD),
-            home: home.path(),
-            env: &env,
-            price: None,
-            result_file: &home.path().join("r.json"),
+            ..test_launch(home.path(), &env, &result)
         };
         let inv = Codex.invocation(&launch, "do it".into()).unwrap();
         assert_eq!(

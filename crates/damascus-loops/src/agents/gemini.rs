@@ -538,6 +538,7 @@ impl StreamReader for GeminiReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agents::test_launch;
 
     const INIT: &str = r#"{"type":"init","timestamp":"2026-12-08T01:24:30.664Z","session_id":"fa3482c6-2bd3-4fb5-9207-e2a06fe55a01","model":"gemini-2.5-pro"}"#;
     const TOOL_USE: &str = r#"{"type":"tool_use","timestamp":"2026-12-08T01:24:30.886Z","tool_name":"write_file","tool_id":"write_file__write_file_1796693070753_0","parameters":{"file_path":"hello.txt","content":"hello\n"}}"#;
@@ -736,17 +737,12 @@ mod tests {
     fn the_invocation_reads_the_prompt_from_stdin() {
         let home = tempfile::tempdir().unwrap();
         let env = vec![("GEMINI_API_KEY".to_owned(), "k".to_owned())];
+        let result = home.path().join("r.json");
         let launch = Launch {
-            model: None,
             extra_args: &["--debug".to_owned()],
-            command: None,
-            budget_usd: Some(1.0),
             max_turns: 7,
             resume: Some("fa3482c6-2bd3-4fb5-9207-e2a06fe55a01"),
-            home: home.path(),
-            env: &env,
-            price: None,
-            result_file: &home.path().join("r.json"),
+            ..test_launch(home.path(), &env, &result)
         };
         let inv = Gemini.invocation(&launch, "do it".into()).unwrap();
         assert_eq!(

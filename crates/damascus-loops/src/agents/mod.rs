@@ -77,6 +77,30 @@ impl Launch<'_> {
     }
 }
 
+/// A build's launch for a unit test: under `home`, with `env` and `result_file`, no
+/// model, arguments, command, session or price, a 1 USD budget and 5 turns. A test
+/// names what it needs besides with struct update syntax
+/// (`Launch { model: Some(..), ..test_launch(home, &env, &result) }`).
+#[cfg(test)]
+pub(crate) fn test_launch<'a>(
+    home: &'a Path,
+    env: &'a [(String, String)],
+    result_file: &'a Path,
+) -> Launch<'a> {
+    Launch {
+        model: None,
+        extra_args: &[],
+        command: None,
+        budget_usd: Some(1.0),
+        max_turns: 5,
+        resume: None,
+        home,
+        env,
+        price: None,
+        result_file,
+    }
+}
+
 /// How one run is started.
 #[derive(Debug, Default)]
 pub(crate) struct Invocation {

@@ -403,6 +403,7 @@ fn keep(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agents::test_launch;
 
     // Lines from OpenCode 1.18.33 against a scripted server (ids shortened).
     const STEP_START: &str = r#"{"type":"step_start","timestamp":1796693176731,"sessionID":"ses_dacbde0cdffepXY0eZbM04Bht1","part":{"id":"prt_1","messageID":"msg_1","sessionID":"ses_dacbde0cdffepXY0eZbM04Bht1","snapshot":"307cce14","type":"step-start"}}"#;
@@ -514,14 +515,9 @@ mod tests {
         let launch = Launch {
             model: Some("gpt-5"),
             extra_args: &["--variant".into(), "high".into()],
-            command: None,
-            budget_usd: Some(1.0),
-            max_turns: 5,
             resume: Some("ses_1"),
-            home: Path::new("/home"),
-            env: &env,
             price: Some(&price),
-            result_file: Path::new("/r"),
+            ..test_launch(Path::new("/home"), &env, Path::new("/r"))
         };
         let run = Opencode.invocation(&launch, "do it".into()).unwrap();
         assert_eq!(

@@ -161,19 +161,13 @@ async fn a_model_the_worker_cannot_price_under_a_cap_is_refused_before_the_run()
         .await;
     let item = setup.ingest("Greeting", GREETING).await;
     setup.cycle().await;
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("model \"house-coder\" has no price")
             && question.contains("--agent-price house-coder=INPUT/CACHED/OUTPUT"),
         "{question}"
     );
-    let spent: i64 = sqlx::query_scalar("select count(*) from cost_ledger where item_id = $1")
-        .bind(item)
-        .fetch_one(&setup.db.pool)
-        .await
-        .unwrap();
-    assert_eq!(spent, 0);
+    assert_eq!(setup.ledger_rows(item).await, 0);
     // With the price given to the worker, the same project runs (here its agent is
     // not installed under that name, which is the next thing it says).
     let mut config = setup.loops_config(None);

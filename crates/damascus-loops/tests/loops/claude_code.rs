@@ -27,7 +27,11 @@ use axum::{Json, Router};
 use damascus_core::SpecMode;
 use serde_json::{json, Value};
 
-use crate::support::{Setup, GREETING};
+use crate::support::{
+    agent_ledger, assert_conversation, assert_resumed_once, find_cli, greeting_until_merged,
+    header, one_agent_row, path_with, resumed_request, run_log, serve_app, session_events,
+    transcript, unexpected, Conversation, Setup, Target, GREETING,
+};
 
 /// The model the agent is told to use and the server answers as; Claude Code knows its
 /// price (3 USD per million input tokens, 15 per million output tokens).
@@ -39,14 +43,7 @@ const OUTPUT_TOKENS: i64 = 50;
 /// `claude`'s path, or `None` (after saying so) when it is not installed and not
 /// required.
 pub(crate) fn installed_claude() -> Option<PathBuf> {
-    let found = match std::env::var_os("DAMASCUS_CLAUDE_BIN") {
-        Some(bin) => Some(PathBuf::from(bin)).filter(|p| p.is_file()),
-        None => std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("claude"))
-                .find(|candidate| candidate.is_file())
-        }),
-    };
+    let found = find_cli("claude", "claude");
     if found.is_none() {
         if std::env::var_os("DAMASCUS_REQUIRE_CLAUDE").is_some() {
             panic!(
@@ -149,14 +146,41 @@ pub(crate) fn message_id() -> String {
     )
 }
 
-/// The reply as the Messages API streams it (server-sent events).
-fn stream(model: &str, content: &[Value], stop: &str, input_tokens: i64) -> String {
+/// The reply to a `POST /v1/messages` with `body`: `content` from `model`, ending with
+/// `stop`, having used `usage`; streamed as server-sent events when the request asks.
+pub(crate) fn respond(
+    body: &Value,
+    model: &str,
+    content: &[Value],
+    stop: &str,
+    usage: Value,
+) -> Response {
+    if body["stream"] == true {
+        return (
+            [("content-type", "text/event-stream")],
+            stream(model, content, stop, &usage),
+        )
+            .into_response();
+    }
+    Json(json!({
+        "id": message_id(), "type": "message", "role": "assistant", "model": model,
+        "content": content, "stop_reason": stop, "stop_sequence": null,
+        "usage": usage,
+    }))
+    .into_response()
+}
+
+/// The reply as the Messages API streams it (server-sent events): `usage` in
+/// `message_start` with one output token, its output tokens in `message_delta`.
+fn stream(model: &str, content: &[Value], stop: &str, usage: &Value) -> String {
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
     let mut events = vec![(
         "message_start",
         json!({"type": "message_start", "message": {
             "id": message_id(), "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            "usage": start_usage,
         }}),
     )];
     for (index, block) in content.iter().enumerate() {
@@ -187,7 +211,7 @@ fn stream(model: &str, content: &[Value], stop: &str, input_tokens: i64) -> Stri
     events.push((
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
-               "usage": {"output_tokens": OUTPUT_TOKENS}}),
+               "usage": {"output_tokens": usage["output_tokens"]}}),
     ));
     events.push(("message_stop", json!({"type": "message_stop"})));
     events
@@ -204,39 +228,18 @@ async fn messages(
     {
         let mut seen = model.seen.lock().unwrap();
         seen.messages.push(body.clone());
-        seen.keys.push(
-            headers
-                .get("x-api-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-        );
+        seen.keys.push(header(&headers, "x-api-key"));
     }
     let name = body["model"].as_str().unwrap_or(MODEL).to_owned();
     let (content, stop) = reply(&body);
-    if body["stream"] == true {
-        return (
-            [("content-type", "text/event-stream")],
-            stream(&name, &content, stop, model.input_tokens),
-        )
-            .into_response();
-    }
-    Json(json!({
-        "id": message_id(), "type": "message", "role": "assistant", "model": name,
-        "content": content, "stop_reason": stop, "stop_sequence": null,
-        "usage": {"input_tokens": model.input_tokens, "output_tokens": OUTPUT_TOKENS},
-    }))
-    .into_response()
+    let usage = json!({"input_tokens": model.input_tokens, "output_tokens": OUTPUT_TOKENS});
+    respond(&body, &name, &content, stop, usage)
 }
 
 /// Any other request is shown in the test's output, so a new need of Claude Code is
 /// seen; token counting is answered, the rest is not found.
 async fn other(State(model): State<Model>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let shown = format!("{method} {uri}");
-    eprintln!(
-        "scripted model: unexpected request {shown}: {}",
-        String::from_utf8_lossy(&body)
-    );
+    let shown = unexpected(&method, &uri, &body);
     model.seen.lock().unwrap().others.push(shown);
     if uri.path() == "/v1/messages/count_tokens" {
         return Json(json!({"input_tokens": model.input_tokens})).into_response();
@@ -253,10 +256,7 @@ async fn serve(input_tokens: i64) -> (SocketAddr, Arc<Mutex<Seen>>) {
             input_tokens,
             seen: seen.clone(),
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
+    (serve_app(app).await, seen)
 }
 
 /// A passthrough project on the default agent, and the agent's environment: `claude`
@@ -277,9 +277,7 @@ async fn claude_project_in(
     addr: SocketAddr,
     edit: impl FnOnce(&mut damascus_core::NewProject),
 ) -> (Setup, damascus_loops::LoopsConfig) {
-    let bin = setup.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::os::unix::fs::symlink(claude, bin.join("claude")).unwrap();
+    let path = path_with(&setup, "claude", claude);
     setup
         .project("unused", SpecMode::Passthrough, |p| {
             p.agent_command = None;
@@ -288,12 +286,8 @@ async fn claude_project_in(
         })
         .await;
     let mut config = setup.loops_config(None);
-    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
     config.agent_env = [
-        ("PATH", path.to_string_lossy().as_ref()),
+        ("PATH", path.as_str()),
         ("ANTHROPIC_BASE_URL", &format!("http://{addr}")),
         ("ANTHROPIC_API_KEY", "sk-ant-test"),
         ("ANTHROPIC_MODEL", MODEL),
@@ -305,16 +299,6 @@ async fn claude_project_in(
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     (setup, config)
-}
-
-async fn ledger(setup: &Setup, item: i64) -> Vec<(String, String, i64, i64, f64)> {
-    sqlx::query_as(
-        "select source::text, model, tokens_in, tokens_out, usd::float8 from cost_ledger where item_id = $1 order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
@@ -350,65 +334,32 @@ async fn the_real_claude_code_builds_a_story_that_merges() {
         result.contains("tool_result") && result.contains("hello.txt"),
         "{result}"
     );
-    let main = setup
-        .remote_git()
-        .run(&["show", "main:hello.txt"])
-        .await
-        .unwrap();
-    assert_eq!(main.trim_end(), "hello");
+    assert_eq!(setup.main_file("hello.txt").await.trim_end(), "hello");
 
     // Claude Code's own figures, per model: the server's tokens at its price.
-    let rows = ledger(&setup, item).await;
-    let (source, model, tokens_in, tokens_out, usd) = rows
-        .iter()
-        .find(|r| r.0 == "agent")
+    let rows = agent_ledger(&setup, item).await;
+    let (model, tokens_in, tokens_out, _, _, usd) = rows
+        .first()
         .cloned()
         .unwrap_or_else(|| panic!("no agent row in {rows:?}"));
     assert_eq!(
-        (source.as_str(), model.as_str(), tokens_in, tokens_out),
-        ("agent", MODEL, 2 * INPUT_TOKENS, 2 * OUTPUT_TOKENS)
+        (model.as_str(), tokens_in, tokens_out),
+        (MODEL, 2 * INPUT_TOKENS, 2 * OUTPUT_TOKENS)
     );
     let priced = 2.0 * (INPUT_TOKENS as f64 * PRICE_IN + OUTPUT_TOKENS as f64 * PRICE_OUT);
     eprintln!("Claude Code reported {usd} USD for 2 turns (priced {priced})");
     assert!((usd - priced).abs() < 1e-6, "{usd} vs {priced}");
 
     // The transcript beside the raw log: the conversation, normalised.
-    let path = setup
-        .dir
-        .path()
-        .join(format!("data/logs/{item}/build-1.transcript.jsonl"));
-    let events: Vec<damascus_core::transcript::TranscriptEvent> = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let lines: Vec<String> = events.iter().map(|e| e.line()).collect();
-    eprintln!("{}", lines.join("\n"));
-    use damascus_core::transcript::TranscriptEvent as E;
-    assert!(
-        matches!(events.first(), Some(E::Started { .. })),
-        "{lines:#?}"
-    );
-    assert!(
-        events.iter().any(|e| matches!(e, E::ToolCall { tool, target, .. } if tool == "Write" && target.ends_with("hello.txt"))),
-        "{lines:#?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, E::ToolResult { ok: true, .. })),
-        "{lines:#?}"
-    );
-    assert!(
-        matches!(
-            events.last(),
-            Some(E::Result {
-                ok: true,
-                turns: Some(2),
-                ..
-            })
-        ),
-        "{lines:#?}"
+    assert_conversation(
+        &transcript(&setup, item, "build-1"),
+        &Conversation {
+            model: None,
+            session: false,
+            tool: "Write",
+            target: Target::EndsWith("hello.txt"),
+            turns: 2,
+        },
     );
 }
 
@@ -434,26 +385,19 @@ async fn the_real_claude_code_stops_at_the_reserved_budget() {
     // stopped there, without running the Write it was asked for.
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert_eq!(seen.messages.len(), 1, "others: {:?}", seen.others);
-    let log = std::fs::read_to_string(
-        setup
-            .dir
-            .path()
-            .join(format!("data/logs/{item}/build-1.log")),
-    )
-    .unwrap();
+    let log = run_log(&setup, item, "build-1");
     assert!(
         log.contains(r#""subtype":"error_max_budget_usd""#)
             && log.contains("Reached maximum budget ($0.1)"),
         "{log}"
     );
 
-    // What it spent is recorded per model although the run failed.
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (source, model, tokens_in, tokens_out, usd) = rows[0].clone();
+    // What it spent is recorded per model although the run failed, and nothing else.
+    let (model, tokens_in, tokens_out, _, _, usd) = one_agent_row(&setup, item).await;
+    assert_eq!(setup.ledger_rows(item).await, 1, "only the agent's row");
     assert_eq!(
-        (source.as_str(), model.as_str(), tokens_in, tokens_out),
-        ("agent", MODEL, INPUT_TOKENS, OUTPUT_TOKENS)
+        (model.as_str(), tokens_in, tokens_out),
+        (MODEL, INPUT_TOKENS, OUTPUT_TOKENS)
     );
     eprintln!("Claude Code spent {usd} USD under a {BUDGET} USD budget (one turn: {turn})");
     assert!((usd - turn).abs() < 1e-6, "{usd} vs {turn}");
@@ -465,8 +409,7 @@ async fn the_real_claude_code_stops_at_the_reserved_budget() {
     assert!(spent <= BUDGET + turn + 1e-9, "{spent}");
 
     // No further run starts: the budget is spent, a person decides.
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("has spent 0.6008 USD of its 0.1000 USD budget"),
         "{question}"
@@ -512,12 +455,11 @@ async fn the_real_claude_code_runs_once_when_the_forge_says_slow_down() {
         "one conversation of two turns: the agent ran once; others: {:?}",
         seen.others
     );
-    let agent_rows = ledger(&setup, item)
-        .await
-        .into_iter()
-        .filter(|r| r.0 == "agent")
-        .count();
-    assert_eq!(agent_rows, 1, "one agent run's cost, recorded once");
+    assert_eq!(
+        agent_ledger(&setup, item).await.len(),
+        1,
+        "one agent run's cost, recorded once"
+    );
 }
 
 /// A rebuild after a failed review continues the agent's own session: the model is
@@ -533,31 +475,9 @@ async fn the_real_claude_code_continues_its_session_after_a_failed_review() {
         p.test_command = Some("grep -qx 'hello again' hello.txt".into());
     })
     .await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    for _ in 0..5 {
-        setup.cycle_with(config.clone()).await;
-        if setup.phase(item).await == "merged" {
-            break;
-        }
-    }
+    let item = greeting_until_merged(&setup, config).await;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(
-        setup.phase(item).await,
-        "merged",
-        "{:?}",
-        setup.steps(item).await
-    );
-    let follow_up = seen
-        .messages
-        .iter()
-        .find(|m| last_message_text(m).contains("previous attempt failed"))
-        .expect("a request carried the failure");
-    let text = last_message_text(follow_up);
-    assert!(text.contains("You worked on this change before"), "{text}");
-    assert!(
-        !text.contains("## Acceptance criteria"),
-        "the spec is not sent again: {text}"
-    );
+    let follow_up = resumed_request(&seen.messages, last_message_text);
     let history = follow_up["messages"].to_string();
     assert!(
         follow_up["messages"].as_array().unwrap().len() > 1 && history.contains("toolu_hello"),
@@ -565,18 +485,5 @@ async fn the_real_claude_code_continues_its_session_after_a_failed_review() {
     );
     // Two builds, two conversations of two turns each; the second carried the first.
     assert_eq!(seen.messages.len(), 4, "{} requests", seen.messages.len());
-    let sessions: Vec<(bool, String)> = sqlx::query_as(
-        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
-         where item_id = $1 and kind = 'agent.session' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert!(
-        !sessions[0].0 && sessions[1].0,
-        "a fresh session, then the same one resumed: {sessions:?}"
-    );
-    assert_eq!(sessions[0].1, sessions[1].1);
+    assert_resumed_once(&session_events(&setup, item).await, "session");
 }

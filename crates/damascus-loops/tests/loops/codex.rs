@@ -33,7 +33,11 @@ use damascus_core::transcript::TranscriptEvent as E;
 use damascus_core::SpecMode;
 use serde_json::{json, Value};
 
-use crate::support::{installed_cli, path_with, Setup, GREETING};
+use crate::support::{
+    agent_ledger, assert_conversation, assert_resumed_once, greeting_until_merged, header,
+    installed_cli, one_agent_row, path_with, resumed_request, serve_app, session_events,
+    transcript, unexpected, Conversation, Setup, Target, GREETING,
+};
 
 /// A model in data/prices.toml, so Damascus prices the tokens Codex reports.
 pub(crate) const MODEL: &str = "gpt-5-codex";
@@ -132,8 +136,19 @@ pub(crate) fn reply(script: Script, body: &Value) -> Value {
     })
 }
 
-/// The reply as the Responses API streams it.
-fn stream(item: &Value, input_tokens: i64) -> String {
+/// The scripted usage of one response of `input_tokens`.
+fn usage(input_tokens: i64) -> Value {
+    json!({
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": CACHED_TOKENS.min(input_tokens)},
+        "output_tokens": OUTPUT_TOKENS,
+        "output_tokens_details": {"reasoning_tokens": 10},
+        "total_tokens": input_tokens + OUTPUT_TOKENS,
+    })
+}
+
+/// The output item `item` as the Responses API streams it, having used `usage`.
+pub(crate) fn stream(item: &Value, usage: Value) -> String {
     let id = format!("resp_{}", next_id());
     let mut events = vec![json!({"type": "response.created", "response": {"id": id}})];
     if item["type"] == "message" {
@@ -149,15 +164,7 @@ fn stream(item: &Value, input_tokens: i64) -> String {
         events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": item}));
     }
     events.push(json!({"type": "response.output_item.done", "output_index": 0, "item": item}));
-    events.push(
-        json!({"type": "response.completed", "response": {"id": id, "usage": {
-            "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": CACHED_TOKENS.min(input_tokens)},
-            "output_tokens": OUTPUT_TOKENS,
-            "output_tokens_details": {"reasoning_tokens": 10},
-            "total_tokens": input_tokens + OUTPUT_TOKENS,
-        }}}),
-    );
+    events.push(json!({"type": "response.completed", "response": {"id": id, "usage": usage}}));
     events
         .iter()
         .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
@@ -172,13 +179,7 @@ async fn responses(
     let count = {
         let mut seen = model.seen.lock().unwrap();
         seen.requests.push(body.clone());
-        seen.keys.push(
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-        );
+        seen.keys.push(header(&headers, "authorization"));
         seen.requests.len()
     };
     if model.script == Script::FailsSecond && count >= 2 {
@@ -194,17 +195,13 @@ async fn responses(
     let item = reply(model.script, &body);
     (
         [("content-type", "text/event-stream")],
-        stream(&item, model.input_tokens),
+        stream(&item, usage(model.input_tokens)),
     )
         .into_response()
 }
 
 async fn other(State(model): State<Model>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let shown = format!("{method} {uri}");
-    eprintln!(
-        "scripted model: unexpected request {shown}: {}",
-        String::from_utf8_lossy(&body)
-    );
+    let shown = unexpected(&method, &uri, &body);
     model.seen.lock().unwrap().others.push(shown);
     StatusCode::NOT_FOUND.into_response()
 }
@@ -219,10 +216,7 @@ async fn serve(script: Script, input_tokens: i64) -> (SocketAddr, Arc<Mutex<Seen
             input_tokens,
             seen: seen.clone(),
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
+    (serve_app(app).await, seen)
 }
 
 /// A setup whose directory (the data dir, HOMEs, worktrees) is under cargo's target
@@ -234,19 +228,7 @@ async fn setup_outside_tmp() -> Setup {
         .prefix("codex-")
         .tempdir_in(base)
         .unwrap();
-    let remote = dir.path().join("remote.git");
-    damascus_git::init_bare_with_files(
-        &remote,
-        &[("README.md", "demo\n")],
-        &damascus_git::Identity::default(),
-    )
-    .await
-    .unwrap();
-    Setup {
-        db: damascus_testdb::TestDatabase::new().await,
-        dir,
-        remote,
-    }
+    Setup::in_dir(dir, &[("README.md", "demo\n")]).await
 }
 
 /// A passthrough project on Codex with `MODEL`, and the agent's environment: `codex`
@@ -278,19 +260,6 @@ pub(crate) async fn codex_project(
     (setup, config)
 }
 
-type Row = (String, i64, i64, i64, Option<String>, f64);
-
-async fn agent_rows(setup: &Setup, item: i64) -> Vec<Row> {
-    sqlx::query_as(
-        "select model, tokens_in, tokens_out, tokens_cached, price, usd::float8 from cost_ledger
-         where item_id = $1 and source = 'agent' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap()
-}
-
 /// What `responses` model responses of the scripted model cost: their tokens at
 /// `MODEL`'s price.
 fn priced(responses: i64, input_tokens: i64) -> f64 {
@@ -299,18 +268,6 @@ fn priced(responses: i64, input_tokens: i64) -> f64 {
         * ((input_tokens - cached) as f64 * PRICE.0
             + cached as f64 * PRICE.1
             + OUTPUT_TOKENS as f64 * PRICE.2)
-}
-
-fn transcript(setup: &Setup, item: i64, name: &str) -> Vec<E> {
-    let path = setup
-        .dir
-        .path()
-        .join(format!("data/logs/{item}/{name}.transcript.jsonl"));
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 async fn last_failure(setup: &Setup, item: i64) -> String {
@@ -355,17 +312,11 @@ async fn the_real_codex_builds_a_story_that_merges() {
         second.contains("function_call_output") && second.contains("call_hello_"),
         "{second}"
     );
-    let main = setup
-        .remote_git()
-        .run(&["show", "main:hello.txt"])
-        .await
-        .unwrap();
-    assert_eq!(main.trim_end(), "hello");
+    assert_eq!(setup.main_file("hello.txt").await.trim_end(), "hello");
 
     // Codex reports tokens, no dollars: Damascus prices them at MODEL's price.
-    let rows = agent_rows(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (model, tokens_in, tokens_out, tokens_cached, price, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, price, usd) =
+        one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
         (
@@ -383,35 +334,15 @@ async fn the_real_codex_builds_a_story_that_merges() {
     let expected = priced(2, INPUT_TOKENS);
     assert!((usd - expected).abs() < 1e-9, "{usd} vs {expected}");
 
-    let events = transcript(&setup, item, "build-1");
-    let lines: Vec<String> = events.iter().map(E::line).collect();
-    eprintln!("{}", lines.join("\n"));
-    assert!(
-        matches!(events.first(), Some(E::Started { session: Some(_), model: Some(m) }) if m == MODEL),
-        "{lines:#?}"
-    );
-    assert!(
-        events.iter().any(
-            |e| matches!(e, E::ToolCall { tool, target, .. } if tool == "shell" && target.contains("hello.txt"))
-        ),
-        "{lines:#?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, E::ToolResult { ok: true, .. })),
-        "{lines:#?}"
-    );
-    assert!(
-        matches!(
-            events.last(),
-            Some(E::Result {
-                ok: true,
-                turns: Some(2),
-                ..
-            })
-        ),
-        "{lines:#?}"
+    assert_conversation(
+        &transcript(&setup, item, "build-1"),
+        &Conversation {
+            model: Some(MODEL),
+            session: true,
+            tool: "shell",
+            target: Target::Contains("hello.txt"),
+            turns: 2,
+        },
     );
 }
 
@@ -452,11 +383,12 @@ async fn the_real_codex_is_stopped_at_its_reservation() {
     );
 
     // What it used is recorded, priced, although it was stopped.
-    let rows = agent_rows(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = one_agent_row(&setup, item).await;
     let responses = tokens_in / BIG;
-    assert!(responses >= 1 && tokens_in == responses * BIG, "{rows:?}");
+    assert!(
+        responses >= 1 && tokens_in == responses * BIG,
+        "{tokens_in} tokens in"
+    );
     assert_eq!(
         (model.as_str(), tokens_out, tokens_cached),
         (MODEL, responses * OUTPUT_TOKENS, responses * CACHED_TOKENS)
@@ -468,8 +400,7 @@ async fn the_real_codex_is_stopped_at_its_reservation() {
     );
 
     // No further run starts: the budget is spent, a person decides.
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(question.contains("of its 0.1000 USD budget"), "{question}");
 }
 
@@ -486,32 +417,9 @@ async fn the_real_codex_continues_its_thread_after_failed_tests() {
         p.test_command = Some("grep -qx 'hello again' hello.txt".into());
     })
     .await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    for _ in 0..5 {
-        setup.cycle_with(config.clone()).await;
-        if setup.phase(item).await == "merged" {
-            break;
-        }
-    }
+    let item = greeting_until_merged(&setup, config).await;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(
-        setup.phase(item).await,
-        "merged",
-        "{:?}; last failure: {}",
-        setup.steps(item).await,
-        last_failure(&setup, item).await
-    );
-    let follow_up = seen
-        .requests
-        .iter()
-        .find(|r| last_user_text(r).contains("previous attempt failed"))
-        .expect("a request carried the failure");
-    let text = last_user_text(follow_up);
-    assert!(text.contains("You worked on this change before"), "{text}");
-    assert!(
-        !text.contains("## Acceptance criteria"),
-        "the spec is not sent again: {text}"
-    );
+    let follow_up = resumed_request(&seen.requests, last_user_text);
     let history = follow_up["input"].to_string();
     assert!(
         history.contains("call_hello_") && history.contains("Acceptance criteria"),
@@ -519,22 +427,9 @@ async fn the_real_codex_continues_its_thread_after_failed_tests() {
     );
     // Two runs of two model calls each; the second carried the first.
     assert_eq!(seen.requests.len(), 4, "{} requests", seen.requests.len());
-    let sessions: Vec<(bool, String)> = sqlx::query_as(
-        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
-         where item_id = $1 and kind = 'agent.session' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert!(
-        !sessions[0].0 && sessions[1].0,
-        "a fresh thread, then the same one resumed: {sessions:?}"
-    );
-    assert_eq!(sessions[0].1, sessions[1].1);
+    assert_resumed_once(&session_events(&setup, item).await, "thread");
     // Codex counts the thread's usage cumulatively; each row holds its run's own.
-    let rows = agent_rows(&setup, item).await;
+    let rows = agent_ledger(&setup, item).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     for (model, tokens_in, tokens_out, tokens_cached, _, usd) in &rows {
         assert_eq!(
@@ -567,8 +462,7 @@ async fn the_real_codex_whose_tool_calls_were_refused_fails() {
     let item = setup.ingest("Greeting", GREETING).await;
     setup.cycle_with(config).await;
 
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("Codex refused the agent's tool call exec_command")
             && question.contains("hello.txt: Read-only file system"),
@@ -590,9 +484,7 @@ async fn the_real_codex_whose_tool_calls_were_refused_fails() {
         "{events:#?}"
     );
     // What it spent still counts.
-    let rows = agent_rows(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].1, 2 * INPUT_TOKENS);
+    assert_eq!(one_agent_row(&setup, item).await.1, 2 * INPUT_TOKENS);
 }
 
 /// The model server answers Codex's second request with HTTP 400: Codex exits 1 with
@@ -608,16 +500,13 @@ async fn the_real_codex_that_exits_non_zero_fails_with_its_error() {
     let item = setup.ingest("Greeting", GREETING).await;
     setup.cycle_with(config).await;
 
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("the agent exited with 1: the scripted model refuses this request"),
         "{question}"
     );
     assert_eq!(seen.lock().unwrap().requests.len(), 2);
-    let rows = agent_rows(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
         (MODEL, INPUT_TOKENS, OUTPUT_TOKENS, CACHED_TOKENS)

@@ -23,7 +23,11 @@ use axum::{Json, Router};
 use damascus_core::SpecMode;
 use serde_json::{json, Value};
 
-use crate::support::{installed_cli, path_with, Setup, GREETING};
+use crate::support::{
+    agent_ledger, assert_conversation, assert_resumed_once, greeting_until_merged, header,
+    installed_cli, one_agent_row, path_with, resumed_request, run_log, serve_app, session_events,
+    transcript, unexpected, Conversation, Setup, Target, GREETING,
+};
 
 /// The model the project names, priced in data/prices.toml at 1.25/0.125/10 USD per
 /// million tokens (input/cached/output).
@@ -137,11 +141,7 @@ async fn any(
 ) -> Response {
     let path = uri.path().to_owned();
     if method != Method::POST || !path.ends_with(":streamGenerateContent") {
-        let shown = format!("{method} {uri}");
-        eprintln!(
-            "scripted model: unexpected request {shown}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        let shown = unexpected(&method, &uri, &body);
         model.seen.lock().unwrap().others.push(shown);
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -150,13 +150,7 @@ async fn any(
         let mut seen = model.seen.lock().unwrap();
         seen.requests.push(body.clone());
         seen.paths.push(uri.to_string());
-        seen.keys.push(
-            headers
-                .get("x-goog-api-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-        );
+        seen.keys.push(header(&headers, "x-goog-api-key"));
         seen.requests.len() - 1
     };
     if model.slow_from.is_some_and(|from| index >= from) {
@@ -177,11 +171,7 @@ async fn any(
 }
 
 async fn serve(model: Model) -> SocketAddr {
-    let app = Router::new().fallback(any).with_state(model);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    serve_app(Router::new().fallback(any).with_state(model)).await
 }
 
 fn model(prompt_tokens: i64, cached_tokens: i64) -> (Model, Arc<Mutex<Seen>>) {
@@ -226,35 +216,10 @@ async fn gemini_project(
     (setup, config)
 }
 
-type Row = (String, String, i64, i64, i64, Option<String>, f64);
-
-async fn ledger(setup: &Setup, item: i64) -> Vec<Row> {
-    sqlx::query_as(
-        "select source::text, model, tokens_in, tokens_out, tokens_cached, price, usd::float8
-         from cost_ledger where item_id = $1 and source = 'agent' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap()
-}
-
 fn turn_usd(prompt: i64, cached: i64) -> f64 {
     (prompt - cached) as f64 * PRICE_IN
         + cached as f64 * PRICE_CACHED
         + OUTPUT_TOKENS as f64 * PRICE_OUT
-}
-
-fn transcript(setup: &Setup, item: i64) -> Vec<damascus_core::transcript::TranscriptEvent> {
-    let path = setup
-        .dir
-        .path()
-        .join(format!("data/logs/{item}/build-1.transcript.jsonl"));
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[tokio::test]
@@ -299,17 +264,11 @@ async fn the_real_gemini_cli_builds_a_story_that_merges() {
         answered.contains("functionResponse") && answered.contains("hello.txt"),
         "{answered}"
     );
-    let main = setup
-        .remote_git()
-        .run(&["show", "main:hello.txt"])
-        .await
-        .unwrap();
-    assert_eq!(main.trim_end(), "hello");
+    assert_eq!(setup.main_file("hello.txt").await.trim_end(), "hello");
 
     // Tokens, priced by Damascus from data/prices.toml; input counts cached ones.
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (_, model, tokens_in, tokens_out, tokens_cached, price, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, price, usd) =
+        one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
         (MODEL, 2 * PROMPT, 2 * OUTPUT_TOKENS, 2 * CACHED)
@@ -319,39 +278,22 @@ async fn the_real_gemini_cli_builds_a_story_that_merges() {
     let priced = 2.0 * turn_usd(PROMPT, CACHED);
     assert!((usd - priced).abs() < 1e-9, "{usd} vs {priced}");
 
-    let events = transcript(&setup, item);
-    let lines: Vec<String> = events.iter().map(|e| e.line()).collect();
-    eprintln!("{}", lines.join("\n"));
+    let events = transcript(&setup, item, "build-1");
+    let lines = assert_conversation(
+        &events,
+        &Conversation {
+            model: Some(MODEL),
+            session: true,
+            tool: "write_file",
+            target: Target::Is("hello.txt"),
+            turns: 2,
+        },
+    );
     use damascus_core::transcript::TranscriptEvent as E;
-    assert!(
-        matches!(events.first(), Some(E::Started { model: Some(m), session: Some(_) }) if m == MODEL),
-        "{lines:#?}"
-    );
-    assert!(
-        events.iter().any(|e| matches!(e, E::ToolCall { tool, target, .. } if tool == "write_file" && target == "hello.txt")),
-        "{lines:#?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, E::ToolResult { ok: true, .. })),
-        "{lines:#?}"
-    );
     assert!(
         events
             .iter()
             .any(|e| matches!(e, E::Message { text } if text == "hello.txt now holds hello.")),
-        "{lines:#?}"
-    );
-    assert!(
-        matches!(
-            events.last(),
-            Some(E::Result {
-                ok: true,
-                turns: Some(2),
-                ..
-            })
-        ),
         "{lines:#?}"
     );
 }
@@ -380,13 +322,7 @@ async fn the_real_gemini_cli_is_stopped_at_the_reservation() {
     setup.cycle_with(config).await;
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    let log = std::fs::read_to_string(
-        setup
-            .dir
-            .path()
-            .join(format!("data/logs/{item}/build-1.log")),
-    )
-    .unwrap_or_default();
+    let log = run_log(&setup, item, "build-1");
     eprintln!(
         "the model was asked {} times; the log:\n{log}",
         seen.requests.len()
@@ -400,16 +336,13 @@ async fn the_real_gemini_cli_is_stopped_at_the_reservation() {
         !log.contains(r#"{"type":"result""#),
         "stopped before it ended: {log}"
     );
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("stopped when its usage reached the 0.1000 USD reserved for it"),
         "{question}"
     );
     // What it spent is recorded, with its tokens, although it was stopped.
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (_, model, tokens_in, tokens_out, _, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, _, _, usd) = one_agent_row(&setup, item).await;
     // The first turn's tokens, as its session file recorded them.
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out),
@@ -433,31 +366,9 @@ async fn the_real_gemini_cli_continues_its_session() {
         p.test_command = Some("grep -qx 'hello again' hello.txt".into());
     })
     .await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    for _ in 0..5 {
-        setup.cycle_with(config.clone()).await;
-        if setup.phase(item).await == "merged" {
-            break;
-        }
-    }
+    let item = greeting_until_merged(&setup, config).await;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(
-        setup.phase(item).await,
-        "merged",
-        "{:?}",
-        setup.steps(item).await
-    );
-    let follow_up = seen
-        .requests
-        .iter()
-        .find(|r| last_user_text(r).contains("previous attempt failed"))
-        .expect("a request carried the failure");
-    let text = last_user_text(follow_up);
-    assert!(text.contains("You worked on this change before"), "{text}");
-    assert!(
-        !text.contains("## Acceptance criteria"),
-        "the spec is not sent again: {text}"
-    );
+    let follow_up = resumed_request(&seen.requests, last_user_text);
     let history = follow_up["contents"].to_string();
     assert!(
         follow_up["contents"].as_array().unwrap().len() > 1
@@ -466,20 +377,7 @@ async fn the_real_gemini_cli_continues_its_session() {
         "the earlier turns are in the follow-up: {history}"
     );
     assert_eq!(seen.requests.len(), 4, "{} requests", seen.requests.len());
-    let sessions: Vec<(bool, String)> = sqlx::query_as(
-        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
-         where item_id = $1 and kind = 'agent.session' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert!(
-        !sessions[0].0 && sessions[1].0,
-        "a fresh session, then the same one resumed: {sessions:?}"
-    );
-    assert_eq!(sessions[0].1, sessions[1].1);
+    assert_resumed_once(&session_events(&setup, item).await, "session");
 }
 
 /// A policy that asks before writing (the project's `--policy` agent arg) cannot be
@@ -509,20 +407,14 @@ async fn the_real_gemini_cli_with_its_tools_refused_fails() {
     setup.cycle_with(config).await;
 
     assert_eq!(seen.lock().unwrap().requests.len(), 2);
-    let log = std::fs::read_to_string(
-        setup
-            .dir
-            .path()
-            .join(format!("data/logs/{item}/build-1.log")),
-    )
-    .unwrap_or_default();
+    let log = run_log(&setup, item, "build-1");
     assert_eq!(setup.phase(item).await, "blocked", "{log}");
     let question = setup.open_question(item).await.1;
     assert!(
         question.contains("Gemini CLI refused its tool calls (write_file: Tool execution for \"WriteFile\" requires user confirmation"),
         "{question}"
     );
-    let events = transcript(&setup, item);
+    let events = transcript(&setup, item, "build-1");
     use damascus_core::transcript::TranscriptEvent as E;
     assert!(
         events
@@ -532,7 +424,7 @@ async fn the_real_gemini_cli_with_its_tools_refused_fails() {
     );
     assert!(matches!(events.last(), Some(E::Result { ok: false, .. })));
     // It spent, and that is recorded.
-    assert_eq!(ledger(&setup, item).await.len(), 1);
+    assert_eq!(agent_ledger(&setup, item).await.len(), 1);
 }
 
 /// The API answers the second turn with HTTP 400: Gemini CLI exits 144 (400 modulo
@@ -552,16 +444,13 @@ async fn the_real_gemini_cli_that_fails_records_what_it_spent() {
     setup.cycle_with(config).await;
 
     assert_eq!(seen.lock().unwrap().requests.len(), 2);
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("the agent exited with 144")
             && question.contains("scripted failure: the request is bad"),
         "{question}"
     );
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (_, model, tokens_in, tokens_out, _, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, _, _, usd) = one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out),
         (MODEL, PROMPT, OUTPUT_TOKENS)

@@ -27,7 +27,11 @@ use axum::{Json, Router};
 use damascus_core::SpecMode;
 use serde_json::{json, Value};
 
-use crate::support::{Setup, GREETING};
+use crate::support::{
+    agent_ledger, assert_conversation, assert_resumed_once, greeting_until_merged, header,
+    installed_cli, one_agent_row, path_with, resumed_request, serve_app, session_events,
+    transcript, unexpected, Conversation, Setup, Target, GREETING,
+};
 
 /// A model in data/prices.toml: 1.25 / 0.125 / 10 USD per million tokens
 /// (input / cached input / output).
@@ -40,7 +44,7 @@ const CACHED_TOKENS: i64 = 200;
 const KEY: &str = "sk-opencode-test";
 
 fn installed_opencode() -> Option<std::path::PathBuf> {
-    crate::support::installed_cli(
+    installed_cli(
         "opencode",
         "opencode",
         "opencode-ai",
@@ -162,13 +166,7 @@ async fn completions(
     let call = {
         let mut seen = model.seen.lock().unwrap();
         seen.requests.push(body.clone());
-        seen.keys.push(
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned(),
-        );
+        seen.keys.push(header(&headers, "authorization"));
         seen.requests.len()
     };
     if model.fail_from.is_some_and(|from| call >= from) {
@@ -190,11 +188,7 @@ async fn completions(
 }
 
 async fn other(State(model): State<Model>, method: Method, uri: Uri, body: Bytes) -> Response {
-    let shown = format!("{method} {uri}");
-    eprintln!(
-        "scripted model: unexpected request {shown}: {}",
-        String::from_utf8_lossy(&body)
-    );
+    let shown = unexpected(&method, &uri, &body);
     model.seen.lock().unwrap().others.push(shown);
     StatusCode::NOT_FOUND.into_response()
 }
@@ -209,10 +203,7 @@ async fn serve(prompt_tokens: i64, fail_from: Option<usize>) -> (SocketAddr, Arc
             fail_from,
             seen: seen.clone(),
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
+    (serve_app(app).await, seen)
 }
 
 /// A passthrough project on OpenCode with model `gpt-5`, and the agent's environment:
@@ -224,7 +215,7 @@ async fn opencode_project(
     edit: impl FnOnce(&mut damascus_core::NewProject),
 ) -> (Setup, damascus_loops::LoopsConfig) {
     let setup = Setup::new().await;
-    let path = crate::support::path_with(&setup, "opencode", opencode);
+    let path = path_with(&setup, "opencode", opencode);
     setup
         .project("unused", SpecMode::Passthrough, |p| {
             p.agent_command = None;
@@ -248,36 +239,12 @@ async fn opencode_project(
     (setup, config)
 }
 
-/// The item's ledger: model, tokens in, out, cached, price label, usd.
-async fn ledger(setup: &Setup, item: i64) -> Vec<(String, i64, i64, i64, Option<String>, f64)> {
-    sqlx::query_as(
-        "select model, tokens_in, tokens_out, tokens_cached, price, usd::float8 from cost_ledger
-         where item_id = $1 and source = 'agent' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap()
-}
-
 /// What `calls` calls of `prompt_tokens` each cost at gpt-5's price.
 fn priced(calls: i64, prompt_tokens: i64) -> f64 {
     calls as f64
         * ((prompt_tokens - CACHED_TOKENS) as f64 * PRICE_IN
             + CACHED_TOKENS as f64 * PRICE_CACHED
             + OUTPUT_TOKENS as f64 * PRICE_OUT)
-}
-
-fn transcript(setup: &Setup, item: i64) -> Vec<damascus_core::transcript::TranscriptEvent> {
-    let path = setup
-        .dir
-        .path()
-        .join(format!("data/logs/{item}/build-1.transcript.jsonl"));
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[tokio::test]
@@ -311,17 +278,10 @@ async fn the_real_opencode_builds_a_story_that_merges() {
         && r["stream"] == true
         && r["stream_options"]["include_usage"] == true));
     assert_eq!(last_message(&seen.requests[1])["role"], "tool");
-    let main = setup
-        .remote_git()
-        .run(&["show", "main:hello.txt"])
-        .await
-        .unwrap();
-    assert_eq!(main.trim_end(), "hello");
+    assert_eq!(setup.main_file("hello.txt").await.trim_end(), "hello");
 
     // OpenCode's dollars, at the price Damascus configured from data/prices.toml.
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
         (
@@ -335,34 +295,15 @@ async fn the_real_opencode_builds_a_story_that_merges() {
     eprintln!("OpenCode reported {usd} USD for 2 steps (priced {want})");
     assert!((usd - want).abs() < 1e-9, "{usd} vs {want}");
 
-    use damascus_core::transcript::TranscriptEvent as E;
-    let events = transcript(&setup, item);
-    let lines: Vec<String> = events.iter().map(|e| e.line()).collect();
-    eprintln!("{}", lines.join("\n"));
-    assert!(
-        matches!(
-            events.first(),
-            Some(E::Started {
-                session: Some(_),
-                ..
-            })
-        ),
-        "{lines:#?}"
-    );
-    assert!(
-        events.iter().any(|e| matches!(e, E::ToolCall { tool, target, .. } if tool == "bash" && target.contains("hello.txt"))),
-        "{lines:#?}"
-    );
-    assert!(
-        matches!(
-            events.last(),
-            Some(E::Result {
-                ok: true,
-                turns: Some(2),
-                ..
-            })
-        ),
-        "{lines:#?}"
+    assert_conversation(
+        &transcript(&setup, item, "build-1"),
+        &Conversation {
+            model: None,
+            session: true,
+            tool: "bash",
+            target: Target::Contains("hello.txt"),
+            turns: 2,
+        },
     );
 }
 
@@ -390,17 +331,14 @@ async fn the_real_opencode_is_stopped_at_its_reservation() {
         "{} requests",
         seen.requests.len()
     );
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = rows[0].clone();
+    let (model, tokens_in, tokens_out, tokens_cached, _, usd) = one_agent_row(&setup, item).await;
     assert_eq!(
         (model.as_str(), tokens_in, tokens_out, tokens_cached),
         (MODEL, PROMPT_TOKENS, OUTPUT_TOKENS, CACHED_TOKENS)
     );
     let step = priced(1, PROMPT_TOKENS);
     assert!((usd - step).abs() < 1e-9, "{usd} vs {step}");
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("stopped when its usage reached the 0.1000 USD reserved for it"),
         "{question}"
@@ -419,48 +357,18 @@ async fn the_real_opencode_continues_its_session_after_a_failed_test() {
         p.test_command = Some("grep -qx 'hello again' hello.txt".into());
     })
     .await;
-    let item = setup.ingest("Greeting", GREETING).await;
-    for _ in 0..5 {
-        setup.cycle_with(config.clone()).await;
-        if setup.phase(item).await == "merged" {
-            break;
-        }
-    }
+    let item = greeting_until_merged(&setup, config).await;
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(
-        setup.phase(item).await,
-        "merged",
-        "{:?}",
-        setup.steps(item).await
-    );
-    let follow_up = seen
-        .requests
-        .iter()
-        .find(|r| text(&last_message(r)).contains("previous attempt failed"))
-        .expect("a request carried the failure");
-    let last = last_message(follow_up);
-    assert_eq!(last["role"], "user");
-    assert!(
-        text(&last).contains("You worked on this change before"),
-        "{last}"
-    );
+    let follow_up = resumed_request(&seen.requests, |r| text(&last_message(r)));
+    assert_eq!(last_message(follow_up)["role"], "user");
     let history = follow_up["messages"].to_string();
     assert!(
         history.contains("call_hello_") && history.contains("hello.txt now holds hello."),
         "the earlier turns are in the follow-up: {history}"
     );
     assert_eq!(seen.requests.len(), 4, "two runs of two steps");
-    let sessions: Vec<(bool, String)> = sqlx::query_as(
-        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
-         where item_id = $1 and kind = 'agent.session' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap();
-    assert_eq!(sessions.len(), 2, "{sessions:?}");
-    assert!(!sessions[0].0 && sessions[1].0, "{sessions:?}");
-    assert_eq!(sessions[0].1, sessions[1].1);
+    let sessions = session_events(&setup, item).await;
+    assert_resumed_once(&sessions, "session");
     assert!(sessions[0].1.starts_with("ses_"), "{sessions:?}");
 }
 
@@ -480,14 +388,17 @@ async fn the_real_opencode_whose_tool_calls_were_refused_fails() {
     let item = setup.ingest("Greeting", GREETING).await;
     setup.cycle_with(config).await;
 
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question.contains("OpenCode refused tool calls it tried to make (bash)")
             && question.contains("rejected permission"),
         "{question}"
     );
-    assert_eq!(ledger(&setup, item).await.len(), 1, "its spend is recorded");
+    assert_eq!(
+        agent_ledger(&setup, item).await.len(),
+        1,
+        "its spend is recorded"
+    );
 }
 
 /// The model server fails the second call with HTTP 400: OpenCode reports the error and
@@ -507,15 +418,13 @@ async fn the_real_opencode_that_exits_with_an_api_error() {
     setup.cycle_with(config).await;
 
     assert_eq!(seen.lock().unwrap().requests.len(), 2);
-    assert_eq!(setup.phase(item).await, "blocked");
-    let question = setup.open_question(item).await.1;
+    let question = setup.blocked_question(item).await;
     assert!(
         question
             .contains("the agent exited with 1: scripted bad request: the model is unavailable"),
         "{question}"
     );
-    let rows = ledger(&setup, item).await;
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0].1, rows[0].2), (PROMPT_TOKENS, OUTPUT_TOKENS));
-    assert!((rows[0].5 - priced(1, PROMPT_TOKENS)).abs() < 1e-9);
+    let (_, tokens_in, tokens_out, _, _, usd) = one_agent_row(&setup, item).await;
+    assert_eq!((tokens_in, tokens_out), (PROMPT_TOKENS, OUTPUT_TOKENS));
+    assert!((usd - priced(1, PROMPT_TOKENS)).abs() < 1e-9);
 }
