@@ -6,7 +6,7 @@
 
 use damascus_core::{AgentKind, SpecMode};
 
-use crate::support::{path_with, Setup, GREETING};
+use crate::support::{path_with, session_events, Setup, GREETING};
 
 /// The stand-in: `FAKE_CLAUDE_LOG` gets one line per run (task, directory, argv) and
 /// the prompt; what it writes depends on the prompt (guidance → hello.txt; conflicts →
@@ -78,17 +78,6 @@ fn runs(log: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-async fn sessions(setup: &Setup, item: i64) -> Vec<(bool, String)> {
-    sqlx::query_as(
-        "select (payload->>'resumed')::boolean, payload->>'session' from events_outbox
-         where item_id = $1 and kind = 'agent.session' order by id",
-    )
-    .bind(item)
-    .fetch_all(&setup.db.pool)
-    .await
-    .unwrap()
-}
-
 /// A build that wrote nothing asks a person; the answer continues the agent's session
 /// (`--resume`), and the prompt is only what is new: the question and the answer.
 #[tokio::test]
@@ -117,7 +106,7 @@ async fn a_persons_answer_continues_the_agents_session_with_only_what_is_new() {
 
     let runs = runs(&log);
     assert_eq!(runs.len(), 2, "{runs:#?}");
-    let sessions = sessions(&setup, item).await;
+    let sessions = session_events(&setup, item).await;
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     assert!(!sessions[0].0 && sessions[1].0, "{sessions:?}");
     assert_eq!(sessions[0].1, sessions[1].1);
@@ -185,7 +174,7 @@ async fn a_conflict_at_the_head_continues_the_agents_session_in_the_builds_workt
         resolve[0].contains(&format!("dir={} ", build_dir.display())),
         "resolved in the build's worktree: {resolve:?}"
     );
-    let sessions = sessions(&setup, loser).await;
+    let sessions = session_events(&setup, loser).await;
     assert!(
         resolve[0].contains(&format!("--resume {}", sessions[0].1)),
         "{resolve:?} {sessions:?}"
