@@ -8,7 +8,8 @@
 //!
 //! with the prompt on stdin (`-`) and `CODEX_HOME` set to `~/.codex` in the item's
 //! HOME: Codex's own sandbox (bubblewrap, seccomp) fails every command when its home
-//! is under /tmp ("bwrap: execvp codex-linux-sandbox"). `--disable plugins` keeps it
+//! is under the temporary directory ("bwrap: execvp codex-linux-sandbox"), so a HOME
+//! under it gets `TMPDIR=~/.codex-tmp`. `--disable plugins` keeps it
 //! from syncing plugins over the network; `~/.codex/config.toml` (written before each
 //! run) turns off its update check, analytics and feedback, and, when the worker has
 //! `OPENAI_BASE_URL`, makes that URL its model provider (`model_provider =
@@ -65,6 +66,10 @@ use super::{Agent, End, Invocation, Launch, ModelSpend, Outcome, StreamReader};
 
 pub(crate) struct Codex;
 
+/// The temporary directory Codex gets inside the item's HOME when that HOME is under
+/// the system's.
+const TMP_DIR: &str = ".codex-tmp";
+
 /// The provider Damascus configures for `OPENAI_BASE_URL`.
 const PROVIDER: &str = "damascus";
 
@@ -120,14 +125,24 @@ impl Agent for Codex {
             argv.extend(["resume".into(), thread.to_owned()]);
         }
         argv.push("-".into());
+        let mut env = vec![(
+            "CODEX_HOME".into(),
+            codex_home(launch.home).to_string_lossy().into_owned(),
+        )];
+        let mut home_files = vec![(PathBuf::from(".codex/config.toml"), config)];
+        // Codex will not put its sandbox helpers under the temporary directory, and
+        // runs every command unsandboxed-and-failing without them: a HOME under it (a
+        // data dir in /tmp) gets a temporary directory of its own, inside HOME.
+        if launch.home.starts_with(std::env::temp_dir()) {
+            let tmp = launch.home.join(TMP_DIR);
+            env.push(("TMPDIR".into(), tmp.to_string_lossy().into_owned()));
+            home_files.push((Path::new(TMP_DIR).join(".keep"), String::new()));
+        }
         Ok(Invocation {
             argv,
-            env: vec![(
-                "CODEX_HOME".into(),
-                codex_home(launch.home).to_string_lossy().into_owned(),
-            )],
+            env,
             stdin: Some(prompt),
-            home_files: vec![(PathBuf::from(".codex/config.toml"), config)],
+            home_files,
         })
     }
 

@@ -219,18 +219,6 @@ async fn serve(script: Script, input_tokens: i64) -> (SocketAddr, Arc<Mutex<Seen
     (serve_app(app).await, seen)
 }
 
-/// A setup whose directory (the data dir, HOMEs, worktrees) is under cargo's target
-/// tmp dir: Codex's sandbox refuses every command when its home is under /tmp.
-async fn setup_outside_tmp() -> Setup {
-    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).unwrap();
-    let dir = tempfile::Builder::new()
-        .prefix("codex-")
-        .tempdir_in(base)
-        .unwrap();
-    Setup::in_dir(dir, &[("README.md", "demo\n")]).await
-}
-
 /// A passthrough project on Codex with `MODEL`, and the agent's environment: `codex`
 /// first on PATH, the scripted server as `OPENAI_BASE_URL`, a test key.
 pub(crate) async fn codex_project(
@@ -238,7 +226,8 @@ pub(crate) async fn codex_project(
     addr: SocketAddr,
     edit: impl FnOnce(&mut damascus_core::NewProject),
 ) -> (Setup, damascus_loops::LoopsConfig) {
-    let setup = setup_outside_tmp().await;
+    // Under /tmp, like every test's: Codex gets a TMPDIR of its own in the item's HOME.
+    let setup = Setup::new().await;
     setup
         .project("unused", SpecMode::Passthrough, |p| {
             p.agent_command = None;
