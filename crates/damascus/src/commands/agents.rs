@@ -25,7 +25,8 @@ struct Listed {
     /// `agent` (it stops itself at the reservation it is told) or `damascus` (it is
     /// stopped when the usage it streams reaches the reservation).
     budget_capped_by: &'static str,
-    /// `reported` (the agent's dollars) or `price table` (its tokens priced).
+    /// `reported` (the agent's dollars), `price table` (its tokens priced), or, for a
+    /// command, whichever its result gives.
     spend: &'static str,
 }
 
@@ -74,10 +75,10 @@ async fn listed(info: AgentInfo) -> Listed {
         } else {
             "damascus"
         },
-        spend: if info.priced_by_damascus {
-            "price table"
-        } else {
-            "reported"
+        spend: match (info.kind, info.priced_by_damascus) {
+            (damascus_core::AgentKind::Command, _) => "its result: dollars, or tokens priced",
+            (_, true) => "price table",
+            (_, false) => "reported",
         },
     }
 }
@@ -109,7 +110,7 @@ pub async fn list(json: bool) -> anyhow::Result<()> {
                 a.budget_capped_by.to_owned(),
                 a.spend.to_owned(),
                 if a.env.is_empty() {
-                    "all --agent-env".to_owned()
+                    "every agent's above, and --agent-env's".to_owned()
                 } else {
                     a.env.join(", ")
                 },
