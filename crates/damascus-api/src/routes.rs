@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use damascus_core::{HumanIssueStatus, LockName, Phase, ProjectName, Story};
-use damascus_db::items::{self, ItemFilter, ItemSort};
+use damascus_db::items::{self, ItemFilter};
 use damascus_db::{events, human, migrate};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -66,9 +66,6 @@ pub struct ItemsQuery {
     sort: Option<String>,
 }
 
-/// The longest `q` searched for: a title's words, not a document.
-const MAX_QUERY_CHARS: usize = 200;
-
 pub async fn list_items(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ItemsQuery>,
@@ -91,28 +88,8 @@ pub async fn list_items(
             "offset must not be negative, got {offset}"
         )));
     }
-    let sort = match q.sort.as_deref() {
-        None => ItemSort::default(),
-        Some(name) => ItemSort::parse(name).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "sort {name:?} is not an order; use one of: {} (a leading - is descending)",
-                ItemSort::NAMES.join(", ")
-            ))
-        })?,
-    };
-    let text = q.q.filter(|t| !t.is_empty());
-    if let Some(text) = &text {
-        if text.chars().count() > MAX_QUERY_CHARS {
-            return Err(ApiError::bad_request(format!(
-                "q is longer than {MAX_QUERY_CHARS} characters; search for a few words of the title or body"
-            )));
-        }
-        if text.contains('\0') {
-            return Err(ApiError::bad_request(
-                "q contains a NUL character, which no title or body holds; remove it",
-            ));
-        }
-    }
+    let (text, sort) =
+        views::search_and_sort(q.q, q.sort.as_deref()).map_err(ApiError::bad_request)?;
     let filter = ItemFilter {
         project: q.project.clone(),
         phase,

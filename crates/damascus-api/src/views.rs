@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use damascus_core::Phase;
 use damascus_db::events::Event;
-use damascus_db::items::{self, CostLine, ItemFilter};
+use damascus_db::items::{self, CostLine, ItemFilter, ItemSort};
 use damascus_db::{events, projects, status, DbError};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -201,6 +201,40 @@ fn costs_per_model(lines: &[CostLine]) -> Vec<ModelCostJson> {
     let mut sums: Vec<ModelCostJson> = per_model.into_values().collect();
     sums.sort_by(|a, b| b.usd.total_cmp(&a.usd).then_with(|| a.model.cmp(&b.model)));
     sums
+}
+
+/// The longest `q` searched for: a title's words, not a document.
+const MAX_QUERY_CHARS: usize = 200;
+
+/// A list's search text (`q`: empty means none) and order (`sort`), checked the same
+/// for the API and MCP; the error says what was wrong and what is allowed.
+pub fn search_and_sort(
+    q: Option<String>,
+    sort: Option<&str>,
+) -> Result<(Option<String>, ItemSort), String> {
+    let sort = match sort {
+        None => ItemSort::default(),
+        Some(name) => ItemSort::parse(name).ok_or_else(|| {
+            format!(
+                "sort {name:?} is not an order; use one of: {} (a leading - is descending)",
+                ItemSort::NAMES.join(", ")
+            )
+        })?,
+    };
+    let text = q.filter(|t| !t.is_empty());
+    if let Some(text) = &text {
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(format!(
+                "q is longer than {MAX_QUERY_CHARS} characters; search for a few words of the title or body"
+            ));
+        }
+        if text.contains('\0') {
+            return Err(
+                "q contains a NUL character, which no title or body holds; remove it".into(),
+            );
+        }
+    }
+    Ok((text, sort))
 }
 
 /// `GET /v1/items`: the items `filter` selects, with the window it asked for and how

@@ -73,6 +73,16 @@ pub struct ListItems {
     #[schemars(description = "Skip this many items (default 0)")]
     #[serde(default)]
     pub offset: Option<i64>,
+    #[schemars(
+        description = "Only items whose title or body holds this text (case-insensitive, at most 200 characters)"
+    )]
+    #[serde(default)]
+    pub q: Option<String>,
+    #[schemars(
+        description = "The order: id (default, oldest first), updated, cost; a leading - is descending (-updated: most recently changed first)"
+    )]
+    #[serde(default)]
+    pub sort: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -198,7 +208,9 @@ impl DamascusMcp {
         }
     }
 
-    #[tool(description = "List work items, oldest first, optionally of one project or phase.")]
+    #[tool(
+        description = "List work items (oldest first unless sorted), optionally of one project or phase, or holding a text (q)."
+    )]
     async fn list_items(
         &self,
         Parameters(args): Parameters<ListItems>,
@@ -215,12 +227,18 @@ impl DamascusMcp {
         if offset < 0 {
             return refused(format!("offset must not be negative, got {offset}"));
         }
+        let (text, sort) = match damascus_api::views::search_and_sort(args.q, args.sort.as_deref())
+        {
+            Ok(parts) => parts,
+            Err(e) => return refused(e),
+        };
         let filter = ItemFilter {
             project: args.project,
             phase,
+            text,
+            sort,
             limit,
             offset,
-            ..ItemFilter::default()
         };
         match items::list_items(&self.pool, &filter).await {
             Ok(list) => answered(

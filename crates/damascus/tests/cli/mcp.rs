@@ -203,6 +203,16 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
         ("get_item", json!({"id": 999}), "work item 999 not found"),
         ("list_items", json!({"phase": "done"}), "unknown phase"),
         ("list_items", json!({"limit": 0}), "between 1 and 500"),
+        (
+            "list_items",
+            json!({"sort": "price"}),
+            "is not an order; use one of: id, -id",
+        ),
+        (
+            "list_items",
+            json!({"q": "x".repeat(201)}),
+            "longer than 200 characters",
+        ),
     ] {
         let result = call(name, arguments.clone()).await.unwrap();
         assert_eq!(result.is_error, Some(true), "{name} {arguments}");
@@ -238,6 +248,33 @@ async fn the_rmcp_client_feeds_and_unblocks_damascus() {
         .unwrap()
         .len() as i64;
     assert_eq!(still, 2, "the two items ingested above, none refused");
+    // Search and order, as the API's `q` and `sort`.
+    let found = call("list_items", json!({"q": "from an AGENT", "sort": "-id"}))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    let titles: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["From an agent"], "{found}");
+    let newest_first: Vec<i64> = call("list_items", json!({"sort": "-id"}))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        newest_first.windows(2).all(|w| w[0] > w[1]) && newest_first.len() == 2,
+        "{newest_first:?}"
+    );
     client.cancel().await.unwrap();
 }
 
