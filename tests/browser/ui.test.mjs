@@ -213,8 +213,18 @@ try {
   await page.locator("#log-tail", { hasText: "the FAIL flag is set" }).waitFor({ timeout: 5000 });
   await shot("drawer-blocked.png");
   rmSync(FAIL_FLAG);
-  const retryText = await act("Retry", "Retry item");
-  assert.match(retryText, /fresh attempt budget/);
+  // Only what a blocked item allows: retry and cancel, no approve.
+  assert.equal(await page.locator("#drawer-top button[data-action]").evaluateAll((bs) => bs.map((b) => b.dataset.action).join(",")), "retry,cancel");
+  // A refused action shows the API's own message: someone else retries the item while
+  // this dialog is open, so confirming it here is refused.
+  await page.locator("#drawer").getByRole("button", { name: "Retry", exact: true }).click();
+  const retryDialog = page.getByRole("dialog");
+  await retryDialog.waitFor();
+  assert.match(await retryDialog.innerText(), /fresh attempt budget/);
+  const elsewhere = await call(`/v1/items/${failing.id}/retry`, {});
+  assert.equal(elsewhere.status, 200);
+  await retryDialog.getByRole("button", { name: "Retry item", exact: true }).click();
+  await page.locator("#drawer-error", { hasText: /Retry item refused: .*not blocked; only blocked items can be retried/ }).waitFor({ timeout: 5000 });
   await drawerPhase("blocked").waitFor({ state: "detached", timeout: 10000 });
   await drawerPhase("merged").waitFor({ timeout: 60000 });
   await page.locator('#drawer-costs tr[data-model="claude-sonnet-4-5"]').waitFor();
@@ -225,12 +235,12 @@ try {
   await shot("drawer.png");
   await page.setViewportSize({ width: 1440, height: 900 });
 
-  // A refused action shows the API's own message.
+  // A merged item offers no action (the API would refuse each: 409).
   const refused = await call(`/v1/items/${hello.id}/cancel`, {});
   assert.equal(refused.status, 409);
   await openDrawer(hello.id);
-  await act("Cancel item", "Cancel item");
-  await page.locator("#drawer-error", { hasText: refused.body.error.message }).waitFor({ timeout: 5000 });
+  await page.locator("#drawer-top", { hasText: "merged: nothing left to do" }).waitFor();
+  assert.equal(await page.locator("#drawer-top button[data-action]").count(), 0);
   assert.equal((await item(hello.id)).item.phase, "merged");
 
   // Answer the farewell's question on the dashboard: the agent follows the answer and

@@ -708,10 +708,12 @@ function renderDrawer(d) {
       ${waitingApproval ? `<span class="pill spec plain">waits for spec approval</span>` : ""}
       ${d.waiting ? `<span id="drawer-waiting" class="muted">waiting until <b>${esc(new Date(d.waiting.until).toLocaleTimeString())}</b>: ${esc(d.waiting.reason)}</span>` : ""}
     </div>
+    <!-- Only the actions the item's state allows: approve while its approval gate is closed,
+         retry while it is blocked, cancel until it is merged or cancelled. -->
     <div class="actions-row" style="margin-top:.75rem" aria-label="Actions">
-      ${approval ? `<button type="button" data-action="approve" class="${waitingApproval ? "" : "secondary"}">Approve spec</button>` : ""}
-      <button type="button" data-action="retry" class="${i.phase === "blocked" ? "" : "secondary"}">Retry</button>
-      <button type="button" data-action="cancel" class="${final ? "secondary" : "danger"}">Cancel item</button>
+      ${waitingApproval && !final ? `<button type="button" data-action="approve">Approve spec</button>` : ""}
+      ${i.phase === "blocked" ? `<button type="button" data-action="retry">Retry</button>` : ""}
+      ${final ? `<span class="muted">${esc(i.phase)}: nothing left to do</span>` : `<button type="button" data-action="cancel" class="danger">Cancel item</button>`}
     </div>
     <div class="alert" id="drawer-error" role="alert" style="margin-top:.6rem">${esc(keptError)}</div>
     <div class="widgets" style="margin-top:.75rem">
