@@ -125,7 +125,8 @@ fn shorten(text: &str, chars: usize) -> String {
     }
 }
 
-fn keep(text: &str) -> String {
+/// `text` cut to what an event keeps (`KEEP_CHARS`), with `…` when cut.
+pub fn keep(text: &str) -> String {
     shorten(text, KEEP_CHARS)
 }
 
@@ -193,11 +194,15 @@ fn blocks(message: &Value) -> impl Iterator<Item = &Value> {
     message["content"].as_array().into_iter().flatten()
 }
 
-/// What a tool call acts on: its command, file, pattern or URL, else its input.
-fn tool_target(input: &Value) -> String {
+/// What a tool call acts on: its command, file, pattern or URL, else its input. The
+/// keys are every agent's (Claude Code's `file_path`, OpenCode's `filePath`, Gemini
+/// CLI's `dir_path`).
+pub fn tool_target(input: &Value) -> String {
     for key in [
         "command",
         "file_path",
+        "filePath",
+        "dir_path",
         "path",
         "pattern",
         "url",

@@ -330,6 +330,21 @@ pub fn tail(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Asserts the process whose pid is in `pidfile` is gone (or a zombie).
+    async fn assert_gone(pidfile: &std::path::Path, what: &str) {
+        let pid: i32 = std::fs::read_to_string(pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "{what}: {state}"
+        );
+    }
+
     fn spec(dir: &std::path::Path, script: &str, timeout: Duration) -> ProcessSpec {
         ProcessSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -398,17 +413,7 @@ mod tests {
         };
         assert!(stdout.contains("usage-so-far"), "{stdout}");
         assert!(tail.contains("reached what was reserved"), "{tail}");
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z "),
-            "the child that ignored SIGTERM survived: {state}"
-        );
+        assert_gone(&pidfile, "the child that ignored SIGTERM survived").await;
     }
 
     #[tokio::test]
@@ -444,17 +449,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let run = run(spec(dir.path(), &script, Duration::from_secs(60)), &cancel);
         let _ = tokio::time::timeout(Duration::from_millis(500), run).await;
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z "),
-            "the grandchild survived: {state}"
-        );
+        assert_gone(&pidfile, "the grandchild survived").await;
     }
 
     #[tokio::test]
@@ -469,17 +464,7 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(end, ProcessEnd::TimedOut { .. }), "{end:?}");
-        let child: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z "),
-            "the grandchild survived: {state}"
-        );
+        assert_gone(&pidfile, "the grandchild survived").await;
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use damascus_core::prices::Tokens;
-use damascus_core::transcript::TranscriptEvent;
+use damascus_core::transcript::{keep, tool_target, TranscriptEvent};
 use damascus_core::AgentKind;
 use serde_json::{json, Value};
 
@@ -47,9 +47,6 @@ pub(crate) struct Gemini;
 
 /// The model asked for when neither the project nor `GEMINI_MODEL` names one.
 pub(crate) const DEFAULT_MODEL: &str = "gemini-2.5-pro";
-
-/// The longest text a transcript event keeps here (the raw log keeps everything).
-const KEEP_CHARS: usize = 2000;
 
 impl Agent for Gemini {
     fn kind(&self) -> AgentKind {
@@ -162,24 +159,6 @@ fn first_line_names(path: &Path, id: &str) -> bool {
     let head = String::from_utf8_lossy(&head[..n]);
     let first = head.lines().next().unwrap_or_default();
     serde_json::from_str::<Value>(first).is_ok_and(|v| v["sessionId"] == id)
-}
-
-fn keep(text: &str) -> String {
-    match text.char_indices().nth(KEEP_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
-/// What a tool call acts on: its command, file, path or pattern, else its parameters.
-fn tool_target(parameters: &Value) -> String {
-    ["command", "file_path", "dir_path", "path", "pattern", "url"]
-        .iter()
-        .find_map(|key| parameters[*key].as_str().map(str::to_owned))
-        .unwrap_or_else(|| match parameters {
-            Value::Null => String::new(),
-            other => other.to_string(),
-        })
 }
 
 /// Tokens as Gemini CLI counts them: `prompt` includes `cached`; `total` includes

@@ -31,7 +31,7 @@
 use std::path::{Path, PathBuf};
 
 use damascus_core::prices::{FoundPrice, Tokens};
-use damascus_core::transcript::TranscriptEvent;
+use damascus_core::transcript::{keep, tool_target, TranscriptEvent};
 use damascus_core::AgentKind;
 use serde_json::{json, Value};
 
@@ -41,9 +41,6 @@ pub(crate) struct Opencode;
 
 /// The provider Damascus configures when the worker gives an OpenAI-compatible URL.
 const PROVIDER: &str = "damascus";
-
-/// How much of a text the transcript keeps.
-const KEEP_CHARS: usize = 2000;
 
 /// Where OpenCode keeps its sessions, under HOME.
 const DATA_DIR: &str = ".local/share/opencode";
@@ -365,38 +362,11 @@ fn error_text(error: &Value) -> String {
         .unwrap_or_else(|| error.to_string())
 }
 
-/// What a tool call acts on: its command, file, pattern or URL, else its input.
-fn tool_target(input: &Value) -> String {
-    for key in [
-        "command",
-        "filePath",
-        "path",
-        "pattern",
-        "url",
-        "description",
-    ] {
-        if let Some(target) = input[key].as_str() {
-            return target.to_owned();
-        }
-    }
-    match input {
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
 fn text_of(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
-    }
-}
-
-fn keep(text: &str) -> String {
-    match text.char_indices().nth(KEEP_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
     }
 }
 
